@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian tools the tests use when they are missing: promtool (Prometheus) for
+# rule tests and the e2e scrape, lua for the Argo CD health checks.
+set -euo pipefail
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v lua5.4 >/dev/null || missing+=(lua5.4)
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "system-deps: installing ${missing[*]}" >&2
+$sudo apt-get update -qq >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+  $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+# The Debian package starts a system Prometheus where it can; the tests run their own.
+(systemctl stop prometheus prometheus-node-exporter 2>/dev/null || true)

@@ -1,0 +1,96 @@
+"""nhi.crypto: the pure cryptography layer of the operator.
+
+Imports only the standard library and ``cryptography``. Every time-dependent function takes
+``now`` (a timezone-aware datetime) instead of reading the clock, and no exception message
+or repr produced here contains key material or secret values.
+"""
+
+from __future__ import annotations
+
+from nhi.crypto.certs import (
+    CLOCK_SKEW,
+    build_self_signed_ca,
+    cert_pem,
+    cert_summary,
+    chain_pem,
+    dns_names_of,
+    issue_intermediate_ca,
+    issue_leaf,
+    load_cert_chain,
+    rfc3339,
+    spiffe_id_of,
+    verify_chain,
+)
+from nhi.crypto.crl import (
+    RevokedSerial,
+    build_crl,
+    crl_pem,
+    is_revoked,
+    load_crl,
+    verify_crl,
+)
+from nhi.crypto.errors import CryptoError
+from nhi.crypto.identifiers import (
+    fingerprint_sha256,
+    parse_serial_hex,
+    public_key_fingerprint,
+    secret_fingerprint,
+    serial_hex,
+)
+from nhi.crypto.keys import (
+    DEFAULT_KEY_ALGORITHM,
+    KeyAlgorithm,
+    PrivateKey,
+    PublicKey,
+    generate_key,
+    key_algorithm_of,
+    load_private_key,
+    parse_key_algorithm,
+    private_key_pem,
+    signing_hash,
+)
+from nhi.crypto.spiffe import spiffe_id, trust_domain_of, validate_spiffe_id
+from nhi.crypto.static_secrets import DEFAULT_CHARSET, Charset, generate_secret
+
+__all__ = [
+    "CLOCK_SKEW",
+    "DEFAULT_CHARSET",
+    "DEFAULT_KEY_ALGORITHM",
+    "Charset",
+    "CryptoError",
+    "KeyAlgorithm",
+    "PrivateKey",
+    "PublicKey",
+    "RevokedSerial",
+    "build_crl",
+    "build_self_signed_ca",
+    "cert_pem",
+    "cert_summary",
+    "chain_pem",
+    "crl_pem",
+    "dns_names_of",
+    "fingerprint_sha256",
+    "generate_key",
+    "generate_secret",
+    "is_revoked",
+    "issue_intermediate_ca",
+    "issue_leaf",
+    "key_algorithm_of",
+    "load_cert_chain",
+    "load_crl",
+    "load_private_key",
+    "parse_key_algorithm",
+    "parse_serial_hex",
+    "private_key_pem",
+    "public_key_fingerprint",
+    "rfc3339",
+    "secret_fingerprint",
+    "serial_hex",
+    "signing_hash",
+    "spiffe_id",
+    "spiffe_id_of",
+    "trust_domain_of",
+    "validate_spiffe_id",
+    "verify_chain",
+    "verify_crl",
+]

@@ -1,0 +1,171 @@
+"""Key generation, algorithm detection and PEM (de)serialisation of private keys."""
+
+from __future__ import annotations
+
+import enum
+from typing import TypeAlias
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificatePublicKeyTypes,
+    PrivateKeyTypes,
+    PublicKeyTypes,
+)
+
+from nhi.crypto.errors import CryptoError
+
+PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+"""The private key types this operator generates and accepts."""
+
+PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+"""The public halves of :data:`PrivateKey`."""
+
+AnyKey: TypeAlias = PrivateKeyTypes | PublicKeyTypes | CertificatePublicKeyTypes
+"""Anything ``cryptography`` may hand back as a key (e.g. ``Certificate.public_key()``)."""
+
+
+class KeyAlgorithm(enum.StrEnum):
+    """Supported key algorithms, spelled as in the API."""
+
+    ECDSA_P256 = "ECDSA-P256"
+    ECDSA_P384 = "ECDSA-P384"
+    ED25519 = "Ed25519"
+    RSA_2048 = "RSA-2048"
+    RSA_3072 = "RSA-3072"
+    RSA_4096 = "RSA-4096"
+
+
+DEFAULT_KEY_ALGORITHM = KeyAlgorithm.ECDSA_P256
+
+_PRIVATE_TYPES = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
+_PUBLIC_TYPES = (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)
+
+_RSA_SIZES: dict[int, KeyAlgorithm] = {
+    2048: KeyAlgorithm.RSA_2048,
+    3072: KeyAlgorithm.RSA_3072,
+    4096: KeyAlgorithm.RSA_4096,
+}
+_EC_CURVES: dict[str, KeyAlgorithm] = {
+    ec.SECP256R1.name: KeyAlgorithm.ECDSA_P256,
+    ec.SECP384R1.name: KeyAlgorithm.ECDSA_P384,
+}
+
+
+def parse_key_algorithm(value: KeyAlgorithm | str) -> KeyAlgorithm:
+    """Return the :class:`KeyAlgorithm` for ``value`` or raise :class:`CryptoError`."""
+    if isinstance(value, KeyAlgorithm):
+        return value
+    try:
+        return KeyAlgorithm(value)
+    except ValueError:
+        allowed = ", ".join(a.value for a in KeyAlgorithm)
+        raise CryptoError(
+            f"unsupported key algorithm {value!r}; expected one of: {allowed}"
+        ) from None
+
+
+def generate_key(alg: KeyAlgorithm | str = DEFAULT_KEY_ALGORITHM) -> PrivateKey:
+    """Generate a fresh private key of the given algorithm."""
+    algorithm = parse_key_algorithm(alg)
+    if algorithm is KeyAlgorithm.ECDSA_P256:
+        return ec.generate_private_key(ec.SECP256R1())
+    if algorithm is KeyAlgorithm.ECDSA_P384:
+        return ec.generate_private_key(ec.SECP384R1())
+    if algorithm is KeyAlgorithm.ED25519:
+        return ed25519.Ed25519PrivateKey.generate()
+    size = int(algorithm.value.removeprefix("RSA-"))
+    return rsa.generate_private_key(public_exponent=65537, key_size=size)
+
+
+def key_algorithm_of(key: AnyKey) -> KeyAlgorithm:
+    """Return the :class:`KeyAlgorithm` of a private or public key.
+
+    Raises :class:`CryptoError` for key types, curves or sizes this operator does not support.
+    """
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        found = _EC_CURVES.get(key.curve.name)
+        if found is None:
+            raise CryptoError(f"unsupported elliptic curve {key.curve.name}")
+        return found
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        found = _RSA_SIZES.get(key.key_size)
+        if found is None:
+            raise CryptoError(f"unsupported RSA key size {key.key_size}")
+        return found
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return KeyAlgorithm.ED25519
+    raise CryptoError(f"unsupported key type {type(key).__name__}")
+
+
+def signing_hash(key: AnyKey) -> hashes.SHA256 | hashes.SHA384 | None:
+    """Hash algorithm to sign with ``key``: None for Ed25519, SHA-384 for P-384, else SHA-256."""
+    algorithm = key_algorithm_of(key)
+    if algorithm is KeyAlgorithm.ED25519:
+        return None
+    if algorithm is KeyAlgorithm.ECDSA_P384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def ensure_supported_private_key(key: object) -> PrivateKey:
+    """Narrow ``key`` to :data:`PrivateKey` of a supported algorithm or raise CryptoError."""
+    if isinstance(key, _PRIVATE_TYPES):
+        key_algorithm_of(key)
+        return key
+    raise CryptoError(f"unsupported private key type {type(key).__name__}")
+
+
+def ensure_supported_public_key(key: AnyKey) -> PublicKey:
+    """Narrow ``key`` to :data:`PublicKey` of a supported algorithm or raise CryptoError."""
+    public = key.public_key() if isinstance(key, _PRIVATE_TYPES) else key
+    if isinstance(public, _PUBLIC_TYPES):
+        key_algorithm_of(public)
+        return public
+    raise CryptoError(f"unsupported public key type {type(public).__name__}")
+
+
+def private_key_pem(key: PrivateKey) -> bytes:
+    """Serialise ``key`` as unencrypted PKCS#8 PEM."""
+    return key.private_bytes(
+        encoding=serialization.Encoding.PEM,
+        format=serialization.PrivateFormat.PKCS8,
+        encryption_algorithm=serialization.NoEncryption(),
+    )
+
+
+def load_private_key(pem: bytes | str) -> PrivateKey:
+    """Load an unencrypted PEM private key (PKCS#8, or traditional PKCS#1/SEC1).
+
+    Raises :class:`CryptoError` on malformed, encrypted or unsupported keys. The message
+    never contains the input; the original exception is not chained because some parsers
+    echo fragments of their input.
+    """
+    data = pem.encode("utf-8", "replace") if isinstance(pem, str) else pem
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CryptoError("private key PEM must be bytes or str")
+    try:
+        key = serialization.load_pem_private_key(bytes(data), password=None)
+    except TypeError:
+        raise CryptoError("private key PEM is encrypted; an unencrypted key is required") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise CryptoError("invalid private key PEM") from None
+    return ensure_supported_private_key(key)
+
+
+KeyLike: TypeAlias = PrivateKey | PublicKey | CertificatePublicKeyTypes
+"""A supported private key, or any public key found in a certificate."""
+
+
+def public_key_der(key: KeyLike) -> bytes:
+    """DER SubjectPublicKeyInfo of a key (the public half for a private key)."""
+    public = key.public_key() if isinstance(key, _PRIVATE_TYPES) else key
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def same_public_key(a: KeyLike, b: KeyLike) -> bool:
+    """True when ``a`` and ``b`` have the same public key."""
+    return public_key_der(a) == public_key_der(b)

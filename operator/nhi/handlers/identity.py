@@ -1,0 +1,131 @@
+"""kopf handlers for MachineIdentity and its children: turn events into queued work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from nhi.handlers import runtime
+from nhi.models.meta import IDENTITY_LABEL, IDENTITY_NAMESPACE_LABEL, MANAGED_BY, MANAGED_BY_KEY
+
+GROUP, VERSION = "nhi.dev", "v1alpha1"
+MANAGED: dict[str, Any] = {
+    MANAGED_BY_KEY: MANAGED_BY,
+    IDENTITY_LABEL: kopf.PRESENT,
+}
+
+# Fields of a child the reconciler compares; the rest of the body is not kept in memory.
+_KEEP = ("rules", "roleRef", "subjects", "automountServiceAccountToken")
+
+
+def _slim(kind: str, body: kopf.Body) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    out: dict[str, Any] = {
+        "kind": kind,
+        "metadata": {
+            k: meta[k]
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "resourceVersion",
+                "labels",
+                "annotations",
+                "ownerReferences",
+            )
+            if k in meta
+        },
+    }
+    for f in _KEEP:
+        if f in body:
+            out[f] = body[f]
+    return out
+
+
+def _owner(labels: kopf.Labels, namespace: str | None) -> tuple[str, str]:
+    return (labels.get(IDENTITY_NAMESPACE_LABEL) or namespace or "", labels[IDENTITY_LABEL])
+
+
+def _register_child(kind: str, group: str, version: str, plural: str, index_id: str) -> None:
+    def index(
+        body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        return {_owner(labels, namespace): _slim(kind, body)}
+
+    async def on_event(labels: kopf.Labels, namespace: str | None, **kwargs: Any) -> None:
+        rt = runtime.get()
+        rt.capture(kwargs)
+        rt.queue.add(_owner(labels, namespace))
+
+    kopf.index(group, version, plural, labels=MANAGED, id=index_id)(index)
+    kopf.on.event(group, version, plural, labels=MANAGED, id=f"{index_id}_event")(on_event)
+
+
+_register_child("ServiceAccount", "", "v1", "serviceaccounts", "nhi_sa")
+_register_child("Role", "rbac.authorization.k8s.io", "v1", "roles", "nhi_roles")
+_register_child(
+    "RoleBinding", "rbac.authorization.k8s.io", "v1", "rolebindings", "nhi_rolebindings"
+)
+_register_child(
+    "ClusterRole", "rbac.authorization.k8s.io", "v1", "clusterroles", "nhi_clusterroles"
+)
+_register_child(
+    "ClusterRoleBinding",
+    "rbac.authorization.k8s.io",
+    "v1",
+    "clusterrolebindings",
+    "nhi_clusterrolebindings",
+)
+
+
+@kopf.index(GROUP, VERSION, "machineidentities", id=runtime.IDENTITY_INDEX)
+def nhi_identities(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(namespace or "", name): dict(body)}
+
+
+@kopf.index(GROUP, VERSION, "identitypolicies", id=runtime.POLICY_INDEX)
+def nhi_policies(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
+    return {None: dict(body)}
+
+
+@kopf.index("", "v1", "namespaces", id=runtime.NAMESPACE_INDEX)
+def nhi_namespaces(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    return {name: dict(labels)}
+
+
+@kopf.on.event(GROUP, VERSION, "machineidentities", id="nhi_identity_event")
+async def identity_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, **kwargs: Any
+) -> None:
+    rt = runtime.get()
+    rt.capture(kwargs)
+    key = (namespace or "", name)
+    if event.get("type") == "DELETED":
+        rt.queue.forget(key)
+        rt.locks.pop(key, None)
+        return
+    rt.queue.add(key)
+
+
+@kopf.on.event(GROUP, VERSION, "identitypolicies", id="nhi_policy_event")
+async def policy_event(**kwargs: Any) -> None:
+    """A policy changed: every identity may be affected, so re-check them all."""
+    rt = runtime.get()
+    rt.capture(kwargs)
+    idx = rt.indexes.get(runtime.IDENTITY_INDEX)
+    for key in list(idx or ()):
+        rt.queue.add(key)
+
+
+@kopf.on.delete(GROUP, VERSION, "machineidentities", id="nhi_identity_cleanup")
+async def identity_deleted(
+    body: kopf.Body, namespace: str | None, name: str, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    rt = runtime.get()
+    rt.capture(kwargs)
+    async with rt.lock((namespace or "", name)):
+        removed = await rt.identities.cleanup(body)
+    logger.info("removed the identity's objects", extra={"removed": removed})

@@ -1,0 +1,43 @@
+"""Operator start-up and shut-down: kopf settings and the shared runtime."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from nhi import FINALIZER
+from nhi.handlers import runtime
+from nhi.settings import current as current_settings
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    ours = current_settings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="nhi.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="nhi.dev", key="last-handled-configuration"
+    )
+    # The operator posts its own audit Events; kopf's per-log-line Events would be noise.
+    settings.posting.enabled = False
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    settings.peering.name = ours.peering_name
+    settings.peering.priority = ours.peering_priority
+    settings.peering.lifetime = ours.peering_lifetime
+    settings.peering.mandatory = ours.peering
+    settings.peering.standalone = not ours.peering
+    rt = runtime.get()
+    rt.queue.start()
+
+
+@kopf.on.cleanup()
+async def shutdown(**_: Any) -> None:
+    rt = runtime.get()
+    await rt.queue.stop()
+    await rt.api.close()
+    runtime.set_runtime(None)

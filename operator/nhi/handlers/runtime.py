@@ -1,0 +1,118 @@
+"""The operator's shared state: API client, watch caches, work queue, reconcilers.
+
+Created once at start-up. The watch caches are kopf indexes (kopf fills them from the
+initial listing before any handler runs, so a restart sees every child that exists and
+re-creates nothing); the handlers hand them over on their first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nhi.builders.rbac import ChildKey
+from nhi.k8s.client import Api, load_connection
+from nhi.k8s.events import EventRecorder
+from nhi.models.policy import IdentityPolicy
+from nhi.reconcilers.identity import IdentityReconciler
+from nhi.reconcilers.workqueue import WorkQueue
+from nhi.settings import current as current_settings
+
+log = logging.getLogger("nhi.runtime")
+
+CHILD_INDEXES = (
+    "nhi_sa",
+    "nhi_roles",
+    "nhi_rolebindings",
+    "nhi_clusterroles",
+    "nhi_clusterrolebindings",
+)
+IDENTITY_INDEX = "nhi_identities"
+POLICY_INDEX = "nhi_policies"
+NAMESPACE_INDEX = "nhi_namespaces"
+
+Key = tuple[str, str]
+
+
+class Runtime:
+    def __init__(self, api: Api, workers: int = 16) -> None:
+        self.api = api
+        self.events = EventRecorder(api)
+        self.indexes: dict[str, Mapping[Any, Any]] = {}
+        self.identities = IdentityReconciler(api, self, self.events)
+        self.queue: WorkQueue[Key] = WorkQueue(self.process, workers=workers)
+        self.locks: dict[Key, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ caches
+
+    def capture(self, kwargs: Mapping[str, Any]) -> None:
+        if len(self.indexes) < len(CHILD_INDEXES) + 3:
+            for name in (*CHILD_INDEXES, IDENTITY_INDEX, POLICY_INDEX, NAMESPACE_INDEX):
+                if name in kwargs:
+                    self.indexes[name] = kwargs[name]
+
+    def _values(self, index: str, key: Any) -> list[Any]:
+        idx = self.indexes.get(index)
+        if idx is None:
+            return []
+        try:
+            return list(idx[key])
+        except KeyError:
+            return []
+
+    def children_of(self, namespace: str, name: str) -> dict[ChildKey, dict[str, Any]]:
+        out: dict[ChildKey, dict[str, Any]] = {}
+        for index in CHILD_INDEXES:
+            for obj in self._values(index, (namespace, name)):
+                meta = obj["metadata"]
+                out[ChildKey(obj["kind"], meta.get("namespace", ""), meta["name"])] = obj
+        return out
+
+    def policies(self) -> Sequence[IdentityPolicy]:
+        out = []
+        for body in self._values(POLICY_INDEX, None):
+            try:
+                out.append(IdentityPolicy.from_body(body))
+            except ValueError as err:
+                log.warning("ignoring an invalid IdentityPolicy", extra={"error": str(err)})
+        return out
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        values = self._values(NAMESPACE_INDEX, namespace)
+        return values[0] if values else {}
+
+    def identity_body(self, key: Key) -> dict[str, Any] | None:
+        values = self._values(IDENTITY_INDEX, key)
+        return values[0] if values else None
+
+    # ------------------------------------------------------------------ work
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        lock = self.locks.get(key)
+        if lock is None:
+            lock = self.locks[key] = asyncio.Lock()
+        return lock
+
+    async def process(self, key: Key) -> None:
+        async with self.lock(key):
+            body = self.identity_body(key)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            await self.identities.reconcile(body)
+
+
+_runtime: Runtime | None = None
+
+
+def get() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(Api(load_connection()), workers=current_settings().workers)
+    return _runtime
+
+
+def set_runtime(rt: Runtime | None) -> None:
+    global _runtime
+    _runtime = rt

@@ -1,0 +1,78 @@
+"""Kubernetes Events about the operator's objects: the audit trail users read with kubectl.
+
+Messages carry identifiers only (names, serials, fingerprints, expiry), never a value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from nhi.k8s.client import Api, ApiError
+from nhi.models.duration import rfc3339
+
+log = logging.getLogger("nhi.events")
+
+COMPONENT = "nhi-operator"
+
+
+def involved(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    ref = {
+        "apiVersion": body.get("apiVersion", ""),
+        "kind": body.get("kind", ""),
+        "name": meta.get("name", ""),
+        "uid": meta.get("uid", ""),
+        "resourceVersion": meta.get("resourceVersion", ""),
+    }
+    if meta.get("namespace"):
+        ref["namespace"] = meta["namespace"]
+    return ref
+
+
+class EventRecorder:
+    def __init__(self, api: Api, *, namespace_fallback: str = "default") -> None:
+        self.api = api
+        self.namespace_fallback = namespace_fallback
+
+    async def record(
+        self,
+        body: Mapping[str, Any],
+        type_: str,
+        reason: str,
+        message: str,
+        now: dt.datetime | None = None,
+    ) -> None:
+        """Post an Event; failures are logged, never raised (Events are best effort)."""
+        now = now or dt.datetime.now(dt.UTC)
+        ref = involved(body)
+        namespace = ref.get("namespace") or self.namespace_fallback
+        name = f"{ref['name']}.{uuid.uuid4().hex[:16]}"
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace},
+            "involvedObject": ref,
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": rfc3339(now),
+            "lastTimestamp": rfc3339(now),
+            "count": 1,
+        }
+        try:
+            await self.api.create("Event", namespace, event)
+        except (ApiError, OSError) as err:
+            log.warning("could not post event", extra={"reason": reason, "error": str(err)})
+
+    async def normal(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        await self.record(body, "Normal", reason, message)
+
+    async def warning(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        await self.record(body, "Warning", reason, message)

@@ -1,0 +1,151 @@
+"""Structured logs: JSON by default, readable text for a terminal, secrets redacted.
+
+Everything goes through the standard library's logging (kopf's own loggers included) and is
+rendered by structlog, so every line has the same shape. A redaction step runs last before
+rendering: it drops values of fields whose names say they hold a secret, and scrubs anything
+that looks like a token, a private key or a PEM block from every string.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+REDACTED = "[REDACTED]"
+
+SECRET_FIELDS = frozenset(
+    {
+        "token",
+        "tokens",
+        "key",
+        "private_key",
+        "privatekey",
+        "tls.key",
+        "secret",
+        "password",
+        "value",
+        "current",
+        "previous",
+        "data",
+        "stringdata",
+        "client_key",
+        "authorization",
+    }
+)
+
+_PATTERNS = [
+    # PEM blocks of any kind (keys, certificates, CSRs): certificates are not secret, but a
+    # PEM in a log line is never useful and a key must never slip through.
+    re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.S),
+    # JSON Web Tokens (service-account tokens): three base64url segments starting with eyJ.
+    re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
+    # Bearer credentials in headers.
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]{8,}"),
+]
+
+
+def scrub(text: str) -> str:
+    for pattern in _PATTERNS:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if key.lower() in SECRET_FIELDS and value not in (None, "", [], {}):
+        return REDACTED
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value("", v) for v in value]
+    return value
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: no secret value survives into a rendered line."""
+    for k in list(event_dict):
+        if k == "event":
+            event_dict[k] = scrub(str(event_dict[k]))
+        else:
+            event_dict[k] = _redact_value(k, event_dict[k])
+    return event_dict
+
+
+_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _extra_from_record(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Lift ``extra={...}`` fields and kopf's object context into the event."""
+    record: logging.LogRecord | None = event_dict.get("_record")
+    if record is None:
+        return event_dict
+    for k, v in vars(record).items():
+        if k not in _STD_ATTRS and not k.startswith("_") and k not in event_dict:
+            event_dict[k] = v
+    # kopf attaches the object it is logging about as `k8s_ref`.
+    ref = event_dict.pop("k8s_ref", None)
+    if isinstance(ref, dict):
+        event_dict.setdefault("namespace", ref.get("namespace"))
+        event_dict.setdefault("kind", ref.get("kind"))
+        event_dict.setdefault("name", ref.get("name"))
+    event_dict.pop("k8s_skip", None)
+    event_dict.pop("settings", None)
+    return event_dict
+
+
+def setup(fmt: str = "json", level: str = "INFO") -> None:
+    """Configure logging for the whole process (operator, kopf, libraries)."""
+    renderer: Any
+    if fmt == "text":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    shared: list[Any] = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, _extra_from_record],
+        processors=[
+            _extra_from_record,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "urllib3", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,76 @@
+"""kstatus-compatible conditions as a pure function of (old conditions, new facts)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from nhi.models.duration import rfc3339
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+
+TRUE = "True"
+FALSE = "False"
+UNKNOWN = "Unknown"
+
+Condition = dict[str, Any]
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int,
+    now: dt.datetime,
+) -> list[Condition]:
+    """Return a new list with ``type_`` set.
+
+    ``lastTransitionTime`` is kept when the status did not change; ``observedGeneration``
+    is always set. The order of the other conditions is preserved.
+    """
+    out: list[Condition] = []
+    found = False
+    for cond in conditions:
+        if cond.get("type") != type_:
+            out.append(dict(cond))
+            continue
+        found = True
+        transition = cond.get("lastTransitionTime") if cond.get("status") == status else None
+        out.append(_make(type_, status, reason, message, generation, transition or rfc3339(now)))
+    if not found:
+        out.append(_make(type_, status, reason, message, generation, rfc3339(now)))
+    return out
+
+
+def remove_condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> list[Condition]:
+    return [dict(c) for c in conditions if c.get("type") != type_]
+
+
+def get_condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
+    for cond in conditions:
+        if cond.get("type") == type_:
+            return cond
+    return None
+
+
+def is_true(conditions: Sequence[Mapping[str, Any]], type_: str) -> bool:
+    cond = get_condition(conditions, type_)
+    return cond is not None and cond.get("status") == TRUE
+
+
+def _make(
+    type_: str, status: str, reason: str, message: str, generation: int, transition: str
+) -> Condition:
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+    }

@@ -1,0 +1,38 @@
+"""Label and annotation keys, reasons and other names shared by every layer."""
+
+from __future__ import annotations
+
+MANAGED_BY_KEY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "nhi-operator"
+IDENTITY_LABEL = "nhi.dev/identity"
+IDENTITY_NAMESPACE_LABEL = "nhi.dev/identity-namespace"
+CREDENTIAL_LABEL = "nhi.dev/credential"
+
+ADOPT_ANNOTATION = "nhi.dev/adopt"
+RENEW_ANNOTATION = "nhi.dev/renew-requested-at"
+REVOKE_ANNOTATION = "nhi.dev/revoke"
+NOT_AFTER_ANNOTATION = "nhi.dev/not-after"
+
+MANAGED_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY}"
+
+
+class Reason:
+    """Condition and Event reasons (CamelCase constants, stable for alerting)."""
+
+    # Ready
+    READY = "Ready"
+    CREDENTIALS_ISSUED = "CredentialsIssued"
+    PROVISIONED = "Provisioned"
+    # Reconciling
+    PROVISIONING = "Provisioning"
+    # Stalled / not ready
+    INVALID_SPEC = "InvalidSpec"
+    SERVICE_ACCOUNT_CONFLICT = "ServiceAccountConflict"
+    CLUSTER_PERMISSIONS_NOT_ALLOWED = "ClusterPermissionsNotAllowed"
+    POLICY_VIOLATION = "PolicyViolation"
+    API_ERROR = "ApiError"
+    # Events
+    CREATED = "Created"
+    UPDATED = "Updated"
+    RESTORED = "Restored"
+    DELETED = "Deleted"

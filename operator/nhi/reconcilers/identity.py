@@ -1,0 +1,351 @@
+"""MachineIdentity reconciler: gather -> decide (pure) -> apply -> status.
+
+Children are read from the operator's watch caches, so a reconcile that finds nothing to do
+costs no API request. Writes are server-side applies; status is patched only when it changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nhi import metrics
+from nhi.builders.rbac import ChildKey, child_key, desired_access, differs
+from nhi.k8s.client import Api, ApiError
+from nhi.k8s.events import EventRecorder
+from nhi.models import conditions as cond
+from nhi.models.identity import MachineIdentity, SpecError
+from nhi.models.meta import (
+    ADOPT_ANNOTATION,
+    IDENTITY_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_KEY,
+    Reason,
+)
+from nhi.models.policy import IdentityPolicy
+from nhi.policies.cluster import check_cluster_permissions
+
+log = logging.getLogger("nhi.reconcilers.identity")
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ChildView(Protocol):
+    """Read access to the watch caches of managed children and cluster context."""
+
+    def children_of(self, namespace: str, name: str) -> dict[ChildKey, dict[str, Any]]: ...
+
+    def policies(self) -> Sequence[IdentityPolicy]: ...
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True)
+class Observed:
+    identity: MachineIdentity
+    children: Mapping[ChildKey, Mapping[str, Any]]
+    foreign_service_account: Mapping[str, Any] | None
+    policies: Sequence[IdentityPolicy]
+    namespace_labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do. ``blocked`` holds (reason, message) when nothing may be applied."""
+
+    apply: tuple[dict[str, Any], ...] = ()
+    delete: tuple[ChildKey, ...] = ()
+    blocked: tuple[str, str] | None = None
+
+
+@dataclass
+class Outcome:
+    ready: bool
+    reason: str
+    message: str
+    stalled: bool = False
+    changes: list[str] = field(default_factory=list)
+
+
+def service_account_conflict(identity: MachineIdentity, sa: Mapping[str, Any] | None) -> str | None:
+    """Why an existing ServiceAccount may not be taken over, or None."""
+    if sa is None:
+        return None
+    labels = (sa.get("metadata") or {}).get("labels") or {}
+    ours = labels.get(MANAGED_BY_KEY) == MANAGED_BY and labels.get(IDENTITY_LABEL) == identity.name
+    if ours or identity.annotations.get(ADOPT_ANNOTATION) == "true":
+        return None
+    return (
+        f"spec.serviceAccount.name: ServiceAccount {identity.spec.service_account!r} already "
+        f"exists and is not managed by this identity; set the annotation "
+        f'{ADOPT_ANNOTATION}: "true" to adopt it'
+    )
+
+
+def decide(observed: Observed) -> Plan:
+    """Pure: the children to apply and delete, or why nothing may be done."""
+    identity = observed.identity
+    conflict = service_account_conflict(identity, observed.foreign_service_account)
+    if conflict:
+        return Plan(blocked=(Reason.SERVICE_ACCOUNT_CONFLICT, conflict))
+    verdict = check_cluster_permissions(identity.spec, observed.policies, observed.namespace_labels)
+    if not verdict.allowed:
+        return Plan(blocked=(verdict.reason, verdict.message))
+    desired = desired_access(identity)
+    wanted = {child_key(o) for o in desired}
+    apply = tuple(o for o in desired if differs(o, _as_dict(observed.children.get(child_key(o)))))
+    delete = tuple(sorted(k for k in observed.children if k not in wanted))
+    return Plan(apply=apply, delete=delete)
+
+
+def _as_dict(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return dict(obj) if obj is not None else None
+
+
+def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime) -> dict[str, Any]:
+    """Pure: the status an outcome leads to, keeping transition times that did not change."""
+    old: Mapping[str, Any] = identity.status
+    conds: Sequence[Mapping[str, Any]] = old.get("conditions") or []
+    gen = identity.generation
+    if outcome.ready:
+        conds = cond.set_condition(
+            conds, cond.READY, cond.TRUE, outcome.reason, outcome.message, gen, now
+        )
+        conds = cond.set_condition(
+            conds, cond.RECONCILING, cond.FALSE, outcome.reason, "nothing pending", gen, now
+        )
+        conds = cond.set_condition(
+            conds, cond.STALLED, cond.FALSE, outcome.reason, "no error", gen, now
+        )
+    else:
+        conds = cond.set_condition(
+            conds, cond.READY, cond.FALSE, outcome.reason, outcome.message, gen, now
+        )
+        conds = cond.set_condition(
+            conds,
+            cond.RECONCILING,
+            cond.FALSE if outcome.stalled else cond.TRUE,
+            outcome.reason,
+            outcome.message,
+            gen,
+            now,
+        )
+        conds = cond.set_condition(
+            conds,
+            cond.STALLED,
+            cond.TRUE if outcome.stalled else cond.FALSE,
+            outcome.reason,
+            outcome.message if outcome.stalled else "no terminal error",
+            gen,
+            now,
+        )
+    phase = old.get("phase") or "Pending"
+    if outcome.ready and phase == "Pending":
+        phase = "Active"
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "phase": phase,
+        "serviceAccount": identity.spec.service_account,
+        "conditions": conds,
+    }
+    return status
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return any(old.get(k) != v for k, v in new.items())
+
+
+class IdentityReconciler:
+    def __init__(
+        self, api: Api, view: ChildView, events: EventRecorder, clock: Clock = utcnow
+    ) -> None:
+        self.api = api
+        self.view = view
+        self.events = events
+        self.clock = clock
+
+    # ------------------------------------------------------------------ gather
+
+    async def gather(self, identity: MachineIdentity) -> Observed:
+        children = self.view.children_of(identity.namespace, identity.name)
+        foreign = None
+        sa_key = ChildKey("ServiceAccount", identity.namespace, identity.spec.service_account)
+        if sa_key not in children:
+            # Not in the cache of managed objects: is there a namesake we must not take over?
+            foreign = await self.api.get(
+                "ServiceAccount", identity.namespace, identity.spec.service_account
+            )
+        return Observed(
+            identity=identity,
+            children=children,
+            foreign_service_account=foreign,
+            policies=self.view.policies(),
+            namespace_labels=self.view.namespace_labels(identity.namespace),
+        )
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        """Converge one identity; returns what happened (status is already written)."""
+        started = self.clock()
+        try:
+            identity = MachineIdentity.from_body(body)
+        except SpecError as err:
+            outcome = Outcome(False, Reason.INVALID_SPEC, str(err), stalled=True)
+            await self._write_status_raw(body, outcome)
+            return outcome
+        try:
+            outcome = await self._converge(body, identity)
+        except ApiError as err:
+            metrics.reconcile_errors.labels("MachineIdentity").inc()
+            outcome = Outcome(False, Reason.API_ERROR, str(err))
+            await self._write_status(identity, outcome)
+            raise
+        await self._write_status(identity, outcome)
+        metrics.reconcile_duration.labels("MachineIdentity").observe(
+            (self.clock() - started).total_seconds()
+        )
+        return outcome
+
+    async def _converge(self, body: Mapping[str, Any], identity: MachineIdentity) -> Outcome:
+        observed = await self.gather(identity)
+        plan = decide(observed)
+        if plan.blocked:
+            reason, message = plan.blocked
+            return Outcome(False, reason, message, stalled=True)
+        changes: list[str] = []
+        # The spec as last seen converged: a difference now is drift, which is restored.
+        settled = identity.status.get("observedGeneration") == identity.generation and cond.is_true(
+            identity.status.get("conditions") or [], cond.READY
+        )
+        for obj in plan.apply:
+            key = child_key(obj)
+            existed = key in observed.children
+            await self.api.apply(obj)
+            if settled:
+                verb = Reason.RESTORED
+            else:
+                verb = Reason.UPDATED if existed else Reason.CREATED
+            changes.append(f"{verb} {key}")
+            await self.events.normal(body, verb, f"{verb.lower()} {key}")
+            log.info(
+                "%s child",
+                verb.lower(),
+                extra={
+                    "child": str(key),
+                    "namespace": identity.namespace,
+                    "identity": identity.name,
+                },
+            )
+        for key in plan.delete:
+            await self.api.delete(key.kind, key.namespace or None, key.name)
+            changes.append(f"Deleted {key}")
+            await self.events.normal(body, Reason.DELETED, f"deleted {key}")
+            log.info(
+                "deleted child",
+                extra={
+                    "child": str(key),
+                    "namespace": identity.namespace,
+                    "identity": identity.name,
+                },
+            )
+        return Outcome(
+            True,
+            Reason.PROVISIONED,
+            f"ServiceAccount {identity.spec.service_account} and its permissions are in place",
+            changes=changes,
+        )
+
+    async def cleanup(self, body: Mapping[str, Any]) -> list[str]:
+        """Remove every object the identity created, cluster-scoped ones included."""
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        removed = []
+        for key in sorted(self.view.children_of(namespace, name)):
+            if await self.api.delete(key.kind, key.namespace or None, key.name):
+                removed.append(str(key))
+        metrics.forget_identity(namespace, name)
+        return removed
+
+    # ------------------------------------------------------------------ status
+
+    async def _write_status(self, identity: MachineIdentity, outcome: Outcome) -> None:
+        now = self.clock()
+        status = compute_status(identity, outcome, now)
+        if status_changed(identity.status, status):
+            await self.api.patch(
+                "MachineIdentity",
+                identity.namespace,
+                identity.name,
+                {"status": status},
+                subresource="status",
+            )
+            if not outcome.ready and not _same_reason(identity.status, outcome):
+                await self.events.warning(_ref(identity), outcome.reason, outcome.message)
+        metrics.observe_identity(
+            identity.namespace,
+            identity.name,
+            identity.spec.owner,
+            status["phase"],
+            {c["type"]: c["status"] == cond.TRUE for c in status["conditions"]},
+        )
+
+    async def _write_status_raw(self, body: Mapping[str, Any], outcome: Outcome) -> None:
+        """Status for an identity whose spec could not even be parsed."""
+        meta = body.get("metadata") or {}
+        old = body.get("status") or {}
+        now = self.clock()
+        gen = int(meta.get("generation") or 0)
+        conds = cond.set_condition(
+            old.get("conditions") or [],
+            cond.READY,
+            cond.FALSE,
+            outcome.reason,
+            outcome.message,
+            gen,
+            now,
+        )
+        conds = cond.set_condition(
+            conds, cond.RECONCILING, cond.FALSE, outcome.reason, outcome.message, gen, now
+        )
+        conds = cond.set_condition(
+            conds, cond.STALLED, cond.TRUE, outcome.reason, outcome.message, gen, now
+        )
+        status = {
+            "observedGeneration": gen,
+            "phase": old.get("phase") or "Pending",
+            "conditions": conds,
+        }
+        if status_changed(old, status):
+            await self.api.patch(
+                "MachineIdentity",
+                meta.get("namespace"),
+                meta.get("name", ""),
+                {"status": status},
+                subresource="status",
+            )
+            if not _same_reason(old, outcome):
+                await self.events.warning(body, outcome.reason, outcome.message)
+
+
+def _same_reason(status: Mapping[str, Any], outcome: Outcome) -> bool:
+    """True when the stored Ready condition already says what the outcome says."""
+    ready = cond.get_condition(status.get("conditions") or [], cond.READY)
+    return bool(
+        ready and ready.get("reason") == outcome.reason and ready.get("message") == outcome.message
+    )
+
+
+def _ref(identity: MachineIdentity) -> dict[str, Any]:
+    return {
+        "apiVersion": "nhi.dev/v1alpha1",
+        "kind": "MachineIdentity",
+        "metadata": {"namespace": identity.namespace, "name": identity.name, "uid": identity.uid},
+    }

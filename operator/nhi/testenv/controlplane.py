@@ -1,0 +1,500 @@
+"""Start and stop etcd, kube-apiserver and kube-controller-manager on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+#: The repository root when running from a checkout (``operator/nhi/testenv/..``).
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+CONTROLLERS = ",".join(
+    [
+        "garbage-collector-controller",
+        "namespace-controller",
+        "serviceaccount-controller",
+        "serviceaccount-token-controller",
+        "deployment-controller",
+        "replicaset-controller",
+        "statefulset-controller",
+        "daemonset-controller",
+        "job-controller",
+        "cronjob-controller",
+        "ttl-after-finished-controller",
+        "root-ca-certificate-publisher-controller",
+    ]
+)
+
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  # Metadata only: request and response bodies (and so Secret values) never reach the log.
+  - level: Metadata
+"""
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be built, started or reached."""
+
+
+def build_binaries() -> Path:
+    """Build or reuse the control-plane binaries; return the directory holding them."""
+    override = os.environ.get("NHI_CONTROLPLANE_BIN")
+    if override:
+        return Path(override)
+    script = REPO_ROOT / "hack" / "build-controlplane.sh"
+    if not script.exists():
+        raise ControlPlaneError(
+            f"{script} not found: set NHI_CONTROLPLANE_BIN to a directory with etcd, "
+            "kube-apiserver, kube-controller-manager and kubectl"
+        )
+    out = subprocess.run(["bash", str(script)], check=False, stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        raise ControlPlaneError(f"building the control plane failed (exit {out.returncode})")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@dataclass
+class _Pki:
+    """Certificates and keys of one control plane, written below ``root``."""
+
+    root: Path
+    ca_key: ec.EllipticCurvePrivateKey = field(init=False)
+    ca_cert: x509.Certificate = field(init=False)
+
+    def __post_init__(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        self.ca_key = ec.generate_private_key(ec.SECP256R1())
+        self.ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("nhi-testenv-ca"))
+            .issuer_name(_name("nhi-testenv-ca"))
+            .public_key(self.ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        self.write("ca.crt", self.ca_cert.public_bytes(serialization.Encoding.PEM))
+        self.write("ca.key", _pem_key(self.ca_key))
+        sa_key = ec.generate_private_key(ec.SECP256R1())
+        self.write("sa.key", _pem_key(sa_key))
+        self.write(
+            "sa.pub",
+            sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
+
+    def write(self, name: str, data: bytes) -> Path:
+        path = self.root / name
+        path.write_bytes(data)
+        path.chmod(0o600)
+        return path
+
+    def issue(self, name: str, cn: str, org: str | None = None, server: bool = False) -> None:
+        now = dt.datetime.now(dt.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn, org))
+            .issuer_name(self.ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.DNSName("kubernetes"),
+                        x509.DNSName("kubernetes.default.svc"),
+                        x509.DNSName("kubernetes.default.svc.cluster.local"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                    ]
+                ),
+                critical=False,
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        else:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False
+            )
+        cert = builder.sign(self.ca_key, hashes.SHA256())
+        self.write(f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM))
+        self.write(f"{name}.key", _pem_key(key))
+
+
+def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "nhi-local",
+                "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(pki / f"{user}.crt"),
+                    "client-key": str(pki / f"{user}.key"),
+                },
+            }
+        ],
+        "contexts": [{"name": "nhi-local", "context": {"cluster": "nhi-local", "user": user}}],
+        "current-context": "nhi-local",
+    }
+    # JSON is valid YAML, and keeps this module free of third-party parsers.
+    path.write_text(json.dumps(config, indent=2))
+    path.chmod(0o600)
+
+
+@dataclass
+class ControlPlane:
+    """One local control plane. Use as a context manager, or call start() and stop()."""
+
+    bin_dir: Path | None = None
+    work_dir: Path | None = None
+    kubeconfig_path: Path | None = None
+    verbose: bool = False
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    server: str = ""
+    _own_work_dir: bool = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.kubeconfig_path is not None, "control plane not started"
+        return self.kubeconfig_path
+
+    @property
+    def logs_dir(self) -> Path:
+        assert self.work_dir is not None
+        return self.work_dir / "logs"
+
+    @property
+    def pki_dir(self) -> Path:
+        assert self.work_dir is not None
+        return self.work_dir / "pki"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs_dir / "audit.log"
+
+    def binary(self, name: str) -> str:
+        assert self.bin_dir is not None
+        return str(self.bin_dir / name)
+
+    def start(self, timeout: float = 120.0) -> None:
+        if self.bin_dir is None:
+            self.bin_dir = build_binaries()
+        if self.work_dir is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="nhi-controlplane-"))
+            self._own_work_dir = True
+        for sub in ("pki", "logs", "etcd"):
+            (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
+        if self.kubeconfig_path is None:
+            self.kubeconfig_path = self.work_dir / "kubeconfig"
+        self.kubeconfig_path.parent.mkdir(parents=True, exist_ok=True)
+
+        pki = _Pki(self.pki_dir)
+        pki.issue("apiserver", "kube-apiserver", server=True)
+        pki.issue("admin", "nhi-admin", org="system:masters")
+        pki.issue("controller-manager", "system:kube-controller-manager")
+        (self.work_dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+
+        try:
+            self._start_etcd()
+            self._start_apiserver()
+            write_kubeconfig(self.kubeconfig, self.server, self.pki_dir, "admin")
+            write_kubeconfig(
+                self.work_dir / "controller-manager.kubeconfig",
+                self.server,
+                self.pki_dir,
+                "controller-manager",
+            )
+            self._wait_ready(timeout)
+            self._start_controller_manager()
+            self._wait_default_service_account(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for name in reversed(list(self.processes)):
+            proc = self.processes.pop(name)
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=5)
+        if self._own_work_dir and self.work_dir is not None and not os.environ.get("NHI_KEEP"):
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # ---------------------------------------------------------------- processes
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.logs_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes[name] = proc
+
+    def _start_etcd(self) -> None:
+        assert self.work_dir is not None
+        client, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        self._spawn(
+            "etcd",
+            [
+                self.binary("etcd"),
+                "--name=nhi",
+                f"--data-dir={self.work_dir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=nhi=http://127.0.0.1:{peer}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            self._check_alive("etcd")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
+                    if json.loads(r.read()).get("health") == "true":
+                        return
+            time.sleep(0.1)
+        raise ControlPlaneError(f"etcd did not become healthy\n{self.tail('etcd')}")
+
+    def _start_apiserver(self) -> None:
+        port = free_port()
+        self.server = f"https://127.0.0.1:{port}"
+        pki = self.pki_dir
+        self._spawn(
+            "kube-apiserver",
+            [
+                self.binary("kube-apiserver"),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                f"--audit-policy-file={self.work_dir / 'audit-policy.yaml'}"
+                if self.work_dir
+                else "",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxsize=100",
+                "--audit-log-maxbackup=2",
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--max-requests-inflight=1600",
+                "--max-mutating-requests-inflight=800",
+                "--v=1",
+            ],
+        )
+
+    def _start_controller_manager(self) -> None:
+        assert self.work_dir is not None
+        pki = self.pki_dir
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self.binary("kube-controller-manager"),
+                f"--kubeconfig={self.work_dir / 'controller-manager.kubeconfig'}",
+                f"--controllers={CONTROLLERS}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--use-service-account-credentials=true",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--concurrent-gc-syncs=50",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+                "--v=1",
+            ],
+        )
+
+    def _check_alive(self, name: str) -> None:
+        proc = self.processes.get(name)
+        if proc is not None and proc.poll() is not None:
+            raise ControlPlaneError(f"{name} exited with {proc.returncode}\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        return "\n".join(f"  {name}| {line}" for line in text)
+
+    def all_logs(self) -> str:
+        return "\n".join(
+            self.tail(n, 60) for n in ("etcd", "kube-apiserver", "kube-controller-manager")
+        )
+
+    # ---------------------------------------------------------------- readiness
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
+        return ctx
+
+    def get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.server + path)
+        try:
+            with urllib.request.urlopen(req, context=self.ssl_context(), timeout=timeout) as r:
+                return int(r.status), bytes(r.read())
+        except urllib.error.HTTPError as err:
+            return int(err.code), bytes(err.read())
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            self._check_alive("etcd")
+            self._check_alive("kube-apiserver")
+            try:
+                code, body = self.get("/readyz")
+                if code == 200:
+                    return
+                last = body.decode(errors="replace")[-500:]
+            except OSError as err:
+                last = str(err)
+            time.sleep(0.2)
+        raise ControlPlaneError(f"kube-apiserver not ready: {last}\n{self.tail('kube-apiserver')}")
+
+    def _wait_default_service_account(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive("kube-controller-manager")
+            code, _ = self.get("/api/v1/namespaces/default/serviceaccounts/default")
+            if code == 200:
+                return
+            time.sleep(0.2)
+        raise ControlPlaneError(
+            f"the default ServiceAccount never appeared\n{self.tail('kube-controller-manager')}"
+        )
+
+    def version(self) -> dict[str, str]:
+        code, body = self.get("/version")
+        if code != 200:
+            raise ControlPlaneError(f"/version answered {code}")
+        return dict(json.loads(body))
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [self.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            text=True,
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise ControlPlaneError(
+                f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}"
+            )
+        return proc
+
+
+@contextlib.contextmanager
+def running(**kwargs: object) -> Iterator[ControlPlane]:
+    cp = ControlPlane(**kwargs)  # type: ignore[arg-type]
+    with cp:
+        yield cp
