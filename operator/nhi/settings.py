@@ -24,6 +24,9 @@ class Settings:
     peering_name: str = field(
         default_factory=lambda: os.environ.get("NHI_PEERING_NAME", "nhi-operator")
     )
+    operator_namespace: str = field(
+        default_factory=lambda: os.environ.get("NHI_NAMESPACE", "nhi-system")
+    )
     peering_priority: int = 0
     peering_lifetime: int = 60
 

@@ -7,7 +7,13 @@ from typing import Any
 import kopf
 
 from nhi.handlers import runtime
-from nhi.models.meta import IDENTITY_LABEL, IDENTITY_NAMESPACE_LABEL, MANAGED_BY, MANAGED_BY_KEY
+from nhi.models.meta import (
+    CREDENTIAL_LABEL,
+    IDENTITY_LABEL,
+    IDENTITY_NAMESPACE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_KEY,
+)
 
 GROUP, VERSION = "nhi.dev", "v1alpha1"
 MANAGED: dict[str, Any] = {
@@ -16,7 +22,8 @@ MANAGED: dict[str, Any] = {
 }
 
 # Fields of a child the reconciler compares; the rest of the body is not kept in memory.
-_KEEP = ("rules", "roleRef", "subjects", "automountServiceAccountToken")
+# Never a Secret's data: only its metadata (annotations say what it holds) and type.
+_KEEP = ("rules", "roleRef", "subjects", "automountServiceAccountToken", "type")
 
 
 def _slim(kind: str, body: kopf.Body) -> dict[str, Any]:
@@ -47,7 +54,16 @@ def _owner(labels: kopf.Labels, namespace: str | None) -> tuple[str, str]:
     return (labels.get(IDENTITY_NAMESPACE_LABEL) or namespace or "", labels[IDENTITY_LABEL])
 
 
-def _register_child(kind: str, group: str, version: str, plural: str, index_id: str) -> None:
+def _register_child(
+    kind: str,
+    group: str,
+    version: str,
+    plural: str,
+    index_id: str,
+    selector: dict[str, Any] | None = None,
+) -> None:
+    selector = selector or MANAGED
+
     def index(
         body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]]:
@@ -58,8 +74,8 @@ def _register_child(kind: str, group: str, version: str, plural: str, index_id: 
         rt.capture(kwargs)
         rt.queue.add(_owner(labels, namespace))
 
-    kopf.index(group, version, plural, labels=MANAGED, id=index_id)(index)
-    kopf.on.event(group, version, plural, labels=MANAGED, id=f"{index_id}_event")(on_event)
+    kopf.index(group, version, plural, labels=selector, id=index_id)(index)
+    kopf.on.event(group, version, plural, labels=selector, id=f"{index_id}_event")(on_event)
 
 
 _register_child("ServiceAccount", "", "v1", "serviceaccounts", "nhi_sa")
@@ -76,6 +92,15 @@ _register_child(
     "v1",
     "clusterrolebindings",
     "nhi_clusterrolebindings",
+)
+# Credential Secrets: only their metadata is kept in memory (see _slim), never their data.
+_register_child(
+    "Secret",
+    "",
+    "v1",
+    "secrets",
+    "nhi_secrets",
+    selector={**MANAGED, CREDENTIAL_LABEL: kopf.PRESENT},
 )
 
 

@@ -13,10 +13,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nhi.builders.rbac import ChildKey
+from nhi.k8s.cache import WriteOverlay
 from nhi.k8s.client import Api, load_connection
 from nhi.k8s.events import EventRecorder
+from nhi.models.meta import IDENTITY_LABEL, IDENTITY_NAMESPACE_LABEL
 from nhi.models.policy import IdentityPolicy
-from nhi.reconcilers.identity import IdentityReconciler
+from nhi.reconcilers.identity import IdentityReconciler, utcnow
+from nhi.reconcilers.issuer import IssuerService
 from nhi.reconcilers.workqueue import WorkQueue
 from nhi.settings import current as current_settings
 
@@ -41,7 +44,12 @@ class Runtime:
         self.api = api
         self.events = EventRecorder(api)
         self.indexes: dict[str, Mapping[Any, Any]] = {}
-        self.identities = IdentityReconciler(api, self, self.events)
+        self.overlay = WriteOverlay()
+        self.issuers = IssuerService(
+            api, self.events, operator_namespace=current_settings().operator_namespace, clock=utcnow
+        )
+        self.issuers.on_change = self.issuer_changed
+        self.identities = IdentityReconciler(api, self, self.events, self.issuers)
         self.queue: WorkQueue[Key] = WorkQueue(self.process, workers=workers)
         self.locks: dict[Key, asyncio.Lock] = {}
 
@@ -63,12 +71,32 @@ class Runtime:
             return []
 
     def children_of(self, namespace: str, name: str) -> dict[ChildKey, dict[str, Any]]:
-        out: dict[ChildKey, dict[str, Any]] = {}
+        """The identity's children: the watch caches, corrected by our own recent writes."""
+        cached: dict[ChildKey, dict[str, Any]] = {}
         for index in CHILD_INDEXES:
             for obj in self._values(index, (namespace, name)):
                 meta = obj["metadata"]
-                out[ChildKey(obj["kind"], meta.get("namespace", ""), meta["name"])] = obj
+                cached[ChildKey(obj["kind"], meta.get("namespace", ""), meta["name"])] = obj
+        if not len(self.overlay):
+            return cached
+        keys = set(cached) | {
+            ChildKey(*k)
+            for k in self.overlay.keys_for(
+                namespace, name, IDENTITY_LABEL, IDENTITY_NAMESPACE_LABEL
+            )
+        }
+        out: dict[ChildKey, dict[str, Any]] = {}
+        for key in keys:
+            _, obj = self.overlay.resolve((key.kind, key.namespace, key.name), cached.get(key))
+            if obj is not None:
+                out[key] = obj
         return out
+
+    def written(self, obj: Mapping[str, Any]) -> None:
+        self.overlay.written(obj)
+
+    def deleted(self, key: ChildKey) -> None:
+        self.overlay.deleted(key.kind, key.namespace, key.name)
 
     def policies(self) -> Sequence[IdentityPolicy]:
         out = []
@@ -100,7 +128,29 @@ class Runtime:
             body = self.identity_body(key)
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return
-            await self.identities.reconcile(body)
+            outcome = await self.identities.reconcile(body)
+            creds = outcome.credentials
+            if creds is not None and creds.next_due is not None:
+                delay = (creds.next_due - utcnow()).total_seconds()
+                self.queue.add_after(key, max(delay, 0.0) + 0.05)
+            elif not outcome.ready and not outcome.stalled:
+                # Waiting on something outside (an issuer): look again soon.
+                self.queue.add_after(key, 10.0)
+
+    def issuer_changed(self, issuer: tuple[str, str, str]) -> None:
+        """Re-queue every identity whose credentials name the issuer."""
+        kind, namespace, name = issuer
+        for key in list(self.indexes.get(IDENTITY_INDEX) or ()):
+            body = self.identity_body(key)
+            for cred in ((body or {}).get("spec") or {}).get("credentials") or []:
+                ref = cred.get("issuerRef") or {}
+                if (
+                    ref.get("name") == name
+                    and ref.get("kind", "ClusterIdentityIssuer") == kind
+                    and (kind == "ClusterIdentityIssuer" or key[0] == namespace)
+                ):
+                    self.queue.add(key)
+                    break
 
 
 _runtime: Runtime | None = None

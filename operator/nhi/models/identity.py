@@ -105,6 +105,20 @@ class LabelSelector:
     def empty(self) -> bool:
         return not self.match_labels and not self.match_expressions
 
+    def to_query(self) -> str:
+        """The selector as a ``labelSelector`` query string."""
+        parts = [f"{k}={v}" for k, v in self.match_labels]
+        for key, op, values in self.match_expressions:
+            if op == "In":
+                parts.append(f"{key} in ({','.join(values)})")
+            elif op == "NotIn":
+                parts.append(f"{key} notin ({','.join(values)})")
+            elif op == "Exists":
+                parts.append(key)
+            else:
+                parts.append(f"!{key}")
+        return ",".join(parts)
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         """Kubernetes label-selector semantics; an empty selector matches nothing here."""
         if self.empty:

@@ -12,6 +12,7 @@ ADOPT_ANNOTATION = "nhi.dev/adopt"
 RENEW_ANNOTATION = "nhi.dev/renew-requested-at"
 REVOKE_ANNOTATION = "nhi.dev/revoke"
 NOT_AFTER_ANNOTATION = "nhi.dev/not-after"
+RESTARTED_AT_ANNOTATION = "nhi.dev/restartedAt"
 
 MANAGED_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY}"
 

@@ -17,16 +17,20 @@ from nhi.builders.rbac import ChildKey, child_key, desired_access, differs
 from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventRecorder
 from nhi.models import conditions as cond
+from nhi.models.duration import rfc3339
 from nhi.models.identity import MachineIdentity, SpecError
 from nhi.models.meta import (
     ADOPT_ANNOTATION,
     IDENTITY_LABEL,
     MANAGED_BY,
     MANAGED_BY_KEY,
+    RESTARTED_AT_ANNOTATION,
     Reason,
 )
 from nhi.models.policy import IdentityPolicy
 from nhi.policies.cluster import check_cluster_permissions
+from nhi.reconcilers.credentials import CredentialManager, CredentialResult
+from nhi.reconcilers.issuer import IssuerService
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
@@ -45,6 +49,10 @@ class ChildView(Protocol):
     def policies(self) -> Sequence[IdentityPolicy]: ...
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
+
+    def written(self, obj: Mapping[str, Any]) -> None: ...
+
+    def deleted(self, key: ChildKey) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class Outcome:
     message: str
     stalled: bool = False
     changes: list[str] = field(default_factory=list)
+    credentials: CredentialResult | None = None
 
 
 def service_account_conflict(identity: MachineIdentity, sa: Mapping[str, Any] | None) -> str | None:
@@ -100,6 +109,10 @@ def decide(observed: Observed) -> Plan:
         return Plan(blocked=(verdict.reason, verdict.message))
     desired = desired_access(identity)
     wanted = {child_key(o) for o in desired}
+    # Credential Secrets are written by the credential manager; only orphans are removed here.
+    wanted |= {
+        ChildKey("Secret", identity.namespace, c.secret_name) for c in identity.spec.credentials
+    }
     apply = tuple(o for o in desired if differs(o, _as_dict(observed.children.get(child_key(o)))))
     delete = tuple(sorted(k for k in observed.children if k not in wanted))
     return Plan(apply=apply, delete=delete)
@@ -155,6 +168,12 @@ def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime
         "serviceAccount": identity.spec.service_account,
         "conditions": conds,
     }
+    creds = outcome.credentials
+    if creds is not None:
+        status["credentials"] = creds.statuses
+        status["nextRenewalTime"] = (
+            min(c["renewalTime"] for c in creds.statuses) if creds.statuses else None
+        )
     return status
 
 
@@ -164,12 +183,18 @@ def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
 
 class IdentityReconciler:
     def __init__(
-        self, api: Api, view: ChildView, events: EventRecorder, clock: Clock = utcnow
+        self,
+        api: Api,
+        view: ChildView,
+        events: EventRecorder,
+        issuers: IssuerService,
+        clock: Clock = utcnow,
     ) -> None:
         self.api = api
         self.view = view
         self.events = events
         self.clock = clock
+        self.credentials = CredentialManager(api, issuers, events, clock, record=view.written)
 
     # ------------------------------------------------------------------ gather
 
@@ -228,7 +253,7 @@ class IdentityReconciler:
         for obj in plan.apply:
             key = child_key(obj)
             existed = key in observed.children
-            await self.api.apply(obj)
+            self.view.written(await self.api.apply(obj))
             if settled:
                 verb = Reason.RESTORED
             else:
@@ -246,6 +271,7 @@ class IdentityReconciler:
             )
         for key in plan.delete:
             await self.api.delete(key.kind, key.namespace or None, key.name)
+            self.view.deleted(key)
             changes.append(f"Deleted {key}")
             await self.events.normal(body, Reason.DELETED, f"deleted {key}")
             log.info(
@@ -256,12 +282,47 @@ class IdentityReconciler:
                     "identity": identity.name,
                 },
             )
-        return Outcome(
-            True,
-            Reason.PROVISIONED,
-            f"ServiceAccount {identity.spec.service_account} and its permissions are in place",
-            changes=changes,
+        secrets = {k.name: v for k, v in observed.children.items() if k.kind == "Secret"}
+        creds = await self.credentials.ensure(identity, body, secrets)
+        if creds.rotated and identity.spec.rollout_on_rotation:
+            await self.rollout(identity, body, creds.rotated)
+        if creds.not_ready is not None:
+            reason, message = creds.not_ready
+            return Outcome(False, reason, message, changes=changes, credentials=creds)
+        n = len(identity.spec.credentials)
+        message = (
+            f"ServiceAccount {identity.spec.service_account}, its permissions and "
+            f"{n} credential{'s' if n != 1 else ''} are in place"
         )
+        reason = Reason.CREDENTIALS_ISSUED if n else Reason.PROVISIONED
+        return Outcome(True, reason, message, changes=changes, credentials=creds)
+
+    async def rollout(
+        self, identity: MachineIdentity, body: Mapping[str, Any], rotated: Sequence[str]
+    ) -> None:
+        """Restart the matching workloads once, however many credentials rotated together."""
+        selector = identity.spec.selector
+        if selector.empty:
+            return
+        stamp = rfc3339(self.clock())
+        patch = {
+            "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT_ANNOTATION: stamp}}}}
+        }
+        for kind in ("Deployment", "StatefulSet", "DaemonSet"):
+            found = await self.api.list(
+                kind, identity.namespace, label_selector=selector.to_query()
+            )
+            for obj in found:
+                if not selector.matches((obj.get("metadata") or {}).get("labels") or {}):
+                    continue
+                name = obj["metadata"]["name"]
+                await self.api.patch(kind, identity.namespace, name, patch)
+                metrics.rollouts.inc()
+                await self.events.normal(
+                    body,
+                    "RolloutTriggered",
+                    f"restarted {kind}/{name} after rotating {', '.join(rotated)}",
+                )
 
     async def cleanup(self, body: Mapping[str, Any]) -> list[str]:
         """Remove every object the identity created, cluster-scoped ones included."""

@@ -1,0 +1,205 @@
+{{/* Names and labels. */}}
+
+{{- define "nhi-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "nhi-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "nhi-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "nhi-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nhi-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "nhi-operator.labels" -}}
+helm.sh/chart: {{ include "nhi-operator.chart" . }}
+{{ include "nhi-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: nhi-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "nhi-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "nhi-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "nhi-operator.peeringName" -}}
+{{- default (include "nhi-operator.fullname" .) .Values.peering.name }}
+{{- end }}
+
+{{- define "nhi-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's permissions, in three parts. They are derived from the code: every verb is one
+the operator (or kopf, for it) sends, or one a planned feature needs; docs/security.md explains
+each. No wildcard anywhere. manifests/base/rbac.yaml holds the same rules (a test compares them).
+
+namespacedRules: objects inside the namespaces the operator serves. Cluster-wide install: part
+  of the ClusterRole. watchNamespaces: a Role in each listed namespace instead.
+clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
+*/}}
+
+{{- define "nhi-operator.namespacedRules" -}}
+# MachineIdentities: watched; patched for kopf's finalizer and progress annotations.
+- apiGroups: ["nhi.dev"]
+  resources: ["machineidentities"]
+  verbs: ["list", "watch", "patch"]
+# MachineIdentity status (merge patch of the status subresource).
+- apiGroups: ["nhi.dev"]
+  resources: ["machineidentities/status"]
+  verbs: ["patch"]
+# Namespaced issuers: watched; patched for kopf's finalizer and progress annotations, and
+# their status.
+- apiGroups: ["nhi.dev"]
+  resources: ["identityissuers"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["nhi.dev"]
+  resources: ["identityissuers/status"]
+  verbs: ["patch"]
+# The identities' ServiceAccounts: watched (drift), read (a namesake is never taken over),
+# created and updated with server-side apply, deleted on revocation.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Bound tokens for ServiceAccountToken credentials (TokenRequest API).
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
+# Credential Secrets (tokens, certificates and keys, static secrets) and CA Secrets.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Trust bundles and CRLs.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The audit trail users read with kubectl describe / get events.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+# Workloads that use an identity (spec.workloads.selector): counted, and restarted after a
+# rotation (a patch of the pod template annotation).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs", "cronjobs"]
+  verbs: ["get", "list", "watch"]
+# The identities' Roles and RoleBindings: watched, applied, deleted.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# Writing a Role with rules the operator does not hold itself (escalate), and binding a Role
+# it does not hold (bind). IdentityPolicy decides what may be granted: docs/security.md.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles"]
+  verbs: ["escalate", "bind"]
+{{- end }}
+
+{{- define "nhi-operator.clusterRules" -}}
+# IdentityPolicies: watched.
+- apiGroups: ["nhi.dev"]
+  resources: ["identitypolicies"]
+  verbs: ["list", "watch"]
+# Cluster-wide issuers: watched; patched for kopf's finalizer (their CA Secret and CRL are
+# removed on deletion) and progress annotations, and their status.
+- apiGroups: ["nhi.dev"]
+  resources: ["clusteridentityissuers"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["nhi.dev"]
+  resources: ["clusteridentityissuers/status"]
+  verbs: ["patch"]
+# Namespace labels, for the namespaceSelector of IdentityPolicies.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+# ClusterRoles and ClusterRoleBindings for spec.permissions.clusterRules (policy-gated).
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles", "clusterrolebindings"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# escalate: a ClusterRole with rules the operator does not hold; bind: a (Cluster)RoleBinding
+# to a ClusterRole it does not hold (spec.permissions.roleRefs such as view).
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles"]
+  verbs: ["escalate", "bind"]
+# Verifying issued tokens (TokenReview) and, at admission, that whoever writes an identity
+# holds the permissions it grants (SubjectAccessReview).
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["tokenreviews"]
+  verbs: ["create"]
+- apiGroups: ["authorization.k8s.io"]
+  resources: ["subjectaccessreviews"]
+  verbs: ["create"]
+# The IdentityPolicy admission webhook's configuration (CA bundle injection).
+- apiGroups: ["admissionregistration.k8s.io"]
+  resources: ["validatingwebhookconfigurations"]
+  verbs: ["get", "list", "watch", "patch"]
+# kopf discovers and follows the CRDs of the resources it serves.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{- define "nhi-operator.homeRules" -}}
+# Namespace-scoped install, in the operator's own namespace when it is not watched: the CA
+# Secrets and CRL ConfigMaps of ClusterIdentityIssuers live here (NHI_NAMESPACE).
+- apiGroups: [""]
+  resources: ["secrets", "configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{- define "nhi-operator.clusterPeeringRules" -}}
+# kopf peering (--peering): the replicas' heartbeats in the ClusterKopfPeering object.
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+
+{{- define "nhi-operator.namespacedPeeringRules" -}}
+# kopf peering (--peering) in namespace-scoped mode: the KopfPeering object of this namespace.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+
+{{/* Fail early on settings that cannot work together. */}}
+{{- define "nhi-operator.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
+{{- fail "replicaCount > 1 needs peering.enabled=true: without kopf peering every replica would reconcile the same objects at once" }}
+{{- end }}
+{{- if eq (int .Values.metrics.port) (int .Values.operator.healthPort) }}
+{{- fail "metrics.port and operator.healthPort must differ" }}
+{{- end }}
+{{- end }}

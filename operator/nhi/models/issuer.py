@@ -1,0 +1,274 @@
+"""The IdentityIssuer / ClusterIdentityIssuer model: the custom resource as typed data.
+
+The CRDs' schemas and CEL rules reject most bad input at admission; this model checks again
+(an object may predate a rule, or the CRD's validation may be missing) and names the field and
+the rule in every error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nhi.models.duration import parse_duration
+from nhi.models.identity import KEY_ALGORITHMS, SpecError
+
+ISSUER_KIND = "IdentityIssuer"
+CLUSTER_ISSUER_KIND = "ClusterIdentityIssuer"
+KINDS = (ISSUER_KIND, CLUSTER_ISSUER_KIND)
+PLURALS = {ISSUER_KIND: "identityissuers", CLUSTER_ISSUER_KIND: "clusteridentityissuers"}
+
+ISSUER_LABEL = "nhi.dev/issuer"
+ISSUER_KIND_LABEL = "nhi.dev/issuer-kind"
+
+DEFAULT_KEY_ALGORITHM = "ECDSA-P256"
+DEFAULT_CA_TTL = dt.timedelta(hours=8760)
+MIN_CA_TTL = dt.timedelta(hours=1)
+DEFAULT_TRUST_BUNDLE = "nhi-trust-bundle"
+DEFAULT_CRL = "nhi-crl"
+DEFAULT_CRL_VALIDITY = dt.timedelta(hours=24)
+MIN_CRL_VALIDITY = dt.timedelta(minutes=10)
+
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+
+IssuerKey = tuple[str, str, str]  # (kind, namespace or '', name)
+
+
+class IssuerReason:
+    """Condition and Event reasons of issuers (CamelCase constants, stable for alerting)."""
+
+    # Ready
+    CA_READY = "CAReady"
+    # Not ready
+    INVALID_SPEC = "InvalidSpec"
+    ISSUER_NOT_FOUND = "IssuerNotFound"
+    VAULT_NOT_SUPPORTED = "VaultNotSupported"
+    CA_SECRET_NOT_FOUND = "CASecretNotFound"  # noqa: S105
+    CA_SECRET_INVALID = "CASecretInvalid"  # noqa: S105
+    CA_EXPIRED = "CAExpired"
+    CA_NOT_YET_VALID = "CANotYetValid"
+    ROOT_SECRET_CONFLICT = "RootSecretConflict"  # noqa: S105
+    CRL_CONFLICT = "CRLConflict"
+    TRUST_BUNDLE_CONFLICT = "TrustBundleConflict"
+    API_ERROR = "ApiError"
+    # Events
+    CA_GENERATED = "CAGenerated"
+    CA_ROTATED = "CARotated"
+    CA_RESTORED = "CARestored"
+    CA_CHANGED = "CAChanged"
+    REVOKED = "Revoked"
+
+
+@dataclass(frozen=True)
+class SelfSignedSource:
+    key_algorithm: str = DEFAULT_KEY_ALGORITHM
+    ttl: dt.timedelta = DEFAULT_CA_TTL
+    common_name: str | None = None
+
+
+@dataclass(frozen=True)
+class CASource:
+    secret_name: str
+    secret_namespace: str | None = None  # ClusterIdentityIssuer only; None: operator namespace
+
+
+@dataclass(frozen=True)
+class VaultSource:
+    path: str
+    role: str
+    address: str | None = None
+
+
+Source = SelfSignedSource | CASource | VaultSource
+
+
+@dataclass(frozen=True)
+class Issuer:
+    kind: str
+    namespace: str  # '' for ClusterIdentityIssuer
+    name: str
+    uid: str
+    generation: int
+    trust_domain: str
+    source: Source
+    trust_bundle_configmap: str = DEFAULT_TRUST_BUNDLE
+    crl_configmap: str = DEFAULT_CRL
+    crl_validity: dt.timedelta = DEFAULT_CRL_VALIDITY
+    deleting: bool = False
+    status: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> IssuerKey:
+        return (self.kind, self.namespace, self.name)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+    @property
+    def cluster_scoped(self) -> bool:
+        return self.kind == CLUSTER_ISSUER_KIND
+
+    def home_namespace(self, operator_namespace: str) -> str:
+        """Where the issuer keeps its root Secret and its CRL."""
+        return operator_namespace if self.cluster_scoped else self.namespace
+
+    def ca_secret(self, operator_namespace: str) -> tuple[str, str]:
+        """(namespace, name) of the CA Secret of a ``ca`` source."""
+        if not isinstance(self.source, CASource):
+            raise ValueError(f"{self.ref} has no ca source")
+        if self.cluster_scoped:
+            return (self.source.secret_namespace or operator_namespace, self.source.secret_name)
+        return (self.namespace, self.source.secret_name)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Issuer:
+        kind = str(body.get("kind") or "")
+        if kind not in KINDS:
+            raise SpecError("kind", f"must be one of {', '.join(KINDS)}")
+        meta = body.get("metadata") or {}
+        spec = _obj(body.get("spec"), "spec")
+        namespace = "" if kind == CLUSTER_ISSUER_KIND else str(meta.get("namespace") or "")
+        return cls(
+            kind=kind,
+            namespace=namespace,
+            name=str(meta.get("name") or ""),
+            uid=str(meta.get("uid") or ""),
+            generation=int(meta.get("generation") or 0),
+            trust_domain=_trust_domain(spec.get("trustDomain")),
+            source=_source(spec, cluster=kind == CLUSTER_ISSUER_KIND),
+            **_publishing(spec),
+            deleting=bool(meta.get("deletionTimestamp")),
+            status=dict(body.get("status") or {}),
+        )
+
+
+def issuer_key(kind: str, name: str, namespace: str | None) -> IssuerKey:
+    """The key of an issuer; a ClusterIdentityIssuer has no namespace."""
+    return (kind, "" if kind == CLUSTER_ISSUER_KIND else (namespace or ""), name)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _obj(value: Any, path: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(path, "must be an object")
+    return value
+
+
+def _str(value: Any, path: str, default: str | None = None) -> str:
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, str) or not value:
+        raise SpecError(path, "must be a non-empty string")
+    return value
+
+
+def _trust_domain(value: Any) -> str:
+    text = _str(value, "spec.trustDomain")
+    if len(text) > 255 or not _TRUST_DOMAIN.match(text):
+        raise SpecError(
+            "spec.trustDomain",
+            "must be lower case letters, digits, '.', '-' and '_' only, at most 255 characters",
+        )
+    return text
+
+
+def _duration(value: Any, path: str, default: dt.timedelta, minimum: dt.timedelta) -> dt.timedelta:
+    if value is None:
+        return default
+    try:
+        parsed = parse_duration(value)
+    except ValueError as err:
+        raise SpecError(path, str(err)) from None
+    if parsed < minimum:
+        raise SpecError(path, f"must be at least {_human(minimum)}")
+    return parsed
+
+
+def _human(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 60}m"
+
+
+def _dns_subdomain(value: Any, path: str, default: str | None = None) -> str:
+    text = _str(value, path, default)
+    if len(text) > 253 or not _DNS1123_SUBDOMAIN.match(text):
+        raise SpecError(
+            path,
+            "must be a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit, at most 253 characters",
+        )
+    return text
+
+
+def _source(spec: Mapping[str, Any], cluster: bool) -> Source:
+    present = [k for k in ("selfSigned", "ca", "vault") if spec.get(k) is not None]
+    if len(present) != 1:
+        raise SpecError("spec", "exactly one of selfSigned, ca or vault must be set")
+    which = present[0]
+    raw = _obj(spec[which], f"spec.{which}")
+    if which == "selfSigned":
+        alg = _str(raw.get("keyAlgorithm"), "spec.selfSigned.keyAlgorithm", DEFAULT_KEY_ALGORITHM)
+        if alg not in KEY_ALGORITHMS:
+            raise SpecError(
+                "spec.selfSigned.keyAlgorithm", f"must be one of {', '.join(KEY_ALGORITHMS)}"
+            )
+        cn = raw.get("commonName")
+        if cn is not None:
+            cn = _str(cn, "spec.selfSigned.commonName")
+            if len(cn) > 64:
+                raise SpecError("spec.selfSigned.commonName", "must be at most 64 characters")
+        return SelfSignedSource(
+            key_algorithm=alg,
+            ttl=_duration(raw.get("ttl"), "spec.selfSigned.ttl", DEFAULT_CA_TTL, MIN_CA_TTL),
+            common_name=cn,
+        )
+    if which == "ca":
+        name = _dns_subdomain(raw.get("secretName"), "spec.ca.secretName")
+        ns = raw.get("secretNamespace")
+        if ns is not None:
+            if not cluster:
+                raise SpecError(
+                    "spec.ca.secretNamespace",
+                    "is only allowed on a ClusterIdentityIssuer (an IdentityIssuer reads its "
+                    "own namespace)",
+                )
+            if not isinstance(ns, str) or len(ns) > 63 or not _DNS1123_LABEL.match(ns):
+                raise SpecError("spec.ca.secretNamespace", "must be a DNS-1123 label")
+        return CASource(secret_name=name, secret_namespace=ns)
+    return VaultSource(
+        path=_str(raw.get("path"), "spec.vault.path"),
+        role=_str(raw.get("role"), "spec.vault.role"),
+        address=raw.get("address"),
+    )
+
+
+def _publishing(spec: Mapping[str, Any]) -> dict[str, Any]:
+    bundle = _obj(spec.get("trustBundle"), "spec.trustBundle")
+    crl = _obj(spec.get("crl"), "spec.crl")
+    bundle_name = _dns_subdomain(
+        bundle.get("configMapName"), "spec.trustBundle.configMapName", DEFAULT_TRUST_BUNDLE
+    )
+    crl_name = _dns_subdomain(crl.get("configMapName"), "spec.crl.configMapName", DEFAULT_CRL)
+    if bundle_name == crl_name:
+        raise SpecError("spec.crl.configMapName", "must differ from spec.trustBundle.configMapName")
+    return {
+        "trust_bundle_configmap": bundle_name,
+        "crl_configmap": crl_name,
+        "crl_validity": _duration(
+            crl.get("validity"), "spec.crl.validity", DEFAULT_CRL_VALIDITY, MIN_CRL_VALIDITY
+        ),
+    }

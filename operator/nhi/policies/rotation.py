@@ -1,0 +1,183 @@
+"""When to issue a credential: pure decisions from what is stored and the clock.
+
+Everything the decision needs is read from the credential Secret's annotations (never its
+data), so the operator's schedule after a restart is exactly what it was before: nothing that
+is still valid is issued again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nhi.models.duration import parse_time, rfc3339
+from nhi.models.identity import Credential, Spec
+
+PREFIX = "nhi.dev/"
+A_NOT_BEFORE = PREFIX + "not-before"
+A_NOT_AFTER = PREFIX + "not-after"
+A_RENEWAL = PREFIX + "renewal-time"
+A_ISSUED_AT = PREFIX + "issued-at"
+A_COUNT = PREFIX + "rotation-count"
+A_SERIAL = PREFIX + "serial"
+A_FINGERPRINT = PREFIX + "fingerprint"
+A_SPEC_HASH = PREFIX + "spec-hash"
+A_ISSUER = PREFIX + "issuer"
+A_CA_FINGERPRINT = PREFIX + "ca-fingerprint"
+A_PREVIOUS_NOT_AFTER = PREFIX + "previous-not-after"
+
+#: Jitter is at most this share of the renewal window, and never more than MAX_JITTER.
+JITTER_SHARE = 0.05
+MAX_JITTER = dt.timedelta(minutes=5)
+
+# Reasons to issue, in the order they are checked.
+SECRET_MISSING = "SecretMissing"  # noqa: S105 - a reason, not a secret
+SPEC_CHANGED = "SpecChanged"
+EXPIRED = "Expired"
+ISSUER_CHANGED = "IssuerChanged"
+RENEW_REQUESTED = "RenewRequested"
+RENEWAL_DUE = "RenewalDue"
+
+
+@dataclass(frozen=True)
+class Issued:
+    """What the credential Secret's annotations say about the value it holds."""
+
+    not_before: dt.datetime
+    not_after: dt.datetime
+    renewal_time: dt.datetime
+    issued_at: dt.datetime
+    rotation_count: int
+    spec_hash: str
+    serial: str = ""
+    fingerprint: str = ""
+    issuer: str = ""
+    ca_fingerprint: str = ""
+    previous_not_after: dt.datetime | None = None
+
+    @classmethod
+    def from_annotations(cls, ann: Mapping[str, str]) -> Issued | None:
+        try:
+            prev = ann.get(A_PREVIOUS_NOT_AFTER)
+            return cls(
+                not_before=parse_time(ann[A_NOT_BEFORE]),
+                not_after=parse_time(ann[A_NOT_AFTER]),
+                renewal_time=parse_time(ann[A_RENEWAL]),
+                issued_at=parse_time(ann[A_ISSUED_AT]),
+                rotation_count=int(ann.get(A_COUNT, "0")),
+                spec_hash=ann.get(A_SPEC_HASH, ""),
+                serial=ann.get(A_SERIAL, ""),
+                fingerprint=ann.get(A_FINGERPRINT, ""),
+                issuer=ann.get(A_ISSUER, ""),
+                ca_fingerprint=ann.get(A_CA_FINGERPRINT, ""),
+                previous_not_after=parse_time(prev) if prev else None,
+            )
+        except (KeyError, ValueError):
+            return None
+
+    def annotations(self) -> dict[str, str]:
+        out = {
+            A_NOT_BEFORE: rfc3339(self.not_before),
+            A_NOT_AFTER: rfc3339(self.not_after),
+            A_RENEWAL: rfc3339(self.renewal_time),
+            A_ISSUED_AT: rfc3339(self.issued_at),
+            A_COUNT: str(self.rotation_count),
+            A_SPEC_HASH: self.spec_hash,
+        }
+        if self.serial:
+            out[A_SERIAL] = self.serial
+        if self.fingerprint:
+            out[A_FINGERPRINT] = self.fingerprint
+        if self.issuer:
+            out[A_ISSUER] = self.issuer
+        if self.ca_fingerprint:
+            out[A_CA_FINGERPRINT] = self.ca_fingerprint
+        if self.previous_not_after is not None:
+            out[A_PREVIOUS_NOT_AFTER] = rfc3339(self.previous_not_after)
+        return out
+
+
+def spec_hash(cred: Credential, service_account: str) -> str:
+    """A digest of everything in the spec that shapes an issued value."""
+    shape = {
+        "type": cred.type,
+        "ttl": cred.ttl.total_seconds(),
+        "audiences": list(cred.audiences),
+        "issuer": f"{cred.issuer_ref.kind}/{cred.issuer_ref.name}" if cred.issuer_ref else "",
+        "keyAlgorithm": cred.key_algorithm if cred.type == "X509" else "",
+        "dnsNames": list(cred.dns_names),
+        "generator": [cred.generator.length, cred.generator.charset] if cred.generator else [],
+        "serviceAccount": service_account,
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def jitter(seed: str, window: dt.timedelta) -> dt.timedelta:
+    """A stable pseudo-random offset in [0, min(5% of window, 5 min)) for ``seed``."""
+    cap = min(window * JITTER_SHARE, MAX_JITTER)
+    if cap <= dt.timedelta(0):
+        return dt.timedelta(0)
+    frac = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big") / 2**64
+    return cap * frac
+
+
+def renewal_time(
+    spec: Spec, not_before: dt.datetime, not_after: dt.datetime, seed: str
+) -> dt.datetime:
+    """When to renew a value valid from ``not_before`` to ``not_after``.
+
+    ``renewBefore`` renews that long before expiry; otherwise ``renewBeforeFraction`` of the
+    actual lifetime before expiry. A stable jitter spreads identities created together.
+    """
+    lifetime = not_after - not_before
+    if spec.renew_before is not None:
+        before = min(spec.renew_before, lifetime * 0.9)
+    else:
+        before = lifetime * (spec.renew_before_fraction or 0.33)
+    base = not_after - before
+    return base - jitter(seed, base - not_before)
+
+
+def reason_to_issue(
+    cred: Credential,
+    issued: Issued | None,
+    *,
+    current_spec_hash: str,
+    now: dt.datetime,
+    renew_requested_at: dt.datetime | None = None,
+    ca_fingerprint: str | None = None,
+) -> str | None:
+    """The first reason to issue a new value, or None when the stored one is fine."""
+    if issued is None:
+        return SECRET_MISSING
+    if issued.spec_hash != current_spec_hash:
+        return SPEC_CHANGED
+    if now >= issued.not_after:
+        return EXPIRED
+    if ca_fingerprint and issued.ca_fingerprint and issued.ca_fingerprint != ca_fingerprint:
+        return ISSUER_CHANGED
+    if renew_requested_at is not None and renew_requested_at > issued.issued_at:
+        return RENEW_REQUESTED
+    if now >= issued.renewal_time:
+        return RENEWAL_DUE
+    return None
+
+
+def next_due(issued: Issued, now: dt.datetime) -> dt.datetime:
+    """The next moment this credential needs attention (renewal or end of an overlap)."""
+    due = issued.renewal_time
+    if issued.previous_not_after is not None and issued.previous_not_after > now:
+        due = min(due, issued.previous_not_after)
+    return due
+
+
+def parse_renew_request(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError:
+        return None

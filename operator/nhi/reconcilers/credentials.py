@@ -1,0 +1,352 @@
+"""Issue, rotate and store an identity's credentials.
+
+For each declared credential the stored Secret's annotations say what it holds; a pure
+decision (nhi.policies.rotation) says whether to issue. Issuing writes the new value before
+the old one expires, and the old one stays valid until its own expiry (tokens, certificates)
+or through the overlap window (StaticSecret ``previous``). Values never leave this module
+except into the Secret: logs, Events and status carry serials and fingerprints only.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nhi import crypto, metrics
+from nhi.builders.secrets import build_credential_secret, token_request
+from nhi.k8s.client import Api
+from nhi.k8s.events import EventRecorder
+from nhi.models.duration import parse_time, rfc3339
+from nhi.models.identity import Credential, MachineIdentity
+from nhi.models.meta import RENEW_ANNOTATION
+from nhi.policies import rotation
+from nhi.policies.rotation import Issued
+from nhi.reconcilers.issuer import IssuerNotReady, IssuerService, Signer
+
+log = logging.getLogger("nhi.reconcilers.credentials")
+
+
+@dataclass
+class CredentialResult:
+    """What the credentials of one identity look like after a pass."""
+
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    rotated: list[str] = field(default_factory=list)  # names issued again (not first issuance)
+    issued: list[str] = field(default_factory=list)  # names issued for the first time
+    next_due: dt.datetime | None = None
+    not_ready: tuple[str, str] | None = None  # (reason, message) when a credential is missing
+
+    def due(self, when: dt.datetime) -> None:
+        if self.next_due is None or when < self.next_due:
+            self.next_due = when
+
+
+class CredentialManager:
+    def __init__(
+        self,
+        api: Api,
+        issuers: IssuerService,
+        events: EventRecorder,
+        clock: Callable[[], dt.datetime],
+        record: Callable[[Mapping[str, Any]], None] = lambda obj: None,
+    ) -> None:
+        #: Told about every write, so the caller's caches know about it before the watch does.
+        self.record = record
+        self.api = api
+        self.issuers = issuers
+        self.events = events
+        self.clock = clock
+
+    async def ensure(
+        self,
+        identity: MachineIdentity,
+        body: Mapping[str, Any],
+        secrets: Mapping[str, Mapping[str, Any]],
+    ) -> CredentialResult:
+        """Bring every declared credential up to date. ``secrets``: cached, by Secret name."""
+        result = CredentialResult()
+        renew_at = rotation.parse_renew_request(identity.annotations.get(RENEW_ANNOTATION))
+        for index, cred in enumerate(identity.spec.credentials):
+            stored = secrets.get(cred.secret_name)
+            ann = ((stored or {}).get("metadata") or {}).get("annotations") or {}
+            issued = Issued.from_annotations(ann) if stored is not None else None
+            signer: Signer | None = None
+            if cred.type == "X509":
+                assert cred.issuer_ref is not None
+                try:
+                    signer = await self.issuers.signer(
+                        cred.issuer_ref.kind, cred.issuer_ref.name, identity.namespace
+                    )
+                    await self.issuers.publish_trust_bundle(signer, identity.namespace)
+                except IssuerNotReady as err:
+                    msg = (
+                        f"spec.credentials[{index}].issuerRef: {cred.issuer_ref.kind}/"
+                        f"{cred.issuer_ref.name} cannot issue: {err.message}"
+                    )
+                    if result.not_ready is None:
+                        result.not_ready = (err.reason, msg)
+                    if issued is not None:
+                        result.statuses.append(_status(cred, issued))
+                        result.due(rotation.next_due(issued, self.clock()))
+                    self._failed(
+                        identity,
+                        cred,
+                        issued,
+                        due=issued is not None and self.clock() >= issued.renewal_time,
+                    )
+                    continue
+            now = self.clock()
+            reason = rotation.reason_to_issue(
+                cred,
+                issued,
+                current_spec_hash=rotation.spec_hash(cred, identity.spec.service_account),
+                now=now,
+                renew_requested_at=renew_at,
+                ca_fingerprint=crypto.fingerprint_sha256(signer.ca_cert) if signer else None,
+            )
+            if reason is None:
+                assert issued is not None
+                if issued.previous_not_after is not None and issued.previous_not_after <= now:
+                    issued = await self._drop_previous(identity, cred, issued)
+                result.statuses.append(_status(cred, issued))
+                result.due(rotation.next_due(issued, now))
+                self._observe(identity, cred, issued)
+                continue
+            new = await self._issue(identity, cred, issued, stored, signer, now, reason)
+            (result.rotated if issued is not None else result.issued).append(cred.name)
+            result.statuses.append(_status(cred, new))
+            result.due(rotation.next_due(new, now))
+            self._observe(identity, cred, new)
+            metrics.rotations.labels(*_labels(identity, cred), "success").inc()
+            verb = "Issued" if issued is None else "Rotated"
+            ident = f"serial {new.serial}" if new.serial else f"fingerprint {new.fingerprint}"
+            await self.events.normal(
+                body,
+                verb,
+                f"{verb.lower()} credential {cred.name} ({cred.type}, {ident}, "
+                f"not after {rfc3339(new.not_after)}, reason {reason})",
+            )
+            log.info(
+                "%s credential",
+                verb.lower(),
+                extra={
+                    "namespace": identity.namespace,
+                    "identity": identity.name,
+                    "credential": cred.name,
+                    "type": cred.type,
+                    "reason": reason,
+                    "serial": new.serial,
+                    "fingerprint": new.fingerprint,
+                    "not_after": rfc3339(new.not_after),
+                },
+            )
+        return result
+
+    # ------------------------------------------------------------------ issuing
+
+    async def _issue(
+        self,
+        identity: MachineIdentity,
+        cred: Credential,
+        old: Issued | None,
+        stored: Mapping[str, Any] | None,
+        signer: Signer | None,
+        now: dt.datetime,
+        reason: str,
+    ) -> Issued:
+        count = (old.rotation_count + 1) if old is not None else 0
+        shash = rotation.spec_hash(cred, identity.spec.service_account)
+        seed = f"{identity.uid}/{cred.name}/{count}"
+        if cred.type == "ServiceAccountToken":
+            return await self._issue_token(identity, cred, stored, now, count, shash, seed)
+        if cred.type == "X509":
+            assert signer is not None
+            return await self._issue_x509(identity, cred, signer, now, count, shash, seed)
+        return await self._issue_static(identity, cred, old, now, count, shash, seed)
+
+    async def _issue_token(
+        self,
+        identity: MachineIdentity,
+        cred: Credential,
+        stored: Mapping[str, Any] | None,
+        now: dt.datetime,
+        count: int,
+        shash: str,
+        seed: str,
+    ) -> Issued:
+        uid = ((stored or {}).get("metadata") or {}).get("uid")
+        if not uid:
+            # The token is bound to its Secret, so the Secret must exist (and have a uid) first.
+            anchor = build_credential_secret(identity, cred, None, {})
+            written = await self.api.apply(anchor)
+            self.record(written)
+            uid = written["metadata"]["uid"]
+        answer = await self.api.create(
+            "ServiceAccount",
+            identity.namespace,
+            token_request(cred, cred.secret_name, uid),
+            name=identity.spec.service_account,
+            subresource="token",
+        )
+        token: str = answer["status"]["token"]
+        not_after = parse_time(answer["status"]["expirationTimestamp"])
+        issued = Issued(
+            not_before=now,
+            not_after=not_after,
+            renewal_time=rotation.renewal_time(identity.spec, now, not_after, seed),
+            issued_at=now,
+            rotation_count=count,
+            spec_hash=shash,
+            fingerprint=crypto.secret_fingerprint(token),
+        )
+        await self._store(
+            build_credential_secret(identity, cred, {"token": token.encode()}, issued.annotations())
+        )
+        return issued
+
+    async def _issue_x509(
+        self,
+        identity: MachineIdentity,
+        cred: Credential,
+        signer: Signer,
+        now: dt.datetime,
+        count: int,
+        shash: str,
+        seed: str,
+    ) -> Issued:
+        key = crypto.generate_key(cred.key_algorithm)
+        sid = crypto.spiffe_id(
+            signer.trust_domain, identity.namespace, identity.spec.service_account
+        )
+        cert = crypto.issue_leaf(
+            ca_cert=signer.ca_cert,
+            ca_key=signer.ca_key,
+            public_key=key.public_key(),
+            spiffe_id=sid,
+            dns_names=cred.dns_names,
+            now=now,
+            ttl=cred.ttl,
+        )
+        not_before = cert.not_valid_before_utc
+        not_after = cert.not_valid_after_utc
+        issued = Issued(
+            not_before=not_before,
+            not_after=not_after,
+            renewal_time=rotation.renewal_time(identity.spec, not_before, not_after, seed),
+            issued_at=now,
+            rotation_count=count,
+            spec_hash=shash,
+            serial=crypto.serial_hex(cert),
+            fingerprint=crypto.fingerprint_sha256(cert),
+            issuer=signer.ref,
+            ca_fingerprint=crypto.fingerprint_sha256(signer.ca_cert),
+        )
+        data = {
+            "tls.crt": crypto.chain_pem([cert, *signer.chain]),
+            "tls.key": crypto.private_key_pem(key),
+            "ca.crt": signer.bundle_pem,
+        }
+        await self._store(build_credential_secret(identity, cred, data, issued.annotations()))
+        return issued
+
+    async def _issue_static(
+        self,
+        identity: MachineIdentity,
+        cred: Credential,
+        old: Issued | None,
+        now: dt.datetime,
+        count: int,
+        shash: str,
+        seed: str,
+    ) -> Issued:
+        assert cred.generator is not None
+        value = crypto.generate_secret(cred.generator.length, cred.generator.charset)
+        data = {"current": value.encode()}
+        previous_not_after = None
+        if old is not None and old.not_after > now:
+            # Keep the value being replaced as `previous` until its own expiry: verifiers
+            # accept both while consumers roll over.
+            current = await self._read_data(identity, cred, "current")
+            if current is not None:
+                data["previous"] = current
+                previous_not_after = old.not_after
+        not_after = now + cred.ttl
+        issued = Issued(
+            not_before=now,
+            not_after=not_after,
+            renewal_time=rotation.renewal_time(identity.spec, now, not_after, seed),
+            issued_at=now,
+            rotation_count=count,
+            spec_hash=shash,
+            fingerprint=crypto.secret_fingerprint(value),
+            previous_not_after=previous_not_after,
+        )
+        await self._store(build_credential_secret(identity, cred, data, issued.annotations()))
+        return issued
+
+    async def _drop_previous(
+        self, identity: MachineIdentity, cred: Credential, issued: Issued
+    ) -> Issued:
+        """The overlap window ended: remove ``previous`` from a StaticSecret."""
+        current = await self._read_data(identity, cred, "current")
+        new = Issued(**{**issued.__dict__, "previous_not_after": None})
+        if current is not None:
+            await self._store(
+                build_credential_secret(identity, cred, {"current": current}, new.annotations())
+            )
+        return new
+
+    async def _store(self, obj: Mapping[str, Any]) -> None:
+        self.record(await self.api.apply(obj))
+
+    async def _read_data(
+        self, identity: MachineIdentity, cred: Credential, key: str
+    ) -> bytes | None:
+        secret = await self.api.get("Secret", identity.namespace, cred.secret_name)
+        value = ((secret or {}).get("data") or {}).get(key)
+        return base64.b64decode(value) if value else None
+
+    # ------------------------------------------------------------------ metrics
+
+    def _observe(self, identity: MachineIdentity, cred: Credential, issued: Issued) -> None:
+        lbl = _labels(identity, cred)
+        metrics.credential_expiration.labels(*lbl).set(issued.not_after.timestamp())
+        metrics.credential_not_before.labels(*lbl).set(issued.not_before.timestamp())
+        metrics.credential_renewal.labels(*lbl).set(issued.renewal_time.timestamp())
+
+    def _failed(
+        self, identity: MachineIdentity, cred: Credential, issued: Issued | None, due: bool
+    ) -> None:
+        if issued is not None:
+            self._observe(identity, cred, issued)
+        if due or issued is None:
+            metrics.rotations.labels(*_labels(identity, cred), "failure").inc()
+
+
+def _labels(identity: MachineIdentity, cred: Credential) -> tuple[str, str, str, str, str]:
+    issuer = f"{cred.issuer_ref.kind}/{cred.issuer_ref.name}" if cred.issuer_ref else ""
+    return (identity.namespace, identity.name, cred.name, cred.type, issuer)
+
+
+def _status(cred: Credential, issued: Issued) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": cred.name,
+        "type": cred.type,
+        "secretName": cred.secret_name,
+        "notBefore": rfc3339(issued.not_before),
+        "notAfter": rfc3339(issued.not_after),
+        "renewalTime": rfc3339(issued.renewal_time),
+        "lastRotationTime": rfc3339(issued.issued_at),
+        "rotationCount": issued.rotation_count,
+    }
+    if issued.serial:
+        out["serialNumber"] = issued.serial
+    if issued.fingerprint:
+        out["fingerprint"] = issued.fingerprint
+    if issued.issuer:
+        out["issuer"] = issued.issuer
+    return out

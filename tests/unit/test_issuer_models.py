@@ -1,0 +1,131 @@
+"""The IdentityIssuer / ClusterIdentityIssuer model: defaults, sources and rule errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from nhi.models.identity import SpecError
+from nhi.models.issuer import (
+    CASource,
+    Issuer,
+    SelfSignedSource,
+    VaultSource,
+    issuer_key,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def make_issuer(
+    kind: str = "ClusterIdentityIssuer", namespace: str | None = None, **spec: Any
+) -> dict[str, Any]:
+    body_spec: dict[str, Any] = {"trustDomain": "example.org", "selfSigned": {}}
+    if any(k in spec for k in ("ca", "vault")):
+        body_spec.pop("selfSigned")
+    body_spec.update(spec)
+    meta: dict[str, Any] = {"name": "mesh-ca", "uid": "u-1", "generation": 3}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": "nhi.dev/v1alpha1", "kind": kind, "metadata": meta, "spec": body_spec}
+
+
+def test_self_signed_defaults() -> None:
+    issuer = Issuer.from_body(make_issuer())
+    assert issuer.key == ("ClusterIdentityIssuer", "", "mesh-ca")
+    assert issuer.cluster_scoped
+    assert issuer.generation == 3
+    assert issuer.source == SelfSignedSource("ECDSA-P256", dt.timedelta(hours=8760), None)
+    assert issuer.trust_bundle_configmap == "nhi-trust-bundle"
+    assert issuer.crl_configmap == "nhi-crl"
+    assert issuer.crl_validity == dt.timedelta(hours=24)
+    assert issuer.home_namespace("nhi-system") == "nhi-system"
+
+
+def test_self_signed_fields() -> None:
+    issuer = Issuer.from_body(
+        make_issuer(
+            selfSigned={"keyAlgorithm": "Ed25519", "ttl": "2h", "commonName": "Mesh Root"},
+            trustBundle={"configMapName": "mesh-bundle"},
+            crl={"configMapName": "mesh-crl", "validity": "30m"},
+        )
+    )
+    assert issuer.source == SelfSignedSource("Ed25519", dt.timedelta(hours=2), "Mesh Root")
+    assert issuer.trust_bundle_configmap == "mesh-bundle"
+    assert issuer.crl_configmap == "mesh-crl"
+    assert issuer.crl_validity == dt.timedelta(minutes=30)
+
+
+def test_namespaced_issuer_lives_in_its_namespace() -> None:
+    issuer = Issuer.from_body(make_issuer("IdentityIssuer", "team-a", ca={"secretName": "root"}))
+    assert issuer.key == ("IdentityIssuer", "team-a", "mesh-ca")
+    assert not issuer.cluster_scoped
+    assert issuer.source == CASource("root")
+    assert issuer.home_namespace("nhi-system") == "team-a"
+    assert issuer.ca_secret("nhi-system") == ("team-a", "root")
+
+
+@pytest.mark.parametrize(
+    ("ca", "expected"),
+    [
+        ({"secretName": "root"}, ("nhi-system", "root")),
+        ({"secretName": "root", "secretNamespace": "pki"}, ("pki", "root")),
+    ],
+)
+def test_cluster_issuer_ca_secret_namespace(ca: dict[str, str], expected: tuple[str, str]) -> None:
+    assert Issuer.from_body(make_issuer(ca=ca)).ca_secret("nhi-system") == expected
+
+
+def test_vault_source() -> None:
+    issuer = Issuer.from_body(make_issuer(vault={"path": "pki", "role": "workloads"}))
+    assert issuer.source == VaultSource(path="pki", role="workloads")
+
+
+def test_issuer_key_ignores_the_namespace_of_cluster_issuers() -> None:
+    assert issuer_key("ClusterIdentityIssuer", "x", "team-a") == ("ClusterIdentityIssuer", "", "x")
+    assert issuer_key("IdentityIssuer", "x", "team-a") == ("IdentityIssuer", "team-a", "x")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path"),
+    [
+        ({"trustDomain": "Example.ORG"}, "spec.trustDomain"),
+        ({"trustDomain": None}, "spec.trustDomain"),
+        ({"ca": {"secretName": "root"}, "selfSigned": {}}, "spec"),
+        ({"selfSigned": None}, "spec"),
+        ({"selfSigned": {"keyAlgorithm": "DSA"}}, "spec.selfSigned.keyAlgorithm"),
+        ({"selfSigned": {"ttl": "30m"}}, "spec.selfSigned.ttl"),
+        ({"selfSigned": {"ttl": "one year"}}, "spec.selfSigned.ttl"),
+        ({"selfSigned": {"commonName": "x" * 65}}, "spec.selfSigned.commonName"),
+        ({"ca": {"secretName": "Not_A_Name"}}, "spec.ca.secretName"),
+        ({"ca": {}}, "spec.ca.secretName"),
+        ({"ca": {"secretName": "r", "secretNamespace": "a.b"}}, "spec.ca.secretNamespace"),
+        ({"vault": {"path": "pki"}}, "spec.vault.role"),
+        ({"crl": {"validity": "5m"}}, "spec.crl.validity"),
+        ({"crl": {"configMapName": "nhi-trust-bundle"}}, "spec.crl.configMapName"),
+        ({"trustBundle": {"configMapName": "UPPER"}}, "spec.trustBundle.configMapName"),
+    ],
+)
+def test_spec_errors_name_the_field(overrides: dict[str, Any], path: str) -> None:
+    body = make_issuer()
+    if ("ca" in overrides or "vault" in overrides) and "selfSigned" not in overrides:
+        del body["spec"]["selfSigned"]
+    body["spec"].update(overrides)
+    body["spec"] = {k: v for k, v in body["spec"].items() if v is not None}
+    with pytest.raises(SpecError) as err:
+        Issuer.from_body(body)
+    assert err.value.path == path
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_secret_namespace_is_only_for_cluster_issuers() -> None:
+    body = make_issuer("IdentityIssuer", "team-a", ca={"secretName": "r", "secretNamespace": "x"})
+    with pytest.raises(SpecError, match="only allowed on a ClusterIdentityIssuer"):
+        Issuer.from_body(body)
+
+
+def test_unknown_kind_is_rejected() -> None:
+    with pytest.raises(SpecError):
+        Issuer.from_body(make_issuer("MachineIdentity"))

@@ -1,0 +1,563 @@
+"""IssuerService against an in-memory API: rotation, bundles, CRLs and status, with a fake clock.
+
+The real API server is exercised by tests/integration/test_issuer.py; here time is walked
+forward by months without sleeping, and every request the service makes is counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import functools
+from collections.abc import Mapping
+from typing import Any, cast
+
+import pytest
+from cryptography import x509
+
+from nhi.builders.issuer import parse_root_secret
+from nhi.crypto import (
+    PrivateKey,
+    build_self_signed_ca,
+    cert_pem,
+    fingerprint_sha256,
+    generate_key,
+    is_revoked,
+    issue_leaf,
+    load_cert_chain,
+    load_crl,
+    private_key_pem,
+)
+from nhi.k8s.client import Api, NotFound
+from nhi.k8s.events import EventRecorder
+from nhi.reconcilers.issuer import (
+    IssuerNotReady,
+    IssuerOutcome,
+    IssuerService,
+    compute_status,
+)
+
+pytestmark = pytest.mark.unit
+
+START = dt.datetime(2030, 1, 15, 12, 0, 0, tzinfo=dt.UTC)
+DAY = dt.timedelta(days=1)
+OPNS = "nhi-system"
+
+
+class FakeApi:
+    """Just enough of nhi.k8s.client.Api, in memory, counting every request."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, str, str, str]] = []
+        self.version = 0
+
+    def _key(self, kind: str, namespace: str | None, name: str) -> tuple[str, str, str]:
+        return (kind, namespace or "", name)
+
+    def _bump(self, obj: dict[str, Any]) -> None:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+
+    def writes(self, kind: str | None = None) -> list[tuple[str, str, str, str]]:
+        return [
+            c
+            for c in self.calls
+            if c[0] in ("apply", "patch", "delete") and (kind is None or c[1] == kind)
+        ]
+
+    def put(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        obj = copy.deepcopy(obj)
+        obj["metadata"].setdefault("uid", f"uid-{meta['name']}")
+        obj["metadata"].setdefault("generation", 1)
+        self._bump(obj)
+        self.objects[self._key(obj["kind"], meta.get("namespace"), meta["name"])] = obj
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", kind, namespace or "", name))
+        obj = self.objects.get(self._key(kind, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def list(
+        self, kind: str, namespace: str | None = None, *, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        self.calls.append(("list", kind, namespace or "", label_selector or ""))
+        wanted = dict(p.split("=", 1) for p in (label_selector or "").split(",") if p)
+        out = []
+        for (k, ns, _), obj in self.objects.items():
+            labels = obj["metadata"].get("labels") or {}
+            if k == kind and (namespace is None or ns == namespace):
+                if all(labels.get(a) == b for a, b in wanted.items()):
+                    out.append(copy.deepcopy(obj))
+        return out
+
+    async def apply(self, obj: Mapping[str, Any], **_: Any) -> dict[str, Any]:
+        meta = obj["metadata"]
+        self.calls.append(("apply", obj["kind"], meta.get("namespace", ""), meta["name"]))
+        key = self._key(obj["kind"], meta.get("namespace"), meta["name"])
+        new = copy.deepcopy(dict(obj))
+        old = self.objects.get(key)
+        new["metadata"]["uid"] = (old or {}).get("metadata", {}).get("uid", f"uid-{meta['name']}")
+        self._bump(new)
+        self.objects[key] = new
+        return copy.deepcopy(new)
+
+    async def patch(
+        self, kind: str, namespace: str | None, name: str, patch: Any, **_: Any
+    ) -> dict[str, Any]:
+        self.calls.append(("patch", kind, namespace or "", name))
+        obj = self.objects.get(self._key(kind, namespace, name))
+        if obj is None:
+            raise NotFound(404, "NotFound", "not found")
+        status = obj.setdefault("status", {})
+        for k, v in patch["status"].items():
+            if v is None:
+                status.pop(k, None)
+            else:
+                status[k] = v
+        return copy.deepcopy(obj)
+
+    async def create(self, kind: str, namespace: str | None, body: Any, **_: Any) -> Any:
+        self.calls.append(("create", kind, namespace or "", ""))
+        return body
+
+    async def delete(self, kind: str, namespace: str | None, name: str, **_: Any) -> bool:
+        self.calls.append(("delete", kind, namespace or "", name))
+        return self.objects.pop(self._key(kind, namespace, name), None) is not None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+def make_service() -> tuple[IssuerService, FakeApi, Clock, list[Any]]:
+    api = FakeApi()
+    clock = Clock()
+    fake = cast(Api, api)
+    svc = IssuerService(fake, EventRecorder(fake), operator_namespace=OPNS, clock=clock)
+    changes: list[Any] = []
+    svc.on_change = changes.append
+    return svc, api, clock, changes
+
+
+def issuer_body(
+    kind: str = "ClusterIdentityIssuer", namespace: str | None = None, **spec: Any
+) -> dict[str, Any]:
+    body_spec: dict[str, Any] = {"trustDomain": "example.org"}
+    body_spec.update(spec or {"selfSigned": {"ttl": "720h"}})
+    meta: dict[str, Any] = {"name": "mesh"}
+    if namespace:
+        meta["namespace"] = namespace
+    return {"apiVersion": "nhi.dev/v1alpha1", "kind": kind, "metadata": meta, "spec": body_spec}
+
+
+async def reconcile(svc: IssuerService, api: FakeApi, body: dict[str, Any]) -> IssuerOutcome:
+    """Store the body (as the API server would) and reconcile what is stored."""
+    meta = body["metadata"]
+    key = (
+        "ClusterIdentityIssuer" if body["kind"] == "ClusterIdentityIssuer" else body["kind"],
+        meta.get("namespace", ""),
+        meta["name"],
+    )
+    if (body["kind"], meta.get("namespace", ""), meta["name"]) not in api.objects:
+        api.put(body)
+    stored = api.objects[(body["kind"], meta.get("namespace", ""), meta["name"])]
+    outcome = await svc.reconcile(copy.deepcopy(stored))
+    assert outcome is not None, key
+    return outcome
+
+
+def status_of(api: FakeApi, kind: str = "ClusterIdentityIssuer", ns: str = "") -> dict[str, Any]:
+    return dict(api.objects[(kind, ns, "mesh")].get("status") or {})
+
+
+def ready(status: Mapping[str, Any]) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == "Ready")
+
+
+@functools.cache
+def ca_key() -> PrivateKey:
+    return generate_key("ECDSA-P256")
+
+
+def ca_secret(cert: x509.Certificate, key: PrivateKey, name: str = "mesh-root") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": OPNS},
+        "data": {
+            "tls.crt": base64.b64encode(cert_pem(cert)).decode(),
+            "tls.key": base64.b64encode(private_key_pem(key)).decode(),
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- self-signed
+
+
+async def test_self_signed_issuer_generates_its_root_and_becomes_ready() -> None:
+    svc, api, _, changes = make_service()
+    outcome = await reconcile(svc, api, issuer_body())
+    assert outcome.ready, outcome.message
+    secret = api.objects[("Secret", OPNS, "nhi-issuer-mesh")]
+    root = parse_root_secret(secret)
+    status = status_of(api)
+    assert ready(status)["status"] == "True"
+    assert ready(status)["reason"] == "CAReady"
+    assert status["caFingerprint"] == fingerprint_sha256(root.cert)
+    assert status["notAfter"] == root.cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert status["crlNumber"] == 1
+    assert status["revokedCount"] == 0
+    assert root.cert.subject.rfc4514_string() == "CN=example.org"
+    crl = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    assert not is_revoked(crl, root.cert, 1)
+    assert changes == [("ClusterIdentityIssuer", "", "mesh")]
+
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "any-namespace")
+    assert signer.ca_cert == root.cert
+    assert load_cert_chain(signer.bundle_pem) == [root.cert]
+
+    # Nothing changed: a second reconcile reads and writes nothing but two GETs.
+    api.calls.clear()
+    again = await reconcile(svc, api, issuer_body())
+    assert again.ready
+    assert api.writes() == []
+    assert [c[0] for c in api.calls] == ["get", "get"]
+
+
+async def test_signer_is_served_from_memory() -> None:
+    svc, api, _, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    api.calls.clear()
+    for _ in range(5):
+        await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    assert api.calls == []
+
+
+async def test_signer_reconciles_an_issuer_it_has_not_seen() -> None:
+    svc, api, _, _ = make_service()
+    api.put(issuer_body())
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    assert signer.trust_domain == "example.org"
+    with pytest.raises(IssuerNotReady) as err:
+        await svc.signer("ClusterIdentityIssuer", "other", "ns")
+    assert err.value.reason == "IssuerNotFound"
+    with pytest.raises(IssuerNotReady) as err:
+        await svc.signer("IdentityIssuer", "mesh", "ns")
+    assert err.value.reason == "IssuerNotFound"
+
+
+async def test_root_rotates_with_a_third_left_and_the_old_root_stays_trusted() -> None:
+    svc, api, clock, changes = make_service()
+    await reconcile(svc, api, issuer_body())
+    first = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    await svc.publish_trust_bundle(first, "team-a")
+    await svc.publish_trust_bundle(first, "team-b")
+    changes.clear()
+
+    clock.now = START + 19 * DAY  # 11 of 30 days left: keep
+    assert (await reconcile(svc, api, issuer_body())).ready
+    assert (await svc.signer("ClusterIdentityIssuer", "mesh", "ns")).ca_cert == first.ca_cert
+
+    number = status_of(api)["crlNumber"]
+    clock.now = START + 21 * DAY  # 9 of 30 days left: rotate
+    outcome = await reconcile(svc, api, issuer_body())
+    assert outcome.ready
+    second = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    assert second.ca_cert != first.ca_cert
+    assert load_cert_chain(second.bundle_pem) == [second.ca_cert, first.ca_cert]
+    stored = parse_root_secret(api.objects[("Secret", OPNS, "nhi-issuer-mesh")])
+    assert stored.cert == second.ca_cert
+    assert stored.previous == (first.ca_cert,)
+    assert changes == [("ClusterIdentityIssuer", "", "mesh")]
+    # Every namespace that had the bundle has the new one, with both roots.
+    for ns in ("team-a", "team-b"):
+        data = api.objects[("ConfigMap", ns, "nhi-trust-bundle")]["data"]["ca.crt"]
+        assert load_cert_chain(data) == [second.ca_cert, first.ca_cert]
+    # The CRL is re-signed by the new root.
+    crl = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    assert not is_revoked(crl, second.ca_cert, 1)
+    assert status_of(api)["crlNumber"] == number + 1
+    # A leaf of the old root is still trusted by the bundle (the old root is in it).
+    assert first.ca_cert in load_cert_chain(second.bundle_pem)
+
+    # When the old root expires it leaves the bundle and the Secret.
+    clock.now = first.ca_cert.not_valid_after_utc + dt.timedelta(seconds=1)
+    assert (await reconcile(svc, api, issuer_body())).ready
+    third = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    assert third.ca_cert == second.ca_cert
+    assert load_cert_chain(third.bundle_pem) == [second.ca_cert]
+    assert parse_root_secret(api.objects[("Secret", OPNS, "nhi-issuer-mesh")]).previous == ()
+    data = api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]["data"]["ca.crt"]
+    assert load_cert_chain(data) == [second.ca_cert]
+
+
+async def test_spec_changes_to_the_root_apply_at_the_next_rotation() -> None:
+    svc, api, clock, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    first = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    body = issuer_body(selfSigned={"ttl": "720h", "keyAlgorithm": "Ed25519"})
+    api.objects[("ClusterIdentityIssuer", "", "mesh")]["spec"] = body["spec"]
+    api.objects[("ClusterIdentityIssuer", "", "mesh")]["metadata"]["generation"] = 2
+    outcome = await reconcile(svc, api, body)
+    assert outcome.ready
+    assert "apply at the next rotation" in outcome.message
+    assert (await svc.signer("ClusterIdentityIssuer", "mesh", "ns")).ca_cert == first.ca_cert
+    clock.now = START + 21 * DAY
+    await reconcile(svc, api, body)
+    rotated = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    assert type(rotated.ca_key).__name__ == "Ed25519PrivateKey"
+
+
+async def test_deleted_root_secret_is_restored_from_memory() -> None:
+    svc, api, _, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    first = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    del api.objects[("Secret", OPNS, "nhi-issuer-mesh")]
+    assert (await reconcile(svc, api, issuer_body())).ready
+    assert parse_root_secret(api.objects[("Secret", OPNS, "nhi-issuer-mesh")]).cert == (
+        first.ca_cert
+    )
+
+
+async def test_a_foreign_secret_with_the_root_name_is_not_overwritten() -> None:
+    svc, api, _, _ = make_service()
+    api.put({"kind": "Secret", "metadata": {"name": "nhi-issuer-mesh", "namespace": OPNS}})
+    outcome = await reconcile(svc, api, issuer_body())
+    assert not outcome.ready
+    assert outcome.reason == "RootSecretConflict"
+    assert api.writes("Secret") == []
+
+
+async def test_namespaced_self_signed_issuer_keeps_everything_in_its_namespace() -> None:
+    svc, api, _, _ = make_service()
+    outcome = await reconcile(svc, api, issuer_body("IdentityIssuer", "team-a"))
+    assert outcome.ready
+    secret = api.objects[("Secret", "team-a", "nhi-issuer-mesh")]
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "IdentityIssuer"
+    assert ("ConfigMap", "team-a", "nhi-crl") in api.objects
+    signer = await svc.signer("IdentityIssuer", "mesh", "team-a")
+    assert signer.namespace == "team-a"
+
+
+# -------------------------------------------------------------------------------------- ca
+
+
+async def test_ca_issuer_waits_for_its_secret_then_recovers() -> None:
+    svc, api, _, changes = make_service()
+    body = issuer_body(ca={"secretName": "mesh-root"})
+    outcome = await reconcile(svc, api, body)
+    assert outcome.reason == "CASecretNotFound"
+    assert outcome.retry and outcome.stalled
+    status = status_of(api)
+    assert ready(status)["status"] == "False"
+    assert "nhi-system/mesh-root" in ready(status)["message"]
+    assert "caFingerprint" not in status
+    with pytest.raises(IssuerNotReady) as err:
+        await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    assert err.value.reason == "CASecretNotFound"
+    assert svc.watches_secret(OPNS, "mesh-root")
+    # Without a watch event for the Secret, a timer looks again soon.
+    assert svc.queue.scheduled() == 1
+    assert svc.queue._due[("ClusterIdentityIssuer", "", "mesh")] - svc.queue._monotonic() <= 10
+
+    cert = build_self_signed_ca("Mesh Root", ca_key(), START - DAY, 365 * DAY)
+    api.put(ca_secret(cert, ca_key()))
+    changes.clear()
+    outcome = await reconcile(svc, api, body)
+    assert outcome.ready, outcome.message
+    assert changes == [("ClusterIdentityIssuer", "", "mesh")]
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    assert signer.ca_cert == cert
+    assert status_of(api)["caFingerprint"] == fingerprint_sha256(cert)
+
+
+async def test_ca_issuer_with_an_expired_ca_reports_it() -> None:
+    svc, api, _, _ = make_service()
+    old = build_self_signed_ca("Old Root", ca_key(), START - 400 * DAY, 365 * DAY)
+    api.put(ca_secret(old, ca_key()))
+    outcome = await reconcile(svc, api, issuer_body(ca={"secretName": "mesh-root"}))
+    assert outcome.reason == "CAExpired"
+    assert status_of(api)["notAfter"] == old.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_vault_is_not_supported_yet() -> None:
+    svc, api, _, _ = make_service()
+    outcome = await reconcile(svc, api, issuer_body(vault={"path": "pki", "role": "r"}))
+    assert outcome.reason == "VaultNotSupported"
+    assert outcome.stalled and not outcome.retry
+    status = status_of(api)
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "False",
+        "Reconciling": "False",
+        "Stalled": "True",
+    }
+
+
+async def test_invalid_spec_is_stalled() -> None:
+    svc, api, _, _ = make_service()
+    outcome = await reconcile(svc, api, issuer_body(selfSigned={"ttl": "10m"}))
+    assert outcome.reason == "InvalidSpec"
+    assert "spec.selfSigned.ttl" in outcome.message
+
+
+# ------------------------------------------------------------------------------ bundles
+
+
+async def test_trust_bundle_is_published_once_per_namespace() -> None:
+    svc, api, _, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "team-a")
+    api.calls.clear()
+    await svc.publish_trust_bundle(signer, "team-a")
+    cm = api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]
+    assert cm["data"]["ca.crt"].encode() == signer.bundle_pem
+    assert cm["metadata"]["labels"]["nhi.dev/issuer"] == "mesh"
+    assert len(api.writes()) == 1
+    api.calls.clear()
+    await svc.publish_trust_bundle(signer, "team-a")
+    assert api.calls == []
+
+
+async def test_published_namespaces_are_rebuilt_after_a_restart() -> None:
+    svc, api, clock, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "team-a")
+    await svc.publish_trust_bundle(signer, "team-a")
+    # A new process: nothing in memory, the objects are still there.
+    fresh = IssuerService(cast(Api, api), EventRecorder(cast(Api, api)), OPNS, clock)
+    clock.now = START + 21 * DAY
+    stored = api.objects[("ClusterIdentityIssuer", "", "mesh")]
+    assert (await fresh.reconcile(copy.deepcopy(stored))) is not None
+    rotated = await fresh.signer("ClusterIdentityIssuer", "mesh", "team-a")
+    assert rotated.ca_cert != signer.ca_cert
+    data = api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]["data"]["ca.crt"]
+    assert load_cert_chain(data) == [rotated.ca_cert, signer.ca_cert]
+
+
+async def test_a_foreign_trust_bundle_configmap_is_a_conflict() -> None:
+    svc, api, _, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    api.put({"kind": "ConfigMap", "metadata": {"name": "nhi-trust-bundle", "namespace": "x"}})
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "x")
+    with pytest.raises(IssuerNotReady) as err:
+        await svc.publish_trust_bundle(signer, "x")
+    assert err.value.reason == "TrustBundleConflict"
+
+
+# ----------------------------------------------------------------------------------- CRL
+
+
+def _leaf_serial(signer_cert: x509.Certificate, key: PrivateKey) -> int:
+    leaf = issue_leaf(
+        ca_cert=signer_cert,
+        ca_key=key,
+        public_key=generate_key("ECDSA-P256").public_key(),
+        spiffe_id="spiffe://example.org/ns/a/sa/b",
+        dns_names=[],
+        now=START,
+        ttl=DAY,
+    )
+    return int(leaf.serial_number)
+
+
+async def test_revoke_publishes_a_signed_crl_and_is_idempotent() -> None:
+    svc, api, _, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    serial = _leaf_serial(signer.ca_cert, signer.ca_key)
+    await svc.revoke(signer, [(serial, START)])
+    pem = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    assert is_revoked(pem, signer.ca_cert, serial)
+    assert not is_revoked(pem, signer.ca_cert, serial + 1)
+    crl = load_crl(pem)
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
+
+    api.calls.clear()
+    await svc.revoke(signer, [(serial, START + DAY)])
+    assert api.writes() == []  # already listed: nothing to do
+    assert len(list(load_crl(api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]))) == 1
+
+    await svc.revoke(signer, [(serial, START), (serial + 7, START)])
+    pem = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    assert is_revoked(pem, signer.ca_cert, serial + 7)
+    assert len(list(load_crl(pem))) == 2
+
+    await reconcile(svc, api, issuer_body())
+    assert status_of(api)["crlNumber"] == 3
+    assert status_of(api)["revokedCount"] == 2
+
+
+async def test_the_published_crl_is_the_state() -> None:
+    svc, api, clock, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+    await svc.revoke(signer, [(111, START)])
+    # Another process (after a restart) adds to what is published, not to an empty list.
+    fresh = IssuerService(cast(Api, api), EventRecorder(cast(Api, api)), OPNS, clock)
+    stored = api.objects[("ClusterIdentityIssuer", "", "mesh")]
+    await fresh.reconcile(copy.deepcopy(stored))
+    await fresh.revoke(signer, [(222, START)])
+    pem = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    assert is_revoked(pem, signer.ca_cert, 111)
+    assert is_revoked(pem, signer.ca_cert, 222)
+
+
+async def test_crl_is_re_signed_before_its_next_update() -> None:
+    svc, api, clock, _ = make_service()
+    body = issuer_body(selfSigned={"ttl": "720h"}, crl={"validity": "24h"})
+    first = await reconcile(svc, api, body)
+    assert first.next_due == START + dt.timedelta(hours=16)
+    clock.now = START + dt.timedelta(hours=15)
+    await reconcile(svc, api, body)
+    assert status_of(api)["crlNumber"] == 1
+    clock.now = START + dt.timedelta(hours=17)
+    await reconcile(svc, api, body)
+    assert status_of(api)["crlNumber"] == 2
+    crl = load_crl(api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"])
+    assert crl.next_update_utc == clock.now.replace(microsecond=0) + DAY
+
+
+async def test_cleanup_removes_a_cluster_issuers_objects() -> None:
+    svc, api, _, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "team-a")
+    await svc.publish_trust_bundle(signer, "team-a")
+    stored = api.objects[("ClusterIdentityIssuer", "", "mesh")]
+    stored["metadata"]["deletionTimestamp"] = "2030-01-15T12:00:00Z"
+    removed = await svc.cleanup(copy.deepcopy(stored))
+    assert sorted(removed) == [
+        "ConfigMap/nhi-system/nhi-crl",
+        "ConfigMap/team-a/nhi-trust-bundle",
+        "Secret/nhi-system/nhi-issuer-mesh",
+    ]
+    with pytest.raises(IssuerNotReady):
+        await svc.signer("ClusterIdentityIssuer", "mesh", "team-a")
+
+
+# -------------------------------------------------------------------------------- status
+
+
+def test_compute_status_keeps_transition_times_and_removes_stale_fields() -> None:
+    cert = build_self_signed_ca("x", ca_key(), START, DAY)
+    ok = IssuerOutcome(True, "CAReady", "fine", cert=cert, crl_number=4, revoked_count=1)
+    first = compute_status({}, 1, ok, START)
+    assert first["caFingerprint"] == fingerprint_sha256(cert)
+    assert first["crlNumber"] == 4
+    later = compute_status(first, 1, ok, START + DAY)
+    assert later == first
+    broken = IssuerOutcome(False, "CASecretNotFound", "gone", stalled=True)
+    after = compute_status(first, 2, broken, START + DAY)
+    assert after["caFingerprint"] is None  # removed by the merge patch
+    assert "crlNumber" not in after  # kept as it was
+    conds = {c["type"]: c for c in after["conditions"]}
+    assert conds["Ready"]["status"] == "False"
+    assert conds["Stalled"]["status"] == "True"
+    assert conds["Ready"]["observedGeneration"] == 2
