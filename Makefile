@@ -36,8 +36,8 @@ run: venv controlplane ## start the local control plane, install CRDs and sample
 
 .PHONY: lint
 lint: venv ## ruff and import-linter
-	$(VENV)/bin/ruff check operator tests bench
-	$(VENV)/bin/ruff format --check operator tests bench
+	$(VENV)/bin/ruff check operator tests $(wildcard bench)
+	$(VENV)/bin/ruff format --check operator tests $(wildcard bench)
 	$(VENV)/bin/lint-imports
 
 .PHONY: typecheck

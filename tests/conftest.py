@@ -162,6 +162,18 @@ class OperatorProcess:
     log_path: Path
     health_port: int
     metrics_port: int
+    cluster: Cluster | None = None
+    args: tuple[str, ...] = ()
+
+    def restart(self, log_path: Path | None = None) -> None:
+        """Stop the process and start a fresh one in its place (same arguments)."""
+        assert self.cluster is not None
+        self.stop()
+        new = start_operator(
+            self.cluster, log_path or self.log_path.with_suffix(".restart.log"), *self.args
+        )
+        self.proc, self.log_path = new.proc, new.log_path
+        self.health_port, self.metrics_port = new.health_port, new.metrics_port
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -198,7 +210,7 @@ def start_operator(
         start_new_session=True,
     )
     log.close()
-    op = OperatorProcess(proc, log_path, health, metrics)
+    op = OperatorProcess(proc, log_path, health, metrics, cluster=cluster, args=extra)
 
     def healthy() -> bool:
         if proc.poll() is not None:

@@ -196,6 +196,27 @@ def assert_no_forbidden(op: OperatorProcess) -> None:
     assert not lines, "the operator was refused:\n" + "\n".join(lines[:10])
 
 
+def allow_policy(cluster: Cluster, namespace: str, *, cluster_rules: bool) -> str:
+    """An IdentityPolicy for this namespace only: ClusterRole view may be bound."""
+    cluster.kubectl(
+        "label", "namespace", namespace, f"nhi-test-packaging={namespace}", "--overwrite"
+    )
+    name = f"packaging-{namespace}"
+    cluster.apply(
+        {
+            "apiVersion": "nhi.dev/v1alpha1",
+            "kind": "IdentityPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"nhi-test-packaging": namespace}},
+                "allowedClusterRoles": ["view"],
+                "allowClusterRules": cluster_rules,
+            },
+        }
+    )
+    return name
+
+
 def can_i(cluster: Cluster, *args: str) -> bool:
     proc = cluster.kubectl("auth", "can-i", *args, f"--as={SA_USER}", check=False)
     return proc.stdout.strip() == "yes"
@@ -213,6 +234,7 @@ def can_i(cluster: Cluster, *args: str) -> bool:
             "--set=metrics.prometheusRule.enabled=true",
             "--set=networkPolicy.enabled=true",
             "--set=watchNamespaces={team-a,team-b}",
+            "--set=rbac.clusterScopedGrants=false",
         ],
     ],
     ids=["defaults", "every-option"],
@@ -364,20 +386,7 @@ def test_the_operator_works_with_the_charts_service_account(
 ) -> None:
     """Cluster-wide, with peering: escalate (a Role with rules the operator lacks), bind (a
     RoleBinding to ClusterRole view), ClusterRole rules, a bound token and a static secret."""
-    cluster.kubectl("label", "namespace", namespace, f"nhi-test-packaging={namespace}")
-    policy = f"packaging-{namespace}"
-    cluster.apply(
-        {
-            "apiVersion": "nhi.dev/v1alpha1",
-            "kind": "IdentityPolicy",
-            "metadata": {"name": policy},
-            "spec": {
-                "namespaceSelector": {"matchLabels": {"nhi-test-packaging": namespace}},
-                "allowedClusterRoles": ["view"],
-                "allowClusterRules": True,
-            },
-        }
-    )
+    policy = allow_policy(cluster, namespace, cluster_rules=True)
     identity = {
         "apiVersion": "nhi.dev/v1alpha1",
         "kind": "MachineIdentity",
@@ -465,11 +474,12 @@ def test_two_replicas_with_peering_keep_one_active(
             paused = [op for op in (first, second) if "Pausing operations in favour" in op.log()]
             assert len(paused) == 1, "exactly one replica should stand by"
         finally:
+            # While the replicas still run: one of them may have to remove its finalizer.
+            cluster.kubectl(
+                "delete", "machineidentity", name, "-n", namespace, "--timeout=20s", check=False
+            )
             first.stop()
             second.stop()
-            cluster.kubectl(
-                "delete", "machineidentity", name, "-n", namespace, "--wait=false", check=False
-            )
 
 
 def test_helm_upgrade_to_a_namespace_scoped_install(
@@ -485,6 +495,7 @@ def test_helm_upgrade_to_a_namespace_scoped_install(
         f"--set=watchNamespaces={{{namespace}}}",
         "--set=replicaCount=1",
         "--set=operator.logLevel=DEBUG",
+        "--set=rbac.clusterScopedGrants=false",
     )
     deploy = cluster.get("deployment", release, SYSTEM)
     assert deploy is not None and deploy["spec"]["replicas"] == 1
@@ -508,7 +519,13 @@ def test_helm_upgrade_to_a_namespace_scoped_install(
     # Its own namespace keeps the CA material of ClusterIdentityIssuers.
     assert can_i(cluster, "create", "secrets", "-n", SYSTEM)
     assert not can_i(cluster, "create", "serviceaccounts", "-n", SYSTEM)
+    # No cluster-wide grant: ClusterRoles may be bound inside the namespace, not written.
+    assert can_i(cluster, "bind", "clusterroles.rbac.authorization.k8s.io/view", "-n", namespace)
+    assert not can_i(cluster, "create", "clusterrolebindings.rbac.authorization.k8s.io")
+    assert not can_i(cluster, "escalate", "clusterroles.rbac.authorization.k8s.io")
+    assert not can_i(cluster, "create", "rolebindings.rbac.authorization.k8s.io", "-n", "default")
 
+    policy = allow_policy(cluster, namespace, cluster_rules=False)
     kubeconfig = service_account_kubeconfig(cluster, tmp_path / "sa.kubeconfig")
     with session_operator_paused():
         op = run_as_deployed(cluster, kubeconfig, tmp_path / "operator.log")
@@ -523,7 +540,8 @@ def test_helm_upgrade_to_a_namespace_scoped_install(
                         "permissions": {
                             "rules": [
                                 {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}
-                            ]
+                            ],
+                            "roleRefs": [{"kind": "ClusterRole", "name": "view"}],
                         },
                         "credentials": [{"name": "key", "type": "StaticSecret", "ttl": "24h"}],
                     },
@@ -535,10 +553,13 @@ def test_helm_upgrade_to_a_namespace_scoped_install(
                 message=f"MachineIdentity {namespace}/scoped Ready (log: {op.log_path})",
             )
             assert cluster.get("secret", "scoped-key", namespace) is not None
+            view = cluster.get("rolebinding", "nhi-scoped-clusterrole-view", namespace)
+            assert view is not None and view["roleRef"]["name"] == "view"
             cluster.kubectl("delete", "machineidentity", "scoped", "-n", namespace, "--timeout=60s")
             assert_no_forbidden(op)
         finally:
             op.stop()
+            cluster.kubectl("delete", "identitypolicy", policy, "--ignore-not-found", check=False)
 
 
 def test_helm_uninstall_removes_the_operator_and_keeps_the_crds(
@@ -563,7 +584,7 @@ def test_helm_uninstall_removes_the_operator_and_keeps_the_crds(
         ["--set=networkPolicy.enabled=true", "--set=networkPolicy.apiServer.cidrs={10.0.0.1/32}"],
         ["--set=replicaCount=1", "--set=peering.enabled=false"],
         ["--set=image.digest=sha256:" + "a" * 64],
-        ["WATCH"],
+        ["WATCH", "--set=rbac.clusterScopedGrants=false"],
     ],
     ids=["defaults", "network-policy", "single-replica", "digest", "watch-namespaces"],
 )

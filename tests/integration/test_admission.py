@@ -22,19 +22,28 @@ def expectation(path: Path) -> str:
 
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
 def test_invalid_identity_is_rejected_naming_the_field(crds: Cluster, path: Path) -> None:
-    proc = crds.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(path),
-                        check=False)
+    proc = crds.kubectl("apply", "--server-side", "--dry-run=server", "-f", str(path), check=False)
     assert proc.returncode != 0, f"{path.name} was accepted"
     assert expectation(path) in proc.stderr, proc.stderr
 
 
 def test_samples_are_accepted(crds: Cluster) -> None:
-    proc = crds.kubectl("apply", "--server-side", "--dry-run=server", "-R", "-f",
-                        str(ROOT / "manifests" / "samples"), check=False)
+    proc = crds.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-R",
+        "-f",
+        str(ROOT / "manifests" / "samples"),
+        check=False,
+    )
     # The namespace does not exist yet in a dry run, so namespaced samples may fail on that
     # alone; everything else must be accepted.
-    errors = [line for line in proc.stderr.splitlines()
-              if line and "namespaces \"shop\" not found" not in line]
+    errors = [
+        line
+        for line in proc.stderr.splitlines()
+        if line and 'namespaces "shop" not found' not in line
+    ]
     assert not errors, proc.stderr
 
 
@@ -48,7 +57,13 @@ spec:
   serviceAccount: {{name: first}}
 """
     crds.kubectl("apply", "--server-side", "-f", "-", input=body)
-    proc = crds.kubectl("apply", "--server-side", "-f", "-", check=False,
-                        input=body.replace("name: first", "name: second"))
+    proc = crds.kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        check=False,
+        input=body.replace("name: first", "name: second"),
+    )
     assert proc.returncode != 0
     assert "serviceAccount.name" in proc.stderr and "immutable" in proc.stderr

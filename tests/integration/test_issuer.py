@@ -22,6 +22,7 @@ from nhi.crypto import (
     load_cert_chain,
     load_crl,
     private_key_pem,
+    verify_chain,
     verify_crl,
 )
 from tests.conftest import Cluster, OperatorProcess, wait_for
@@ -252,3 +253,46 @@ def test_vault_source_is_reported_as_not_supported(kube: Cluster, namespace: str
     kube.apply(issuer("vault", {"vault": {"path": "pki", "role": "workloads"}}, namespace))
     obj = wait_ready(kube, "identityissuer", "vault", namespace, "False", "VaultNotSupported")
     assert condition(obj, "Stalled")["status"] == "True"  # type: ignore[index]
+
+
+def test_identity_certificate_chains_to_the_issuer_and_its_bundle_is_published(
+    kube: Cluster, namespace: str
+) -> None:
+    kube.apply(issuer("local", {"selfSigned": {"ttl": "24h"}}, namespace, "cluster.local"))
+    obj = wait_ready(kube, "identityissuer", "local", namespace, "True", "CAReady")
+    kube.apply(
+        {
+            "apiVersion": "nhi.dev/v1alpha1",
+            "kind": "MachineIdentity",
+            "metadata": {"name": "app", "namespace": namespace},
+            "spec": {
+                "owner": "team-a",
+                "credentials": [
+                    {
+                        "name": "mtls",
+                        "type": "X509",
+                        "ttl": "1h",
+                        "issuerRef": {"kind": "IdentityIssuer", "name": "local"},
+                    }
+                ],
+            },
+        }
+    )
+    secret = wait_for(
+        lambda: (s := kube.get("secret", "app-mtls", namespace)) and s.get("data") and s,
+        message="the X509 credential Secret",
+    )
+    root_secret = kube.get("secret", "nhi-issuer-local", namespace)
+    assert root_secret is not None
+    root = secret_cert(root_secret)
+    assert fingerprint_sha256(root) == obj["status"]["caFingerprint"]
+    leaf = secret_cert(secret)
+    verify_chain(leaf, [], root, dt.datetime.now(dt.UTC))
+    assert leaf.not_valid_after_utc <= root.not_valid_after_utc
+    bundle = wait_for(
+        lambda: kube.get("configmap", "nhi-trust-bundle", namespace),
+        message="the trust bundle ConfigMap",
+    )
+    assert load_cert_chain(bundle["data"]["ca.crt"]) == [root]
+    assert bundle["metadata"]["labels"]["nhi.dev/issuer"] == "local"
+    assert bundle["metadata"]["ownerReferences"][0]["kind"] == "IdentityIssuer"

@@ -70,6 +70,7 @@ def chart_cluster_role_rules() -> list[dict[str, Any]]:
     return [
         *chart_rules("namespacedRules"),
         *chart_rules("clusterRules"),
+        *chart_rules("clusterGrantRules"),
         *chart_rules("clusterPeeringRules"),
     ]
 
@@ -87,6 +88,7 @@ def all_rule_sets() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     for name in (
         "namespacedRules",
         "clusterRules",
+        "clusterGrantRules",
         "clusterPeeringRules",
         "namespacedPeeringRules",
         "homeRules",
@@ -237,12 +239,26 @@ def test_chart_and_kustomize_base_grant_the_same_cluster_role() -> None:
     assert chart_cluster_role_rules() == base_cluster_role_rules()
 
 
+def test_without_cluster_scoped_grants_the_operator_cannot_grant_cluster_wide() -> None:
+    """rbac.clusterScopedGrants=false leaves out exactly the rules that grant cluster-wide."""
+    kept = [*chart_rules("clusterRules"), *chart_rules("clusterPeeringRules")]
+    writes = {"create", "patch", "delete", "escalate"}
+    for rule in kept:
+        if {"clusterroles", "clusterrolebindings"} & set(rule["resources"]):
+            assert not writes & set(rule["verbs"]), rule
+    dropped = chart_rules("clusterGrantRules")
+    assert {r for rule in dropped for r in rule["resources"]} == {
+        "clusterroles",
+        "clusterrolebindings",
+    }
+
+
 def test_namespaced_and_cluster_rules_are_split_by_scope() -> None:
     """watchNamespaces turns namespacedRules into Roles: a cluster-scoped resource there is lost."""
     for name in ("namespacedRules", "namespacedPeeringRules", "homeRules"):
         for rule in chart_rules(name):
             assert not set(rule["resources"]) & CLUSTER_SCOPED, f"{name}: {rule}"
-    for name in ("clusterRules", "clusterPeeringRules"):
+    for name in ("clusterRules", "clusterGrantRules", "clusterPeeringRules"):
         for rule in chart_rules(name):
             assert set(rule["resources"]) <= CLUSTER_SCOPED, f"{name}: {rule}"
 

@@ -29,7 +29,7 @@ from nhi.crypto import (
     load_crl,
     private_key_pem,
 )
-from nhi.k8s.client import Api, NotFound
+from nhi.k8s.client import Api, Forbidden, NotFound
 from nhi.k8s.events import EventRecorder
 from nhi.reconcilers.issuer import (
     IssuerNotReady,
@@ -561,3 +561,29 @@ def test_compute_status_keeps_transition_times_and_removes_stale_fields() -> Non
     assert conds["Ready"]["status"] == "False"
     assert conds["Stalled"]["status"] == "True"
     assert conds["Ready"]["observedGeneration"] == 2
+
+
+async def test_namespace_scoped_install_lists_the_namespaces_it_serves() -> None:
+    svc, api, clock, _ = make_service()
+    await reconcile(svc, api, issuer_body())
+    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "team-a")
+    await svc.publish_trust_bundle(signer, "team-a")
+
+    class ScopedApi(FakeApi):
+        async def list(
+            self, kind: str, namespace: str | None = None, *, label_selector: str | None = None
+        ) -> list[dict[str, Any]]:
+            if namespace is None:
+                raise Forbidden(403, "Forbidden", "cannot list configmaps at the cluster scope")
+            return await super().list(kind, namespace, label_selector=label_selector)
+
+    scoped = ScopedApi()
+    scoped.objects = api.objects
+    fake = cast(Api, scoped)
+    fresh = IssuerService(fake, EventRecorder(fake), OPNS, clock, namespaces=["team-a", "team-*"])
+    clock.now = START + 21 * DAY
+    await fresh.reconcile(copy.deepcopy(api.objects[("ClusterIdentityIssuer", "", "mesh")]))
+    rotated = await fresh.signer("ClusterIdentityIssuer", "mesh", "team-a")
+    data = api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]["data"]["ca.crt"]
+    assert load_cert_chain(data) == [rotated.ca_cert, signer.ca_cert]
+    assert {c[2] for c in scoped.calls if c[0] == "list"} == {"team-a", OPNS}

@@ -142,15 +142,15 @@ clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
-# ClusterRoles and ClusterRoleBindings for spec.permissions.clusterRules (policy-gated).
+# The identities' ClusterRoles and ClusterRoleBindings: watched (drift).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["clusterroles", "clusterrolebindings"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
-# escalate: a ClusterRole with rules the operator does not hold; bind: a (Cluster)RoleBinding
-# to a ClusterRole it does not hold (spec.permissions.roleRefs such as view).
+  verbs: ["list", "watch"]
+# bind: a RoleBinding to a ClusterRole the operator does not hold itself
+# (spec.permissions.roleRefs such as view; allowedClusterRoles of IdentityPolicy gates it).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["clusterroles"]
-  verbs: ["escalate", "bind"]
+  verbs: ["bind"]
 # Verifying issued tokens (TokenReview) and, at admission, that whoever writes an identity
 # holds the permissions it grants (SubjectAccessReview).
 - apiGroups: ["authentication.k8s.io"]
@@ -167,6 +167,21 @@ clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/*
+clusterGrantRules: cluster-wide grants for spec.permissions.clusterRules (policy-gated), left
+out with rbac.clusterScopedGrants=false.
+*/}}
+{{- define "nhi-operator.clusterGrantRules" -}}
+# ClusterRoles and ClusterRoleBindings for spec.permissions.clusterRules: applied, deleted.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles", "clusterrolebindings"]
+  verbs: ["create", "patch", "delete"]
+# escalate: writing a ClusterRole with rules the operator does not hold itself.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles"]
+  verbs: ["escalate"]
 {{- end }}
 
 {{- define "nhi-operator.homeRules" -}}

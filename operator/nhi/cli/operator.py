@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
 import sys
 
 from nhi import __version__
@@ -61,6 +62,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="run with kopf peering so only one of several replicas is active",
     )
     p.add_argument("--peering-name", default=s.peering_name)
+    p.add_argument(
+        "--peering-priority",
+        type=int,
+        default=None,
+        help="this replica's peering priority (default: random, so replicas never tie: "
+        "kopf freezes every replica that shares the highest priority)",
+    )
     p.add_argument("--version", action="version", version=f"nhi-operator {__version__}")
     a = p.parse_args(argv)
     return Settings(
@@ -72,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         workers=a.workers,
         peering=a.peering,
         peering_name=a.peering_name,
+        peering_priority=(
+            a.peering_priority
+            if a.peering_priority is not None
+            else secrets.randbelow(1_000_000) + 1
+        ),
     )
 
 
@@ -89,6 +102,7 @@ async def run(settings: Settings) -> None:
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
         standalone=not settings.peering,
         peering_name=settings.peering_name if settings.peering else None,
+        priority=settings.peering_priority,
     )
 
 

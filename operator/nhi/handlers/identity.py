@@ -7,6 +7,7 @@ from typing import Any
 import kopf
 
 from nhi.handlers import runtime
+from nhi.k8s.cache import slim
 from nhi.models.meta import (
     CREDENTIAL_LABEL,
     IDENTITY_LABEL,
@@ -21,35 +22,8 @@ MANAGED: dict[str, Any] = {
     IDENTITY_LABEL: kopf.PRESENT,
 }
 
+
 # Fields of a child the reconciler compares; the rest of the body is not kept in memory.
-# Never a Secret's data: only its metadata (annotations say what it holds) and type.
-_KEEP = ("rules", "roleRef", "subjects", "automountServiceAccountToken", "type")
-
-
-def _slim(kind: str, body: kopf.Body) -> dict[str, Any]:
-    meta = body.get("metadata") or {}
-    out: dict[str, Any] = {
-        "kind": kind,
-        "metadata": {
-            k: meta[k]
-            for k in (
-                "name",
-                "namespace",
-                "uid",
-                "resourceVersion",
-                "labels",
-                "annotations",
-                "ownerReferences",
-            )
-            if k in meta
-        },
-    }
-    for f in _KEEP:
-        if f in body:
-            out[f] = body[f]
-    return out
-
-
 def _owner(labels: kopf.Labels, namespace: str | None) -> tuple[str, str]:
     return (labels.get(IDENTITY_NAMESPACE_LABEL) or namespace or "", labels[IDENTITY_LABEL])
 
@@ -67,11 +41,19 @@ def _register_child(
     def index(
         body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any
     ) -> dict[tuple[str, str], dict[str, Any]]:
-        return {_owner(labels, namespace): _slim(kind, body)}
+        return {_owner(labels, namespace): slim(kind, body)}
 
-    async def on_event(labels: kopf.Labels, namespace: str | None, **kwargs: Any) -> None:
+    async def on_event(
+        labels: kopf.Labels,
+        namespace: str | None,
+        body: kopf.Body,
+        type: str | None,
+        **kwargs: Any,
+    ) -> None:
         rt = runtime.get()
         rt.capture(kwargs)
+        if len(rt.overlay):
+            rt.overlay.seen(kind, body, deleted=type == "DELETED")
         rt.queue.add(_owner(labels, namespace))
 
     kopf.index(group, version, plural, labels=selector, id=index_id)(index)
@@ -93,7 +75,7 @@ _register_child(
     "clusterrolebindings",
     "nhi_clusterrolebindings",
 )
-# Credential Secrets: only their metadata is kept in memory (see _slim), never their data.
+# Credential Secrets: only their metadata is kept in memory (nhi.k8s.cache.slim).
 _register_child(
     "Secret",
     "",

@@ -31,6 +31,7 @@ CHILD_INDEXES = (
     "nhi_rolebindings",
     "nhi_clusterroles",
     "nhi_clusterrolebindings",
+    "nhi_secrets",
 )
 IDENTITY_INDEX = "nhi_identities"
 POLICY_INDEX = "nhi_policies"
@@ -45,8 +46,13 @@ class Runtime:
         self.events = EventRecorder(api)
         self.indexes: dict[str, Mapping[Any, Any]] = {}
         self.overlay = WriteOverlay()
+        settings = current_settings()
         self.issuers = IssuerService(
-            api, self.events, operator_namespace=current_settings().operator_namespace, clock=utcnow
+            api,
+            self.events,
+            operator_namespace=settings.operator_namespace,
+            clock=utcnow,
+            namespaces=settings.namespaces,
         )
         self.issuers.on_change = self.issuer_changed
         self.identities = IdentityReconciler(api, self, self.events, self.issuers)
@@ -56,6 +62,7 @@ class Runtime:
     # ------------------------------------------------------------------ caches
 
     def capture(self, kwargs: Mapping[str, Any]) -> None:
+        self.issuers.capture(kwargs)
         if len(self.indexes) < len(CHILD_INDEXES) + 3:
             for name in (*CHILD_INDEXES, IDENTITY_INDEX, POLICY_INDEX, NAMESPACE_INDEX):
                 if name in kwargs:

@@ -61,6 +61,24 @@ class WriteOverlay:
         self._objects.pop(key, None)
         self._when.pop(key, None)
 
+    def seen(self, kind: str, body: Mapping[str, Any], deleted: bool) -> None:
+        """The watch delivered ``body``: forget our write once the watch has caught up."""
+        meta = body.get("metadata") or {}
+        key = (kind, str(meta.get("namespace", "")), str(meta.get("name")))
+        if key not in self._objects:
+            return
+        mine = self._objects[key]
+        if mine is None:
+            if deleted:
+                self._drop(key)
+            return
+        mine_uid = (mine.get("metadata") or {}).get("uid")
+        if mine_uid and meta.get("uid") and meta.get("uid") != mine_uid:
+            # An older incarnation of the name (e.g. its deletion arriving late): not ours.
+            return
+        if deleted or _rv(body) >= _rv(mine):
+            self._drop(key)
+
     def __len__(self) -> int:
         return len(self._objects)
 

@@ -28,6 +28,7 @@ A_SPEC_HASH = PREFIX + "spec-hash"
 A_ISSUER = PREFIX + "issuer"
 A_CA_FINGERPRINT = PREFIX + "ca-fingerprint"
 A_PREVIOUS_NOT_AFTER = PREFIX + "previous-not-after"
+A_RENEW_HANDLED = PREFIX + "renew-request-handled"
 
 #: Jitter is at most this share of the renewal window, and never more than MAX_JITTER.
 JITTER_SHARE = 0.05
@@ -57,6 +58,8 @@ class Issued:
     issuer: str = ""
     ca_fingerprint: str = ""
     previous_not_after: dt.datetime | None = None
+    #: The value of the identity's renew-requested-at annotation this value answered.
+    renew_handled: str = ""
 
     @classmethod
     def from_annotations(cls, ann: Mapping[str, str]) -> Issued | None:
@@ -74,6 +77,7 @@ class Issued:
                 issuer=ann.get(A_ISSUER, ""),
                 ca_fingerprint=ann.get(A_CA_FINGERPRINT, ""),
                 previous_not_after=parse_time(prev) if prev else None,
+                renew_handled=ann.get(A_RENEW_HANDLED, ""),
             )
         except (KeyError, ValueError):
             return None
@@ -97,6 +101,8 @@ class Issued:
             out[A_CA_FINGERPRINT] = self.ca_fingerprint
         if self.previous_not_after is not None:
             out[A_PREVIOUS_NOT_AFTER] = rfc3339(self.previous_not_after)
+        if self.renew_handled:
+            out[A_RENEW_HANDLED] = self.renew_handled
         return out
 
 
@@ -134,7 +140,7 @@ def renewal_time(
     """
     lifetime = not_after - not_before
     if spec.renew_before is not None:
-        before = min(spec.renew_before, lifetime * 0.9)
+        before = min(spec.renew_before, lifetime * 0.99)
     else:
         before = lifetime * (spec.renew_before_fraction or 0.33)
     base = not_after - before
@@ -147,7 +153,7 @@ def reason_to_issue(
     *,
     current_spec_hash: str,
     now: dt.datetime,
-    renew_requested_at: dt.datetime | None = None,
+    renew_request: str | None = None,
     ca_fingerprint: str | None = None,
 ) -> str | None:
     """The first reason to issue a new value, or None when the stored one is fine."""
@@ -159,7 +165,8 @@ def reason_to_issue(
         return EXPIRED
     if ca_fingerprint and issued.ca_fingerprint and issued.ca_fingerprint != ca_fingerprint:
         return ISSUER_CHANGED
-    if renew_requested_at is not None and renew_requested_at > issued.issued_at:
+    if renew_request and renew_request != issued.renew_handled:
+        # Each distinct value of the annotation renews once, whatever time it names.
         return RENEW_REQUESTED
     if now >= issued.renewal_time:
         return RENEWAL_DUE
@@ -172,12 +179,3 @@ def next_due(issued: Issued, now: dt.datetime) -> dt.datetime:
     if issued.previous_not_after is not None and issued.previous_not_after > now:
         due = min(due, issued.previous_not_after)
     return due
-
-
-def parse_renew_request(value: str | None) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        return parse_time(value)
-    except ValueError:
-        return None

@@ -69,7 +69,7 @@ class CredentialManager:
     ) -> CredentialResult:
         """Bring every declared credential up to date. ``secrets``: cached, by Secret name."""
         result = CredentialResult()
-        renew_at = rotation.parse_renew_request(identity.annotations.get(RENEW_ANNOTATION))
+        renew_request = identity.annotations.get(RENEW_ANNOTATION) or None
         for index, cred in enumerate(identity.spec.credentials):
             stored = secrets.get(cred.secret_name)
             ann = ((stored or {}).get("metadata") or {}).get("annotations") or {}
@@ -105,7 +105,7 @@ class CredentialManager:
                 issued,
                 current_spec_hash=rotation.spec_hash(cred, identity.spec.service_account),
                 now=now,
-                renew_requested_at=renew_at,
+                renew_request=renew_request,
                 ca_fingerprint=crypto.fingerprint_sha256(signer.ca_cert) if signer else None,
             )
             if reason is None:
@@ -116,7 +116,9 @@ class CredentialManager:
                 result.due(rotation.next_due(issued, now))
                 self._observe(identity, cred, issued)
                 continue
-            new = await self._issue(identity, cred, issued, stored, signer, now, reason)
+            new = await self._issue(
+                identity, cred, issued, stored, signer, now, reason, renew_request or ""
+            )
             (result.rotated if issued is not None else result.issued).append(cred.name)
             result.statuses.append(_status(cred, new))
             result.due(rotation.next_due(new, now))
@@ -157,16 +159,21 @@ class CredentialManager:
         signer: Signer | None,
         now: dt.datetime,
         reason: str,
+        renew_handled: str = "",
     ) -> Issued:
         count = (old.rotation_count + 1) if old is not None else 0
         shash = rotation.spec_hash(cred, identity.spec.service_account)
         seed = f"{identity.uid}/{cred.name}/{count}"
         if cred.type == "ServiceAccountToken":
-            return await self._issue_token(identity, cred, stored, now, count, shash, seed)
+            return await self._issue_token(
+                identity, cred, stored, now, count, shash, seed, renew_handled
+            )
         if cred.type == "X509":
             assert signer is not None
-            return await self._issue_x509(identity, cred, signer, now, count, shash, seed)
-        return await self._issue_static(identity, cred, old, now, count, shash, seed)
+            return await self._issue_x509(
+                identity, cred, signer, now, count, shash, seed, renew_handled
+            )
+        return await self._issue_static(identity, cred, old, now, count, shash, seed, renew_handled)
 
     async def _issue_token(
         self,
@@ -177,6 +184,7 @@ class CredentialManager:
         count: int,
         shash: str,
         seed: str,
+        renew_handled: str,
     ) -> Issued:
         uid = ((stored or {}).get("metadata") or {}).get("uid")
         if not uid:
@@ -201,6 +209,7 @@ class CredentialManager:
             issued_at=now,
             rotation_count=count,
             spec_hash=shash,
+            renew_handled=renew_handled,
             fingerprint=crypto.secret_fingerprint(token),
         )
         await self._store(
@@ -217,6 +226,7 @@ class CredentialManager:
         count: int,
         shash: str,
         seed: str,
+        renew_handled: str,
     ) -> Issued:
         key = crypto.generate_key(cred.key_algorithm)
         sid = crypto.spiffe_id(
@@ -240,6 +250,7 @@ class CredentialManager:
             issued_at=now,
             rotation_count=count,
             spec_hash=shash,
+            renew_handled=renew_handled,
             serial=crypto.serial_hex(cert),
             fingerprint=crypto.fingerprint_sha256(cert),
             issuer=signer.ref,
@@ -262,6 +273,7 @@ class CredentialManager:
         count: int,
         shash: str,
         seed: str,
+        renew_handled: str,
     ) -> Issued:
         assert cred.generator is not None
         value = crypto.generate_secret(cred.generator.length, cred.generator.charset)
@@ -282,6 +294,7 @@ class CredentialManager:
             issued_at=now,
             rotation_count=count,
             spec_hash=shash,
+            renew_handled=renew_handled,
             fingerprint=crypto.secret_fingerprint(value),
             previous_not_after=previous_not_after,
         )

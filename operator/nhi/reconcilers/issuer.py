@@ -279,6 +279,10 @@ def _ref(issuer: Issuer) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": issuer.kind, "metadata": meta}
 
 
+def _glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
 def _gone_namespace(err: ApiError) -> bool:
     """The namespace no longer exists or is being deleted."""
     return isinstance(err, NotFound) or (
@@ -300,6 +304,7 @@ class IssuerService:
         workers: int = 4,
         retry_interval: float = RETRY_INTERVAL,
         resync_interval: float = RESYNC_INTERVAL,
+        namespaces: Sequence[str] = (),
     ) -> None:
         self.api = api
         self.events = events
@@ -307,6 +312,9 @@ class IssuerService:
         self.clock = clock
         self.retry_interval = retry_interval
         self.resync_interval = resync_interval
+        #: The namespaces the operator serves (empty: all). A namespace-scoped install may not
+        #: list ConfigMaps cluster-wide; it lists these instead (globs are skipped).
+        self.namespaces = tuple(namespaces)
         #: Called with the issuer's key whenever its signing material or readiness changed,
         #: so identities that use it can be re-queued.
         self.on_change: Callable[[IssuerKey], None] = lambda key: None
@@ -965,8 +973,7 @@ class IssuerService:
         if known.published is not None:
             return known.published
         published: dict[str, bytes] = {}
-        scope = None if issuer.cluster_scoped else issuer.namespace
-        for cm in await self.api.list("ConfigMap", scope, label_selector=issuer_selector(issuer)):
+        for cm in await self._list_configmaps(issuer):
             meta = cm.get("metadata") or {}
             ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
             bundle = configmap_text(cm, "ca.crt")
@@ -980,6 +987,27 @@ class IssuerService:
                 await self.api.delete("ConfigMap", ns, name)
         known.published = published
         return published
+
+    async def _list_configmaps(self, issuer: Issuer) -> list[dict[str, Any]]:
+        """The ConfigMaps labelled with the issuer, wherever the operator may list them."""
+        selector = issuer_selector(issuer)
+        if not issuer.cluster_scoped:
+            return await self.api.list("ConfigMap", issuer.namespace, label_selector=selector)
+        try:
+            return await self.api.list("ConfigMap", None, label_selector=selector)
+        except Forbidden:
+            if not self.namespaces:
+                raise
+        # Namespace-scoped install: the served namespaces and the operator's own. Identities
+        # publish their bundle again when they reconcile, so a namespace missed here heals.
+        out: list[dict[str, Any]] = []
+        scopes = {self.operator_namespace, *(n for n in self.namespaces if not _glob(n))}
+        for namespace in sorted(scopes):
+            try:
+                out.extend(await self.api.list("ConfigMap", namespace, label_selector=selector))
+            except Forbidden:
+                continue
+        return out
 
     async def _republish(self, known: _Known, issuer: Issuer, bundle: bytes) -> None:
         """Bring every published trust bundle to ``bundle`` (after a CA rotation or expiry)."""
@@ -1026,10 +1054,7 @@ class IssuerService:
                     uid = (obj.get("metadata") or {}).get("uid")
                     if await self.api.delete(kind, ns, name, uid=uid):
                         removed.append(f"{kind}/{ns}/{name}")
-            scope = None if issuer.cluster_scoped else issuer.namespace
-            for cm in await self.api.list(
-                "ConfigMap", scope, label_selector=issuer_selector(issuer)
-            ):
+            for cm in await self._list_configmaps(issuer):
                 meta = cm.get("metadata") or {}
                 ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
                 if await self.api.delete("ConfigMap", ns, name, uid=meta.get("uid")):

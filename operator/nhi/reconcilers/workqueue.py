@@ -136,7 +136,7 @@ class WorkQueue(Generic[K]):
                 delay = min(self._max_backoff, 0.5 * 2 ** min(n, 20))
                 log.warning(
                     "reconcile failed, retrying",
-                    extra={"key": str(key), "error": str(err), "retry_in": delay},
+                    extra={"item": str(key), "error": str(err), "retry_in": delay},
                 )
                 self.add_after(key, delay)
             finally:
