@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -38,33 +38,84 @@ SECRET_FIELDS = frozenset(
     }
 )
 
-_PATTERNS = [
+# A field whose last word says it holds a secret: api_key, ca.key, access-token, client_secret,
+# db_password... but not secret_name, key_algorithm or metadata (the last word decides).
+_SECRET_FIELD = re.compile(
+    r"(?:^|[._-])(?:token|tokens|key|keys|secret|secrets|password|passwd|passphrase|pwd"
+    r"|privatekey|authorization|cookie|value|current|previous|data|stringdata)$",
+    re.I,
+)
+
+# Field names whose value is a secret when they appear quoted inside free text (a dict's repr,
+# a JSON document in an error message).
+_QUOTED_NAMES = (
+    r"token|password|passwd|secret|client[_-]?secret|api[_-]?key|private[_-]?key|"
+    r"tls\.key|ca\.key|key|current|previous|authorization"
+)
+
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # PEM blocks of any kind (keys, certificates, CSRs): certificates are not secret, but a
-    # PEM in a log line is never useful and a key must never slip through.
-    re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.S),
+    # PEM in a log line is never useful and a key must never slip through. A block cut short
+    # (no END line) is redacted to the end of the text.
+    (re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.S), REDACTED),
+    # The same, base64-encoded (a Secret's `data`): base64("-----BEGIN ") = "LS0tLS1CRUdJTi".
+    (re.compile(r"LS0tLS1CRUdJTi[A-Za-z0-9+/=]*"), REDACTED),
     # JSON Web Tokens (service-account tokens): three base64url segments starting with eyJ.
-    re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
-    # Bearer credentials in headers.
-    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]{8,}"),
+    (re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
+    # The same, base64-encoded: base64('{"') = "eyJ", base64("eyJ") = "ZXlK".
+    (re.compile(r"ZXlK[A-Za-z0-9+/]{16,}={0,2}"), REDACTED),
+    # Credentials in HTTP headers: "Authorization: Basic ...", "Bearer ...".
+    (
+        re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)[A-Za-z]+\s+[^\s\"',}]+"),
+        r"\1" + REDACTED,
+    ),
+    (re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]{8,}"), REDACTED),
+    # A secret-named key with a quoted value inside text: {'token': 'abc'}, "password": "x",
+    # {'current': b'...'}.
+    (
+        re.compile(r"(?i)([\"'](?:" + _QUOTED_NAMES + r")[\"']\s*:\s*b?)([\"'])(?:\\.|(?!\2).)*\2"),
+        r"\1" + "'" + REDACTED + "'",
+    ),
+    # Query-string or command-line style: token=..., password=..., client_secret=...
+    (
+        re.compile(
+            r"(?i)\b((?:access[_-]?)?token|password|passwd|client[_-]?secret|api[_-]?key)=[^&\s\"',]+"
+        ),
+        r"\1=" + REDACTED,
+    ),
 ]
 
 
 def scrub(text: str) -> str:
-    for pattern in _PATTERNS:
-        text = pattern.sub(REDACTED, text)
+    """``text`` with every PEM block, token and credential-looking value replaced."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
     return text
 
 
+def is_secret_field(name: str) -> bool:
+    """True when a field named ``name`` holds a secret value (its value is never logged)."""
+    lowered = name.lower()
+    return lowered in SECRET_FIELDS or bool(_SECRET_FIELD.search(lowered))
+
+
 def _redact_value(key: str, value: Any) -> Any:
-    if key.lower() in SECRET_FIELDS and value not in (None, "", [], {}):
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if is_secret_field(key) and value not in ("", [], {}):
         return REDACTED
     if isinstance(value, str):
         return scrub(value)
-    if isinstance(value, dict):
-        return {k: _redact_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, bytes | bytearray | memoryview):
+        # Raw bytes in a log field are a value, never a name: say how many, not what.
+        return f"<{len(value)} bytes>"
+    if isinstance(value, Mapping):
+        return {str(k): _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
         return [_redact_value("", v) for v in value]
-    return value
+    # Anything else (an exception, a kopf Body, a custom object) is rendered as text here,
+    # so that the renderer's repr() fallback cannot print what the scrubbing did not see.
+    return scrub(str(value))
 
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -96,10 +147,10 @@ def _extra_from_record(
             event_dict[k] = v
     # kopf attaches the object it is logging about as `k8s_ref`.
     ref = event_dict.pop("k8s_ref", None)
-    if isinstance(ref, dict):
-        event_dict.setdefault("namespace", ref.get("namespace"))
-        event_dict.setdefault("kind", ref.get("kind"))
-        event_dict.setdefault("name", ref.get("name"))
+    if isinstance(ref, Mapping):
+        for field in ("namespace", "kind", "name"):
+            if ref.get(field):  # a cluster-scoped object has no namespace
+                event_dict.setdefault(field, ref[field])
     event_dict.pop("k8s_skip", None)
     event_dict.pop("settings", None)
     return event_dict

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -79,9 +82,18 @@ issuer_ca_expiration = Gauge(
 )
 
 CONDITIONS = ("Ready", "Reconciling", "Stalled")
+RESULTS = ("success", "failure")
+
+CredentialLabels = tuple[str, str, str, str, str]  # CREDENTIAL_LABELS, in that order
+
+# Every metric that carries the credential labels: dropped together when a credential goes.
+_CREDENTIAL_GAUGES = (credential_expiration, credential_not_before, credential_renewal)
 
 # Label values last set per identity, so a phase or owner change drops the old series.
 _info_labels: dict[tuple[str, str], tuple[str, str]] = {}
+# The credential label sets declared per identity (sync_credentials), so that a credential
+# removed from the spec, or whose type or issuer changed, loses its series.
+_declared: dict[tuple[str, str], set[CredentialLabels]] = {}
 
 
 def observe_identity(
@@ -89,36 +101,92 @@ def observe_identity(
 ) -> None:
     old = _info_labels.get((namespace, identity))
     if old is not None and old != (owner, phase):
-        identity_info.remove(namespace, identity, *old)
+        _remove(identity_info, namespace, identity, *old)
     identity_info.labels(namespace, identity, owner, phase).set(1)
     _info_labels[(namespace, identity)] = (owner, phase)
     for cond in CONDITIONS:
         identity_ready.labels(namespace, identity, cond).set(1 if conditions.get(cond) else 0)
 
 
+def sync_credentials(namespace: str, identity: str, declared: Iterable[CredentialLabels]) -> None:
+    """The identity's spec declares exactly these credentials (label tuples, CREDENTIAL_LABELS).
+
+    Called once per reconcile, before the credentials are issued or observed:
+
+    - a credential seen for the first time gets both ``result`` series of
+      ``nhi_credential_rotations_total`` at 0, so ``rate()``/``increase()`` see its first
+      failure or success (a counter series that appears at 1 is invisible to them);
+    - the series of a credential no longer declared (removed from the spec, or whose type or
+      issuer changed, which changes its labels) are dropped, so one credential has exactly one
+      series per metric and a removed credential raises no stale-timestamp alert.
+    """
+    key = (namespace, identity)
+    wanted = {_label_tuple(labels) for labels in declared}
+    old = _declared.get(key, set())
+    for labels in old - wanted:
+        _forget_credential(labels)
+    for labels in wanted - old:
+        for result in RESULTS:
+            rotations.labels(*labels, result)  # creates the series at 0
+    _declared[key] = wanted
+
+
 def forget_identity(namespace: str, identity: str) -> None:
     """Drop every series of a deleted identity."""
     old = _info_labels.pop((namespace, identity), None)
     if old is not None:
-        identity_info.remove(namespace, identity, *old)
-    for cond in CONDITIONS:
-        try:
-            identity_ready.remove(namespace, identity, cond)
-        except KeyError:
-            pass
-    for gauge in (credential_expiration, credential_not_before, credential_renewal):
-        for labels in _series_of(gauge, namespace, identity):
-            gauge.remove(*labels)
+        _remove(identity_info, namespace, identity, *old)
+    _declared.pop((namespace, identity), None)
+    selector = {"namespace": namespace, "identity": identity}
+    for metric in (identity_info, identity_ready, *_CREDENTIAL_GAUGES, rotations):
+        _remove_matching(metric, selector)
 
 
-def _series_of(metric: Gauge, namespace: str, identity: str) -> list[tuple[str, ...]]:
-    out = []
-    for sample_family in metric.collect():
-        for sample in sample_family.samples:
+def _label_tuple(labels: Iterable[str]) -> CredentialLabels:
+    values = [str(v) for v in labels]
+    if len(values) != len(CREDENTIAL_LABELS):
+        raise ValueError(f"expected {len(CREDENTIAL_LABELS)} credential labels, got {values}")
+    namespace, identity, credential, type_, issuer = values
+    return (namespace, identity, credential, type_, issuer)
+
+
+def _forget_credential(labels: CredentialLabels) -> None:
+    for gauge in _CREDENTIAL_GAUGES:
+        _remove(gauge, *labels)
+    for result in RESULTS:
+        _remove(rotations, *labels, result)
+
+
+def _remove(metric: Any, *labels: str) -> None:
+    """Remove one series; a series that does not exist is not an error."""
+    try:
+        metric.remove(*labels)
+    except KeyError:  # prometheus-client < 0.17 raised on unknown label sets
+        pass
+
+
+def _remove_matching(metric: Any, selector: Mapping[str, str]) -> None:
+    """Remove every series of ``metric`` whose labels include ``selector``."""
+    by_labels = getattr(metric, "remove_by_labels", None)
+    if by_labels is not None:  # prometheus-client >= 0.22: no sample is generated
+        by_labels(dict(selector))
+        return
+    names: tuple[str, ...] = tuple(metric._labelnames)
+    for labels in _series_of(metric, names, selector):
+        _remove(metric, *labels)
+
+
+def _series_of(
+    metric: Any, names: tuple[str, ...], selector: Mapping[str, str]
+) -> list[tuple[str, ...]]:
+    """The label value tuples (in ``names`` order) of the series matching ``selector``."""
+    out: dict[tuple[str, ...], None] = {}
+    for family in metric.collect():
+        for sample in family.samples:
             lbl = sample.labels
-            if lbl.get("namespace") == namespace and lbl.get("identity") == identity:
-                out.append(tuple(lbl[k] for k in CREDENTIAL_LABELS))
-    return out
+            if all(lbl.get(k) == v for k, v in selector.items()) and all(n in lbl for n in names):
+                out[tuple(lbl[n] for n in names)] = None
+    return list(out)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the pod IP

@@ -439,12 +439,6 @@ def test_the_operator_works_with_the_charts_service_account(
             cluster.kubectl("delete", "identitypolicy", policy, "--ignore-not-found", check=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kopf pauses every peer that has the same priority, and nhi-operator gives every "
-    "replica priority 0: with the chart's 2 replicas nothing is reconciled. Needs a distinct "
-    "priority per replica in the operator (e.g. a random one when --peering is set).",
-)
 def test_two_replicas_with_peering_keep_one_active(
     cluster: Cluster, release: str, namespace: str, tmp_path: Path
 ) -> None:

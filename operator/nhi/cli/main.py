@@ -1,11 +1,21 @@
-"""``nhi``: the user's command line for nhi-operator."""
+"""``nhi``: the user's command line for nhi-operator.
+
+Commands: ``status``, ``renew``, ``revoke``, ``inspect secret``, ``history``, ``version``.
+See docs/cli.md. Every problem (no kubeconfig, not found, forbidden, unreachable API server)
+is reported as one line on stderr with exit status 1, never as a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 
 from nhi import __version__
+from nhi.cli.errors import CliError
+
+STRUCTURED = ("json", "yaml")
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -13,21 +23,209 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ running
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _run(args: argparse.Namespace, command: Callable[..., Awaitable[int]], *params: object) -> int:
+    """Resolve the cluster and run ``command(api, namespace, *params)``.
+
+    ``namespace`` is -n, else the kubeconfig context's, else ``default``; None with -A (all
+    namespaces). Every failure becomes a :class:`CliError`.
+    """
+    import aiohttp
+
+    from nhi.cli.context import resolve
+    from nhi.k8s.client import Api, ApiError, Forbidden, NotFound
+
+    target = resolve(args.kubeconfig, args.context)
+    server = target.connection.server
+    namespace: str | None = args.namespace or target.namespace
+    if getattr(args, "all_namespaces", False):
+        namespace = None
+
+    async def go() -> int:
+        async with Api(target.connection, limit=8) as api:
+            return await command(api, namespace, *params)
+
+    try:
+        return asyncio.run(go())
+    except NotFound as err:
+        raise CliError(f"not found: {_one_line(err.message) or err.reason}") from None
+    except Forbidden as err:
+        raise CliError(f"forbidden: {_one_line(err.message) or err.reason}") from None
+    except ApiError as err:
+        if err.status == 401:
+            raise CliError(
+                f"unauthorized: the API server at {server} rejected the kubeconfig's credentials"
+            ) from None
+        raise CliError(
+            f"the API server refused the request ({err.status} {err.reason}): "
+            f"{_one_line(err.message)}"
+        ) from None
+    except (aiohttp.ClientError, OSError) as err:
+        raise CliError(f"cannot reach the API server at {server}: {_one_line(str(err))}") from None
+    except TimeoutError:
+        raise CliError(f"timed out talking to the API server at {server}") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nhi.cli import commands
+
+    return _run(args, commands.status, args.name, args.selector, args.output)
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    from nhi.cli import commands
+
+    if sum([bool(args.name), bool(args.all), bool(args.selector)]) != 1:
+        raise CliError("renew needs exactly one of NAME, --all or -l SELECTOR")
+    if args.name and args.all_namespaces:
+        raise CliError("a NAME needs a namespace: use -n NAMESPACE instead of -A")
+    return _run(args, commands.renew, args.name, args.all, args.selector)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from nhi.cli import commands
+
+    return _run(args, commands.revoke, args.name)
+
+
+def cmd_inspect_secret(args: argparse.Namespace) -> int:
+    from nhi.cli import commands
+
+    return _run(args, commands.inspect_secret, args.name, args.output)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from nhi.cli import commands
+
+    return _run(args, commands.history, args.name, args.output)
+
+
+# ------------------------------------------------------------------------------- parser
+
+
+def _connection_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--kubeconfig", default=default, help="path to a kubeconfig (default: $KUBECONFIG)"
+    )
+    parser.add_argument("--context", default=default, help="kubeconfig context to use")
+
+
+def _namespace_options(parser: argparse.ArgumentParser, all_namespaces: bool = False) -> None:
+    if all_namespaces:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(
+            "-n", "--namespace", help="namespace (default: the context's, else default)"
+        )
+        group.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    else:
+        parser.add_argument(
+            "-n", "--namespace", help="namespace (default: the context's, else default)"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nhi", description="Inspect and operate nhi-operator's machine identities."
     )
-    p.add_argument("--kubeconfig", help="path to a kubeconfig (default: $KUBECONFIG)")
-    p.add_argument("--context", help="kubeconfig context to use")
-    sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("version", help="print the version")
-    v.set_defaults(func=cmd_version)
+    _connection_options(p, None)
+    # The connection options are accepted after the command too (nhi status --context x).
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser(
+        "status",
+        parents=[common],
+        help="identities, their phase and readiness, and each credential's expiry",
+        description="Show machine identities with their phase, Ready condition and owner, "
+        "and for each credential its Secret, serial or fingerprint, expiry and next renewal.",
+    )
+    s.add_argument("name", nargs="?", metavar="NAME", help="one identity (default: all)")
+    _namespace_options(s, all_namespaces=True)
+    s.add_argument("-l", "--selector", help="label selector, e.g. team=payments")
+    s.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
+    s.set_defaults(func=cmd_status)
+
+    r = sub.add_parser(
+        "renew",
+        parents=[common],
+        help="ask the operator to renew every credential of identities now",
+        description="Set the annotation nhi.dev/renew-requested-at=<now> on the chosen "
+        "identities; the operator renews each of their credentials once per request.",
+    )
+    r.add_argument("name", nargs="?", metavar="NAME", help="the identity to renew")
+    r.add_argument("--all", action="store_true", help="every identity in the namespace(s)")
+    r.add_argument("-l", "--selector", help="identities matching this label selector")
+    _namespace_options(r, all_namespaces=True)
+    r.set_defaults(func=cmd_renew)
+
+    v = sub.add_parser(
+        "revoke",
+        parents=[common],
+        help="ask the operator to revoke an identity now",
+        description="Set the annotation nhi.dev/revoke=true: the operator revokes the "
+        "identity's credentials and does not issue them again.",
+    )
+    v.add_argument("name", metavar="NAME")
+    _namespace_options(v)
+    v.set_defaults(func=cmd_revoke)
+
+    i = sub.add_parser(
+        "inspect",
+        help="decode a credential without showing its value",
+        description="Decode what an nhi credential holds; values are never printed.",
+    )
+    isub = i.add_subparsers(dest="what", required=True, metavar="WHAT")
+    isec = isub.add_parser(
+        "secret",
+        parents=[common],
+        help="a credential Secret (token, X509 or StaticSecret)",
+        description="X509: the leaf's subject, SANs, SPIFFE ID, serial, validity, key "
+        "algorithm, fingerprint, issuer, chain and CA bundle. Token: its claims (audiences, "
+        "subject, times, bound object), never the token. StaticSecret: fingerprints of the "
+        "current and previous values and when they expire.",
+    )
+    isec.add_argument("name", metavar="NAME")
+    _namespace_options(isec)
+    isec.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
+    isec.set_defaults(func=cmd_inspect_secret)
+
+    h = sub.add_parser(
+        "history",
+        parents=[common],
+        help="an identity's Events and rotations",
+        description="The identity's Events (issued, rotated, revoked, errors) sorted by time, "
+        "with the rotation count and last rotation of each credential and any revocation.",
+    )
+    h.add_argument("name", metavar="NAME")
+    _namespace_options(h)
+    h.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
+    h.set_defaults(func=cmd_history)
+
+    ver = sub.add_parser("version", parents=[common], help="print the version")
+    ver.set_defaults(func=cmd_version)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except CliError as err:
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # the promise: one line, never a traceback
+        print(f"error: {type(err).__name__}: {_one_line(str(err))}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from nhi.handlers import identity, lifecycle
-from nhi.handlers import issuer as issuer
+from nhi.handlers import identity, issuer, lifecycle, workloads
 
-__all__ = ["identity", "lifecycle"]
+__all__ = ["identity", "issuer", "lifecycle", "workloads"]

@@ -113,6 +113,7 @@ async def identity_event(
     if event.get("type") == "DELETED":
         rt.queue.forget(key)
         rt.locks.pop(key, None)
+        rt.identity_overlay.pop(key, None)
         return
     rt.queue.add(key)
 

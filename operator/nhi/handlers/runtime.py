@@ -18,6 +18,7 @@ from nhi.k8s.client import Api, load_connection
 from nhi.k8s.events import EventRecorder
 from nhi.models.meta import IDENTITY_LABEL, IDENTITY_NAMESPACE_LABEL
 from nhi.models.policy import IdentityPolicy
+from nhi.models.workload import Workload
 from nhi.reconcilers.identity import IdentityReconciler, utcnow
 from nhi.reconcilers.issuer import IssuerService
 from nhi.reconcilers.workqueue import WorkQueue
@@ -33,6 +34,10 @@ CHILD_INDEXES = (
     "nhi_clusterrolebindings",
     "nhi_secrets",
 )
+WORKLOAD_INDEXES = tuple(
+    f"nhi_workloads_{plural}"
+    for plural in ("deployments", "statefulsets", "daemonsets", "jobs", "cronjobs", "pods")
+)
 IDENTITY_INDEX = "nhi_identities"
 POLICY_INDEX = "nhi_policies"
 NAMESPACE_INDEX = "nhi_namespaces"
@@ -46,6 +51,8 @@ class Runtime:
         self.events = EventRecorder(api)
         self.indexes: dict[str, Mapping[Any, Any]] = {}
         self.overlay = WriteOverlay()
+        #: Identities as last written by us (status patches), until the watch catches up.
+        self.identity_overlay: dict[Key, dict[str, Any]] = {}
         settings = current_settings()
         self.issuers = IssuerService(
             api,
@@ -63,8 +70,14 @@ class Runtime:
 
     def capture(self, kwargs: Mapping[str, Any]) -> None:
         self.issuers.capture(kwargs)
-        if len(self.indexes) < len(CHILD_INDEXES) + 3:
-            for name in (*CHILD_INDEXES, IDENTITY_INDEX, POLICY_INDEX, NAMESPACE_INDEX):
+        if len(self.indexes) < len(CHILD_INDEXES) + len(WORKLOAD_INDEXES) + 3:
+            for name in (
+                *CHILD_INDEXES,
+                *WORKLOAD_INDEXES,
+                IDENTITY_INDEX,
+                POLICY_INDEX,
+                NAMESPACE_INDEX,
+            ):
                 if name in kwargs:
                     self.indexes[name] = kwargs[name]
 
@@ -118,9 +131,33 @@ class Runtime:
         values = self._values(NAMESPACE_INDEX, namespace)
         return values[0] if values else {}
 
+    def workloads(self, namespace: str) -> list[Workload]:
+        out: list[Workload] = []
+        for index in WORKLOAD_INDEXES:
+            out.extend(self._values(index, namespace))
+        return out
+
+    def requeue_namespace(self, namespace: str) -> None:
+        """A workload changed: re-check the identities of its namespace."""
+        for key in list(self.indexes.get(IDENTITY_INDEX) or ()):
+            if key[0] == namespace:
+                self.queue.add(key)
+
     def identity_body(self, key: Key) -> dict[str, Any] | None:
         values = self._values(IDENTITY_INDEX, key)
-        return values[0] if values else None
+        cached = values[0] if values else None
+        mine = self.identity_overlay.get(key)
+        if mine is None:
+            return cached
+        if cached is None or _rv(cached) >= _rv(mine):
+            # The watch has caught up with our write (or the identity is gone).
+            self.identity_overlay.pop(key, None)
+            return cached
+        return mine
+
+    def identity_written(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        self.identity_overlay[(str(meta.get("namespace", "")), str(meta.get("name")))] = dict(obj)
 
     # ------------------------------------------------------------------ work
 
@@ -136,11 +173,10 @@ class Runtime:
             if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return
             outcome = await self.identities.reconcile(body)
-            creds = outcome.credentials
-            if creds is not None and creds.next_due is not None:
-                delay = (creds.next_due - utcnow()).total_seconds()
+            if outcome.next_due is not None:
+                delay = (outcome.next_due - utcnow()).total_seconds()
                 self.queue.add_after(key, max(delay, 0.0) + 0.05)
-            elif not outcome.ready and not outcome.stalled:
+            elif not outcome.ready and not outcome.stalled and not outcome.settled:
                 # Waiting on something outside (an issuer): look again soon.
                 self.queue.add_after(key, 10.0)
 
@@ -158,6 +194,13 @@ class Runtime:
                 ):
                     self.queue.add(key)
                     break
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 _runtime: Runtime | None = None

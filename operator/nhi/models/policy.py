@@ -1,12 +1,47 @@
-"""The IdentityPolicy model (cluster-scoped guardrails for self-service identities)."""
+"""The IdentityPolicy model (cluster-scoped guardrails for self-service identities).
+
+Defaults follow the CRD (``enforcement: Deny``, ``requireOwner: true``,
+``forbidWildcards: true``, ``allowClusterRules: false``, ``delegatePermissions: false``), so a
+body written before a default existed means what the schema says it means. A malformed field
+raises :class:`~nhi.models.identity.SpecError` naming it.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nhi.models.identity import LabelSelector, _selector
+from nhi.models.identity import (
+    CREDENTIAL_TYPES,
+    IssuerRef,
+    LabelSelector,
+    SpecError,
+    _duration,
+    _list,
+    _obj,
+    _selector,
+)
+
+KIND = "IdentityPolicy"
+PLURAL = "identitypolicies"
+ENFORCEMENTS = ("Deny", "Warn")
+DENY = "Deny"
+WARN = "Warn"
+
+
+@dataclass(frozen=True)
+class ForbiddenRule:
+    """A grant no covered identity may hold; ``*`` matches anything."""
+
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+    def describe(self) -> str:
+        groups = ",".join(g or '""' for g in self.api_groups)
+        return f"{'/'.join(self.verbs)} on {','.join(self.resources)} (apiGroups {groups})"
 
 
 @dataclass(frozen=True)
@@ -14,24 +49,90 @@ class IdentityPolicy:
     name: str
     namespace_selector: LabelSelector
     select_all: bool
-    enforcement: str = "Deny"
+    enforcement: str = DENY
     allowed_cluster_roles: tuple[str, ...] = ()
     allow_cluster_rules: bool = False
+    require_owner: bool = True
+    #: (credential type, longest ttl) pairs; a type that is absent is not bounded.
+    max_ttl: tuple[tuple[str, dt.timedelta], ...] = ()
+    max_valid_for: dt.timedelta | None = None
+    forbid_wildcards: bool = True
+    forbidden_rules: tuple[ForbiddenRule, ...] = ()
+    #: None: any issuer (the field is omitted); an empty tuple: no issuer at all.
+    allowed_issuers: tuple[IssuerRef, ...] | None = None
+    delegate_permissions: bool = False
+    uid: str = ""
+    generation: int = 0
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> IdentityPolicy:
-        spec = body.get("spec") or {}
-        raw_sel = spec.get("namespaceSelector")
-        selector = _selector(raw_sel, "spec.namespaceSelector")
+        meta = body.get("metadata") or {}
+        spec = _obj(body.get("spec"), "spec")
+        selector = _selector(spec.get("namespaceSelector"), "spec.namespaceSelector")
+        enforcement = spec.get("enforcement", DENY)
+        if enforcement not in ENFORCEMENTS:
+            raise SpecError("spec.enforcement", "must be Deny or Warn")
+        raw_ttl = _obj(spec.get("maxTTL"), "spec.maxTTL")
+        max_ttl = []
+        for ctype in CREDENTIAL_TYPES:
+            if raw_ttl.get(ctype) is not None:
+                max_ttl.append((ctype, _duration(raw_ttl[ctype], f"spec.maxTTL.{ctype}")))
+        max_valid_for = (
+            _duration(spec["maxValidFor"], "spec.maxValidFor")
+            if spec.get("maxValidFor") is not None
+            else None
+        )
+        forbidden = []
+        for i, raw in enumerate(_list(spec.get("forbiddenRules"), "spec.forbiddenRules")):
+            path = f"spec.forbiddenRules[{i}]"
+            r = _obj(raw, path)
+            forbidden.append(
+                ForbiddenRule(
+                    api_groups=tuple(
+                        str(g) for g in _list(r.get("apiGroups"), f"{path}.apiGroups")
+                    ),
+                    resources=tuple(
+                        str(x) for x in _list(r.get("resources"), f"{path}.resources")
+                    ),
+                    verbs=tuple(str(v) for v in _list(r.get("verbs"), f"{path}.verbs")),
+                )
+            )
+        issuers: tuple[IssuerRef, ...] | None = None
+        if spec.get("allowedIssuers") is not None:
+            refs = []
+            for i, raw in enumerate(_list(spec["allowedIssuers"], "spec.allowedIssuers")):
+                ref = _obj(raw, f"spec.allowedIssuers[{i}]")
+                refs.append(
+                    IssuerRef(
+                        kind=str(ref.get("kind", "ClusterIdentityIssuer")),
+                        name=str(ref.get("name", "")),
+                    )
+                )
+            issuers = tuple(refs)
         return cls(
-            name=str((body.get("metadata") or {}).get("name", "")),
+            name=str(meta.get("name", "")),
             namespace_selector=selector,
             # An absent or empty namespaceSelector selects every namespace.
             select_all=selector.empty,
-            enforcement=str(spec.get("enforcement", "Deny")),
+            enforcement=str(enforcement),
             allowed_cluster_roles=tuple(str(r) for r in spec.get("allowedClusterRoles") or ()),
             allow_cluster_rules=bool(spec.get("allowClusterRules", False)),
+            require_owner=bool(spec.get("requireOwner", True)),
+            max_ttl=tuple(max_ttl),
+            max_valid_for=max_valid_for,
+            forbid_wildcards=bool(spec.get("forbidWildcards", True)),
+            forbidden_rules=tuple(forbidden),
+            allowed_issuers=issuers,
+            delegate_permissions=bool(spec.get("delegatePermissions", False)),
+            uid=str(meta.get("uid", "")),
+            generation=int(meta.get("generation") or 0),
         )
 
     def selects(self, namespace_labels: Mapping[str, str]) -> bool:
         return self.select_all or self.namespace_selector.matches(namespace_labels)
+
+    def max_ttl_for(self, credential_type: str) -> dt.timedelta | None:
+        for ctype, ttl in self.max_ttl:
+            if ctype == credential_type:
+                return ttl
+        return None

@@ -14,23 +14,36 @@ from typing import Any, Protocol
 
 from nhi import metrics
 from nhi.builders.rbac import ChildKey, child_key, desired_access, differs
+from nhi.crypto import parse_serial_hex
 from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventRecorder
 from nhi.models import conditions as cond
-from nhi.models.duration import rfc3339
+from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import MachineIdentity, SpecError
 from nhi.models.meta import (
     ADOPT_ANNOTATION,
+    CREDENTIAL_LABEL,
     IDENTITY_LABEL,
     MANAGED_BY,
     MANAGED_BY_KEY,
     RESTARTED_AT_ANNOTATION,
+    REVOKE_ANNOTATION,
     Reason,
 )
 from nhi.models.policy import IdentityPolicy
+from nhi.models.workload import Workload
 from nhi.policies.cluster import check_cluster_permissions
+from nhi.policies.revocation import (
+    EXPIRED,
+    IDENTITY_DELETED,
+    MANUAL,
+    REVOKED_PHASES,
+    WORKLOAD_DELETED,
+    decide_revocation,
+)
+from nhi.policies.rotation import A_FINGERPRINT, A_ISSUER, A_SERIAL
 from nhi.reconcilers.credentials import CredentialManager, CredentialResult
-from nhi.reconcilers.issuer import IssuerService
+from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
@@ -53,6 +66,10 @@ class ChildView(Protocol):
     def written(self, obj: Mapping[str, Any]) -> None: ...
 
     def deleted(self, key: ChildKey) -> None: ...
+
+    def workloads(self, namespace: str) -> list[Workload]: ...
+
+    def identity_written(self, obj: Mapping[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,18 @@ class Outcome:
     stalled: bool = False
     changes: list[str] = field(default_factory=list)
     credentials: CredentialResult | None = None
+    #: Not ready on purpose (revoked or expired): nothing is pending, nothing failed.
+    settled: bool = False
+    phase: str | None = None
+    #: Further status fields (workloads, revocation) to write as they are.
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: When to look again even if nothing changes (grace period end, JIT window end).
+    next_check: dt.datetime | None = None
+
+    @property
+    def next_due(self) -> dt.datetime | None:
+        due = [t for t in (self.next_check, self.credentials and self.credentials.next_due) if t]
+        return min(due) if due else None
 
 
 def service_account_conflict(identity: MachineIdentity, sa: Mapping[str, Any] | None) -> str | None:
@@ -144,7 +173,7 @@ def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime
         conds = cond.set_condition(
             conds,
             cond.RECONCILING,
-            cond.FALSE if outcome.stalled else cond.TRUE,
+            cond.FALSE if outcome.stalled or outcome.settled else cond.TRUE,
             outcome.reason,
             outcome.message,
             gen,
@@ -159,7 +188,7 @@ def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime
             gen,
             now,
         )
-    phase = old.get("phase") or "Pending"
+    phase = outcome.phase or old.get("phase") or "Pending"
     if outcome.ready and phase == "Pending":
         phase = "Active"
     status: dict[str, Any] = {
@@ -168,6 +197,7 @@ def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime
         "serviceAccount": identity.spec.service_account,
         "conditions": conds,
     }
+    status.update(outcome.extra)
     creds = outcome.credentials
     if creds is not None:
         status["credentials"] = creds.statuses
@@ -194,6 +224,7 @@ class IdentityReconciler:
         self.view = view
         self.events = events
         self.clock = clock
+        self.issuers = issuers
         self.credentials = CredentialManager(api, issuers, events, clock, record=view.written)
 
     # ------------------------------------------------------------------ gather
@@ -240,6 +271,164 @@ class IdentityReconciler:
         return outcome
 
     async def _converge(self, body: Mapping[str, Any], identity: MachineIdentity) -> Outcome:
+        now = self.clock()
+        selector = identity.spec.selector
+        workloads = self.view.workloads(identity.namespace)
+        matched = sorted(w.ref for w in workloads if w.matched_by(selector))
+        undeclared = sorted(
+            w.ref
+            for w in workloads
+            if w.service_account == identity.spec.service_account and not w.matched_by(selector)
+        )
+        decision = decide_revocation(
+            identity.spec,
+            manual=identity.annotations.get(REVOKE_ANNOTATION) == "true",
+            created=_created(identity),
+            status=identity.status,
+            workload_count=len(matched),
+            now=now,
+        )
+        old_workloads = identity.status.get("workloads") or {}
+        workloads_status: dict[str, Any] = {"count": len(matched), "names": matched}
+        if decision.first_seen_at:
+            workloads_status["firstSeenAt"] = rfc3339(decision.first_seen_at)
+        if decision.gone_since:
+            workloads_status["goneSince"] = rfc3339(decision.gone_since)
+        if undeclared:
+            workloads_status["undeclared"] = undeclared
+        if undeclared and undeclared != list(old_workloads.get("undeclared") or []):
+            await self.events.warning(
+                body,
+                "UndeclaredWorkload",
+                f"{', '.join(undeclared)} run as ServiceAccount {identity.spec.service_account} "
+                "but are not matched by spec.workloads.selector",
+            )
+        extra: dict[str, Any] = {
+            "workloads": workloads_status,
+            "expiresAt": rfc3339(decision.expires_at) if decision.expires_at else None,
+        }
+        if decision.reason is not None:
+            outcome = await self._revoke(body, identity, decision.reason, now)
+        else:
+            outcome = await self._provision(body, identity)
+            was_revoked = identity.status.get("phase") in REVOKED_PHASES
+            if outcome.ready:
+                outcome.phase = "Active"
+                if was_revoked:
+                    extra.update(reactivatedAt=rfc3339(now), revokedAt=None, revocationReason=None)
+                    await self.events.normal(
+                        body,
+                        "Reactivated",
+                        f"provisioned afresh after a {identity.status.get('revocationReason')} "
+                        "revocation, with new credentials",
+                    )
+            elif was_revoked:
+                outcome.phase = "Pending"
+        outcome.extra = {**extra, **outcome.extra}
+        outcome.next_check = decision.next_check
+        return outcome
+
+    async def _revoke(
+        self, body: Mapping[str, Any], identity: MachineIdentity, reason: str, now: dt.datetime
+    ) -> Outcome:
+        """Take every credential and permission away; keep the MachineIdentity as the record."""
+        status = identity.status
+        phase = "Expired" if reason == EXPIRED else "Revoked"
+        first = status.get("phase") not in REVOKED_PHASES
+        revoked_at = rfc3339(now) if first else status.get("revokedAt") or rfc3339(now)
+        children = self.view.children_of(identity.namespace, identity.name)
+        revoked = list(status.get("revoked") or [])
+        # Tokens and bindings first: they are what an attacker could use right now.
+        order = {
+            "Secret": 0,
+            "RoleBinding": 1,
+            "ClusterRoleBinding": 1,
+            "Role": 2,
+            "ClusterRole": 2,
+            "ServiceAccount": 3,
+        }
+        for key in sorted(children, key=lambda k: (order.get(k.kind, 9), k.name)):
+            obj = children[key]
+            if key.kind == "Secret":
+                entry = await self._revoke_secret(identity, obj, revoked_at)
+                if entry is not None:
+                    revoked.append(entry)
+            if await self.api.delete(key.kind, key.namespace or None, key.name):
+                self.view.deleted(key)
+                await self.events.normal(body, "Revoked", f"deleted {key} ({reason})")
+        if first:
+            metrics.revocations.labels(reason).inc()
+            await self.events.warning(
+                body, phase, f"identity revoked ({reason}): credentials and permissions removed"
+            )
+            log.info(
+                "revoked identity",
+                extra={
+                    "namespace": identity.namespace,
+                    "identity": identity.name,
+                    "reason": reason,
+                },
+            )
+        message = {
+            MANUAL: f"revoked by the {REVOKE_ANNOTATION} annotation",
+            EXPIRED: "the lifetime.validFor window ended",
+            WORKLOAD_DELETED: "no matching workload for spec.revocation.gracePeriod",
+        }.get(reason, reason)
+        metrics.forget_identity(identity.namespace, identity.name)
+        return Outcome(
+            False,
+            phase,
+            message,
+            settled=True,
+            phase=phase,
+            extra={
+                "revokedAt": revoked_at,
+                "revocationReason": reason,
+                "revoked": revoked[-1000:],
+                "credentials": [],
+                "nextRenewalTime": None,
+            },
+        )
+
+    async def _revoke_secret(
+        self, identity: MachineIdentity, obj: Mapping[str, Any], revoked_at: str
+    ) -> dict[str, Any] | None:
+        """Record a credential Secret's value as revoked; X509 serials go on the CRL."""
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        ann = meta.get("annotations") or {}
+        cred = labels.get(CREDENTIAL_LABEL)
+        if not cred:
+            return None
+        entry: dict[str, Any] = {"credential": cred, "revokedAt": revoked_at}
+        if ann.get(A_FINGERPRINT):
+            entry["fingerprint"] = ann[A_FINGERPRINT]
+        serial, issuer = ann.get(A_SERIAL), ann.get(A_ISSUER)
+        if serial and issuer:
+            entry["serialNumber"] = serial
+            await self._add_to_crl(identity, issuer, serial, parse_time(revoked_at))
+        return entry
+
+    async def _add_to_crl(
+        self, identity: MachineIdentity, issuer: str, serial: str, when: dt.datetime
+    ) -> None:
+        kind, _, name = issuer.partition("/")
+        try:
+            signer = await self.issuers.signer(kind, name, identity.namespace)
+            await self.issuers.revoke(signer, [(parse_serial_hex(serial), when)])
+        except IssuerNotReady as err:
+            log.warning(
+                "could not add a serial to the CRL",
+                extra={
+                    "namespace": identity.namespace,
+                    "identity": identity.name,
+                    "issuer": issuer,
+                    "serial": serial,
+                    "error": err.message,
+                },
+            )
+
+    async def _provision(self, body: Mapping[str, Any], identity: MachineIdentity) -> Outcome:
         observed = await self.gather(identity)
         plan = decide(observed)
         if plan.blocked:
@@ -329,7 +518,18 @@ class IdentityReconciler:
         meta = body.get("metadata") or {}
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         removed = []
-        for key in sorted(self.view.children_of(namespace, name)):
+        children = self.view.children_of(namespace, name)
+        try:
+            identity: MachineIdentity | None = MachineIdentity.from_body(body)
+        except SpecError:
+            identity = None
+        if identity is not None and (body.get("status") or {}).get("phase") not in REVOKED_PHASES:
+            revoked_at = rfc3339(self.clock())
+            for key, obj in children.items():
+                if key.kind == "Secret":
+                    await self._revoke_secret(identity, obj, revoked_at)
+            metrics.revocations.labels(IDENTITY_DELETED).inc()
+        for key in sorted(children):
             if await self.api.delete(key.kind, key.namespace or None, key.name):
                 removed.append(str(key))
         metrics.forget_identity(namespace, name)
@@ -341,13 +541,14 @@ class IdentityReconciler:
         now = self.clock()
         status = compute_status(identity, outcome, now)
         if status_changed(identity.status, status):
-            await self.api.patch(
+            written = await self.api.patch(
                 "MachineIdentity",
                 identity.namespace,
                 identity.name,
                 {"status": status},
                 subresource="status",
             )
+            self.view.identity_written(written)
             if not outcome.ready and not _same_reason(identity.status, outcome):
                 await self.events.warning(_ref(identity), outcome.reason, outcome.message)
         metrics.observe_identity(
@@ -385,15 +586,20 @@ class IdentityReconciler:
             "conditions": conds,
         }
         if status_changed(old, status):
-            await self.api.patch(
+            written = await self.api.patch(
                 "MachineIdentity",
                 meta.get("namespace"),
                 meta.get("name", ""),
                 {"status": status},
                 subresource="status",
             )
+            self.view.identity_written(written)
             if not _same_reason(old, outcome):
                 await self.events.warning(body, outcome.reason, outcome.message)
+
+
+def _created(identity: MachineIdentity) -> dt.datetime | None:
+    return parse_time(identity.creation_timestamp) if identity.creation_timestamp else None
 
 
 def _same_reason(status: Mapping[str, Any], outcome: Outcome) -> bool:
