@@ -145,6 +145,10 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def crds(cluster: Cluster) -> Cluster:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    # The operator's own namespace: cluster issuers keep their roots and CRLs there.
+    ns = os.environ.get("NHI_NAMESPACE", "nhi-system")
+    if cluster.get("namespace", ns) is None:
+        cluster.kubectl("create", "namespace", ns, check=False)
     cluster.kubectl(
         "wait",
         "--for=condition=Established",

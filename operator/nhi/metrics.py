@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+from nhi.policies import revocation
+
+# No `<counter>_created` series: in the text format Prometheus stores each as a gauge of its
+# own, which doubles the series of every counter (one per credential for the rotations).
+_disable_created: Callable[[], object] = prometheus_client.disable_created_metrics
+_disable_created()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -38,6 +52,16 @@ rotations = Counter(
 revocations = Counter(
     "nhi_revocations_total", "Identities revoked, by reason.", ("reason",), registry=REGISTRY
 )
+# Every reason is exported from the start, at 0: rate() and increase() then see the first
+# revocation of each kind (a counter series that appears at 1 is invisible to them).
+REVOCATION_REASONS = (
+    revocation.MANUAL,
+    revocation.EXPIRED,
+    revocation.WORKLOAD_DELETED,
+    revocation.IDENTITY_DELETED,
+)
+for _reason in REVOCATION_REASONS:
+    revocations.labels(_reason)
 rollouts = Counter(
     "nhi_workload_rollouts_total",
     "Workload rollouts triggered after a rotation.",

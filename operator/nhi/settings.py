@@ -28,7 +28,38 @@ class Settings:
         default_factory=lambda: os.environ.get("NHI_NAMESPACE", "nhi-system")
     )
     peering_priority: int = 0
-    peering_lifetime: int = 60
+    peering_lifetime: int = 20
+    # The IdentityPolicy admission webhook (disabled when the port is 0).
+    webhook_port: int = field(default_factory=lambda: int(os.environ.get("NHI_WEBHOOK_PORT", "0")))
+    #: The host the API server connects to (URL and certificate SAN) when no Service is set.
+    webhook_host: str = field(
+        default_factory=lambda: os.environ.get("NHI_WEBHOOK_HOST", "127.0.0.1")
+    )
+    #: The address to listen on; empty: the host (URL mode) or every interface (Service mode).
+    webhook_address: str = field(default_factory=lambda: os.environ.get("NHI_WEBHOOK_ADDRESS", ""))
+    #: A Service in the operator's namespace that routes to the webhook port (in-cluster).
+    webhook_service: str = field(default_factory=lambda: os.environ.get("NHI_WEBHOOK_SERVICE", ""))
+    webhook_service_port: int = field(
+        default_factory=lambda: int(os.environ.get("NHI_WEBHOOK_SERVICE_PORT", "443"))
+    )
+    webhook_configuration: str = field(
+        default_factory=lambda: os.environ.get("NHI_WEBHOOK_CONFIGURATION", "nhi-operator")
+    )
+    webhook_secret: str = field(
+        default_factory=lambda: os.environ.get("NHI_WEBHOOK_SECRET", "nhi-operator-webhook-tls")
+    )
+    #: Lifetime of the serving certificate; renewed after two thirds of it.
+    webhook_cert_ttl: str = field(
+        default_factory=lambda: os.environ.get("NHI_WEBHOOK_CERT_TTL", "720h")
+    )
+    #: Seconds between two recomputations of the IdentityPolicies' status.
+    policy_status_interval: float = field(
+        default_factory=lambda: float(os.environ.get("NHI_POLICY_STATUS_INTERVAL", "5"))
+    )
+
+    @property
+    def webhook_enabled(self) -> bool:
+        return self.webhook_port > 0
 
 
 _current = Settings()

@@ -420,7 +420,7 @@ def test_the_operator_works_with_the_charts_service_account(
                 message=f"MachineIdentity {namespace}/app Ready (operator log: {op.log_path})",
             )
             assert cluster.get("role", "nhi-app", namespace) is not None
-            assert cluster.get("rolebinding", "nhi-app-clusterrole-view", namespace) is not None
+            assert cluster.get("rolebinding", "nhi-app.clusterrole.view", namespace) is not None
             assert cluster.get("clusterrole", f"nhi:{namespace}:app") is not None
             assert cluster.get("secret", "app-api-token", namespace) is not None
             assert cluster.get("secret", "app-signing-key", namespace) is not None
@@ -465,6 +465,12 @@ def test_two_replicas_with_peering_keep_one_active(
                 }
             )
             wait_for(lambda: ready(cluster, namespace, name), timeout=20, message="Ready")
+            # Peers see each other within a keep-alive: one of them then stands by.
+            wait_for(
+                lambda: any("Pausing operations in favour" in op.log() for op in (first, second)),
+                timeout=30,
+                message="one replica to stand by",
+            )
             paused = [op for op in (first, second) if "Pausing operations in favour" in op.log()]
             assert len(paused) == 1, "exactly one replica should stand by"
         finally:
@@ -547,7 +553,7 @@ def test_helm_upgrade_to_a_namespace_scoped_install(
                 message=f"MachineIdentity {namespace}/scoped Ready (log: {op.log_path})",
             )
             assert cluster.get("secret", "scoped-key", namespace) is not None
-            view = cluster.get("rolebinding", "nhi-scoped-clusterrole-view", namespace)
+            view = cluster.get("rolebinding", "nhi-scoped.clusterrole.view", namespace)
             assert view is not None and view["roleRef"]["name"] == "view"
             cluster.kubectl("delete", "machineidentity", "scoped", "-n", namespace, "--timeout=60s")
             assert_no_forbidden(op)

@@ -363,3 +363,104 @@ def test_revocation_while_the_operator_is_down_happens_when_it_starts(
         timeout=20,
         message="the revoked token to fail TokenReview",
     )
+
+
+def test_rotation_rolls_matching_workloads_once_and_undeclared_users_are_flagged(
+    operator: OperatorProcess, namespace: str
+) -> None:
+    cluster = _cluster(operator)
+    for name in ("web", "stranger"):
+        cluster.kubectl(
+            "create", "deployment", name, "-n", namespace, "--image=registry.k8s.io/pause:3.10"
+        )
+    # `stranger` runs as the identity's ServiceAccount without being declared.
+    cluster.kubectl(
+        "patch",
+        "deployment",
+        "stranger",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"template":{"spec":{"serviceAccountName":"app"}}}}',
+    )
+    cluster.apply(
+        identity(
+            namespace,
+            [
+                {"name": "api", "type": "ServiceAccountToken", "ttl": "1h"},
+                {"name": "key", "type": "StaticSecret", "ttl": "24h"},
+            ],
+            workloads={"selector": {"matchLabels": {"app": "web"}}, "rolloutOnRotation": True},
+        )
+    )
+    obj = wait_condition(cluster, namespace, "app", "Ready", "True")
+    undeclared = wait_for(
+        lambda: condition(cluster.get("machineidentity", "app", namespace), "UndeclaredUsers"),
+        timeout=10,
+        message="the UndeclaredUsers condition",
+    )
+    assert undeclared["status"] == "True"
+    assert "Deployment/stranger" in undeclared["message"]
+    assert "UndeclaredWorkload" in [e["reason"] for e in events(cluster, namespace, "app")]
+    generation = cluster.get("deployment", "web", namespace)["metadata"]["generation"]  # type: ignore[index]
+    assert obj["status"]["workloads"]["names"] == ["Deployment/web"]
+
+    cluster.kubectl(
+        "annotate",
+        "machineidentity",
+        "app",
+        "-n",
+        namespace,
+        "nhi.dev/renew-requested-at=2026-01-01T00:00:00Z",
+    )
+    wait_for(
+        lambda: all(
+            c["rotationCount"] == 1
+            for c in (cluster.get("machineidentity", "app", namespace) or {})
+            .get("status", {})
+            .get("credentials", [{"rotationCount": 0}])
+        ),
+        timeout=20,
+        message="both rotations",
+    )
+    web = wait_for(
+        lambda: (
+            (d := cluster.get("deployment", "web", namespace))
+            and d["metadata"]["generation"] > generation
+            and d
+        ),
+        timeout=10,
+        message="the rollout",
+    )
+    import time
+
+    time.sleep(2)
+    web = cluster.get("deployment", "web", namespace)
+    assert web is not None
+    # Two credentials rotated together: one rollout.
+    assert web["metadata"]["generation"] == generation + 1
+    assert "nhi.dev/restartedAt" in web["spec"]["template"]["metadata"]["annotations"]
+    stranger = cluster.get("deployment", "stranger", namespace)
+    assert "nhi.dev/restartedAt" not in (
+        stranger["spec"]["template"]["metadata"].get("annotations") or {}
+    )  # type: ignore[index]
+
+
+def test_deleting_the_identity_puts_its_certificates_on_the_crl(
+    operator: OperatorProcess, namespace: str
+) -> None:
+    cluster = _cluster(operator)
+    cluster.apply(issuer(namespace))
+    cluster.apply(identity(namespace, [x509_cred()]))
+    wait_condition(cluster, namespace, "app", "Ready", "True", timeout=60)
+    leaf, root = leaf_of(cluster, namespace), root_of(cluster, namespace)
+    cluster.kubectl("delete", "machineidentity", "app", "-n", namespace, "--timeout=30s")
+    wait_for(
+        lambda: (
+            (cm := cluster.get("configmap", "nhi-crl", namespace))
+            and is_revoked(cm["data"]["ca.crl"].encode(), root, leaf.serial_number)
+        ),
+        timeout=10,
+        message="the deleted identity's serial on the CRL",
+    )

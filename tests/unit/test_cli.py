@@ -17,8 +17,8 @@ from nhi.cli.commands import renew_value
 from nhi.cli.context import context_namespace
 from nhi.cli.main import main
 from nhi.cli.render import (
-    dump,
     due_in,
+    dump,
     expires_in,
     human_duration,
     render_kv,
@@ -450,7 +450,9 @@ def test_status_of_a_new_identity_and_the_all_namespaces_column() -> None:
 
 def test_not_ready_identities_get_a_note_with_the_reason() -> None:
     obj = identity(
-        conditions=[{"type": "Ready", "status": "False", "reason": "IssuerNotReady", "message": "m"}]
+        conditions=[
+            {"type": "Ready", "status": "False", "reason": "IssuerNotReady", "message": "m"}
+        ]
     )
     assert status.not_ready_notes([status.summarize(obj, NOW)]) == ["shop/app: IssuerNotReady: m"]
 
@@ -552,3 +554,11 @@ def test_an_unreachable_api_server_is_one_line(
     assert err.startswith("error: cannot reach the API server at http://127.0.0.1:9")
     assert main(["--kubeconfig", str(kubeconfig), "--context", "zz", "status"]) == 1
     assert capsys.readouterr().err == "error: context zz not found in the kubeconfig\n"
+
+
+def test_a_revoked_identity_renews_nothing() -> None:
+    obj = identity(phase="Revoked", revokedAt="2030-01-02T03:00:00Z", revocationReason="Manual")
+    s = status.summarize(obj, NOW)
+    assert (s["revokedAt"], s["revocationReason"]) == ("2030-01-02T03:00:00Z", "Manual")
+    rows = status.status_table([s]).splitlines()[1:]
+    assert [r.split()[-1] for r in rows] == ["revoked", "revoked"]

@@ -113,7 +113,10 @@ def test_permissions_are_parsed_in_order() -> None:
                 {"nonResourceURLs": ["/healthz"], "verbs": ["get"]},
                 rule(api_groups=("apps",), resources=("deployments",), verbs=("list",)),
             ],
-            "roleRefs": [{"kind": "Role", "name": "reader"}, {"kind": "ClusterRole", "name": "view"}],
+            "roleRefs": [
+                {"kind": "Role", "name": "reader"},
+                {"kind": "ClusterRole", "name": "view"},
+            ],
         }
     ).spec
     assert spec.rules == (PolicyRule(("",), ("configmaps",), ("get", "list"), ("ledger",)),)
@@ -543,24 +546,12 @@ def test_secret_names_must_be_unique() -> None:
     assert err.value.rule == "must be unique among credentials"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models/identity.py parse_spec reports a duplicate secretName at the first "
-    "credential that has it, here credentials[0], which never set secretName (its name is the "
-    "default <identity>-a); the field the user wrote is credentials[1].secretName",
-)
 def test_secret_name_clash_with_a_default_names_the_explicit_field() -> None:
     with pytest.raises(SpecError) as err:
         make_identity(credentials=[credential("a"), credential("b", secretName=f"{NAME}-a")])
     assert err.value.path == "spec.credentials[1].secretName"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models/identity.py _rule accepts a cluster rule with both resources and "
-    "nonResourceURLs (the CRD rejects it) and PolicyRule.to_k8s then silently drops the "
-    "resources, so the ClusterRole grants less than the spec says",
-)
 def test_rule_with_both_resources_and_non_resource_urls_is_refused() -> None:
     both = rule(resources=("nodes",), nonResourceURLs=["/healthz"])
     with pytest.raises(SpecError) as err:
@@ -693,7 +684,23 @@ def test_parse_duration(text: str, delta: dt.timedelta) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "1", "h", "1d", "1H", " 1h", "1h ", "1 h", "-1h", "+1h", "1e3s", ".5h", "1.h", "1h-5m", 60],
+    [
+        "",
+        "1",
+        "h",
+        "1d",
+        "1H",
+        " 1h",
+        "1h ",
+        "1 h",
+        "-1h",
+        "+1h",
+        "1e3s",
+        ".5h",
+        "1.h",
+        "1h-5m",
+        60,
+    ],
 )
 def test_parse_duration_rejects(text: Any) -> None:
     with pytest.raises(ValueError, match="must be a duration such as 90s"):

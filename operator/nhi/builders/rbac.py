@@ -86,7 +86,9 @@ def cluster_role_name(identity: MachineIdentity) -> str:
 
 
 def role_ref_binding_name(identity: MachineIdentity, ref: RoleRef) -> str:
-    return _bounded(f"nhi-{identity.name}-{ref.kind.lower()}-{ref.name}".replace(":", "-"))
+    """``nhi-<identity>.<kind>.<role>``: identity names have no dots (DNS-1123 labels), so no
+    binding name can collide with another identity's names or another roleRef's."""
+    return _bounded(f"nhi-{identity.name}.{ref.kind.lower()}.{ref.name}")
 
 
 def _subject(identity: MachineIdentity) -> list[dict[str, str]]:

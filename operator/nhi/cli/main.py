@@ -66,10 +66,10 @@ def _run(args: argparse.Namespace, command: Callable[..., Awaitable[int]], *para
             f"the API server refused the request ({err.status} {err.reason}): "
             f"{_one_line(err.message)}"
         ) from None
+    except TimeoutError:  # before OSError, its base class
+        raise CliError(f"timed out talking to the API server at {server}") from None
     except (aiohttp.ClientError, OSError) as err:
         raise CliError(f"cannot reach the API server at {server}: {_one_line(str(err))}") from None
-    except TimeoutError:
-        raise CliError(f"timed out talking to the API server at {server}") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ import sys
 
 from nhi import __version__
 from nhi import logging as nhi_logging
+from nhi.models.duration import parse_duration
 from nhi.settings import Settings, set_current
 
 
@@ -63,14 +64,83 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     p.add_argument("--peering-name", default=s.peering_name)
     p.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=20,
+        help="seconds a replica counts as alive after its last keep-alive; a standby takes "
+        "over at most this long after the active replica dies (default %(default)s; "
+        "keep-alives are sent every lifetime-10..lifetime-5 seconds)",
+    )
+    p.add_argument(
         "--peering-priority",
         type=int,
         default=None,
         help="this replica's peering priority (default: random, so replicas never tie: "
         "kopf freezes every replica that shares the highest priority)",
     )
+    hook = p.add_argument_group(
+        "admission webhook",
+        "The IdentityPolicy validating webhook (off unless --webhook-port is set). It serves "
+        "TLS with a certificate kept in a Secret in the operator's namespace (NHI_NAMESPACE) "
+        "and registers itself in a ValidatingWebhookConfiguration with failurePolicy Ignore.",
+    )
+    hook.add_argument(
+        "--webhook-port",
+        type=int,
+        default=s.webhook_port,
+        help="serve the admission webhook on this port, 0 to disable (default %(default)s)",
+    )
+    hook.add_argument(
+        "--webhook-host",
+        default=s.webhook_host,
+        help="host name or IP the API server uses to reach the webhook when no Service is set "
+        "(the URL and the certificate's SAN) (default %(default)s)",
+    )
+    hook.add_argument(
+        "--webhook-address",
+        default=s.webhook_address,
+        help="address to listen on (default: the webhook host, or every interface with "
+        "--webhook-service)",
+    )
+    hook.add_argument(
+        "--webhook-service",
+        default=s.webhook_service,
+        help="reach the webhook through this Service in the operator's namespace (in-cluster)",
+    )
+    hook.add_argument(
+        "--webhook-service-port",
+        type=int,
+        default=s.webhook_service_port,
+        help="the Service's port (default %(default)s)",
+    )
+    hook.add_argument(
+        "--webhook-configuration",
+        default=s.webhook_configuration,
+        help="name of the ValidatingWebhookConfiguration (default %(default)s)",
+    )
+    hook.add_argument(
+        "--webhook-secret",
+        default=s.webhook_secret,
+        help="Secret holding the webhook's CA and serving certificate (default %(default)s)",
+    )
+    hook.add_argument(
+        "--webhook-cert-ttl",
+        default=s.webhook_cert_ttl,
+        help="lifetime of the serving certificate, renewed after two thirds of it "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--policy-status-interval",
+        type=float,
+        default=s.policy_status_interval,
+        help=argparse.SUPPRESS,
+    )
     p.add_argument("--version", action="version", version=f"nhi-operator {__version__}")
     a = p.parse_args(argv)
+    try:
+        parse_duration(a.webhook_cert_ttl)
+    except ValueError as err:
+        p.error(f"--webhook-cert-ttl: {err}")
     return Settings(
         namespaces=list(a.namespace),
         log_format=a.log_format,
@@ -80,11 +150,21 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         workers=a.workers,
         peering=a.peering,
         peering_name=a.peering_name,
+        peering_lifetime=a.peering_lifetime,
         peering_priority=(
             a.peering_priority
             if a.peering_priority is not None
             else secrets.randbelow(1_000_000) + 1
         ),
+        webhook_port=a.webhook_port,
+        webhook_host=a.webhook_host,
+        webhook_address=a.webhook_address,
+        webhook_service=a.webhook_service,
+        webhook_service_port=a.webhook_service_port,
+        webhook_configuration=a.webhook_configuration,
+        webhook_secret=a.webhook_secret,
+        webhook_cert_ttl=a.webhook_cert_ttl,
+        policy_status_interval=a.policy_status_interval,
     )
 
 

@@ -91,7 +91,7 @@ def summarize(obj: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
         or name,
         "upToDate": status.get("observedGeneration") == meta.get("generation"),
     }
-    for key in ("nextRenewalTime", "expiresAt", "revokedAt", "revocationReason"):
+    for key in ("nextRenewalTime", "expiresAt", "revokedAt", "revocationReason", "revoked"):
         if status.get(key):
             out[key] = status[key]
     out["credentials"] = creds
@@ -125,6 +125,12 @@ def status_table(summaries: Sequence[Mapping[str, Any]], all_namespaces: bool = 
         if not creds:
             rows.append([*ident, *([NONE] * 7)])
         for c in creds:
+            if s["phase"] in ("Revoked", "Expired"):
+                renewal = str(s["phase"]).lower()
+            elif c.get("issued"):
+                renewal = str(c["renewsIn"])
+            else:
+                renewal = "not issued"
             ident_value = c.get("serialNumber") or c.get("fingerprint") or ""
             rows.append(
                 [
@@ -135,7 +141,7 @@ def status_table(summaries: Sequence[Mapping[str, Any]], all_namespaces: bool = 
                     short_id(str(ident_value)),
                     str(c.get("notAfter") or NONE),
                     str(c["expiresIn"]),
-                    str(c["renewsIn"]) if c.get("issued") else "not issued",
+                    renewal,
                 ]
             )
     return render_table(headers, rows)

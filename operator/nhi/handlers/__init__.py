@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nhi.handlers import admission as admission
 from nhi.handlers import identity, issuer, lifecycle, workloads
 
 __all__ = ["identity", "issuer", "lifecycle", "workloads"]

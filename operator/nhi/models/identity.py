@@ -248,6 +248,8 @@ def _rule(raw: Any, path: str, namespaced: bool) -> PolicyRule:
     urls = _strs(r.get("nonResourceURLs"), f"{path}.nonResourceURLs")
     if urls and namespaced:
         raise SpecError(f"{path}.nonResourceURLs", "is only allowed in clusterRules")
+    if urls and (r.get("resources") or r.get("apiGroups")):
+        raise SpecError(path, "set either resources (with apiGroups) or nonResourceURLs, not both")
     # The empty string names the core group, so apiGroups is not checked with _strs.
     groups = tuple(str(g) for g in _list(r.get("apiGroups"), f"{path}.apiGroups"))
     resources = _strs(r.get("resources"), f"{path}.resources")
@@ -384,9 +386,13 @@ def parse_spec(raw: Mapping[str, Any], default_name: str) -> Spec:
         seen.add(cred.name)
         creds.append(cred)
     secret_names = [c.secret_name for c in creds]
-    for i, c in enumerate(creds):
-        if secret_names.count(c.secret_name) > 1:
-            raise SpecError(f"spec.credentials[{i}].secretName", "must be unique among credentials")
+    raw_creds = _list(spec.get("credentials"), "spec.credentials")
+    clashes = [i for i, c in enumerate(creds) if secret_names.count(c.secret_name) > 1]
+    if clashes:
+        # Name the field the user wrote, not a default they never saw.
+        explicit = [i for i in clashes if (raw_creds[i] or {}).get("secretName")]
+        i = (explicit or clashes)[-1] if explicit else clashes[-1]
+        raise SpecError(f"spec.credentials[{i}].secretName", "must be unique among credentials")
     rotation = _obj(spec.get("rotation"), "spec.rotation")
     fraction: float | None = None
     renew_before = None

@@ -91,9 +91,7 @@ class IdentityPolicy:
                     api_groups=tuple(
                         str(g) for g in _list(r.get("apiGroups"), f"{path}.apiGroups")
                     ),
-                    resources=tuple(
-                        str(x) for x in _list(r.get("resources"), f"{path}.resources")
-                    ),
+                    resources=tuple(str(x) for x in _list(r.get("resources"), f"{path}.resources")),
                     verbs=tuple(str(v) for v in _list(r.get("verbs"), f"{path}.verbs")),
                 )
             )

@@ -180,14 +180,14 @@ def _check(identity: MachineIdentity, policy: IdentityPolicy) -> Iterator[Violat
 
     if policy.allowed_issuers is not None:
         for i, cred in enumerate(spec.credentials):
-            ref = cred.issuer_ref
-            if ref is None or ref in policy.allowed_issuers:
+            issuer = cred.issuer_ref
+            if issuer is None or issuer in policy.allowed_issuers:
                 continue
             allowed = ", ".join(f"{r.kind}/{r.name}" for r in policy.allowed_issuers) or "none"
             yield violation(
                 ALLOWED_ISSUERS,
                 f"spec.credentials[{i}].issuerRef",
-                f"{ref.kind}/{ref.name} is not an allowed issuer (allowed: {allowed})",
+                f"{issuer.kind}/{issuer.name} is not an allowed issuer (allowed: {allowed})",
             )
 
     if spec.cluster_rules and not policy.allow_cluster_rules:

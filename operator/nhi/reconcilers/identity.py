@@ -47,6 +47,9 @@ from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
+#: A condition beside the kstatus ones: True when undeclared workloads use the identity.
+UNDECLARED_USERS = "UndeclaredUsers"
+
 Clock = Callable[[], dt.datetime]
 
 
@@ -105,6 +108,8 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
     #: When to look again even if nothing changes (grace period end, JIT window end).
     next_check: dt.datetime | None = None
+    #: Workloads running as the ServiceAccount without being matched by the selector.
+    undeclared: list[str] | None = None
 
     @property
     def next_due(self) -> dt.datetime | None:
@@ -197,6 +202,22 @@ def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime
         "serviceAccount": identity.spec.service_account,
         "conditions": conds,
     }
+    if outcome.undeclared is not None:
+        conds = cond.set_condition(
+            conds,
+            UNDECLARED_USERS,
+            cond.TRUE if outcome.undeclared else cond.FALSE,
+            "UndeclaredWorkload" if outcome.undeclared else "AllUsersDeclared",
+            (
+                f"{', '.join(outcome.undeclared)} run as the ServiceAccount but are not "
+                "matched by spec.workloads.selector"
+            )
+            if outcome.undeclared
+            else "every workload using the ServiceAccount is declared",
+            gen,
+            now,
+        )
+        status["conditions"] = conds
     status.update(outcome.extra)
     creds = outcome.credentials
     if creds is not None:
@@ -326,6 +347,7 @@ class IdentityReconciler:
                 outcome.phase = "Pending"
         outcome.extra = {**extra, **outcome.extra}
         outcome.next_check = decision.next_check
+        outcome.undeclared = undeclared
         return outcome
 
     async def _revoke(

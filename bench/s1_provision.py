@@ -1,0 +1,126 @@
+"""Scenario 1: provision N identities applied at once, until all are Ready, vs a plain client.
+
+Each identity: a ServiceAccount, one rule (Role + RoleBinding), a bound token credential and,
+when issuers work in this tree, an ECDSA-P256 X509 credential from a selfSigned
+ClusterIdentityIssuer. The bench applies the N MachineIdentities with concurrency 32 and
+polls with a list every 0.5 s until all are Ready. The floor (bench.floor) creates the same
+objects with the same concurrency and the same cryptography, with no operator running.
+
+Runs alternate floor / operator so that background load hits both alike. Each operator run
+starts a fresh operator process and waits until it is quiet before the clock starts; its
+namespaces are kept (they count towards scenario 2's M). Floor namespaces are deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench import manifests as m
+from bench.env import Env, by_verb_resource, delta, gather_limited, minus, non_watch
+from bench.floor import Floor
+from bench.objects import apply_all, purge_namespace, wait_ready
+from bench.result import Check, Result, ratio_check, stats
+
+OP_PREFIX = "b1-op-"
+FLOOR_PREFIX = "b1-floor-"
+
+
+async def operator_run(env: Env, run: int, n: int, x509: bool, profile: bool) -> dict[str, Any]:
+    ns = f"{OP_PREFIX}{run}"
+    await env.ensure_namespace(ns, {"nhi.dev/bench-scenario": "1"})
+    await env.start_operator(profile=f"s1-operator-run{run}" if profile else None)
+    await env.wait_quiet(quiet=3.0, timeout=600)
+    items = [m.identity(ns, f"id-{i:05d}", x509=x509) for i in range(n)]
+    before, own0 = await env.request_totals(), env.own()
+    t0 = time.monotonic()
+    applying = asyncio.create_task(apply_all(env, items, 32))
+    t_ready = await wait_ready(env, ns, n, timeout=120 + n * 1.0)
+    await applying
+    after_ready, own1 = await env.request_totals(), env.own()
+    settled = await env.wait_quiet(quiet=3.0, timeout=300)
+    after, own2 = await env.request_totals(), env.own()
+    if t_ready is None:
+        raise RuntimeError(f"{ns}: not all {n} identities became Ready\n{env.operator_log()}")
+    reqs = minus(delta(after, before), own2 - own0)
+    rss = env.operator.rss() if env.operator else (0.0, 0.0)
+    if profile:
+        await env.stop_operator()
+    return {
+        "namespace": ns,
+        "seconds": round(t_ready - t0, 3),
+        "trailing_seconds": round(max(0.0, settled - t_ready), 3),
+        "requests_until_ready": non_watch(minus(delta(after_ready, before), own1 - own0)),
+        "requests": non_watch(reqs),
+        "requests_by_verb_resource_per_identity": by_verb_resource(reqs, per=n),
+        "operator_rss_mb": round(rss[0], 1),
+    }
+
+
+async def floor_run(env: Env, floor: Floor, run: int, n: int, x509: bool) -> dict[str, Any]:
+    await env.stop_operator()
+    ns = f"{FLOOR_PREFIX}{run}"
+    await env.ensure_namespace(ns, {"nhi.dev/bench-scenario": "1"})
+    items = [m.identity(ns, f"id-{i:05d}", x509=x509) for i in range(n)]
+    before, own0 = await env.request_totals(), env.api.counts.copy()
+    t0 = time.monotonic()
+    if x509:
+        await floor.trust_bundle(ns)
+    await gather_limited(items, floor.provision, 32)
+    seconds = time.monotonic() - t0
+    after = await env.request_totals()
+    # Everything the API server saw but the bench's own (non-floor) requests, as for the
+    # operator: the floor's requests plus what the controller-manager did in reaction.
+    reqs = minus(delta(after, before), env.api.counts - own0)
+    gone = await purge_namespace(env, ns)
+    return {
+        "namespace": ns,
+        "seconds": round(seconds, 3),
+        "requests": non_watch(reqs),
+        "requests_by_verb_resource_per_identity": by_verb_resource(reqs, per=n),
+        "namespace_delete_seconds": round(gone, 1),
+    }
+
+
+async def run(env: Env, n: int, runs: int, profile: bool = False) -> Result:
+    res = Result("1", f"Provision {n} identities applied at once")
+    x509 = env.issuers_work
+    res.details["n"] = n
+    res.details["x509"] = x509
+    res.details["concurrency"] = 32
+    if not x509:
+        res.notes.append(
+            "The selfSigned ClusterIdentityIssuer did not become Ready in this tree, so the "
+            "identities carry a token credential only."
+        )
+    floor = Floor(env.floor_api)
+    op_runs, floor_runs = [], []
+    for r in range(runs):
+        floor_runs.append(await floor_run(env, floor, r, n, x509))
+        op_runs.append(await operator_run(env, r, n, x509, profile))
+    await env.stop_operator()
+    res.details["operator_runs"] = op_runs
+    res.details["floor_runs"] = floor_runs
+    res.checks.append(
+        ratio_check(
+            "time until all Ready",
+            "s",
+            [r["seconds"] for r in op_runs],
+            [r["seconds"] for r in floor_runs],
+            1.5,
+        )
+    )
+    op_req = stats([r["requests"] / n for r in op_runs])["median"]
+    fl_req = stats([r["requests"] / n for r in floor_runs])["median"]
+    res.checks.append(
+        Check(
+            name="API requests per identity (non-watch)",
+            unit="requests",
+            values=[r["requests"] / n for r in op_runs],
+            floor_values=[r["requests"] / n for r in floor_runs],
+            ratio=round(op_req / fl_req, 3) if fl_req else None,
+            target="informational",
+        )
+    )
+    return res

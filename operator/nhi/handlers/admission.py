@@ -1,0 +1,322 @@
+"""IdentityPolicy enforcement: the validating admission webhook and the policies' status.
+
+- ``@kopf.on.validate`` for MachineIdentity CREATE and UPDATE, registered only when the
+  webhook is enabled (``--webhook-port``): kopf refuses to start with admission handlers and
+  no server. kopf routes each request to the handler; :class:`AdmissionServer` is the server.
+- :class:`AdmissionServer` serves HTTPS with the certificate kept in a Secret
+  (:mod:`nhi.reconcilers.webhook`), renews it in place without closing the listening socket,
+  and writes the ValidatingWebhookConfiguration itself (kopf's managed mode would set
+  ``timeoutSeconds: 30``, ``failurePolicy: Fail`` and no namespaceSelector).
+- A background task recomputes every IdentityPolicy's status every few seconds from the
+  operator's watch caches (no API request unless a status changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp.web
+import kopf
+
+from nhi.handlers import runtime
+from nhi.models.duration import parse_duration
+from nhi.reconcilers.identity import utcnow
+from nhi.reconcilers.policy import AdmissionReviewer, PolicyStatusWriter
+from nhi.reconcilers.webhook import (
+    ServingMaterial,
+    WebhookCertificates,
+    build_configuration,
+    client_config,
+    renewal_time,
+    serving_hosts,
+)
+from nhi.settings import Settings
+from nhi.settings import current as current_settings
+
+log = logging.getLogger("nhi.handlers.admission")
+
+GROUP, VERSION = "nhi.dev", "v1alpha1"
+#: The kopf handler id, and the URL path the API server posts to.
+WEBHOOK_ID = "validate-machineidentity"
+#: Longest pause between two looks at the certificate Secret (another replica may renew it).
+MAX_CHECK_INTERVAL = 60.0
+RETRY_INTERVAL = 5.0
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+_reviewer: AdmissionReviewer | None = None
+
+
+def reviewer() -> AdmissionReviewer:
+    global _reviewer
+    rt = runtime.get()
+    if _reviewer is None or _reviewer.api is not rt.api:
+        _reviewer = AdmissionReviewer(rt.api)
+    return _reviewer
+
+
+async def validate_identity(
+    *,
+    userinfo: kopf.UserInfo,
+    warnings: list[str],
+    namespace: str | None,
+    name: str,
+    dryrun: bool,
+    **kwargs: Any,
+) -> None:
+    """Refuse a MachineIdentity that breaks a Deny policy or grants what its writer lacks."""
+    old: Mapping[str, Any] | None = kwargs.get("old")
+    new: Mapping[str, Any] | None = kwargs.get("new")
+    operation: str | None = kwargs.get("operation")
+    rt = runtime.get()
+    rt.capture(kwargs)
+    new_body: Mapping[str, Any] | None = dict(new) if new is not None else None
+    old_body: Mapping[str, Any] | None = dict(old) if old is not None else None
+    result = await reviewer().review(
+        operation=operation or "",
+        new=new_body,
+        old=old_body,
+        userinfo=dict(userinfo),
+        policies=rt.policies(),
+        namespace_labels=rt.namespace_labels(namespace or ""),
+    )
+    warnings.extend(result.warnings)
+    outcome = "denied" if result.denied else ("warned" if result.warnings else "admitted")
+    if result.denied or result.warnings:
+        log.info(
+            "%s a MachineIdentity",
+            outcome,
+            extra={
+                "namespace": namespace,
+                "identity": name,
+                "user": userinfo.get("username"),
+                "operation": operation,
+                "dryRun": dryrun,
+                "reasons": result.denied or result.warnings,
+            },
+        )
+    if result.denied:
+        raise kopf.AdmissionError(result.message, code=403)
+
+
+def register() -> None:
+    kopf.on.validate(
+        GROUP,
+        VERSION,
+        "machineidentities",
+        id=WEBHOOK_ID,
+        operations=["CREATE", "UPDATE"],
+        ignore_failures=True,
+        side_effects=False,
+    )(validate_identity)
+
+
+if current_settings().webhook_enabled:
+    register()
+
+
+# ------------------------------------------------------------------------------ server
+
+
+def _load(context: ssl.SSLContext, material: ServingMaterial) -> None:
+    """Load the certificate and key into a live context: new handshakes use them at once."""
+    from nhi.crypto import cert_pem, private_key_pem
+
+    with tempfile.TemporaryDirectory(prefix="nhi-webhook-") as tmp:
+        cert, key = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+        cert.write_bytes(cert_pem(material.cert))
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(private_key_pem(material.key))
+        context.load_cert_chain(cert, key)
+
+
+class AdmissionServer:
+    """kopf's webhook-server protocol: serve, then yield the client config.
+
+    Unlike ``kopf.WebhookServer``, a renewed certificate is loaded into the running TLS
+    context instead of restarting the HTTP site, so no request is ever refused during a
+    renewal; the caBundle stays the same because the CA does.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cert_ttl = parse_duration(settings.webhook_cert_ttl)
+        self.address = settings.webhook_address or (
+            "0.0.0.0" if settings.webhook_service else settings.webhook_host  # noqa: S104
+        )
+        self.hosts = serving_hosts(
+            "" if settings.webhook_service else settings.webhook_host,
+            settings.webhook_service,
+            settings.operator_namespace,
+        )
+
+    def certificates(self) -> WebhookCertificates:
+        return WebhookCertificates(
+            runtime.get().api,
+            self.settings.operator_namespace,
+            self.settings.webhook_secret,
+            self.hosts,
+            utcnow,
+            cert_ttl=self.cert_ttl,
+        )
+
+    def configuration(self, material: ServingMaterial) -> dict[str, Any]:
+        s = self.settings
+        cfg = client_config(
+            material,
+            utcnow(),
+            WEBHOOK_ID,
+            host=s.webhook_host,
+            port=s.webhook_port,
+            service=s.webhook_service,
+            service_namespace=s.operator_namespace,
+            service_port=s.webhook_service_port,
+        )
+        return build_configuration(s.webhook_configuration, cfg, s.namespaces, s.operator_namespace)
+
+    async def _material(self, certs: WebhookCertificates) -> ServingMaterial:
+        while True:
+            try:
+                return await certs.ensure()
+            except Exception as err:
+                log.error(
+                    "could not read or write the webhook certificate; retrying",
+                    extra={
+                        "secret": f"{certs.namespace}/{certs.secret_name}",
+                        "error": str(err),
+                    },
+                )
+                await asyncio.sleep(RETRY_INTERVAL)
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        certs = self.certificates()
+        material = await self._material(certs)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        _load(context, material)
+
+        async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
+            return await _serve(fn, request)
+
+        app = aiohttp.web.Application()
+        app.add_routes([aiohttp.web.post("/{id:.*}", serve)])
+        runner = aiohttp.web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        try:
+            site = aiohttp.web.TCPSite(
+                runner, self.address, self.settings.webhook_port, ssl_context=context
+            )
+            await site.start()
+            log.info(
+                "serving the admission webhook",
+                extra={
+                    "address": f"{self.address}:{self.settings.webhook_port}",
+                    "hosts": self.hosts,
+                    "configuration": self.settings.webhook_configuration,
+                },
+            )
+            configuration = self.configuration(material)
+            await self._publish(certs, configuration)
+            yield cast(kopf.WebhookClientConfig, configuration["webhooks"][0]["clientConfig"])
+            while True:
+                due = (renewal_time(material.cert) - utcnow()).total_seconds()
+                await asyncio.sleep(min(max(due, 1.0), MAX_CHECK_INTERVAL))
+                fresh = await self._material(certs)
+                if fresh.serial != material.serial:
+                    _load(context, fresh)
+                    log.info(
+                        "loaded the renewed webhook certificate",
+                        extra={
+                            "serial": f"{fresh.serial:x}",
+                            "notAfter": fresh.cert.not_valid_after_utc.isoformat(),
+                        },
+                    )
+                material = fresh
+                # Re-applied every time: restores a configuration deleted or edited by hand
+                # and carries a new CA into the caBundle (server-side apply: a no-op if equal).
+                configuration = self.configuration(material)
+                await self._publish(certs, configuration)
+        finally:
+            await runner.cleanup()
+
+    async def _publish(self, certs: WebhookCertificates, configuration: dict[str, Any]) -> None:
+        try:
+            await certs.publish(configuration)
+        except Exception as err:
+            log.error(
+                "could not write the ValidatingWebhookConfiguration",
+                extra={"configuration": configuration["metadata"]["name"], "error": str(err)},
+            )
+
+
+async def _serve(fn: kopf.WebhookFn, request: aiohttp.web.Request) -> aiohttp.web.Response:
+    """One AdmissionReview. A request kopf cannot handle is answered with an HTTP error, which
+    the API server treats as a webhook failure (failurePolicy Ignore)."""
+    try:
+        data = json.loads(await request.text())
+    except json.JSONDecodeError as err:
+        raise aiohttp.web.HTTPBadRequest(reason=str(err) or None) from None
+    try:
+        response = await fn(data, webhook=request.match_info.get("id"), headers={}, sslpeer={})
+    except Exception as err:
+        log.warning("could not answer an admission request", extra={"error": repr(err)})
+        raise aiohttp.web.HTTPBadRequest(reason=type(err).__name__) from None
+    return aiohttp.web.json_response(response)
+
+
+# ------------------------------------------------------------------------------ status
+
+_status_task: asyncio.Task[None] | None = None
+
+
+async def _status_loop(interval: float) -> None:
+    rt = runtime.get()
+    writer = PolicyStatusWriter(rt.api, utcnow)
+    while True:
+        await asyncio.sleep(interval)
+        policies = rt.indexes.get(runtime.POLICY_INDEX)
+        if policies is None:
+            continue  # the caches are handed over on the first event; nothing to do before
+        try:
+            policy_bodies = list(policies.get(None, ()))
+            idx = rt.indexes.get(runtime.IDENTITY_INDEX) or {}
+            identity_bodies = [b for key in list(idx) for b in idx.get(key, ())]
+            await writer.sync(policy_bodies, identity_bodies, rt.namespace_labels)
+        except Exception as err:
+            log.warning("could not update the IdentityPolicy status", extra={"error": str(err)})
+
+
+@kopf.on.startup(id="nhi_admission_startup")
+async def configure_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _status_task
+    ours = current_settings()
+    if ours.webhook_enabled:
+        settings.admission.server = AdmissionServer(ours)
+        settings.admission.managed = None  # written by AdmissionServer, see above
+    # A namespace-scoped operator sees only some identities: its counts would fight with
+    # another installation's, so only a cluster-wide operator writes the policies' status.
+    if not ours.namespaces and ours.policy_status_interval > 0:
+        _status_task = asyncio.create_task(
+            _status_loop(ours.policy_status_interval), name="nhi-policy-status"
+        )
+
+
+@kopf.on.cleanup(id="nhi_admission_cleanup")
+async def stop_admission(**_: Any) -> None:
+    global _status_task
+    task, _status_task = _status_task, None
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

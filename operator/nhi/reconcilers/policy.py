@@ -1,0 +1,386 @@
+"""IdentityPolicy enforcement with I/O: admission reviews and the policies' status.
+
+- :class:`AdmissionReviewer` decides an admission request for a MachineIdentity: the policy
+  checks of :mod:`nhi.policies.identity_policy` (Deny refuses, Warn admits with a warning)
+  and the holder-of-permissions check: whoever writes an identity must hold every permission
+  it grants (SubjectAccessReview with the requester's user, groups, uid and extra), unless a
+  policy selecting the namespace sets ``delegatePermissions: true``.
+- :func:`compute_policy_status` (pure) and :class:`PolicyStatusWriter` keep each policy's
+  ``identitiesCovered``, ``identitiesViolating`` and conditions up to date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nhi.k8s.client import Api, ApiError, path_for
+from nhi.models import conditions as cond
+from nhi.models.identity import MachineIdentity, SpecError
+from nhi.models.meta import Reason
+from nhi.models.policy import IdentityPolicy
+from nhi.policies.cluster import check_cluster_permissions
+from nhi.policies.identity_policy import (
+    AccessCheck,
+    check_policy,
+    delegates_permissions,
+    denials,
+    evaluate,
+    grant_checks,
+    raw_rule_checks,
+    role_bind_checks,
+    spec_changed,
+    warnings,
+)
+
+log = logging.getLogger("nhi.reconcilers.policy")
+
+#: SubjectAccessReviews sent at once for one admission request.
+REVIEW_CONCURRENCY = 32
+#: More combinations than this (verbs x resources x names...) are refused, not reviewed.
+MAX_ACCESS_CHECKS = 1000
+#: How many missing permissions a denial lists before "and N more".
+LISTED = 5
+
+# Policy condition reasons.
+EVALUATED = "Evaluated"
+
+
+# ------------------------------------------------------------------------------ admission
+
+
+@dataclass
+class AdmissionResult:
+    denied: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def allowed(self) -> bool:
+        return not self.denied
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.denied)
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who sent the request, from the AdmissionReview's userInfo."""
+
+    username: str
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_userinfo(cls, info: Mapping[str, Any]) -> Requester:
+        return cls(
+            username=str(info.get("username") or ""),
+            groups=tuple(str(g) for g in info.get("groups") or ()),
+            uid=str(info.get("uid") or ""),
+            extra={
+                str(k): tuple(str(x) for x in v or ()) for k, v in (info.get("extra") or {}).items()
+            },
+        )
+
+    def review_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"user": self.username}
+        if self.groups:
+            spec["groups"] = list(self.groups)
+        if self.uid:
+            spec["uid"] = self.uid
+        if self.extra:
+            spec["extra"] = {k: list(v) for k, v in self.extra.items()}
+        return spec
+
+
+class AdmissionReviewer:
+    def __init__(
+        self,
+        api: Api,
+        *,
+        concurrency: int = REVIEW_CONCURRENCY,
+        max_checks: int = MAX_ACCESS_CHECKS,
+    ) -> None:
+        self.api = api
+        self.concurrency = concurrency
+        self.max_checks = max_checks
+
+    async def review(
+        self,
+        *,
+        operation: str,
+        new: Mapping[str, Any] | None,
+        old: Mapping[str, Any] | None,
+        userinfo: Mapping[str, Any],
+        policies: Sequence[IdentityPolicy],
+        namespace_labels: Mapping[str, str],
+    ) -> AdmissionResult:
+        result = AdmissionResult()
+        if new is None:
+            return result
+        meta = new.get("metadata") or {}
+        if operation == "UPDATE" and (meta.get("deletionTimestamp") or not spec_changed(old, new)):
+            # Finalizers, annotations, labels: nothing granted changes. The operator's own
+            # metadata writes must never be refused, or deletion could get stuck.
+            return result
+        try:
+            identity = MachineIdentity.from_body(new)
+        except SpecError as err:
+            result.denied.append(str(err))
+            return result
+
+        violations = evaluate(identity, policies, namespace_labels)
+        result.denied += [v.message for v in denials(violations)]
+        result.warnings += [v.message for v in warnings(violations)]
+        verdict = check_cluster_permissions(identity.spec, policies, namespace_labels)
+        if not verdict.allowed and not any(
+            verdict.message.startswith(v.field) for v in denials(violations)
+        ):
+            result.denied.append(verdict.message)
+
+        if not delegates_permissions(policies, namespace_labels):
+            requester = Requester.from_userinfo(userinfo)
+            result.denied += await self.missing_permissions(identity, requester)
+        return result
+
+    async def missing_permissions(
+        self, identity: MachineIdentity, requester: Requester
+    ) -> list[str]:
+        """A message per field the requester may not grant; empty when they hold it all."""
+        if not requester.username and not requester.groups:
+            return ["the request names no user, so the permissions it grants cannot be checked"]
+        checks = grant_checks(identity)
+        binds = role_bind_checks(identity)
+        if len(checks) + len(binds) > self.max_checks:
+            return [
+                f"spec.permissions: {len(checks) + len(binds)} permission combinations are more "
+                f"than the {self.max_checks} the webhook verifies; narrow the rules"
+            ]
+        sem = asyncio.Semaphore(self.concurrency)
+        held = await self._allowed_all(requester, [*checks, *binds], sem)
+        missing: dict[str, list[AccessCheck]] = {}
+        for check, ok in zip(checks, held[: len(checks)], strict=True):
+            if not ok:
+                missing.setdefault(check.field, []).append(check)
+        out = [self._escalation(requester, f, m) for f, m in missing.items()]
+        for check, ok in zip(binds, held[len(checks) :], strict=True):
+            if ok:
+                continue
+            gap = await self._role_gap(identity, requester, check, sem)
+            if gap is not None:
+                out.append(gap)
+        return out
+
+    def _escalation(self, requester: Requester, field: str, missing: list[AccessCheck]) -> str:
+        listed = ", ".join(c.describe() for c in missing[:LISTED])
+        more = f" and {len(missing) - LISTED} more" if len(missing) > LISTED else ""
+        return (
+            f"{field}: {requester.username or 'the requester'} may not grant {listed}{more}: "
+            "they do not hold it themselves (privilege escalation); ask someone who does to "
+            "write the identity, or a cluster administrator for an IdentityPolicy with "
+            "delegatePermissions: true"
+        )
+
+    async def _role_gap(
+        self,
+        identity: MachineIdentity,
+        requester: Requester,
+        bind: AccessCheck,
+        sem: asyncio.Semaphore,
+    ) -> str | None:
+        """Without ``bind`` on a role, the requester must hold every rule in it (as RBAC)."""
+        kind = "Role" if bind.resource == "roles" else "ClusterRole"
+        who = requester.username or "the requester"
+        role = await self._get_role(kind, identity.namespace, bind.name)
+        if role is None:
+            return (
+                f"{bind.field}: {who} may not bind {kind} {bind.name!r}: it does not exist and "
+                "they have no bind permission on it"
+            )
+        checks: list[AccessCheck] = []
+        for rule in role.get("rules") or ():
+            checks += raw_rule_checks(bind.field, rule, identity.namespace)
+        if len(checks) > self.max_checks:
+            missing_desc = f"more than {self.max_checks} permissions to compare"
+        else:
+            held = await self._allowed_all(requester, checks, sem)
+            missing = [c for c, ok in zip(checks, held, strict=True) if not ok]
+            if not missing:
+                return None
+            missing_desc = ", ".join(c.describe() for c in missing[:LISTED])
+            if len(missing) > LISTED:
+                missing_desc += f" and {len(missing) - LISTED} more"
+        return (
+            f"{bind.field}: {who} may not bind {kind} {bind.name!r}: they have neither the bind "
+            f"verb on it nor every permission it grants (missing: {missing_desc}) "
+            "(privilege escalation)"
+        )
+
+    async def _get_role(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        # A list with a field selector needs only the list verb the operator already holds.
+        page = await self.api.request(
+            "GET",
+            path_for(kind, namespace if kind == "Role" else None),
+            params={"fieldSelector": f"metadata.name={name}"},
+            kind=kind,
+            name=name,
+        )
+        items = page.get("items") or []
+        return dict(items[0]) if items else None
+
+    async def _allowed_all(
+        self, requester: Requester, checks: Sequence[AccessCheck], sem: asyncio.Semaphore
+    ) -> list[bool]:
+        async def one(check: AccessCheck) -> bool:
+            async with sem:
+                return await self.allowed(requester, check)
+
+        return list(await asyncio.gather(*(one(c) for c in checks)))
+
+    async def allowed(self, requester: Requester, check: AccessCheck) -> bool:
+        """One SubjectAccessReview for the requester (all of their userInfo)."""
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {**requester.review_spec(), **check.review_spec()},
+        }
+        result = await self.api.request(
+            "POST", path_for("SubjectAccessReview"), body=body, kind="SubjectAccessReview"
+        )
+        return bool((result.get("status") or {}).get("allowed"))
+
+
+# ------------------------------------------------------------------------------ status
+
+
+def compute_policy_status(
+    body: Mapping[str, Any],
+    identities: Iterable[MachineIdentity | None],
+    namespaces: Iterable[str],
+    namespace_labels: Callable[[str], Mapping[str, str]],
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """Pure: the status of one IdentityPolicy.
+
+    ``identities`` yields the parsed identities (None for one whose spec cannot be parsed;
+    it counts as covered, not as violating) and ``namespaces`` their namespaces, in the same
+    order.
+    """
+    meta = body.get("metadata") or {}
+    gen = int(meta.get("generation") or 0)
+    old = body.get("status") or {}
+    conds: Sequence[Mapping[str, Any]] = old.get("conditions") or []
+    try:
+        policy = IdentityPolicy.from_body(body)
+    except SpecError as err:
+        message = f"the policy cannot be enforced: {err}"
+        conds = cond.set_condition(
+            conds, cond.READY, cond.FALSE, Reason.INVALID_SPEC, message, gen, now
+        )
+        conds = cond.set_condition(
+            conds, cond.RECONCILING, cond.FALSE, Reason.INVALID_SPEC, message, gen, now
+        )
+        conds = cond.set_condition(
+            conds, cond.STALLED, cond.TRUE, Reason.INVALID_SPEC, message, gen, now
+        )
+        return {"observedGeneration": gen, "conditions": conds}
+    covered = violating = 0
+    labels_cache: dict[str, Mapping[str, str]] = {}
+    for identity, ns in zip(identities, namespaces, strict=True):
+        if ns not in labels_cache:
+            labels_cache[ns] = namespace_labels(ns)
+        if not policy.selects(labels_cache[ns]):
+            continue
+        covered += 1
+        if identity is not None and check_policy(identity, policy):
+            violating += 1
+    message = (
+        f"covers {covered} MachineIdentit{'y' if covered == 1 else 'ies'}; "
+        f"{violating} break{'s' if violating == 1 else ''} the policy "
+        f"(enforcement {policy.enforcement})"
+    )
+    conds = cond.set_condition(conds, cond.READY, cond.TRUE, EVALUATED, message, gen, now)
+    conds = cond.set_condition(
+        conds, cond.RECONCILING, cond.FALSE, EVALUATED, "nothing pending", gen, now
+    )
+    conds = cond.set_condition(conds, cond.STALLED, cond.FALSE, EVALUATED, "no error", gen, now)
+    return {
+        "observedGeneration": gen,
+        "identitiesCovered": covered,
+        "identitiesViolating": violating,
+        "conditions": conds,
+    }
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    return any(old.get(k) != v for k, v in new.items())
+
+
+class PolicyStatusWriter:
+    """Recomputes every policy's status from the watch caches; patches only what changed.
+
+    Parsed identities are cached by (namespace, name, resourceVersion), so a pass over
+    thousands of unchanged identities parses none of them again.
+    """
+
+    def __init__(self, api: Api, clock: Callable[[], dt.datetime]) -> None:
+        self.api = api
+        self.clock = clock
+        self._parsed: dict[tuple[str, str], tuple[str, MachineIdentity | None]] = {}
+
+    def parse(self, body: Mapping[str, Any]) -> MachineIdentity | None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        version = str(meta.get("resourceVersion") or meta.get("generation") or "")
+        hit = self._parsed.get(key)
+        if hit is not None and hit[0] == version and version:
+            return hit[1]
+        try:
+            identity: MachineIdentity | None = MachineIdentity.from_body(body)
+        except SpecError:
+            identity = None
+        self._parsed[key] = (version, identity)
+        return identity
+
+    async def sync(
+        self,
+        policy_bodies: Sequence[Mapping[str, Any]],
+        identity_bodies: Sequence[Mapping[str, Any]],
+        namespace_labels: Callable[[str], Mapping[str, str]],
+    ) -> int:
+        """One pass over every policy; returns how many statuses were patched."""
+        live = [
+            b for b in identity_bodies if not (b.get("metadata") or {}).get("deletionTimestamp")
+        ]
+        parsed = [self.parse(b) for b in live]
+        spaces = [str((b.get("metadata") or {}).get("namespace", "")) for b in live]
+        keep = {
+            (ns, str((b.get("metadata") or {}).get("name", "")))
+            for b, ns in zip(live, spaces, strict=True)
+        }
+        for key in list(self._parsed):
+            if key not in keep:
+                del self._parsed[key]
+        patched = 0
+        now = self.clock()
+        for body in policy_bodies:
+            status = compute_policy_status(body, parsed, spaces, namespace_labels, now)
+            if not status_changed(body.get("status") or {}, status):
+                continue
+            name = str((body.get("metadata") or {}).get("name", ""))
+            try:
+                await self.api.patch(
+                    "IdentityPolicy", None, name, {"status": status}, subresource="status"
+                )
+                patched += 1
+            except ApiError as err:
+                log.warning(
+                    "could not write the IdentityPolicy status",
+                    extra={"policy": name, "error": str(err)},
+                )
+        return patched
