@@ -228,7 +228,7 @@ class Operator:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    async def start(self, timeout: float = 120.0) -> float:
+    async def start(self, limit: float = 120.0) -> float:
         """Start the process; return the seconds until /healthz answered."""
         self.health_port, self.metrics_port = free_port(), free_port()
         cmd = [sys.executable]
@@ -247,14 +247,10 @@ class Operator:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT / "operator"), env.get("PYTHONPATH", "")) if p
         )
-        log = self.log_path.open("ab")
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
+        self.proc = self._spawn(cmd, env)
         self.peak_rss_mb = 0.0
-        deadline = self.started_at + timeout
+        deadline = self.started_at + limit
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -265,6 +261,12 @@ class Operator:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the operator never became healthy:\n{self.log_tail()}")
             await asyncio.sleep(0.1)
+
+    def _spawn(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -294,14 +296,16 @@ class Operator:
         self.peak_rss_mb = max(self.peak_rss_mb, rss, hwm)
         return rss, hwm
 
-    async def stop(self, timeout: float = 60.0) -> None:
+    async def stop(self, limit: float = 60.0) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while self.proc.poll() is None and time.monotonic() < deadline:
+            deadline = time.monotonic() + limit
+            for _ in range(int(limit * 10) + 1):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    break
                 await asyncio.sleep(0.1)
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -383,7 +387,7 @@ class Env:
             self.operator = None
 
     async def wait_quiet(
-        self, quiet: float = 3.0, timeout: float = 300.0, interval: float = 0.5
+        self, quiet: float = 3.0, limit: float = 300.0, interval: float = 0.5
     ) -> float:
         """Wait until no write request reached the API server (leases aside) and the
         operator's reconcile count stood still for ``quiet`` seconds; return when the last
@@ -402,7 +406,7 @@ class Env:
                 prev_w, prev_r = w, r
             if now - last_change >= quiet:
                 return last_change
-            if now - start > timeout:
+            if now - start > limit:
                 return last_change
             await asyncio.sleep(interval)
 
@@ -417,11 +421,11 @@ class Env:
             }
         )
 
-    async def delete_namespace(self, name: str, timeout: float = 300.0) -> float:
+    async def delete_namespace(self, name: str, limit: float = 300.0) -> float:
         """Delete a namespace and wait until it is gone; return the seconds it took."""
         started = time.monotonic()
         await self.api.delete("Namespace", None, name)
-        while time.monotonic() - started < timeout:
+        while time.monotonic() - started < limit:
             try:
                 if await self.api.get("Namespace", None, name) is None:
                     break

@@ -131,9 +131,7 @@ class Floor:
         await self.api.apply(build_credential_secret(identity, cred, data, issued.annotations()))
         return issued
 
-    async def write_status(
-        self, identity: MachineIdentity, statuses: list[dict[str, Any]]
-    ) -> None:
+    async def write_status(self, identity: MachineIdentity, statuses: list[dict[str, Any]]) -> None:
         t = now()
         gen = identity.generation
         conds = cond.set_condition([], cond.READY, cond.TRUE, "CredentialsIssued", "ok", gen, t)

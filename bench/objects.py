@@ -22,11 +22,11 @@ async def ready_count(env: Env, namespace: str | None) -> tuple[int, int]:
 
 
 async def wait_ready(
-    env: Env, namespace: str, n: int, timeout: float, interval: float = 0.5
+    env: Env, namespace: str, n: int, limit: float, interval: float = 0.5
 ) -> float | None:
     """Poll with a list every ``interval`` until ``n`` identities are Ready; the monotonic
     time of the poll that saw it, or None on timeout."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         ready, _ = await ready_count(env, namespace)
         if ready >= n:
@@ -50,7 +50,7 @@ async def apply_all(env: Env, manifests: Sequence[dict[str, Any]], limit: int = 
     await gather_limited(manifests, env.api.apply, limit)
 
 
-async def purge_namespace(env: Env, namespace: str, timeout: float = 600.0) -> float:
+async def purge_namespace(env: Env, namespace: str, limit: float = 600.0) -> float:
     """Remove a namespace with its identities while the operator is stopped: drop the
     finalizers (nobody would run them), delete the namespace, wait until it is gone."""
     assert env.operator is None or not env.operator.alive()
@@ -72,4 +72,4 @@ async def purge_namespace(env: Env, namespace: str, timeout: float = 600.0) -> f
                 pass
 
     await gather_limited(items, strip, 32)
-    return await env.delete_namespace(namespace, timeout)
+    return await env.delete_namespace(namespace, limit)

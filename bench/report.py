@@ -34,7 +34,7 @@ def _measured(c: dict[str, Any]) -> str:
     unit = f" {c['unit']}" if c.get("unit") else ""
     if len(c["values"]) == 1:
         return f"{_num(c['median'])}{unit}"
-    return f"{_num(c['median'])}{unit} ({_num(c['min'])}–{_num(c['max'])})"
+    return f"{_num(c['median'])}{unit} ({_num(c['min'])}-{_num(c['max'])})"
 
 
 def _floor(c: dict[str, Any]) -> str:
@@ -42,7 +42,7 @@ def _floor(c: dict[str, Any]) -> str:
     if not f:
         return "—"
     unit = f" {c['unit']}" if c.get("unit") else ""
-    return f"{_num(f['median'])}{unit} ({_num(f['min'])}–{_num(f['max'])})"
+    return f"{_num(f['median'])}{unit} ({_num(f['min'])}-{_num(f['max'])})"
 
 
 def _verdict(ok: bool | None) -> str:
@@ -68,7 +68,7 @@ def _section(r: dict[str, Any]) -> list[str]:
     out.append("")
     if r["checks"]:
         out += [
-            "| measure | median (min–max) | floor | ratio | target | result |",
+            "| measure | median (min-max) | floor | ratio | target | result |",
             "|---|---|---|---|---|---|",
         ]
         for c in r["checks"]:
@@ -88,16 +88,12 @@ def _section(r: dict[str, Any]) -> list[str]:
             runs = d.get(side) or []
             if not runs:
                 continue
-            key = next(
-                (k for k in runs[0] if k.startswith("requests_by_verb_resource")), ""
-            )
+            key = next((k for k in runs[0] if k.startswith("requests_by_verb_resource")), "")
             out.append(f"**{side.replace('_', ' ')}** (requests per identity, first run):")
             out.append("")
             out += _table(runs[0], key)
             out.append("")
-        simple = {
-            k: v for k, v in d.items() if not isinstance(v, list | dict)
-        }
+        simple = {k: v for k, v in d.items() if not isinstance(v, list | dict)}
         if simple:
             out.append("Parameters: " + ", ".join(f"{k}={v}" for k, v in simple.items()))
             out.append("")
@@ -129,7 +125,7 @@ def _section(r: dict[str, Any]) -> list[str]:
         out.append("")
         out.append("Per minute, by verb and resource (apiserver metrics):")
         out.append("")
-        out += _table(d, "requests_per_minute_by_verb_resource")
+        out += _table(d, "requests_per_minute_by_verb_resource") or ["(none)"]
         out.append("")
         by_client = d.get("audit_non_watch_per_minute_by_client") or {}
         out.append(
@@ -141,7 +137,7 @@ def _section(r: dict[str, Any]) -> list[str]:
             out.append("")
             out.append(
                 "The operator's requests in the window (audit log): "
-                + ", ".join(f"{k} ×{v}" for k, v in ops.items())
+                + ", ".join(f"{k} x{v}" for k, v in ops.items())
             )
         out.append("")
     elif r["id"] == "4":
@@ -149,7 +145,10 @@ def _section(r: dict[str, Any]) -> list[str]:
         out.append(", ".join(f"{k}={v}" for k, v in flat.items()))
         out.append("")
     elif r["id"] == "6":
-        out += ["| algorithm | iterations/run | nhi ms (runs) | floor ms (runs) |", "|---|---|---|---|"]
+        out += [
+            "| algorithm | iterations/run | nhi ms (runs) | floor ms (runs) |",
+            "|---|---|---|---|",
+        ]
         for alg, v in (d.get("algorithms") or {}).items():
             out.append(
                 f"| {alg} | {v['iterations']} | {', '.join(_num(x) for x in v['nhi_ms'])} "
@@ -211,7 +210,7 @@ def write(
         "",
         "## Summary",
         "",
-        "| scenario | measure | median (min–max) | floor | ratio | target | result |",
+        "| scenario | measure | median (min-max) | floor | ratio | target | result |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in data["scenarios"]:

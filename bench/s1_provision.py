@@ -31,15 +31,15 @@ async def operator_run(env: Env, run: int, n: int, x509: bool, profile: bool) ->
     ns = f"{OP_PREFIX}{run}"
     await env.ensure_namespace(ns, {"nhi.dev/bench-scenario": "1"})
     await env.start_operator(profile=f"s1-operator-run{run}" if profile else None)
-    await env.wait_quiet(quiet=3.0, timeout=600)
+    await env.wait_quiet(quiet=3.0, limit=600)
     items = [m.identity(ns, f"id-{i:05d}", x509=x509) for i in range(n)]
     before, own0 = await env.request_totals(), env.own()
     t0 = time.monotonic()
     applying = asyncio.create_task(apply_all(env, items, 32))
-    t_ready = await wait_ready(env, ns, n, timeout=120 + n * 1.0)
+    t_ready = await wait_ready(env, ns, n, limit=120 + n * 1.0)
     await applying
     after_ready, own1 = await env.request_totals(), env.own()
-    settled = await env.wait_quiet(quiet=3.0, timeout=300)
+    settled = await env.wait_quiet(quiet=3.0, limit=300)
     after, own2 = await env.request_totals(), env.own()
     if t_ready is None:
         raise RuntimeError(f"{ns}: not all {n} identities became Ready\n{env.operator_log()}")

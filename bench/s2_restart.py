@@ -28,7 +28,7 @@ CHUNK = 1000  # identities per namespace
 async def ensure_identities(env: Env, m_total: int) -> dict[str, Any]:
     """At least ``m_total`` Ready identities made by the operator; provision what is missing."""
     await env.start_operator()
-    await env.wait_quiet(quiet=3.0, timeout=900)
+    await env.wait_quiet(quiet=3.0, limit=900)
     ready, total = await ready_count(env, None)
     missing = max(0, m_total - total)
     info: dict[str, Any] = {"reused": total, "provisioned": missing}
@@ -57,7 +57,7 @@ async def ensure_identities(env: Env, m_total: int) -> dict[str, Any]:
         info["provision_seconds"] = round(secs, 1)
         info["provision_per_second"] = round(info["provisioned"] / secs, 1)
     info["ready"], info["total"] = ready, total
-    await env.wait_quiet(quiet=5.0, timeout=900)
+    await env.wait_quiet(quiet=5.0, limit=900)
     return info
 
 
@@ -136,7 +136,8 @@ async def run(env: Env, m_total: int, runs: int, small: bool) -> Result:
         Check("operator RSS (peak)", "MB", peaks, "<= 250 MB", ok=max(peaks) <= 250.0)
     )
     res.notes.append(
-        f"Steady state: the last apiserver write request (leases aside) or the last reconcile "
-        f"counted by nhi_reconcile_duration_seconds, after which nothing happened for {quiet:.0f} s."
+        "Steady state: the last apiserver write request (leases aside) or the last reconcile "
+        "counted by nhi_reconcile_duration_seconds, after which nothing happened for "
+        f"{quiet:.0f} s."
     )
     return res

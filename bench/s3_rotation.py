@@ -44,27 +44,28 @@ def items(ns: str, n: int) -> list[dict[str, Any]]:
 async def operator_runs(env: Env, n: int, runs: int) -> list[dict[str, Any]]:
     await env.ensure_namespace(OP_NS, {"nhi.dev/bench-scenario": "3"})
     await env.start_operator()
-    await env.wait_quiet(quiet=3.0, timeout=600)
+    await env.wait_quiet(quiet=3.0, limit=600)
     await gather_limited(items(OP_NS, n), env.api.apply, 32)
-    if await wait_ready(env, OP_NS, n, timeout=120 + n) is None:
+    if await wait_ready(env, OP_NS, n, limit=120 + n) is None:
         raise RuntimeError(f"{OP_NS}: identities never became Ready\n{env.operator_log()}")
-    await env.wait_quiet(quiet=3.0, timeout=300)
+    await env.wait_quiet(quiet=3.0, limit=300)
     out = []
     for _ in range(runs):
         fp0 = await fingerprints(env, OP_NS)
-        lead = 8.0 + n * 0.03
+        lead = 6.0 + n * 0.025
         due = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lead)).replace(microsecond=0)
         due += dt.timedelta(seconds=1)
         stamp = rfc3339(due)
 
-        async def make_due(key: str) -> None:
+        async def make_due(key: str, stamp: str = stamp) -> None:
             ns, name = key.split("/", 1)
-            await env.api.patch("Secret", ns, name, {"metadata": {"annotations": {RENEWAL: stamp}}})
+            patch = {"metadata": {"annotations": {RENEWAL: stamp}}}
+            await env.api.patch("Secret", ns, name, patch)
 
         t_patch = time.monotonic()
         await gather_limited(list(fp0), make_due, 32)
         patch_seconds = time.monotonic() - t_patch
-        await env.wait_quiet(quiet=2.0, timeout=lead)
+        await env.wait_quiet(quiet=2.0, limit=lead)
         wait = (due - dt.datetime.now(dt.UTC)).total_seconds()
         late = wait < 0
         if wait > 0:
@@ -80,7 +81,7 @@ async def operator_runs(env: Env, n: int, runs: int) -> list[dict[str, Any]]:
             await asyncio.sleep(0.5)
         if done_at is None:
             raise RuntimeError(f"{OP_NS}: not every certificate rotated\n{env.operator_log()}")
-        await env.wait_quiet(quiet=3.0, timeout=300)
+        await env.wait_quiet(quiet=3.0, limit=300)
         after = await env.request_totals()
         reqs = minus(delta(after, before), env.own() - own0)
         out.append(
@@ -145,7 +146,9 @@ async def run(env: Env, n: int, runs: int) -> Result:
         )
     )
     if any(r["due_passed_before_patches_settled"] for r in ops):
-        res.notes.append("In some run the due time passed before the operator had re-read all Secrets.")
+        res.notes.append(
+            "In some run the due time passed before the operator had re-read all Secrets."
+        )
     res.notes.append(
         "Due together by setting each Secret's nhi.dev/renewal-time to one instant T while the "
         "operator runs; the clock starts at T."

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import re
 import time
+from typing import Any
 
 from bench import manifests as m
 from bench.env import ROOT, Env, gather_limited
@@ -24,6 +25,7 @@ from bench.result import Check, Result, percentile
 from nhi.models.meta import CREDENTIAL_LABEL
 
 NS = "b4-rev"
+AUDIENCE = m.token_credential("x")["audiences"][0]
 
 
 def revocation_supported() -> tuple[bool, str]:
@@ -58,7 +60,7 @@ async def run(env: Env, n: int, interval: float) -> Result:
     res.details["interval_seconds"] = interval
     await env.ensure_namespace(NS, {"nhi.dev/bench-scenario": "4"})
     await env.start_operator()
-    await env.wait_quiet(quiet=3.0, timeout=600)
+    await env.wait_quiet(quiet=3.0, limit=600)
     names = [f"rev-{i:04d}" for i in range(n)]
     revocation = {"onWorkloadDeletion": "Revoke", "gracePeriod": "0s"}
     await gather_limited(
@@ -69,23 +71,26 @@ async def run(env: Env, n: int, interval: float) -> Result:
         env.api.apply,
         32,
     )
-    await gather_limited(
-        [m.deployment(NS, nm, {"app": nm}, nm) for nm in names], env.api.apply, 32
-    )
+    await gather_limited([m.deployment(NS, nm, {"app": nm}, nm) for nm in names], env.api.apply, 32)
     deadline = time.monotonic() + 120 + n
     while await _workloads_seen(env, n) < n:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{NS}: identities never saw their workloads\n{env.operator_log()}")
         await asyncio.sleep(0.5)
-    await env.wait_quiet(quiet=3.0, timeout=300)
+    await env.wait_quiet(quiet=3.0, limit=300)
 
     async def token_of(nm: str) -> str:
         secret = await env.api.get("Secret", NS, f"{nm}-token")
         return base64.b64decode(((secret or {}).get("data") or {})["token"]).decode()
 
+    async def review(token: str) -> dict[str, Any]:
+        return await env.api.token_review(token, [AUDIENCE])
+
     tokens = dict(zip(names, await gather_limited(names, token_of, 16), strict=True))
-    valid = await gather_limited(names, lambda nm: env.api.token_review(tokens[nm]), 16)
+    valid = await gather_limited(names, lambda nm: review(tokens[nm]), 16)
     res.details["tokens_valid_before"] = sum(1 for v in valid if v.get("authenticated"))
+    if res.details["tokens_valid_before"] < n:
+        raise RuntimeError(f"only {res.details['tokens_valid_before']} of {n} tokens pass review")
     # Let the API server's cache of those successful reviews expire before the clock starts.
     await asyncio.sleep(11.0)
 
@@ -107,9 +112,7 @@ async def run(env: Env, n: int, interval: float) -> Result:
                     if nm not in secret_gone and f"{nm}-token" not in present:
                         secret_gone[nm] = now
                 todo = [nm for nm in pending if nm not in review_failed]
-                answers = await gather_limited(
-                    todo, lambda nm: env.api.token_review(tokens[nm]), 16
-                )
+                answers = await gather_limited(todo, lambda nm: review(tokens[nm]), 16)
                 now = time.monotonic()
                 for nm, answer in zip(todo, answers, strict=True):
                     if not answer.get("authenticated"):
@@ -122,10 +125,9 @@ async def run(env: Env, n: int, interval: float) -> Result:
             await env.api.delete("Deployment", NS, nm)
             deleted[nm] = time.monotonic()
             await asyncio.sleep(interval)
-        limit = time.monotonic() + 60
-        while time.monotonic() < limit and (
-            len(review_failed) < n or len(secret_gone) < n
-        ):
+        for _ in range(300):  # at most 60 s more
+            if len(review_failed) >= n and len(secret_gone) >= n:
+                break
             await asyncio.sleep(0.2)
     finally:
         stop.set()
@@ -134,7 +136,8 @@ async def run(env: Env, n: int, interval: float) -> Result:
     failed = [review_failed[nm] - deleted[nm] for nm in names if nm in review_failed]
     res.details["secret_gone"] = len(gone)
     res.details["review_failed"] = len(failed)
-    for label, vals in (("deletion -> Secret gone", gone), ("deletion -> TokenReview fails", failed)):
+    pairs = (("deletion -> Secret gone", gone), ("deletion -> TokenReview fails", failed))
+    for label, vals in pairs:
         res.checks.append(
             Check(f"{label} p50", "s", [round(percentile(vals, 50), 3)], "no target (issue)")
         )

@@ -40,6 +40,13 @@ def agent_family(agent: str) -> str:
     return "other"
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def audit_counts(path: Path, offset: int) -> tuple[Counter[str], Counter[str]]:
     """Non-watch requests completed after ``offset`` in the audit log, by client family,
     and the operator's by verb and resource."""
@@ -71,12 +78,12 @@ async def run(env: Env, minutes: float) -> Result:
     res = Result("5", f"Idle cost over {minutes:g} min")
     if env.operator is None or not env.operator.alive():
         await env.start_operator()
-    await env.wait_quiet(quiet=5.0, timeout=900)
+    await env.wait_quiet(quiet=5.0, limit=900)
     ready, total = await ready_count(env, None)
     res.details["identities_ready"] = ready
     res.details["identities_total"] = total
     audit = Path(env.control_plane.audit_log)
-    offset = audit.stat().st_size if audit.exists() else 0
+    offset = _size(audit)
     before, own0 = await env.request_totals(), env.own()
     t0 = time.monotonic()
     rss = []
@@ -91,10 +98,8 @@ async def run(env: Env, minutes: float) -> Result:
     counted = {k: v for k, v in reqs.items() if k not in background}
     per_min = non_watch(counted) / elapsed_min
     fams, op_reqs = audit_counts(audit, offset)
-    rotated = audit.exists() and audit.stat().st_size < offset
-    res.details["requests_per_minute_by_verb_resource"] = by_verb_resource(
-        counted, per=elapsed_min
-    )
+    rotated = _size(audit) < offset
+    res.details["requests_per_minute_by_verb_resource"] = by_verb_resource(counted, per=elapsed_min)
     res.details["lease_heartbeats_per_minute"] = round(non_watch(background) / elapsed_min, 2)
     res.details["audit_non_watch_per_minute_by_client"] = {
         k: round(v / elapsed_min, 2) for k, v in fams.most_common()

@@ -21,7 +21,7 @@ MODULE = "github.com/cert-manager/cert-manager"
 CONTROLLER = f"{MODULE}/cmd/controller"
 
 
-async def _go(args: list[str], cwd: Path, timeout: float) -> dict[str, Any]:
+async def _go(args: list[str], cwd: Path, limit: float) -> dict[str, Any]:
     env = dict(os.environ, GOFLAGS="-mod=mod", GOWORK="off")
     t0 = time.monotonic()
     try:
@@ -37,7 +37,7 @@ async def _go(args: list[str], cwd: Path, timeout: float) -> dict[str, Any]:
     except OSError as err:
         return {"cmd": "go " + " ".join(args), "rc": None, "seconds": 0.0, "output": str(err)}
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out, _ = await asyncio.wait_for(proc.communicate(), limit)
         rc: int | None = proc.returncode
     except TimeoutError:
         proc.kill()  # only the process this scenario started
@@ -55,6 +55,13 @@ async def _go(args: list[str], cwd: Path, timeout: float) -> dict[str, Any]:
 
 async def probe(build: bool, budget: float = 600.0) -> dict[str, Any]:
     """What the Go toolchain and module proxy let us do with cert-manager."""
+    t0 = time.monotonic()
+    info = await _probe(build, budget)
+    info["seconds"] = round(time.monotonic() - t0, 1)
+    return info
+
+
+async def _probe(build: bool, budget: float) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="nhi-bench-certmanager-"))
     deadline = time.monotonic() + budget
@@ -70,9 +77,7 @@ async def probe(build: bool, budget: float = 600.0) -> dict[str, Any]:
         steps.append(listing)
         versions = listing["output"].split()[1:] if listing["rc"] == 0 else []
         latest = versions[-1] if versions else "latest"
-        steps.append(
-            await _go(["list", "-m", "-versions", CONTROLLER], work, min(120, left()))
-        )
+        steps.append(await _go(["list", "-m", "-versions", CONTROLLER], work, min(120, left())))
         if not build:
             return {
                 "steps": steps,
@@ -98,20 +103,18 @@ async def probe(build: bool, budget: float = 600.0) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def result(info: dict[str, Any], seconds: float) -> Result:
+def result(info: dict[str, Any]) -> Result:
     res = Result("7", "cert-manager as a peer")
     res.details.update(info)
     res.checks.append(
         Check(
             "probe time (go list + build attempt)",
             "s",
-            [round(seconds, 1)],
+            [float(info.get("seconds", 0.0))],
             "informational",
         )
     )
     res.notes.append(f"Verdict: {info.get('verdict')}.")
     if not info.get("built"):
-        res.notes.append(
-            "No cert-manager comparison: see the commands and their output below."
-        )
+        res.notes.append("No cert-manager comparison: see the commands and their output below.")
     return res

@@ -110,7 +110,18 @@ async def validate_identity(
         raise kopf.AdmissionError(result.message, code=403)
 
 
+class _DenialIsNotAnError(logging.Filter):
+    """kopf logs every refused admission as a handler failure at ERROR; a denial is the
+    webhook doing its job (logged above at INFO with the reasons), so drop kopf's line."""
+
+    PREFIX = f"Webhook {WEBHOOK_ID!r} failed permanently"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIX)
+
+
 def register() -> None:
+    logging.getLogger("kopf.objects").addFilter(_DenialIsNotAnError())
     kopf.on.validate(
         GROUP,
         VERSION,
@@ -194,7 +205,7 @@ class AdmissionServer:
                 log.error(
                     "could not read or write the webhook certificate; retrying",
                     extra={
-                        "secret": f"{certs.namespace}/{certs.secret_name}",
+                        "secret_name": f"{certs.namespace}/{certs.secret_name}",
                         "error": str(err),
                     },
                 )

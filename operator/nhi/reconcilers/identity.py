@@ -47,6 +47,9 @@ from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
+#: Credentials of one identity that rotate within this window cause a single rollout.
+ROLLOUT_DEBOUNCE = dt.timedelta(seconds=5)
+
 #: A condition beside the kstatus ones: True when undeclared workloads use the identity.
 UNDECLARED_USERS = "UndeclaredUsers"
 
@@ -246,6 +249,9 @@ class IdentityReconciler:
         self.events = events
         self.clock = clock
         self.issuers = issuers
+        #: Rollouts waiting for the debounce window: identity -> (when, rotated credentials).
+        #: Kept in memory only, so an operator restart never causes a rollout.
+        self.pending_rollouts: dict[tuple[str, str], tuple[dt.datetime, list[str]]] = {}
         self.credentials = CredentialManager(api, issuers, events, clock, record=view.written)
 
     # ------------------------------------------------------------------ gather
@@ -347,6 +353,9 @@ class IdentityReconciler:
                 outcome.phase = "Pending"
         outcome.extra = {**extra, **outcome.extra}
         outcome.next_check = decision.next_check
+        pending = self.pending_rollouts.get(identity.key)
+        if pending is not None:
+            outcome.next_check = min(filter(None, (outcome.next_check, pending[0])))
         outcome.undeclared = undeclared
         return outcome
 
@@ -496,7 +505,17 @@ class IdentityReconciler:
         secrets = {k.name: v for k, v in observed.children.items() if k.kind == "Secret"}
         creds = await self.credentials.ensure(identity, body, secrets)
         if creds.rotated and identity.spec.rollout_on_rotation:
-            await self.rollout(identity, body, creds.rotated)
+            # Debounce: credentials that rotate within the window cause one rollout.
+            due, names = self.pending_rollouts.get(identity.key, (None, []))
+            self.pending_rollouts[identity.key] = (
+                due or self.clock() + ROLLOUT_DEBOUNCE,
+                sorted({*names, *creds.rotated}),
+            )
+        pending = self.pending_rollouts.get(identity.key)
+        if pending is not None and self.clock() >= pending[0]:
+            del self.pending_rollouts[identity.key]
+            if identity.spec.rollout_on_rotation:
+                await self.rollout(identity, body, pending[1])
         if creds.not_ready is not None:
             reason, message = creds.not_ready
             return Outcome(False, reason, message, changes=changes, credentials=creds)
@@ -540,6 +559,7 @@ class IdentityReconciler:
         meta = body.get("metadata") or {}
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         removed = []
+        self.pending_rollouts.pop((namespace, name), None)
         children = self.view.children_of(namespace, name)
         try:
             identity: MachineIdentity | None = MachineIdentity.from_body(body)

@@ -405,7 +405,7 @@ class WebhookCertificates:
                 "%s for the admission webhook",
                 reason,
                 extra={
-                    "secret": f"{self.namespace}/{self.secret_name}",
+                    "secret_name": f"{self.namespace}/{self.secret_name}",
                     "serial": f"{material.serial:x}",
                     "notAfter": material.cert.not_valid_after_utc.isoformat(),
                 },
