@@ -224,8 +224,8 @@ def test_metrics_follow_an_identity_from_creation_through_rotations_to_deletion(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="needs the credential reconciler to call metrics.sync_credentials (docs/observability.md"
-    ", 'For the reconciler'); remove this marker once it does",
+    reason="needs CredentialManager.ensure to call metrics.sync_credentials (docs/observability.md,"
+    " 'For contributors'); remove this marker once it does",
 )
 def test_both_rotation_results_exist_from_the_first_issuance(
     operator: OperatorProcess, namespace: str
@@ -239,8 +239,8 @@ def test_both_rotation_results_exist_from_the_first_issuance(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="needs the credential reconciler to call metrics.sync_credentials (docs/observability.md"
-    ", 'For the reconciler'); remove this marker once it does",
+    reason="needs CredentialManager.ensure to call metrics.sync_credentials (docs/observability.md,"
+    " 'For contributors'); remove this marker once it does",
 )
 def test_a_credential_removed_from_the_spec_loses_its_series(
     operator: OperatorProcess, namespace: str

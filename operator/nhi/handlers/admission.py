@@ -30,7 +30,7 @@ import kopf
 from nhi.handlers import runtime
 from nhi.models.duration import parse_duration
 from nhi.reconcilers.identity import utcnow
-from nhi.reconcilers.policy import AdmissionReviewer, PolicyStatusWriter
+from nhi.reconcilers.policy import AdmissionReviewer, PolicyStatusWriter, needs_review
 from nhi.reconcilers.webhook import (
     ServingMaterial,
     WebhookCertificates,
@@ -79,18 +79,36 @@ async def validate_identity(
     old: Mapping[str, Any] | None = kwargs.get("old")
     new: Mapping[str, Any] | None = kwargs.get("new")
     operation: str | None = kwargs.get("operation")
-    rt = runtime.get()
-    rt.capture(kwargs)
+    runtime.get().capture(kwargs)
     new_body: Mapping[str, Any] | None = dict(new) if new is not None else None
     old_body: Mapping[str, Any] | None = dict(old) if old is not None else None
-    result = await reviewer().review(
-        operation=operation or "",
-        new=new_body,
-        old=old_body,
-        userinfo=dict(userinfo),
-        policies=rt.policies(),
-        namespace_labels=rt.namespace_labels(namespace or ""),
-    )
+    if not needs_review(operation or "", new_body, old_body):
+        return
+    rv = reviewer()
+    try:
+        # Live reads: see AdmissionReviewer.policies.
+        policies, labels = await asyncio.gather(rv.policies(), rv.namespace_labels(namespace or ""))
+        result = await rv.review(
+            operation=operation or "",
+            new=new_body,
+            old=old_body,
+            userinfo=dict(userinfo),
+            policies=policies,
+            namespace_labels=labels,
+        )
+    except Exception as err:
+        # Fail open, like failurePolicy Ignore: kopf would turn any exception into a denial,
+        # and an API hiccup must not block writes. The reconciler checks the same policies
+        # before it grants anything.
+        log.error(
+            "could not review a MachineIdentity; admitted it",
+            extra={"namespace": namespace, "identity": name, "error": repr(err)},
+        )
+        warnings.append(
+            "nhi-operator could not check this MachineIdentity against IdentityPolicies "
+            f"({type(err).__name__}); it is checked again before anything is granted"
+        )
+        return
     warnings.extend(result.warnings)
     outcome = "denied" if result.denied else ("warned" if result.warnings else "admitted")
     if result.denied or result.warnings:

@@ -74,3 +74,44 @@ def _make(
         "observedGeneration": generation,
         "lastTransitionTime": transition,
     }
+
+
+def kstatus_conditions(
+    conditions: Sequence[Mapping[str, Any]],
+    *,
+    ready: bool,
+    stalled: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: dt.datetime,
+    settled: bool = False,
+) -> list[Condition]:
+    """Set Ready, Reconciling and Stalled together, the way kstatus reads them.
+
+    Ready: everything is in place. Stalled: a terminal error that needs a change. Otherwise
+    work is pending (Reconciling), unless the object is ``settled``: not ready on purpose,
+    with nothing pending (e.g. a revoked identity).
+    """
+    reconciling = not ready and not stalled and not settled
+    out = set_condition(
+        conditions, READY, TRUE if ready else FALSE, reason, message, generation, now
+    )
+    out = set_condition(
+        out,
+        RECONCILING,
+        TRUE if reconciling else FALSE,
+        reason,
+        message if reconciling else "nothing pending",
+        generation,
+        now,
+    )
+    return set_condition(
+        out,
+        STALLED,
+        TRUE if stalled else FALSE,
+        reason,
+        message if stalled else "no terminal error",
+        generation,
+        now,
+    )

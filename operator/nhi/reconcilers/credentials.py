@@ -161,36 +161,20 @@ class CredentialManager:
         reason: str,
         renew_handled: str = "",
     ) -> Issued:
-        count = (old.rotation_count + 1) if old is not None else 0
-        shash = rotation.spec_hash(cred, identity.spec.service_account)
-        seed = f"{identity.uid}/{cred.name}/{count}"
+        job = _Issuance(identity, cred, now, (old.rotation_count + 1) if old else 0, renew_handled)
         if cred.type == "ServiceAccountToken":
-            return await self._issue_token(
-                identity, cred, stored, now, count, shash, seed, renew_handled
-            )
+            return await self._issue_token(job, stored)
         if cred.type == "X509":
             assert signer is not None
-            return await self._issue_x509(
-                identity, cred, signer, now, count, shash, seed, renew_handled
-            )
-        return await self._issue_static(identity, cred, old, now, count, shash, seed, renew_handled)
+            return await self._issue_x509(job, signer)
+        return await self._issue_static(job, old)
 
-    async def _issue_token(
-        self,
-        identity: MachineIdentity,
-        cred: Credential,
-        stored: Mapping[str, Any] | None,
-        now: dt.datetime,
-        count: int,
-        shash: str,
-        seed: str,
-        renew_handled: str,
-    ) -> Issued:
+    async def _issue_token(self, job: _Issuance, stored: Mapping[str, Any] | None) -> Issued:
+        identity, cred = job.identity, job.cred
         uid = ((stored or {}).get("metadata") or {}).get("uid")
         if not uid:
             # The token is bound to its Secret, so the Secret must exist (and have a uid) first.
-            anchor = build_credential_secret(identity, cred, None, {})
-            written = await self.api.apply(anchor)
+            written = await self.api.apply(build_credential_secret(identity, cred, None, {}))
             self.record(written)
             uid = written["metadata"]["uid"]
         answer = await self.api.create(
@@ -202,55 +186,29 @@ class CredentialManager:
         )
         token: str = answer["status"]["token"]
         not_after = parse_time(answer["status"]["expirationTimestamp"])
-        issued = Issued(
-            not_before=now,
-            not_after=not_after,
-            renewal_time=rotation.renewal_time(identity.spec, now, not_after, seed),
-            issued_at=now,
-            rotation_count=count,
-            spec_hash=shash,
-            renew_handled=renew_handled,
-            fingerprint=crypto.secret_fingerprint(token),
-        )
+        issued = job.issued(job.now, not_after, fingerprint=crypto.secret_fingerprint(token))
         await self._store(
             build_credential_secret(identity, cred, {"token": token.encode()}, issued.annotations())
         )
         return issued
 
-    async def _issue_x509(
-        self,
-        identity: MachineIdentity,
-        cred: Credential,
-        signer: Signer,
-        now: dt.datetime,
-        count: int,
-        shash: str,
-        seed: str,
-        renew_handled: str,
-    ) -> Issued:
+    async def _issue_x509(self, job: _Issuance, signer: Signer) -> Issued:
+        identity, cred = job.identity, job.cred
         key = crypto.generate_key(cred.key_algorithm)
-        sid = crypto.spiffe_id(
-            signer.trust_domain, identity.namespace, identity.spec.service_account
-        )
         cert = crypto.issue_leaf(
             ca_cert=signer.ca_cert,
             ca_key=signer.ca_key,
             public_key=key.public_key(),
-            spiffe_id=sid,
+            spiffe_id=crypto.spiffe_id(
+                signer.trust_domain, identity.namespace, identity.spec.service_account
+            ),
             dns_names=cred.dns_names,
-            now=now,
+            now=job.now,
             ttl=cred.ttl,
         )
-        not_before = cert.not_valid_before_utc
-        not_after = cert.not_valid_after_utc
-        issued = Issued(
-            not_before=not_before,
-            not_after=not_after,
-            renewal_time=rotation.renewal_time(identity.spec, not_before, not_after, seed),
-            issued_at=now,
-            rotation_count=count,
-            spec_hash=shash,
-            renew_handled=renew_handled,
+        issued = job.issued(
+            cert.not_valid_before_utc,
+            cert.not_valid_after_utc,
             serial=crypto.serial_hex(cert),
             fingerprint=crypto.fingerprint_sha256(cert),
             issuer=signer.ref,
@@ -264,17 +222,8 @@ class CredentialManager:
         await self._store(build_credential_secret(identity, cred, data, issued.annotations()))
         return issued
 
-    async def _issue_static(
-        self,
-        identity: MachineIdentity,
-        cred: Credential,
-        old: Issued | None,
-        now: dt.datetime,
-        count: int,
-        shash: str,
-        seed: str,
-        renew_handled: str,
-    ) -> Issued:
+    async def _issue_static(self, job: _Issuance, old: Issued | None) -> Issued:
+        identity, cred, now = job.identity, job.cred, job.now
         assert cred.generator is not None
         value = crypto.generate_secret(cred.generator.length, cred.generator.charset)
         data = {"current": value.encode()}
@@ -286,15 +235,9 @@ class CredentialManager:
             if current is not None:
                 data["previous"] = current
                 previous_not_after = old.not_after
-        not_after = now + cred.ttl
-        issued = Issued(
-            not_before=now,
-            not_after=not_after,
-            renewal_time=rotation.renewal_time(identity.spec, now, not_after, seed),
-            issued_at=now,
-            rotation_count=count,
-            spec_hash=shash,
-            renew_handled=renew_handled,
+        issued = job.issued(
+            now,
+            now + cred.ttl,
             fingerprint=crypto.secret_fingerprint(value),
             previous_not_after=previous_not_after,
         )
@@ -338,6 +281,30 @@ class CredentialManager:
             self._observe(identity, cred, issued)
         if due or issued is None:
             metrics.rotations.labels(*_labels(identity, cred), "failure").inc()
+
+
+@dataclass(frozen=True)
+class _Issuance:
+    """One issuance of one credential: what every type records the same way."""
+
+    identity: MachineIdentity
+    cred: Credential
+    now: dt.datetime
+    count: int
+    renew_handled: str
+
+    def issued(self, not_before: dt.datetime, not_after: dt.datetime, **ids: Any) -> Issued:
+        seed = f"{self.identity.uid}/{self.cred.name}/{self.count}"
+        return Issued(
+            not_before=not_before,
+            not_after=not_after,
+            renewal_time=rotation.renewal_time(self.identity.spec, not_before, not_after, seed),
+            issued_at=self.now,
+            rotation_count=self.count,
+            spec_hash=rotation.spec_hash(self.cred, self.identity.spec.service_account),
+            renew_handled=self.renew_handled,
+            **ids,
+        )
 
 
 def _labels(identity: MachineIdentity, cred: Credential) -> tuple[str, str, str, str, str]:

@@ -164,38 +164,16 @@ def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime
     old: Mapping[str, Any] = identity.status
     conds: Sequence[Mapping[str, Any]] = old.get("conditions") or []
     gen = identity.generation
-    if outcome.ready:
-        conds = cond.set_condition(
-            conds, cond.READY, cond.TRUE, outcome.reason, outcome.message, gen, now
-        )
-        conds = cond.set_condition(
-            conds, cond.RECONCILING, cond.FALSE, outcome.reason, "nothing pending", gen, now
-        )
-        conds = cond.set_condition(
-            conds, cond.STALLED, cond.FALSE, outcome.reason, "no error", gen, now
-        )
-    else:
-        conds = cond.set_condition(
-            conds, cond.READY, cond.FALSE, outcome.reason, outcome.message, gen, now
-        )
-        conds = cond.set_condition(
-            conds,
-            cond.RECONCILING,
-            cond.FALSE if outcome.stalled or outcome.settled else cond.TRUE,
-            outcome.reason,
-            outcome.message,
-            gen,
-            now,
-        )
-        conds = cond.set_condition(
-            conds,
-            cond.STALLED,
-            cond.TRUE if outcome.stalled else cond.FALSE,
-            outcome.reason,
-            outcome.message if outcome.stalled else "no terminal error",
-            gen,
-            now,
-        )
+    conds = cond.kstatus_conditions(
+        conds,
+        ready=outcome.ready,
+        stalled=outcome.stalled,
+        settled=outcome.settled,
+        reason=outcome.reason,
+        message=outcome.message,
+        generation=gen,
+        now=now,
+    )
     phase = outcome.phase or old.get("phase") or "Pending"
     if outcome.ready and phase == "Pending":
         phase = "Active"
@@ -607,20 +585,14 @@ class IdentityReconciler:
         old = body.get("status") or {}
         now = self.clock()
         gen = int(meta.get("generation") or 0)
-        conds = cond.set_condition(
+        conds = cond.kstatus_conditions(
             old.get("conditions") or [],
-            cond.READY,
-            cond.FALSE,
-            outcome.reason,
-            outcome.message,
-            gen,
-            now,
-        )
-        conds = cond.set_condition(
-            conds, cond.RECONCILING, cond.FALSE, outcome.reason, outcome.message, gen, now
-        )
-        conds = cond.set_condition(
-            conds, cond.STALLED, cond.TRUE, outcome.reason, outcome.message, gen, now
+            ready=False,
+            stalled=True,
+            reason=outcome.reason,
+            message=outcome.message,
+            generation=gen,
+            now=now,
         )
         status = {
             "observedGeneration": gen,

@@ -199,38 +199,15 @@ def compute_status(
     """
     conds: Sequence[Mapping[str, Any]] = old.get("conditions") or []
     gen = generation
-    if outcome.ready:
-        conds = cond.set_condition(
-            conds, cond.READY, cond.TRUE, outcome.reason, outcome.message, gen, now
-        )
-        conds = cond.set_condition(
-            conds, cond.RECONCILING, cond.FALSE, outcome.reason, "nothing pending", gen, now
-        )
-        conds = cond.set_condition(
-            conds, cond.STALLED, cond.FALSE, outcome.reason, "no error", gen, now
-        )
-    else:
-        conds = cond.set_condition(
-            conds, cond.READY, cond.FALSE, outcome.reason, outcome.message, gen, now
-        )
-        conds = cond.set_condition(
-            conds,
-            cond.RECONCILING,
-            cond.FALSE if outcome.stalled else cond.TRUE,
-            outcome.reason,
-            outcome.message,
-            gen,
-            now,
-        )
-        conds = cond.set_condition(
-            conds,
-            cond.STALLED,
-            cond.TRUE if outcome.stalled else cond.FALSE,
-            outcome.reason,
-            outcome.message if outcome.stalled else "no terminal error",
-            gen,
-            now,
-        )
+    conds = cond.kstatus_conditions(
+        conds,
+        ready=outcome.ready,
+        stalled=outcome.stalled,
+        reason=outcome.reason,
+        message=outcome.message,
+        generation=gen,
+        now=now,
+    )
     status: dict[str, Any] = {
         "observedGeneration": gen,
         "conditions": conds,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nhi.k8s.client import Api, ApiError, path_for
+from nhi.k8s.client import Api, ApiError, NotFound, path_for
 from nhi.models import conditions as cond
 from nhi.models.identity import MachineIdentity, SpecError
 from nhi.models.meta import Reason
@@ -98,6 +98,23 @@ class Requester:
         return spec
 
 
+def needs_review(
+    operation: str, new: Mapping[str, Any] | None, old: Mapping[str, Any] | None
+) -> bool:
+    """Whether a request can change what an identity grants.
+
+    Updates that leave ``spec`` alone (finalizers, annotations, labels, the start of a
+    deletion) are never refused: the operator's own metadata writes must always go through,
+    or an identity that breaks a newer policy could never be deleted.
+    """
+    if new is None:
+        return False
+    if operation == "UPDATE":
+        meta = new.get("metadata") or {}
+        return not meta.get("deletionTimestamp") and spec_changed(old, new)
+    return True
+
+
 class AdmissionReviewer:
     def __init__(
         self,
@@ -110,6 +127,36 @@ class AdmissionReviewer:
         self.concurrency = concurrency
         self.max_checks = max_checks
 
+    async def policies(self) -> list[IdentityPolicy]:
+        """The policies as the API server has them now.
+
+        Read live, not from the watch cache: an admission decision must see a policy created
+        a moment ago, and a standby replica (kopf peering) does not keep its caches current.
+        """
+        out = []
+        for body in await self.api.list("IdentityPolicy"):
+            try:
+                out.append(IdentityPolicy.from_body(body))
+            except SpecError as err:
+                log.warning(
+                    "ignoring an invalid IdentityPolicy",
+                    extra={"policy": (body.get("metadata") or {}).get("name"), "error": str(err)},
+                )
+        return out
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str]:
+        # A list with a field selector needs only the list verb the operator holds.
+        page = await self.api.request(
+            "GET",
+            path_for("Namespace"),
+            params={"fieldSelector": f"metadata.name={namespace}"},
+            kind="Namespace",
+            name=namespace,
+        )
+        items = page.get("items") or []
+        labels = ((items[0].get("metadata") or {}).get("labels") or {}) if items else {}
+        return {str(k): str(v) for k, v in labels.items()}
+
     async def review(
         self,
         *,
@@ -121,12 +168,7 @@ class AdmissionReviewer:
         namespace_labels: Mapping[str, str],
     ) -> AdmissionResult:
         result = AdmissionResult()
-        if new is None:
-            return result
-        meta = new.get("metadata") or {}
-        if operation == "UPDATE" and (meta.get("deletionTimestamp") or not spec_changed(old, new)):
-            # Finalizers, annotations, labels: nothing granted changes. The operator's own
-            # metadata writes must never be refused, or deletion could get stuck.
+        if new is None or not needs_review(operation, new, old):
             return result
         try:
             identity = MachineIdentity.from_body(new)
@@ -378,6 +420,8 @@ class PolicyStatusWriter:
                     "IdentityPolicy", None, name, {"status": status}, subresource="status"
                 )
                 patched += 1
+            except NotFound:
+                continue  # deleted since the cache saw it
             except ApiError as err:
                 log.warning(
                     "could not write the IdentityPolicy status",

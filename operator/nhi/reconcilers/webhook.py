@@ -240,17 +240,28 @@ def plan_material(
     if prev is not None and prev.not_valid_after_utc <= now:
         material = ServingMaterial(material.ca_cert, material.ca_key, material.cert, material.key)
         reason = "dropped the expired previous CA"
+    rotated = False
     if _ca_due(material.ca_cert, now) or material.ca_cert.not_valid_after_utc <= now:
         ca_key = generate_key()
         ca = build_self_signed_ca("nhi-operator webhook CA", ca_key, now, ca_ttl)
         material = ServingMaterial(ca, ca_key, material.cert, material.key, material.ca_cert)
         reason = "rotated the CA"
+        rotated = True
     trusted = _signed_by(material.cert, material.ca_cert) or (
         material.previous_ca is not None and _signed_by(material.cert, material.previous_ca)
     )
     leaf_due = (
         not trusted or now >= renewal_time(material.cert) or not covers_hosts(material.cert, hosts)
     )
+    if (
+        leaf_due
+        and rotated
+        and material.cert.not_valid_after_utc > now
+        and covers_hosts(material.cert, hosts)
+    ):
+        # The new CA must reach the caBundle before a certificate signed by it is served:
+        # keep the (still valid) certificate this round, renew it on the next.
+        leaf_due = False
     if leaf_due:
         key = generate_key()
         cert = issue_serving_cert(material.ca_cert, material.ca_key, key, hosts, now, cert_ttl)
@@ -451,6 +462,3 @@ class WebhookCertificates:
             kind="ValidatingWebhookConfiguration",
             name=name,
         )
-
-    async def namespace_exists(self) -> bool:
-        return await self.api.get("Namespace", None, self.namespace) is not None
