@@ -222,11 +222,6 @@ def test_metrics_follow_an_identity_from_creation_through_rotations_to_deletion(
     assert deleted.value >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs CredentialManager.ensure to call metrics.sync_credentials (docs/observability.md,"
-    " 'For contributors'); remove this marker once it does",
-)
 def test_both_rotation_results_exist_from_the_first_issuance(
     operator: OperatorProcess, namespace: str
 ) -> None:
@@ -237,11 +232,6 @@ def test_both_rotation_results_exist_from_the_first_issuance(
     assert rotations(page, namespace, "api") == {"success": 1, "failure": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs CredentialManager.ensure to call metrics.sync_credentials (docs/observability.md,"
-    " 'For contributors'); remove this marker once it does",
-)
 def test_a_credential_removed_from_the_spec_loses_its_series(
     operator: OperatorProcess, namespace: str
 ) -> None:

@@ -547,12 +547,14 @@ def test_ca_rotation_adds_the_new_ca_before_using_it() -> None:
     ca_ttl = dt.timedelta(days=30)
     ttl = dt.timedelta(days=3)
     material, _ = wh.plan_material(None, HOSTS, T0, ttl, ca_ttl)
+    material, _ = wh.plan_material(material, HOSTS, T0 + dt.timedelta(days=19), ttl, ca_ttl)
     when = T0 + dt.timedelta(days=21)  # a third of the CA's lifetime left
     rotated, reason = wh.plan_material(material, HOSTS, when, ttl, ca_ttl)
     assert reason == "rotated the CA"
     assert rotated.previous_ca == material.ca_cert
     # The serving cert is not renewed by the CA change alone (bundle first, signature later)...
     assert rotated.ca_cert != material.ca_cert
+    assert rotated.serial == material.serial
     # ...but the caBundle now holds both CAs.
     assert rotated.ca_bundle(when).count(b"BEGIN CERTIFICATE") == 2
     # The next renewal is signed by the new CA; the old CA leaves once expired.
@@ -610,3 +612,57 @@ def test_webhook_configuration_in_service_mode_and_for_listed_namespaces() -> No
         "svc.nhi.svc",
         "svc.nhi.svc.cluster.local",
     ]
+
+
+def test_needs_review_skips_metadata_only_updates_and_deletions() -> None:
+    from nhi.reconcilers.policy import needs_review
+
+    body = make_body()
+    assert needs_review("CREATE", body, None)
+    assert not needs_review("UPDATE", make_body(labels={"a": "b"}), body)
+    assert needs_review("UPDATE", make_body(purpose="x"), body)
+    deleting = make_body(purpose="x")
+    deleting["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z"
+    assert not needs_review("UPDATE", deleting, body)
+    assert not needs_review("DELETE", None, body)
+
+
+async def test_status_writer_patches_only_what_changed() -> None:
+    from nhi.reconcilers.policy import PolicyStatusWriter
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.patches: list[tuple[str, dict[str, Any]]] = []
+
+        async def patch(self, kind: str, ns: Any, name: str, body: Any, **kw: Any) -> Any:
+            assert (kind, kw.get("subresource")) == ("IdentityPolicy", "status")
+            self.patches.append((name, body))
+            return {}
+
+    api = Recorder()
+    writer = PolicyStatusWriter(api, lambda: T0)  # type: ignore[arg-type]
+    pol = _policy_body(maxTTL={"ServiceAccountToken": "1h"})
+    bodies = [make_body(name="a"), make_body(name="b", credentials=[credential(ttl="2h")])]
+    assert await writer.sync([pol], bodies, lambda ns: {}) == 1
+    [(name, patch)] = api.patches
+    assert name == "baseline"
+    assert (patch["status"]["identitiesCovered"], patch["status"]["identitiesViolating"]) == (2, 1)
+    # The cache now holds the written status: nothing to do.
+    pol["status"] = patch["status"]
+    assert await writer.sync([pol], bodies, lambda ns: {}) == 0
+    # An identity being deleted no longer counts.
+    bodies[1]["metadata"]["deletionTimestamp"] = "2030-01-01T00:00:00Z"
+    assert await writer.sync([pol], bodies, lambda ns: {}) == 1
+    assert api.patches[-1][1]["status"]["identitiesCovered"] == 1
+
+
+def test_ca_rotation_and_a_due_renewal_together_publish_the_ca_first() -> None:
+    ca_ttl = dt.timedelta(days=30)
+    ttl = dt.timedelta(days=30)
+    material, _ = wh.plan_material(None, HOSTS, T0, ttl, ca_ttl)
+    when = T0 + dt.timedelta(days=21)  # the CA and the serving certificate are both due
+    rotated, reason = wh.plan_material(material, HOSTS, when, ttl, ca_ttl)
+    assert reason == "rotated the CA" and rotated.serial == material.serial
+    renewed, reason = wh.plan_material(rotated, HOSTS, when + dt.timedelta(seconds=1), ttl, ca_ttl)
+    assert reason == "renewed the serving certificate"
+    assert renewed.cert.issuer == rotated.ca_cert.subject and renewed.previous_ca is not None

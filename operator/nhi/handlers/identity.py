@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kopf
@@ -15,6 +16,8 @@ from nhi.models.meta import (
     MANAGED_BY,
     MANAGED_BY_KEY,
 )
+
+log = logging.getLogger("nhi.handlers.identity")
 
 GROUP, VERSION = "nhi.dev", "v1alpha1"
 MANAGED: dict[str, Any] = {
@@ -136,4 +139,7 @@ async def identity_deleted(
     rt.capture(kwargs)
     async with rt.lock((namespace or "", name)):
         removed = await rt.identities.cleanup(body)
-    logger.info("removed the identity's objects", extra={"removed": removed})
+    log.info(
+        "removed the identity's objects",
+        extra={"namespace": namespace, "identity": name, "removed": removed},
+    )

@@ -29,6 +29,10 @@ from nhi.reconcilers.issuer import IssuerNotReady, IssuerService, Signer
 
 log = logging.getLogger("nhi.reconcilers.credentials")
 
+#: How soon to try again when an issuer cannot sign (it also re-queues its identities as soon
+#: as it is Ready again, so recovery does not wait for this).
+ISSUER_RETRY = dt.timedelta(seconds=10)
+
 
 @dataclass
 class CredentialResult:
@@ -70,6 +74,11 @@ class CredentialManager:
         """Bring every declared credential up to date. ``secrets``: cached, by Secret name."""
         result = CredentialResult()
         renew_request = identity.annotations.get(RENEW_ANNOTATION) or None
+        metrics.sync_credentials(
+            identity.namespace,
+            identity.name,
+            [_labels(identity, c) for c in identity.spec.credentials],
+        )
         for index, cred in enumerate(identity.spec.credentials):
             stored = secrets.get(cred.secret_name)
             ann = ((stored or {}).get("metadata") or {}).get("annotations") or {}
@@ -91,7 +100,8 @@ class CredentialManager:
                         result.not_ready = (err.reason, msg)
                     if issued is not None:
                         result.statuses.append(_status(cred, issued))
-                        result.due(rotation.next_due(issued, self.clock()))
+                        now = self.clock()
+                        result.due(max(rotation.next_due(issued, now), now + ISSUER_RETRY))
                     self._failed(
                         identity,
                         cred,

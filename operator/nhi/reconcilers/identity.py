@@ -610,6 +610,14 @@ class IdentityReconciler:
             self.view.identity_written(written)
             if not _same_reason(old, outcome):
                 await self.events.warning(body, outcome.reason, outcome.message)
+        spec = body.get("spec") or {}
+        metrics.observe_identity(
+            str(meta.get("namespace", "")),
+            str(meta.get("name", "")),
+            str(spec.get("owner") or ""),
+            str(status["phase"]),
+            {"Ready": False, "Reconciling": False, "Stalled": True},
+        )
 
 
 def _created(identity: MachineIdentity) -> dt.datetime | None:
