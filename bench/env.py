@@ -381,17 +381,34 @@ class Env:
     def operator_log(self, chars: int = 3000) -> str:
         return self.operator.log_tail(chars) if self.operator is not None else ""
 
+    async def identities(self) -> int:
+        return len(await self.api.list("MachineIdentity"))
+
+    async def ensure_operator(self) -> Operator:
+        """The running operator, or a fresh one that has reconciled every identity."""
+        if self.operator is not None and self.operator.alive():
+            return self.operator
+        op = await self.start_operator()
+        await self.wait_quiet(quiet=3.0, limit=900, expect=await self.identities())
+        return op
+
     async def stop_operator(self) -> None:
         if self.operator is not None:
             await self.operator.stop()
             self.operator = None
 
     async def wait_quiet(
-        self, quiet: float = 3.0, limit: float = 300.0, interval: float = 0.5
+        self,
+        quiet: float = 3.0,
+        limit: float = 300.0,
+        interval: float = 0.5,
+        expect: float = 0.0,
     ) -> float:
         """Wait until no write request reached the API server (leases aside) and the
-        operator's reconcile count stood still for ``quiet`` seconds; return when the last
-        activity was seen (monotonic)."""
+        operator's reconcile count stood still for ``quiet`` seconds, and that count reached
+        ``expect`` (a freshly started operator reconciles every identity once: until then
+        it is still starting, however quiet it looks); return when the last activity was
+        seen (monotonic)."""
         start = time.monotonic()
         last_change = start
         prev_w = -1
@@ -404,7 +421,7 @@ class Env:
             if w != prev_w or r != prev_r:
                 last_change = now
                 prev_w, prev_r = w, r
-            if now - last_change >= quiet:
+            if now - last_change >= quiet and r >= expect:
                 return last_change
             if now - start > limit:
                 return last_change

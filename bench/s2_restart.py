@@ -27,8 +27,7 @@ CHUNK = 1000  # identities per namespace
 
 async def ensure_identities(env: Env, m_total: int) -> dict[str, Any]:
     """At least ``m_total`` Ready identities made by the operator; provision what is missing."""
-    await env.start_operator()
-    await env.wait_quiet(quiet=3.0, limit=900)
+    await env.ensure_operator()
     ready, total = await ready_count(env, None)
     missing = max(0, m_total - total)
     info: dict[str, Any] = {"reused": total, "provisioned": missing}
@@ -48,9 +47,10 @@ async def ensure_identities(env: Env, m_total: int) -> dict[str, Any]:
                 await apply_all(env, items, 32)
                 missing -= take
             k += 1
+        want = ready + info["provisioned"]  # revoked identities (scenario 4) stay not Ready
         ready, total = await ready_count(env, None)
         deadline = time.monotonic() + 120 + m_total * 0.5
-        while ready < total and time.monotonic() < deadline:
+        while ready < want and time.monotonic() < deadline:
             await asyncio.sleep(2.0)
             ready, total = await ready_count(env, None)
         secs = time.monotonic() - t0
@@ -64,6 +64,7 @@ async def ensure_identities(env: Env, m_total: int) -> dict[str, Any]:
 async def restart_once(env: Env, quiet: float, cap: float) -> dict[str, Any]:
     await env.stop_operator()
     await asyncio.sleep(1.0)
+    expect = await env.identities()
     before, own0 = await env.request_totals(), env.own()
     op = await env.start_operator()
     t0 = op.started_at
@@ -82,7 +83,7 @@ async def restart_once(env: Env, quiet: float, cap: float) -> dict[str, Any]:
             last_write, prev_w = now, w
         if r != prev_r:
             last_rec, prev_r = now, r
-        if now - max(last_write, last_rec) >= quiet and now - t0 >= quiet:
+        if now - max(last_write, last_rec) >= quiet and r >= expect:
             break
         if now - t0 > cap:
             break
@@ -97,6 +98,7 @@ async def restart_once(env: Env, quiet: float, cap: float) -> dict[str, Any]:
         "steady_seconds": round(max(last_write, last_rec) - t0, 2),
         "writes": writes(reqs),
         "reconciles": r,
+        "identities": expect,
         "rss_mb_end": round(rss_samples[-1], 1),
         "rss_mb_peak": round(max([*rss_samples, hwm]), 1),
         "requests_by_verb_resource": by_verb_resource(reqs),

@@ -20,7 +20,6 @@ from typing import Any
 
 from bench import manifests as m
 from bench.env import ROOT, Env, gather_limited
-from bench.objects import purge_namespace
 from bench.result import Check, Result, percentile
 from nhi.models.meta import CREDENTIAL_LABEL
 
@@ -59,7 +58,7 @@ async def run(env: Env, n: int, interval: float) -> Result:
     res.details["n"] = n
     res.details["interval_seconds"] = interval
     await env.ensure_namespace(NS, {"nhi.dev/bench-scenario": "4"})
-    await env.start_operator()
+    await env.ensure_operator()
     await env.wait_quiet(quiet=3.0, limit=600)
     names = [f"rev-{i:04d}" for i in range(n)]
     revocation = {"onWorkloadDeletion": "Revoke", "gracePeriod": "0s"}
@@ -146,6 +145,4 @@ async def run(env: Env, n: int, interval: float) -> Result:
         )
     if len(failed) < n:
         res.notes.append(f"{n - len(failed)} of {n} tokens still passed review 60 s after.")
-    await env.stop_operator()
-    await purge_namespace(env, NS)
     return res

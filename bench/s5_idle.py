@@ -76,8 +76,7 @@ def audit_counts(path: Path, offset: int) -> tuple[Counter[str], Counter[str]]:
 
 async def run(env: Env, minutes: float) -> Result:
     res = Result("5", f"Idle cost over {minutes:g} min")
-    if env.operator is None or not env.operator.alive():
-        await env.start_operator()
+    await env.ensure_operator()
     await env.wait_quiet(quiet=5.0, limit=900)
     ready, total = await ready_count(env, None)
     res.details["identities_ready"] = ready

@@ -6,6 +6,8 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v lua5.4 >/dev/null || missing+=(lua5.4)
+# Argo CD runs health checks in a Lua 5.1 engine; the tests also check the scripts there.
+command -v lua5.1 >/dev/null || missing+=(lua5.1)
 [ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -113,7 +113,6 @@ def test_status_counts_covered_and_violating_identities(
     wait_status(cluster, policy, 0, 0)
 
 
-@pytest.mark.xfail(strict=False, reason="needs reconcile wiring of evaluate() in decide()")
 def test_deny_policy_stalls_an_identity_at_reconcile_time(
     operator: OperatorProcess, namespace: str, policy: str
 ) -> None:
@@ -136,7 +135,6 @@ def test_deny_policy_stalls_an_identity_at_reconcile_time(
     wait_condition(cluster, namespace, "app", "Ready", "True")
 
 
-@pytest.mark.xfail(strict=False, reason="needs reconcile wiring of evaluate() in decide()")
 def test_warn_policy_keeps_an_identity_ready_with_a_warning_event(
     operator: OperatorProcess, namespace: str, policy: str
 ) -> None:

@@ -401,7 +401,6 @@ def test_restart_reuses_the_certificate_and_an_outage_admits(
     assert _bundle(webhook) == bundle, "a restart changed the caBundle"
 
 
-@pytest.mark.xfail(strict=False, reason="needs reconcile wiring of evaluate() in decide()")
 def test_identity_admitted_while_the_webhook_is_down_is_stalled(
     webhook: Webhook, ns: str, policies: list[str], tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ CLUSTER_SCOPED = {
     "identitypolicies",
     "clusteridentityissuers",
     "clusteridentityissuers/status",
+    "identitypolicies/status",
     "tokenreviews",
     "subjectaccessreviews",
     "validatingwebhookconfigurations",
@@ -313,7 +314,7 @@ def test_kustomize_base_deployment_meets_the_restricted_profile() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 9090}
+    assert ports == {"health": 8080, "metrics": 9090, "webhook": 9443}
     assert {"--peering", "--health-port=8080", "--metrics-port=9090"} <= set(container["args"])
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["NHI_LOG_FORMAT"] == "json"

@@ -126,10 +126,13 @@ clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
 {{- end }}
 
 {{- define "nhi-operator.clusterRules" -}}
-# IdentityPolicies: watched.
+# IdentityPolicies: watched, read live by the admission webhook; their status is written.
 - apiGroups: ["nhi.dev"]
   resources: ["identitypolicies"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["nhi.dev"]
+  resources: ["identitypolicies/status"]
+  verbs: ["patch"]
 # Cluster-wide issuers: watched; patched for kopf's finalizer (their CA Secret and CRL are
 # removed on deletion) and progress annotations, and their status.
 - apiGroups: ["nhi.dev"]
@@ -141,7 +144,7 @@ clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
 # Namespace labels, for the namespaceSelector of IdentityPolicies.
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 # The identities' ClusterRoles and ClusterRoleBindings: watched (drift).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["clusterroles", "clusterrolebindings"]
@@ -159,10 +162,11 @@ clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
 - apiGroups: ["authorization.k8s.io"]
   resources: ["subjectaccessreviews"]
   verbs: ["create"]
-# The IdentityPolicy admission webhook's configuration (CA bundle injection).
+# The IdentityPolicy admission webhook's configuration, written by the operator with its
+# CA bundle (server-side apply creates it the first time).
 - apiGroups: ["admissionregistration.k8s.io"]
   resources: ["validatingwebhookconfigurations"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # kopf discovers and follows the CRDs of the resources it serves.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]

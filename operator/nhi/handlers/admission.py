@@ -248,7 +248,7 @@ class AdmissionServer:
             )
             await site.start()
             log.info(
-                "serving the admission webhook",
+                "started the admission webhook",
                 extra={
                     "address": f"{self.address}:{self.settings.webhook_port}",
                     "hosts": self.hosts,

@@ -32,6 +32,7 @@ from nhi.models.meta import (
 )
 from nhi.models.policy import IdentityPolicy
 from nhi.models.workload import Workload
+from nhi.policies import identity_policy as ip
 from nhi.policies.cluster import check_cluster_permissions
 from nhi.policies.revocation import (
     EXPIRED,
@@ -94,6 +95,8 @@ class Plan:
     apply: tuple[dict[str, Any], ...] = ()
     delete: tuple[ChildKey, ...] = ()
     blocked: tuple[str, str] | None = None
+    #: Violations of Warn-enforcement policies: applied, but reported.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -144,6 +147,10 @@ def decide(observed: Observed) -> Plan:
     verdict = check_cluster_permissions(identity.spec, observed.policies, observed.namespace_labels)
     if not verdict.allowed:
         return Plan(blocked=(verdict.reason, verdict.message))
+    violations = ip.evaluate(identity, observed.policies, observed.namespace_labels)
+    denied = ip.denials(violations)
+    if denied:
+        return Plan(blocked=(Reason.POLICY_VIOLATION, ip.summary(denied)))
     desired = desired_access(identity)
     wanted = {child_key(o) for o in desired}
     # Credential Secrets are written by the credential manager; only orphans are removed here.
@@ -152,7 +159,9 @@ def decide(observed: Observed) -> Plan:
     }
     apply = tuple(o for o in desired if differs(o, _as_dict(observed.children.get(child_key(o)))))
     delete = tuple(sorted(k for k in observed.children if k not in wanted))
-    return Plan(apply=apply, delete=delete)
+    return Plan(
+        apply=apply, delete=delete, warnings=tuple(v.message for v in ip.warnings(violations))
+    )
 
 
 def _as_dict(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -503,6 +512,12 @@ class IdentityReconciler:
             f"{n} credential{'s' if n != 1 else ''} are in place"
         )
         reason = Reason.CREDENTIALS_ISSUED if n else Reason.PROVISIONED
+        if plan.warnings:
+            note = "; ".join(plan.warnings)
+            message += f"; policy warnings: {note}"
+            ready = cond.get_condition(identity.status.get("conditions") or [], cond.READY)
+            if ready is None or note not in str(ready.get("message", "")):
+                await self.events.warning(body, Reason.POLICY_VIOLATION, note)
         return Outcome(True, reason, message, changes=changes, credentials=creds)
 
     async def rollout(

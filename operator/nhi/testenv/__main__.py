@@ -100,6 +100,8 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
                     "text",
                     "--all-namespaces",
                     f"--health-port={health_port}",
+                    "--webhook-port=9443",
+                    "--webhook-host=127.0.0.1",
                 ],
                 env=env,
                 start_new_session=True,
