@@ -7,6 +7,7 @@ it instead of starting the local control plane, so the same suite runs in a user
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
@@ -86,7 +86,9 @@ class Cluster:
         return proc
 
     def apply(self, manifest: dict[str, Any] | str) -> None:
-        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        # JSON, not YAML: PyYAML leaves strings such as 1e10 unquoted, which kubectl's YAML 1.2
+        # parser then reads as numbers.
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=text)
 
     def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
