@@ -18,7 +18,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from nhi.testenv.controlplane import REPO_ROOT, ControlPlane, ControlPlaneError, build_binaries
+from nhi.testenv.controlplane import (
+    REPO_ROOT,
+    ControlPlane,
+    ControlPlaneError,
+    build_binaries,
+    free_port,
+)
 
 DEFAULT_KUBECONFIG = REPO_ROOT / ".run" / "kubeconfig"
 
@@ -90,7 +96,8 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
                 "app.kubernetes.io/part-of=nhi-operator",
             )
             env = dict(os.environ, KUBECONFIG=str(kubeconfig))
-            health_port = 8080
+            # Free ports, so a second `make run` or a test run beside it never collides.
+            health_port, metrics_port, webhook_port = free_port(), free_port(), free_port()
             operator = subprocess.Popen(
                 [
                     sys.executable,
@@ -100,7 +107,8 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
                     "text",
                     "--all-namespaces",
                     f"--health-port={health_port}",
-                    "--webhook-port=9443",
+                    f"--metrics-port={metrics_port}",
+                    f"--webhook-port={webhook_port}",
                     "--webhook-host=127.0.0.1",
                 ],
                 env=env,
@@ -115,6 +123,7 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
             samples = REPO_ROOT / "manifests" / "samples"
             cp.kubectl("apply", "--server-side", "-R", "-f", str(samples))
             print(f"samples applied from {samples.relative_to(REPO_ROOT)}/", flush=True)
+            print(f"metrics: http://127.0.0.1:{metrics_port}/metrics", flush=True)
         _banner(cp)
         if not up_only:
             print("operator running (Ctrl-C stops the operator and the control plane)", flush=True)
