@@ -101,6 +101,14 @@ def nhi_policies(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
     return {None: dict(body)}
 
 
+@kopf.index("", "v1", "serviceaccounts", id=runtime.ALL_SERVICE_ACCOUNTS_INDEX)
+def nhi_all_service_accounts(
+    namespace: str | None, name: str, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], dict[str, str]]:
+    """Every ServiceAccount's labels: is a name taken by one the operator does not manage?"""
+    return {(namespace or "", name): dict(labels)}
+
+
 @kopf.index("", "v1", "namespaces", id=runtime.NAMESPACE_INDEX)
 def nhi_namespaces(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: dict(labels)}

@@ -39,6 +39,7 @@ WORKLOAD_INDEXES = tuple(
     for plural in ("deployments", "statefulsets", "daemonsets", "jobs", "cronjobs", "pods")
 )
 IDENTITY_INDEX = "nhi_identities"
+ALL_SERVICE_ACCOUNTS_INDEX = "nhi_all_service_accounts"
 POLICY_INDEX = "nhi_policies"
 NAMESPACE_INDEX = "nhi_namespaces"
 
@@ -70,13 +71,14 @@ class Runtime:
 
     def capture(self, kwargs: Mapping[str, Any]) -> None:
         self.issuers.capture(kwargs)
-        if len(self.indexes) < len(CHILD_INDEXES) + len(WORKLOAD_INDEXES) + 3:
+        if len(self.indexes) < len(CHILD_INDEXES) + len(WORKLOAD_INDEXES) + 4:
             for name in (
                 *CHILD_INDEXES,
                 *WORKLOAD_INDEXES,
                 IDENTITY_INDEX,
                 POLICY_INDEX,
                 NAMESPACE_INDEX,
+                ALL_SERVICE_ACCOUNTS_INDEX,
             ):
                 if name in kwargs:
                     self.indexes[name] = kwargs[name]
@@ -130,6 +132,11 @@ class Runtime:
     def namespace_labels(self, namespace: str) -> Mapping[str, str]:
         values = self._values(NAMESPACE_INDEX, namespace)
         return values[0] if values else {}
+
+    def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """Any ServiceAccount of that name (managed or not), as its labels, from the watch."""
+        values = self._values(ALL_SERVICE_ACCOUNTS_INDEX, (namespace, name))
+        return {"metadata": {"labels": values[0]}} if values else None
 
     def workloads(self, namespace: str) -> list[Workload]:
         out: list[Workload] = []

@@ -76,3 +76,28 @@ class EventRecorder:
 
     async def warning(self, body: Mapping[str, Any], reason: str, message: str) -> None:
         await self.record(body, "Warning", reason, message)
+
+
+class EventBatch:
+    """Events of one reconcile, posted together: one Event per reason, listing each change.
+
+    Provisioning an identity creates several children and issues several credentials; one
+    Event per reason ("created ServiceAccount/a; created Role/b") keeps every change in the
+    audit trail at a fraction of the API requests.
+    """
+
+    def __init__(self, recorder: EventRecorder, body: Mapping[str, Any]) -> None:
+        self.recorder = recorder
+        self.body = body
+        self._items: dict[tuple[str, str], list[str]] = {}
+
+    def normal(self, reason: str, message: str) -> None:
+        self._items.setdefault(("Normal", reason), []).append(message)
+
+    def warning(self, reason: str, message: str) -> None:
+        self._items.setdefault(("Warning", reason), []).append(message)
+
+    async def flush(self) -> None:
+        items, self._items = self._items, {}
+        for (type_, reason), messages in items.items():
+            await self.recorder.record(self.body, type_, reason, "; ".join(messages))

@@ -19,7 +19,7 @@ from typing import Any
 from nhi import crypto, metrics
 from nhi.builders.secrets import build_credential_secret, token_request
 from nhi.k8s.client import Api
-from nhi.k8s.events import EventRecorder
+from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.meta import RENEW_ANNOTATION
@@ -70,6 +70,7 @@ class CredentialManager:
         identity: MachineIdentity,
         body: Mapping[str, Any],
         secrets: Mapping[str, Mapping[str, Any]],
+        batch: EventBatch | None = None,
     ) -> CredentialResult:
         """Bring every declared credential up to date. ``secrets``: cached, by Secret name."""
         result = CredentialResult()
@@ -136,12 +137,14 @@ class CredentialManager:
             metrics.rotations.labels(*_labels(identity, cred), "success").inc()
             verb = "Issued" if issued is None else "Rotated"
             ident = f"serial {new.serial}" if new.serial else f"fingerprint {new.fingerprint}"
-            await self.events.normal(
-                body,
-                verb,
+            message = (
                 f"{verb.lower()} credential {cred.name} ({cred.type}, {ident}, "
-                f"not after {rfc3339(new.not_after)}, reason {reason})",
+                f"not after {rfc3339(new.not_after)}, reason {reason})"
             )
+            if batch is not None:
+                batch.normal(verb, message)
+            else:
+                await self.events.normal(body, verb, message)
             log.info(
                 "%s credential",
                 verb.lower(),

@@ -16,7 +16,7 @@ from nhi import metrics
 from nhi.builders.rbac import ChildKey, child_key, desired_access, differs
 from nhi.crypto import parse_serial_hex
 from nhi.k8s.client import Api, ApiError
-from nhi.k8s.events import EventRecorder
+from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models import conditions as cond
 from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import MachineIdentity, SpecError
@@ -77,6 +77,8 @@ class ChildView(Protocol):
     def workloads(self, namespace: str) -> list[Workload]: ...
 
     def identity_written(self, obj: Mapping[str, Any]) -> None: ...
+
+    def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
 
 @dataclass(frozen=True)
@@ -249,9 +251,8 @@ class IdentityReconciler:
         sa_key = ChildKey("ServiceAccount", identity.namespace, identity.spec.service_account)
         if sa_key not in children:
             # Not in the cache of managed objects: is there a namesake we must not take over?
-            foreign = await self.api.get(
-                "ServiceAccount", identity.namespace, identity.spec.service_account
-            )
+            # The watch cache of every ServiceAccount answers without a request.
+            foreign = self.view.service_account(identity.namespace, identity.spec.service_account)
         return Observed(
             identity=identity,
             children=children,
@@ -452,73 +453,79 @@ class IdentityReconciler:
         if plan.blocked:
             reason, message = plan.blocked
             return Outcome(False, reason, message, stalled=True)
-        changes: list[str] = []
-        # The spec as last seen converged: a difference now is drift, which is restored.
-        settled = identity.status.get("observedGeneration") == identity.generation and cond.is_true(
-            identity.status.get("conditions") or [], cond.READY
-        )
-        for obj in plan.apply:
-            key = child_key(obj)
-            existed = key in observed.children
-            self.view.written(await self.api.apply(obj))
-            if settled:
-                verb = Reason.RESTORED
-            else:
-                verb = Reason.UPDATED if existed else Reason.CREATED
-            changes.append(f"{verb} {key}")
-            await self.events.normal(body, verb, f"{verb.lower()} {key}")
-            log.info(
-                "%s child",
-                verb.lower(),
-                extra={
-                    "child": str(key),
-                    "namespace": identity.namespace,
-                    "identity": identity.name,
-                },
+        batch = EventBatch(self.events, body)
+        try:
+            changes: list[str] = []
+            # The spec as last seen converged: a difference now is drift, which is restored.
+            settled = identity.status.get(
+                "observedGeneration"
+            ) == identity.generation and cond.is_true(
+                identity.status.get("conditions") or [], cond.READY
             )
-        for key in plan.delete:
-            await self.api.delete(key.kind, key.namespace or None, key.name)
-            self.view.deleted(key)
-            changes.append(f"Deleted {key}")
-            await self.events.normal(body, Reason.DELETED, f"deleted {key}")
-            log.info(
-                "deleted child",
-                extra={
-                    "child": str(key),
-                    "namespace": identity.namespace,
-                    "identity": identity.name,
-                },
+            for obj in plan.apply:
+                key = child_key(obj)
+                existed = key in observed.children
+                self.view.written(await self.api.apply(obj))
+                if settled:
+                    verb = Reason.RESTORED
+                else:
+                    verb = Reason.UPDATED if existed else Reason.CREATED
+                changes.append(f"{verb} {key}")
+                batch.normal(verb, f"{verb.lower()} {key}")
+                log.info(
+                    "%s child",
+                    verb.lower(),
+                    extra={
+                        "child": str(key),
+                        "namespace": identity.namespace,
+                        "identity": identity.name,
+                    },
+                )
+            for key in plan.delete:
+                await self.api.delete(key.kind, key.namespace or None, key.name)
+                self.view.deleted(key)
+                changes.append(f"Deleted {key}")
+                batch.normal(Reason.DELETED, f"deleted {key}")
+                log.info(
+                    "deleted child",
+                    extra={
+                        "child": str(key),
+                        "namespace": identity.namespace,
+                        "identity": identity.name,
+                    },
+                )
+            secrets = {k.name: v for k, v in observed.children.items() if k.kind == "Secret"}
+            creds = await self.credentials.ensure(identity, body, secrets, batch)
+            if creds.rotated and identity.spec.rollout_on_rotation:
+                # Debounce: credentials that rotate within the window cause one rollout.
+                due, names = self.pending_rollouts.get(identity.key, (None, []))
+                self.pending_rollouts[identity.key] = (
+                    due or self.clock() + ROLLOUT_DEBOUNCE,
+                    sorted({*names, *creds.rotated}),
+                )
+            pending = self.pending_rollouts.get(identity.key)
+            if pending is not None and self.clock() >= pending[0]:
+                del self.pending_rollouts[identity.key]
+                if identity.spec.rollout_on_rotation:
+                    await self.rollout(identity, body, pending[1])
+            if creds.not_ready is not None:
+                reason, message = creds.not_ready
+                return Outcome(False, reason, message, changes=changes, credentials=creds)
+            n = len(identity.spec.credentials)
+            message = (
+                f"ServiceAccount {identity.spec.service_account}, its permissions and "
+                f"{n} credential{'s' if n != 1 else ''} are in place"
             )
-        secrets = {k.name: v for k, v in observed.children.items() if k.kind == "Secret"}
-        creds = await self.credentials.ensure(identity, body, secrets)
-        if creds.rotated and identity.spec.rollout_on_rotation:
-            # Debounce: credentials that rotate within the window cause one rollout.
-            due, names = self.pending_rollouts.get(identity.key, (None, []))
-            self.pending_rollouts[identity.key] = (
-                due or self.clock() + ROLLOUT_DEBOUNCE,
-                sorted({*names, *creds.rotated}),
-            )
-        pending = self.pending_rollouts.get(identity.key)
-        if pending is not None and self.clock() >= pending[0]:
-            del self.pending_rollouts[identity.key]
-            if identity.spec.rollout_on_rotation:
-                await self.rollout(identity, body, pending[1])
-        if creds.not_ready is not None:
-            reason, message = creds.not_ready
-            return Outcome(False, reason, message, changes=changes, credentials=creds)
-        n = len(identity.spec.credentials)
-        message = (
-            f"ServiceAccount {identity.spec.service_account}, its permissions and "
-            f"{n} credential{'s' if n != 1 else ''} are in place"
-        )
-        reason = Reason.CREDENTIALS_ISSUED if n else Reason.PROVISIONED
-        if plan.warnings:
-            note = "; ".join(plan.warnings)
-            message += f"; policy warnings: {note}"
-            ready = cond.get_condition(identity.status.get("conditions") or [], cond.READY)
-            if ready is None or note not in str(ready.get("message", "")):
-                await self.events.warning(body, Reason.POLICY_VIOLATION, note)
-        return Outcome(True, reason, message, changes=changes, credentials=creds)
+            reason = Reason.CREDENTIALS_ISSUED if n else Reason.PROVISIONED
+            if plan.warnings:
+                note = "; ".join(plan.warnings)
+                message += f"; policy warnings: {note}"
+                ready = cond.get_condition(identity.status.get("conditions") or [], cond.READY)
+                if ready is None or note not in str(ready.get("message", "")):
+                    await self.events.warning(body, Reason.POLICY_VIOLATION, note)
+            return Outcome(True, reason, message, changes=changes, credentials=creds)
+        finally:
+            await batch.flush()
 
     async def rollout(
         self, identity: MachineIdentity, body: Mapping[str, Any], rotated: Sequence[str]
