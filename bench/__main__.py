@@ -3,8 +3,8 @@
 Starts its own local control plane (nhi.testenv.ControlPlane), applies crds/, runs the
 scenarios and writes RESULTS.md and results.json next to each other. Order: 6 (pure
 cryptography, nothing else running); the floors of 1 and 3 (no operator running); then one
-operator process for the operator side of 1 and 3, and for 4; then 2 (which restarts it) and
-5. 7 (cert-manager probe) runs in the background from the start.
+operator process for the operator side of 1 and 3, for 4 and for 5 (idle); then 2, which
+restarts it. 7 (cert-manager probe) runs in the background from the start.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ from bench import (
     s6_crypto,
     s7_certmanager,
 )
-from bench.env import ROOT, Env, load_average, machine_info
+from bench.env import ROOT, Env, load_average, machine_info, source_tree
 from bench.result import Result
 
 SIZES: dict[str, dict[str, float]] = {
@@ -46,7 +47,7 @@ SIZES: dict[str, dict[str, float]] = {
     "full": {"n1": 500, "m2": 2000, "n3": 500, "n4": 50, "idle": 5.0, "interval4": 0.25},
 }
 ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000}
-ORDER = ["6", "1", "3", "4", "2", "5", "7"]
+ORDER = ["6", "1", "3", "4", "5", "2", "7"]
 CLUSTER = {"1", "2", "3", "4", "5"}
 
 
@@ -145,6 +146,7 @@ async def main_async(args: argparse.Namespace) -> int:
         "argv": " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date": date,
         "machine": machine_info(),
+        "source": source_tree(),
         "load_start": load_start,
         "scale": args.scale,
         "sizes": ", ".join(f"{k}={v:g}" for k, v in sizes.items()),
@@ -171,6 +173,7 @@ async def main_async(args: argparse.Namespace) -> int:
     if "7" in selected:
         probe = asyncio.create_task(s7_certmanager.probe(build=not small))
     results: dict[str, Result] = {}
+    interrupted = False
     own_pids: set[int] = set()
     if "6" in selected:
         results["6"] = await guarded(
@@ -241,14 +244,25 @@ async def main_async(args: argparse.Namespace) -> int:
                 "2": ("Restart", lambda: s2_restart.run(env, m2, runs, small)),
                 "5": ("Idle cost", lambda: s5_idle.run(env, sizes["idle"])),
             }
-            for sid in cluster_ids:
-                title, fn = plan[sid]
-                print(f"[bench] scenario {sid}: {title} ...", flush=True)
-                results[sid] = await guarded(sid, title, fn)
+            try:
+                for sid in cluster_ids:
+                    title, fn = plan[sid]
+                    print(f"[bench] scenario {sid}: {title} ...", flush=True)
+                    results[sid] = await guarded(sid, title, fn)
+            except asyncio.CancelledError:
+                interrupted = True
+                meta["notes"].append("Interrupted: scenarios without a section did not finish.")
         finally:
             await env.close()
             cp.stop()
-    if probe is not None:
+            failed = any(r.status == "error" for r in results.values())
+            if failed or os.environ.get("NHI_KEEP"):
+                print(f"[bench] operator logs kept in {work}", flush=True)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+    if probe is not None and interrupted:
+        probe.cancel()
+    elif probe is not None:
         info = await probe
         results["7"] = s7_certmanager.result(info)
         results["7"].seconds = float(info.get("seconds", 0.0))
@@ -266,12 +280,20 @@ async def main_async(args: argparse.Namespace) -> int:
     analysis = Path(args.analysis) if args.analysis else None
     report.write(ordered, meta, out_md, out_json, analysis)
     print(f"[bench] wrote {out_md} and {out_json}", flush=True)
+    if interrupted:
+        return 130
     return 1 if any(r.status == "error" for r in ordered) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     args.out_path = Path(args.out).resolve()
+    if args.profile:
+        import importlib.util
+
+        if importlib.util.find_spec("pyinstrument") is None:
+            print("--profile needs pyinstrument: pip install pyinstrument", file=sys.stderr)
+            return 2
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
         analysis = Path(args.analysis) if args.analysis else None

@@ -198,6 +198,28 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def source_tree() -> str:
+    """The commit measured, and whether the work tree had changes (read-only git calls)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return f"{head} with uncommitted changes" if dirty else head
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -233,7 +255,7 @@ class Operator:
         self.health_port, self.metrics_port = free_port(), free_port()
         cmd = [sys.executable]
         if self.profile_path is not None:
-            cmd += ["-m", "pyinstrument", "-r", "text", "-o", str(self.profile_path)]
+            cmd += ["-m", "pyinstrument", "-r", "session", "-o", str(self.profile_path)]
         cmd += [
             "-m",
             "nhi.cli.operator",
@@ -367,14 +389,19 @@ class Env:
         self._op_seq += 1
         prof = None
         if profile and self.profile_dir is not None:
-            prof = self.profile_dir / f"{profile}.txt"
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            prof = self.profile_dir / f"{profile}.pyisession"
         op = Operator(
             kubeconfig=Path(self.control_plane.kubeconfig),
             log_path=self.work_dir / f"operator-{self._op_seq}.log",
             args=args,
             profile_path=prof,
         )
-        await op.start()
+        try:
+            await op.start()
+        except BaseException:
+            await op.stop()
+            raise
         self.operator = op
         return op
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.env import LONG_RUNNING_VERBS as LONG_RUNNING
 from bench.result import Result
 
 TITLES = {
@@ -108,6 +109,8 @@ def _section(r: dict[str, Any]) -> list[str]:
         out.append("")
         for i, run in enumerate(d.get("restarts") or []):
             flat = {k: v for k, v in run.items() if not isinstance(v, dict)}
+            if not run.get("steady_reached", True):
+                flat["steady_seconds"] = f"not reached within {run.get('cap_seconds')} s"
             out.append(f"- restart #{i + 1}: " + ", ".join(f"{k}={v}" for k, v in flat.items()))
         out.append("")
         restarts = d.get("restarts") or []
@@ -123,9 +126,16 @@ def _section(r: dict[str, Any]) -> list[str]:
             f"operator RSS: {d.get('operator_rss_mb')} MB."
         )
         out.append("")
-        out.append("Per minute, by verb and resource (apiserver metrics):")
+        per_min = d.get("requests_per_minute_by_verb_resource") or {}
+        counted = {k: v for k, v in per_min.items() if k.split()[0] not in LONG_RUNNING}
+        watches = sum(v for k, v in per_min.items() if k.split()[0] in LONG_RUNNING)
+        out.append("Per minute, by verb and resource (apiserver metrics, watches excluded):")
         out.append("")
-        out += _table(d, "requests_per_minute_by_verb_resource") or ["(none)"]
+        out += _table({"rows": counted}, "rows") or ["(none)"]
+        out.append("")
+        out.append(
+            f"Watch requests that ended in the window (reconnects, not counted): {watches:.1f}/min."
+        )
         out.append("")
         by_client = d.get("audit_non_watch_per_minute_by_client") or {}
         out.append(
@@ -213,6 +223,7 @@ def render(
             if m.get("busy")
             else ""
         ),
+        f"- source tree measured: {m.get('source', 'not recorded')}",
         f"- scale: {m['scale']} ({m['sizes']}), runs per scenario: {m['runs']}",
         "",
         "## Summary",

@@ -61,7 +61,7 @@ async def ensure_identities(env: Env, m_total: int) -> dict[str, Any]:
     return info
 
 
-async def restart_once(env: Env, quiet: float, cap: float) -> dict[str, Any]:
+async def restart_once(env: Env, quiet: float, limit: float) -> dict[str, Any]:
     await env.stop_operator()
     await asyncio.sleep(1.0)
     expect = await env.identities()
@@ -70,6 +70,8 @@ async def restart_once(env: Env, quiet: float, cap: float) -> dict[str, Any]:
     t0 = op.started_at
     healthy = time.monotonic() - t0
     last_write = last_rec = t0
+    first_rec: float | None = None
+    steady = False
     prev_w, prev_r = -1, -1.0
     rss_samples = []
     while True:
@@ -83,9 +85,12 @@ async def restart_once(env: Env, quiet: float, cap: float) -> dict[str, Any]:
             last_write, prev_w = now, w
         if r != prev_r:
             last_rec, prev_r = now, r
+            if first_rec is None and r > 0:
+                first_rec = now
         if now - max(last_write, last_rec) >= quiet and r >= expect:
+            steady = True
             break
-        if now - t0 > cap:
+        if now - t0 > limit:
             break
         await asyncio.sleep(0.5)
     after = await env.request_totals()
@@ -93,6 +98,9 @@ async def restart_once(env: Env, quiet: float, cap: float) -> dict[str, Any]:
     _, hwm = op.rss()
     return {
         "healthy_seconds": round(healthy, 2),
+        "first_reconcile_seconds": round(first_rec - t0, 2) if first_rec else None,
+        "steady_reached": steady,
+        "cap_seconds": limit,
         "last_write_seconds": round(last_write - t0, 2) if prev_w > 0 else 0.0,
         "last_reconcile_seconds": round(last_rec - t0, 2),
         "steady_seconds": round(max(last_write, last_rec) - t0, 2),
@@ -115,7 +123,7 @@ async def run(env: Env, m_total: int, runs: int, small: bool) -> Result:
     restarts = []
     quiet = 8.0 if small else 15.0
     for _ in range(runs):
-        restarts.append(await restart_once(env, quiet=quiet, cap=300.0))
+        restarts.append(await restart_once(env, quiet=quiet, limit=60.0 if small else 150.0))
     fp_after = await fingerprints(env)
     reissued = sorted(k for k, v in fp_before.items() if fp_after.get(k) != v)
     res.details["restarts"] = restarts
@@ -123,16 +131,35 @@ async def run(env: Env, m_total: int, runs: int, small: bool) -> Result:
     res.checks.append(
         Check("credentials re-issued", "", [float(len(reissued))], "0", ok=len(reissued) == 0)
     )
-    steady = [r["steady_seconds"] for r in restarts]
+    # A restart that never settled within the cap counts as the cap (a lower bound).
+    steady = [r["steady_seconds"] if r["steady_reached"] else r["cap_seconds"] for r in restarts]
+    settled = all(r["steady_reached"] for r in restarts)
     res.checks.append(
         Check(
-            "steady state after process start",
+            "steady state after process start" + ("" if settled else " (>= cap: not reached)"),
             "s",
-            steady,
+            [float(s) for s in steady],
             "<= 30 s",
-            ok=sorted(steady)[len(steady) // 2] <= 30.0,
+            ok=sorted(steady)[len(steady) // 2] <= 30.0 and settled,
         )
     )
+    firsts = [r["first_reconcile_seconds"] for r in restarts]
+    res.checks.append(
+        Check(
+            "first reconcile after process start",
+            "s",
+            [
+                float(f) if f is not None else float(r["cap_seconds"])
+                for f, r in zip(firsts, restarts, strict=True)
+            ],
+            "informational",
+        )
+    )
+    if not settled:
+        res.notes.append(
+            "Some restart had not reconciled every identity when the observation window "
+            "ended (cap_seconds): its steady-state time is recorded as the cap, a lower bound."
+        )
     peaks = [r["rss_mb_peak"] for r in restarts]
     res.checks.append(
         Check("operator RSS (peak)", "MB", peaks, "<= 250 MB", ok=max(peaks) <= 250.0)

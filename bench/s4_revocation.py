@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from bench import manifests as m
-from bench.env import ROOT, Env, gather_limited
+from bench.env import RECONCILES, ROOT, Env, gather_limited
 from bench.result import Check, Result, percentile
 from nhi.models.meta import CREDENTIAL_LABEL
 
@@ -36,6 +36,10 @@ def revocation_supported() -> tuple[bool, str]:
     if found:
         return True, f"revocation handled in {', '.join(found)}"
     return False, "no nhi.dev/revoke handling in operator/nhi/reconcilers/*.py"
+
+
+async def _reconciles(env: Env) -> float:
+    return await env.operator.metric(RECONCILES) if env.operator is not None else 0.0
 
 
 async def _workloads_seen(env: Env, n: int) -> int:
@@ -70,13 +74,18 @@ async def run(env: Env, n: int, interval: float) -> Result:
         env.api.apply,
         32,
     )
-    await gather_limited([m.deployment(NS, nm, {"app": nm}, nm) for nm in names], env.api.apply, 32)
+    await env.wait_quiet(quiet=3.0, limit=300)
+    r0 = await _reconciles(env)
+    deployments = [m.deployment(NS, nm, {"app": nm}, nm) for nm in names]
+    await gather_limited(deployments, env.api.apply, 32)
     deadline = time.monotonic() + 120 + n
     while await _workloads_seen(env, n) < n:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{NS}: identities never saw their workloads\n{env.operator_log()}")
         await asyncio.sleep(0.5)
     await env.wait_quiet(quiet=3.0, limit=300)
+    r1 = await _reconciles(env)
+    res.details["reconciles_per_workload_created"] = round((r1 - r0) / n, 1)
 
     async def token_of(nm: str) -> str:
         secret = await env.api.get("Secret", NS, f"{nm}-token")
@@ -118,6 +127,7 @@ async def run(env: Env, n: int, interval: float) -> Result:
                         review_failed[nm] = now
             await asyncio.sleep(0.2)
 
+    r2 = await _reconciles(env)
     task = asyncio.create_task(watcher())
     try:
         for nm in names:
@@ -131,6 +141,13 @@ async def run(env: Env, n: int, interval: float) -> Result:
     finally:
         stop.set()
         await task
+    await env.wait_quiet(quiet=3.0, limit=120)
+    res.details["reconciles_per_workload_deleted"] = round((await _reconciles(env) - r2) / n, 1)
+    res.notes.append(
+        "Every event of a Deployment or a Pod re-queues every identity of its namespace "
+        "(nhi.handlers.runtime.Runtime.requeue_namespace); reconciles_per_workload_* count "
+        "what that costs with all N identities in one namespace."
+    )
     gone = [secret_gone[nm] - deleted[nm] for nm in names if nm in secret_gone]
     failed = [review_failed[nm] - deleted[nm] for nm in names if nm in review_failed]
     res.details["secret_gone"] = len(gone)

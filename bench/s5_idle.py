@@ -77,7 +77,7 @@ def audit_counts(path: Path, offset: int) -> tuple[Counter[str], Counter[str]]:
 async def run(env: Env, minutes: float) -> Result:
     res = Result("5", f"Idle cost over {minutes:g} min")
     await env.ensure_operator()
-    await env.wait_quiet(quiet=5.0, limit=900)
+    await env.wait_quiet(quiet=5.0, limit=900, expect=await env.identities())
     ready, total = await ready_count(env, None)
     res.details["identities_ready"] = ready
     res.details["identities_total"] = total
