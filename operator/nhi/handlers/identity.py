@@ -125,7 +125,9 @@ async def identity_event(
         rt.queue.forget(key)
         rt.locks.pop(key, None)
         rt.identity_overlay.pop(key, None)
+        rt.identity_seen(key, deleted=True)
         return
+    rt.identity_seen(key)
     rt.queue.add(key)
 
 

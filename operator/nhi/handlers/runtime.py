@@ -66,6 +66,8 @@ class Runtime:
         self.identities = IdentityReconciler(api, self, self.events, self.issuers)
         self.queue: WorkQueue[Key] = WorkQueue(self.process, workers=workers)
         self.locks: dict[Key, asyncio.Lock] = {}
+        #: Identity names by namespace, so a workload event does not scan every identity.
+        self.by_namespace: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ caches
 
@@ -144,11 +146,18 @@ class Runtime:
             out.extend(self._values(index, namespace))
         return out
 
+    def identity_seen(self, key: Key, deleted: bool = False) -> None:
+        """Keep the identities of each namespace at hand for workload events."""
+        names = self.by_namespace.setdefault(key[0], set())
+        if deleted:
+            names.discard(key[1])
+        else:
+            names.add(key[1])
+
     def requeue_namespace(self, namespace: str) -> None:
-        """A workload changed: re-check the identities of its namespace."""
-        for key in list(self.indexes.get(IDENTITY_INDEX) or ()):
-            if key[0] == namespace:
-                self.queue.add(key)
+        """A workload changed: re-check the identities of its namespace (and only those)."""
+        for name in list(self.by_namespace.get(namespace, ())):
+            self.queue.add((namespace, name))
 
     def identity_body(self, key: Key) -> dict[str, Any] | None:
         values = self._values(IDENTITY_INDEX, key)
