@@ -8,7 +8,6 @@ kind, and the generated argocd-cm patch, are in tests/unit/test_argocd_health.py
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ import yaml
 
 from tests.argocd import CM_PATCH, run_health
 from tests.conftest import Cluster, OperatorProcess, wait_for
+from tests.integration.test_kstatus import condition, dry_run_apply, settled
 
 pytestmark = pytest.mark.integration
 
@@ -35,43 +35,6 @@ def identity(namespace: str, name: str, permissions: dict[str, Any]) -> dict[str
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"owner": "team-a", "permissions": permissions},
     }
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c["type"] == type_:
-            return dict(c)
-    return None
-
-
-def settled(cluster: Cluster, namespace: str, name: str, type_: str) -> dict[str, Any]:
-    """The identity once the operator has set ``type_``=True for its current generation."""
-
-    def check() -> dict[str, Any] | None:
-        obj = cluster.get("machineidentity", name, namespace)
-        c = condition(obj or {}, type_)
-        if obj and c and c["status"] == "True":
-            if obj["status"].get("observedGeneration") == obj["metadata"]["generation"]:
-                return obj
-        return None
-
-    return wait_for(check, timeout=30, message=f"{namespace}/{name} {type_}=True")
-
-
-def dry_run_apply(cluster: Cluster, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The object as the API server would store it after this apply, without storing it."""
-    out = cluster.kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--dry-run=server",
-        "-o",
-        "json",
-        "-f",
-        "-",
-        input=yaml.safe_dump(manifest),
-    )
-    return dict(json.loads(out.stdout))
 
 
 def test_ready_identity_is_healthy(operator: OperatorProcess, namespace: str) -> None:
