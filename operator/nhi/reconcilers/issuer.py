@@ -479,6 +479,13 @@ class IssuerService:
         where = f" in namespace {namespace}" if namespace else ""
         return f"{kind} {name} does not exist{where}"
 
+    def _require(self, key: IssuerKey) -> tuple[_Known, Issuer]:
+        """The issuer's state and model, or IssuerNotFound (call with the issuer's lock held)."""
+        known = self._known.get(key)
+        if known is None or known.issuer is None:
+            raise IssuerNotReady(IssuerReason.ISSUER_NOT_FOUND, self._not_found(key))
+        return known, known.issuer
+
     async def publish_trust_bundle(self, signer: Signer, namespace: str) -> None:
         """Server-side apply the issuer's trust bundle ConfigMap into ``namespace``.
 
@@ -488,10 +495,7 @@ class IssuerService:
         key = signer.key
         await self._loaded(key)
         async with self._lock(key):
-            known = self._known.get(key)
-            if known is None or known.issuer is None:
-                raise IssuerNotReady(IssuerReason.ISSUER_NOT_FOUND, self._not_found(key))
-            issuer = known.issuer
+            known, issuer = self._require(key)
             bundle = known.signer.bundle_pem if known.signer is not None else signer.bundle_pem
             published = await self._published(known, issuer)
             if published.get(namespace) == bundle:
@@ -526,10 +530,7 @@ class IssuerService:
         key = signer.key
         await self._loaded(key)
         async with self._lock(key):
-            known = self._known.get(key)
-            if known is None or known.issuer is None:
-                raise IssuerNotReady(IssuerReason.ISSUER_NOT_FOUND, self._not_found(key))
-            issuer = known.issuer
+            known, issuer = self._require(key)
             current = known.signer or signer
             new = [RevokedSerial(int(s), at.astimezone(dt.UTC)) for s, at in serials]
             number, count, added = await self._publish_crl(
