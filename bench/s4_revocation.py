@@ -144,9 +144,10 @@ async def run(env: Env, n: int, interval: float) -> Result:
     await env.wait_quiet(quiet=3.0, limit=120)
     res.details["reconciles_per_workload_deleted"] = round((await _reconciles(env) - r2) / n, 1)
     res.notes.append(
-        "Every event of a Deployment or a Pod re-queues every identity of its namespace "
-        "(nhi.handlers.runtime.Runtime.requeue_namespace); reconciles_per_workload_* count "
-        "what that costs with all N identities in one namespace."
+        "A workload's event re-queues only the identities of its namespace whose selector "
+        "matches it (before or after the change) or whose ServiceAccount it runs as "
+        "(nhi.handlers.runtime.Runtime.requeue_for); reconciles_per_workload_* count "
+        "the reconciles per workload with all N identities in one namespace."
     )
     gone = [secret_gone[nm] - deleted[nm] for nm in names if nm in secret_gone]
     failed = [review_failed[nm] - deleted[nm] for nm in names if nm in review_failed]

@@ -14,6 +14,11 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${NHI_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nhi-operator}
 bin="$cache/k8s-v${KUBERNETES_VERSION}-etcd-v${ETCD_VERSION}-helm-v${HELM_VERSION}/bin"
 mkdir -p "$bin"
+# One build at a time: a second caller waits for the first and then reuses its binaries.
+if command -v flock >/dev/null; then
+  exec 9>"$cache/.build.lock"
+  flock 9
+fi
 
 log() { echo "build-controlplane: $*" >&2; }
 

@@ -8,6 +8,8 @@ GROUP = "nhi.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 FINALIZER = "nhi.dev/finalizer"
+#: Held by every MachineIdentity until the operator has removed what it made for it.
+IDENTITY_FINALIZER = "nhi.dev/cleanup"
 FIELD_MANAGER = "nhi-operator"
 
 try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from tests.e2e.test_packaging import session_operator_paused
 
 pytestmark = pytest.mark.e2e
 
-BATCH = 40
+BATCH = 200
 PEERING = "nhi-ha-test"
 
 
@@ -102,17 +103,31 @@ def test_standby_takes_over_mid_batch_without_loss_or_duplicates(
                 timeout=30,
                 message="both replicas in the peering object",
             )
-            cluster.kubectl("apply", "--server-side", "-f", "-", input=identities(namespace))
+            # Applied in the background: the active replica keeps pace with the apply, so the
+            # kill lands while identities are still arriving and the standby has work left.
+            kubectl = [cluster.tool("kubectl"), f"--kubeconfig={cluster.kubeconfig}"]
+            applying = subprocess.Popen(
+                [*kubectl, "apply", "--server-side", "-f", "-"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert applying.stdin is not None
+            applying.stdin.write(identities(namespace))
+            applying.stdin.close()
             wait_for(
-                lambda: len(ready_names(cluster, namespace)) >= BATCH // 4,
+                lambda: len(ready_names(cluster, namespace)) >= 5,
                 timeout=60,
-                message="a quarter of the batch to be Ready",
+                interval=0.05,
+                message="the first identities of the batch to be Ready",
             )
             before = len(ready_names(cluster, namespace))
             killed_at = time.monotonic()
             os.killpg(active.proc.pid, signal.SIGKILL)
             active.proc.wait(timeout=10)
             assert before < BATCH, "the batch finished before the kill; make it larger"
+            assert applying.wait(timeout=120) == 0, applying.stderr and applying.stderr.read()
 
             wait_for(
                 lambda: len(ready_names(cluster, namespace)) == BATCH,

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from nhi.handlers import admission as admission
-from nhi.handlers import identity, issuer, lifecycle, workloads
+from nhi.handlers import identity, issuer, lifecycle
 
-__all__ = ["identity", "issuer", "lifecycle", "workloads"]
+__all__ = ["identity", "issuer", "lifecycle"]

@@ -79,7 +79,7 @@ async def validate_identity(
     old: Mapping[str, Any] | None = kwargs.get("old")
     new: Mapping[str, Any] | None = kwargs.get("new")
     operation: str | None = kwargs.get("operation")
-    runtime.get().capture(kwargs)
+    runtime.get().issuers.capture(kwargs)
     new_body: Mapping[str, Any] | None = dict(new) if new is not None else None
     old_body: Mapping[str, Any] | None = dict(old) if old is not None else None
     if not needs_review(operation or "", new_body, old_body):
@@ -314,13 +314,11 @@ async def _status_loop(interval: float) -> None:
     writer = PolicyStatusWriter(rt.api, utcnow)
     while True:
         await asyncio.sleep(interval)
-        policies = rt.indexes.get(runtime.POLICY_INDEX)
-        if policies is None:
-            continue  # the caches are handed over on the first event; nothing to do before
+        if not rt.synced.is_set():
+            continue  # the watch caches are still listing
         try:
-            policy_bodies = list(policies.get(None, ()))
-            idx = rt.indexes.get(runtime.IDENTITY_INDEX) or {}
-            identity_bodies = [b for key in list(idx) for b in idx.get(key, ())]
+            policy_bodies = rt.policy_bodies()
+            identity_bodies = list(rt.identities_seen.values())
             await writer.sync(policy_bodies, identity_bodies, rt.namespace_labels)
         except Exception as err:
             log.warning("could not update the IdentityPolicy status", extra={"error": str(err)})

@@ -2,8 +2,8 @@
 
 The issuers have their own work queue in :class:`nhi.reconcilers.issuer.IssuerService`
 (``runtime.get().issuers``). A CA Secret an issuer reads is re-checked on its watch event
-when the operator watches Secrets anyway (one shared watch stream per resource in kopf), and
-in any case on a timer: every 10 s while the issuer is not Ready, every minute when it is.
+(the runtime watches every Secret's metadata, never its data), and in any case on a timer:
+every 10 s while the issuer is not Ready, every minute when it is.
 """
 
 from __future__ import annotations
@@ -64,18 +64,6 @@ async def issuer_event(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> 
 @kopf.on.event(GROUP, VERSION, "clusteridentityissuers", id="nhi_clusteridentityissuer_event")
 async def cluster_issuer_event(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
     _service(kwargs).observed(str(event.get("type") or ""), _body(body, CLUSTER_ISSUER_KIND))
-
-
-def _issuer_secret(namespace: str | None, name: str | None, **_: Any) -> bool:
-    """Only the Secrets issuers read (checked client-side, on kopf's shared Secret watch)."""
-    return runtime.get().issuers.watches_secret(namespace, name)
-
-
-@kopf.on.event("", "v1", "secrets", when=_issuer_secret, id="nhi_issuer_secret_event")
-async def issuer_secret_event(
-    namespace: str | None, name: str | None, meta: kopf.Meta, **kwargs: Any
-) -> None:
-    _service(kwargs).secret_changed(namespace, name, str(meta.get("resourceVersion") or ""))
 
 
 @kopf.on.delete(GROUP, VERSION, "clusteridentityissuers", id="nhi_clusteridentityissuer_cleanup")

@@ -32,6 +32,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.mandatory = ours.peering
     settings.peering.standalone = not ours.peering
     rt = runtime.get()
+    rt.start_informers()
     rt.queue.start()
 
 
@@ -39,5 +40,6 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def shutdown(**_: Any) -> None:
     rt = runtime.get()
     await rt.queue.stop()
+    await rt.stop_informers()
     await rt.api.close()
     runtime.set_runtime(None)

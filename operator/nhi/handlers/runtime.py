@@ -1,24 +1,37 @@
 """The operator's shared state: API client, watch caches, work queue, reconcilers.
 
-Created once at start-up. The watch caches are kopf indexes (kopf fills them from the
-initial listing before any handler runs, so a restart sees every child that exists and
-re-creates nothing); the handlers hand them over on their first call.
+Created once at start-up. The watch caches are :class:`nhi.k8s.informer.Informer` s: the
+operator's own children are listed and watched with a server-side label selector, other
+context (workloads, ServiceAccount names, namespaces, policies) as reduced values or metadata
+only. No reconcile runs before every cache has its first listing, so a restart sees every
+child that exists and re-creates nothing. MachineIdentities themselves arrive through kopf
+(which pauses them on a standby replica when peering).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nhi import IDENTITY_FINALIZER
 from nhi.builders.rbac import ChildKey
-from nhi.k8s.cache import WriteOverlay
-from nhi.k8s.client import Api, load_connection
+from nhi.k8s.cache import WriteOverlay, slim
+from nhi.k8s.client import Api, ApiError, Conflict, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
-from nhi.models.meta import IDENTITY_LABEL, IDENTITY_NAMESPACE_LABEL
+from nhi.k8s.informer import Informer, Key, scopes
+from nhi.models.identity import LabelSelector, MachineIdentity, SpecError
+from nhi.models.meta import (
+    CREDENTIAL_LABEL,
+    IDENTITY_LABEL,
+    IDENTITY_NAMESPACE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_KEY,
+)
 from nhi.models.policy import IdentityPolicy
-from nhi.models.workload import Workload
+from nhi.models.workload import WORKLOAD_KINDS, Workload, workload_from_body
 from nhi.reconcilers.identity import IdentityReconciler, utcnow
 from nhi.reconcilers.issuer import IssuerService
 from nhi.reconcilers.workqueue import WorkQueue
@@ -26,35 +39,63 @@ from nhi.settings import current as current_settings
 
 log = logging.getLogger("nhi.runtime")
 
-CHILD_INDEXES = (
-    "nhi_sa",
-    "nhi_roles",
-    "nhi_rolebindings",
-    "nhi_clusterroles",
-    "nhi_clusterrolebindings",
-    "nhi_secrets",
-)
-WORKLOAD_INDEXES = tuple(
-    f"nhi_workloads_{plural}"
-    for plural in ("deployments", "statefulsets", "daemonsets", "jobs", "cronjobs", "pods")
-)
-IDENTITY_INDEX = "nhi_identities"
-ALL_SERVICE_ACCOUNTS_INDEX = "nhi_all_service_accounts"
-POLICY_INDEX = "nhi_policies"
-NAMESPACE_INDEX = "nhi_namespaces"
+CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding"}
+MANAGED_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY},{IDENTITY_LABEL}"
+SECRET_SELECTOR = f"{MANAGED_SELECTOR},{CREDENTIAL_LABEL}"
+#: Retry delay of a failed deletion clean-up.
+CLEANUP_RETRY = 5.0
 
-Key = tuple[str, str]
+
+def _owner(obj: Mapping[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return (
+        str(labels.get(IDENTITY_NAMESPACE_LABEL) or meta.get("namespace") or ""),
+        str(labels.get(IDENTITY_LABEL) or ""),
+    )
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _slim_identity(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity without managedFields (the largest part nobody here reads)."""
+    out = dict(body)
+    meta = dict(out.get("metadata") or {})
+    meta.pop("managedFields", None)
+    out["metadata"] = meta
+    return out
+
+
+class _Matcher:
+    """What makes a workload relevant to an identity: its selector and ServiceAccount."""
+
+    __slots__ = ("selector", "service_account")
+
+    def __init__(self, selector: LabelSelector | None, service_account: str | None) -> None:
+        self.selector = selector
+        self.service_account = service_account
+
+    def wants(self, w: Workload) -> bool:
+        if self.selector is None:  # an invalid spec: re-check on anything
+            return True
+        return w.service_account == self.service_account or w.matched_by(self.selector)
 
 
 class Runtime:
     def __init__(self, api: Api, workers: int = 16) -> None:
         self.api = api
         self.events = EventRecorder(api)
-        self.indexes: dict[str, Mapping[Any, Any]] = {}
         self.overlay = WriteOverlay()
+        #: Identities as delivered by the watch (managedFields dropped), by (namespace, name).
+        self.identities_seen: dict[Key, dict[str, Any]] = {}
         #: Identities as last written by us (status patches), until the watch catches up.
         self.identity_overlay: dict[Key, dict[str, Any]] = {}
         settings = current_settings()
+        self.namespaces = tuple(settings.namespaces)
+        self.operator_namespace = settings.operator_namespace
         self.issuers = IssuerService(
             api,
             self.events,
@@ -68,39 +109,151 @@ class Runtime:
         self.locks: dict[Key, asyncio.Lock] = {}
         #: Identity names by namespace, so a workload event does not scan every identity.
         self.by_namespace: dict[str, set[str]] = {}
+        self._matchers: dict[Key, _Matcher] = {}
+        # Watch caches, filled by the informers.
+        self._children: dict[Key, dict[ChildKey, dict[str, Any]]] = {}
+        self._workloads: dict[str, dict[tuple[str, str], Workload]] = {}
+        self._service_accounts: dict[Key, dict[str, str]] = {}
+        self._namespace_labels: dict[Key, dict[str, str]] = {}
+        self._policies: dict[Key, dict[str, Any]] = {}
+        self.informers: list[Informer] = []
+        self.synced = asyncio.Event()
+        self._sync_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ caches
 
-    def capture(self, kwargs: Mapping[str, Any]) -> None:
-        self.issuers.capture(kwargs)
-        if len(self.indexes) < len(CHILD_INDEXES) + len(WORKLOAD_INDEXES) + 4:
-            for name in (
-                *CHILD_INDEXES,
-                *WORKLOAD_INDEXES,
-                IDENTITY_INDEX,
-                POLICY_INDEX,
-                NAMESPACE_INDEX,
-                ALL_SERVICE_ACCOUNTS_INDEX,
-            ):
-                if name in kwargs:
-                    self.indexes[name] = kwargs[name]
+    def start_informers(self) -> None:
+        """Start every watch cache; :attr:`synced` is set once all have listed."""
+        if self.informers:
+            return
+        where, keep = scopes(self.namespaces)
+        secret_where, secret_keep = scopes(self.namespaces, self.operator_namespace)
 
-    def _values(self, index: str, key: Any) -> list[Any]:
-        idx = self.indexes.get(index)
-        if idx is None:
-            return []
-        try:
-            return list(idx[key])
-        except KeyError:
-            return []
+        def add(kind: str, namespaced: bool = True, **kw: Any) -> None:
+            targets = (kw.pop("where", where), kw.pop("keep", keep)) if namespaced else ([None], ())
+            for ns in targets[0]:
+                self.informers.append(
+                    Informer(self.api, kind, namespace=ns, namespaces=targets[1], **kw)
+                )
+
+        for kind in CHILD_KINDS:
+            add(
+                kind,
+                namespaced=kind not in CLUSTER_KINDS,
+                label_selector=MANAGED_SELECTOR,
+                transform=_slimmer(kind),
+                on_change=self._child_changer(kind),
+            )
+        add(
+            "Secret",
+            label_selector=SECRET_SELECTOR,
+            transform=_slimmer("Secret"),
+            on_change=self._child_changer("Secret"),
+        )
+        # Every Secret's name and resourceVersion (metadata only): the issuers' CA Secrets.
+        add(
+            "Secret",
+            where=secret_where,
+            keep=secret_keep,
+            metadata_only=True,
+            transform=lambda o: str((o.get("metadata") or {}).get("resourceVersion") or "-"),
+            on_change=self._secret_changed,
+        )
+        # Every ServiceAccount's labels (metadata only): is a name taken by a foreign one?
+        add(
+            "ServiceAccount",
+            metadata_only=True,
+            transform=_labels,
+            on_change=_store(self._service_accounts),
+        )
+        for kind in WORKLOAD_KINDS:
+            add(kind, transform=_workload(kind), on_change=self._workload_changed)
+        add(
+            "Namespace",
+            namespaced=False,
+            metadata_only=True,
+            transform=_labels,
+            on_change=_store(self._namespace_labels),
+        )
+        add(
+            "IdentityPolicy",
+            namespaced=False,
+            transform=_slim_identity,
+            on_change=self._policy_changed,
+        )
+        for informer in self.informers:
+            informer.start()
+        self._sync_task = asyncio.create_task(self._wait_synced(), name="nhi-caches-synced")
+
+    async def _wait_synced(self) -> None:
+        started = time.monotonic()
+        await asyncio.gather(*(i.synced.wait() for i in self.informers))
+        self.synced.set()
+        log.info(
+            "watch caches ready",
+            extra={
+                "informers": len(self.informers),
+                "objects": sum(len(i.objects) for i in self.informers),
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )
+
+    async def stop_informers(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+        await asyncio.gather(*(i.stop() for i in self.informers))
+        self.informers = []
+
+    def _child_changer(self, kind: str) -> Any:
+        def changed(key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+            for obj in (old, new):
+                if obj is None:
+                    continue
+                owner = _owner(obj)
+                ckey = ChildKey(kind, key[0], key[1])
+                if obj is old:
+                    bucket = self._children.get(owner)
+                    if bucket is not None:
+                        bucket.pop(ckey, None)
+                        if not bucket:
+                            del self._children[owner]
+                else:
+                    self._children.setdefault(owner, {})[ckey] = obj
+            if len(self.overlay):
+                self.overlay.seen(kind, new or old or {}, deleted=new is None)
+            if self.synced.is_set():
+                for obj in (old, new):
+                    if obj is not None:
+                        self.queue.add(_owner(obj))
+
+        return changed
+
+    def _workload_changed(self, key: Key, old: Workload | None, new: Workload | None) -> None:
+        workloads = self._workloads.setdefault(key[0], {})
+        if new is None and old is not None:
+            workloads.pop((old.kind, old.name), None)
+        if new is not None:
+            workloads[(new.kind, new.name)] = new
+        if self.synced.is_set():
+            self.requeue_for(key[0], [w for w in (old, new) if w is not None])
+
+    def _secret_changed(self, key: Key, old: str | None, new: str | None) -> None:
+        if self.issuers.watches_secret(key[0], key[1]):
+            self.issuers.secret_changed(key[0], key[1], new or "")
+
+    def _policy_changed(self, key: Key, old: Any, new: dict[str, Any] | None) -> None:
+        """A policy changed: every identity may be affected, so re-check them all."""
+        if new is None:
+            self._policies.pop(key, None)
+        else:
+            self._policies[key] = new
+        if self.synced.is_set():
+            for ikey in list(self.identities_seen):
+                self.queue.add(ikey)
 
     def children_of(self, namespace: str, name: str) -> dict[ChildKey, dict[str, Any]]:
         """The identity's children: the watch caches, corrected by our own recent writes."""
-        cached: dict[ChildKey, dict[str, Any]] = {}
-        for index in CHILD_INDEXES:
-            for obj in self._values(index, (namespace, name)):
-                meta = obj["metadata"]
-                cached[ChildKey(obj["kind"], meta.get("namespace", ""), meta["name"])] = obj
+        cached = dict(self._children.get((namespace, name)) or {})
         if not len(self.overlay):
             return cached
         keys = set(cached) | {
@@ -122,9 +275,12 @@ class Runtime:
     def deleted(self, key: ChildKey) -> None:
         self.overlay.deleted(key.kind, key.namespace, key.name)
 
+    def policy_bodies(self) -> list[dict[str, Any]]:
+        return list(self._policies.values())
+
     def policies(self) -> Sequence[IdentityPolicy]:
         out = []
-        for body in self._values(POLICY_INDEX, None):
+        for body in self._policies.values():
             try:
                 out.append(IdentityPolicy.from_body(body))
             except ValueError as err:
@@ -132,36 +288,49 @@ class Runtime:
         return out
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str]:
-        values = self._values(NAMESPACE_INDEX, namespace)
-        return values[0] if values else {}
+        return self._namespace_labels.get(("", namespace)) or {}
 
     def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """Any ServiceAccount of that name (managed or not), as its labels, from the watch."""
-        values = self._values(ALL_SERVICE_ACCOUNTS_INDEX, (namespace, name))
-        return {"metadata": {"labels": values[0]}} if values else None
+        labels = self._service_accounts.get((namespace, name))
+        return {"metadata": {"labels": labels}} if labels is not None else None
 
     def workloads(self, namespace: str) -> list[Workload]:
-        out: list[Workload] = []
-        for index in WORKLOAD_INDEXES:
-            out.extend(self._values(index, namespace))
-        return out
+        return list((self._workloads.get(namespace) or {}).values())
 
-    def identity_seen(self, key: Key, deleted: bool = False) -> None:
-        """Keep the identities of each namespace at hand for workload events."""
+    # ------------------------------------------------------------------ identities
+
+    def identity_observed(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        """The watch delivered an identity: keep it, and what its workloads look like."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         names = self.by_namespace.setdefault(key[0], set())
         if deleted:
             names.discard(key[1])
-        else:
-            names.add(key[1])
+            self.identities_seen.pop(key, None)
+            self._matchers.pop(key, None)
+            self.queue.forget(key)
+            self.locks.pop(key, None)
+            self.identity_overlay.pop(key, None)
+            return
+        names.add(key[1])
+        self.identities_seen[key] = _slim_identity(body)
+        try:
+            spec = MachineIdentity.from_body(body).spec
+            self._matchers[key] = _Matcher(spec.selector, spec.service_account)
+        except SpecError:
+            self._matchers[key] = _Matcher(None, None)
+        self.queue.add(key)
 
-    def requeue_namespace(self, namespace: str) -> None:
-        """A workload changed: re-check the identities of its namespace (and only those)."""
+    def requeue_for(self, namespace: str, workloads: Sequence[Workload]) -> None:
+        """A workload changed: re-check the identities it matches (before or after)."""
         for name in list(self.by_namespace.get(namespace, ())):
-            self.queue.add((namespace, name))
+            matcher = self._matchers.get((namespace, name))
+            if matcher is None or any(matcher.wants(w) for w in workloads):
+                self.queue.add((namespace, name))
 
     def identity_body(self, key: Key) -> dict[str, Any] | None:
-        values = self._values(IDENTITY_INDEX, key)
-        cached = values[0] if values else None
+        cached = self.identities_seen.get(key)
         mine = self.identity_overlay.get(key)
         if mine is None:
             return cached
@@ -173,7 +342,8 @@ class Runtime:
 
     def identity_written(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        self.identity_overlay[(str(meta.get("namespace", "")), str(meta.get("name")))] = dict(obj)
+        key = (str(meta.get("namespace", "")), str(meta.get("name")))
+        self.identity_overlay[key] = _slim_identity(obj)
 
     # ------------------------------------------------------------------ work
 
@@ -184,10 +354,24 @@ class Runtime:
         return lock
 
     async def process(self, key: Key) -> None:
+        if not self.synced.is_set():
+            await self.synced.wait()  # never decide on half-listed caches
         async with self.lock(key):
             body = self.identity_body(key)
-            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            if body is None:
                 return
+            meta = body.get("metadata") or {}
+            if meta.get("deletionTimestamp"):
+                if IDENTITY_FINALIZER in (meta.get("finalizers") or ()):
+                    await self._finalize(key, body)
+                return
+            if IDENTITY_FINALIZER not in (meta.get("finalizers") or ()):
+                # Cluster-scoped children and revocations need a word before the identity
+                # goes: hold its deletion until the clean-up ran.
+                updated = await self._add_finalizer(key, body)
+                if updated is None:
+                    return
+                body = updated
             outcome = await self.identities.reconcile(body)
             if outcome.next_due is not None:
                 delay = (outcome.next_due - utcnow()).total_seconds()
@@ -196,10 +380,70 @@ class Runtime:
                 # Waiting on something outside (an issuer): look again soon.
                 self.queue.add_after(key, 10.0)
 
+    async def _add_finalizer(self, key: Key, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        meta = body.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or ())
+        # JSON patch guarded by the list we saw: a concurrent change makes it fail (409/422).
+        ops: list[dict[str, Any]] = (
+            [
+                {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": IDENTITY_FINALIZER},
+            ]
+            if finalizers
+            else [{"op": "add", "path": "/metadata/finalizers", "value": [IDENTITY_FINALIZER]}]
+        )
+        try:
+            written = await self.api.patch(
+                "MachineIdentity", key[0], key[1], ops, content_type="application/json-patch+json"
+            )
+        except NotFound:
+            return None
+        except ApiError as err:
+            if isinstance(err, Conflict) or err.status == 422:
+                self.queue.add_after(key, 0.2)  # changed meanwhile: look again
+                return None
+            raise
+        self.identity_written(written)
+        return _slim_identity(written)
+
+    async def _finalize(self, key: Key, body: Mapping[str, Any]) -> None:
+        """The identity is being deleted: remove what it made, then let it go."""
+        try:
+            removed = await self.identities.cleanup(body)
+        except ApiError as err:
+            log.warning(
+                "could not remove the identity's objects; retrying",
+                extra={"namespace": key[0], "identity": key[1], "error": str(err)},
+            )
+            self.queue.add_after(key, CLEANUP_RETRY)
+            return
+        meta = body.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or ())
+        index = finalizers.index(IDENTITY_FINALIZER)
+        ops = [
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": IDENTITY_FINALIZER},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+        ]
+        try:
+            await self.api.patch(
+                "MachineIdentity", key[0], key[1], ops, content_type="application/json-patch+json"
+            )
+        except NotFound:
+            pass
+        except ApiError as err:
+            if not (isinstance(err, Conflict) or err.status == 422):
+                raise
+            self.queue.add_after(key, 0.2)  # the list changed meanwhile: look again
+            return
+        log.info(
+            "removed the identity's objects",
+            extra={"namespace": key[0], "identity": key[1], "removed": removed},
+        )
+
     def issuer_changed(self, issuer: tuple[str, str, str]) -> None:
         """Re-queue every identity whose credentials name the issuer."""
         kind, namespace, name = issuer
-        for key in list(self.indexes.get(IDENTITY_INDEX) or ()):
+        for key in list(self.identities_seen):
             body = self.identity_body(key)
             for cred in ((body or {}).get("spec") or {}).get("credentials") or []:
                 ref = cred.get("issuerRef") or {}
@@ -232,3 +476,21 @@ def get() -> Runtime:
 def set_runtime(rt: Runtime | None) -> None:
     global _runtime
     _runtime = rt
+
+
+def _slimmer(kind: str) -> Any:
+    return lambda obj: slim(kind, obj)
+
+
+def _workload(kind: str) -> Any:
+    return lambda obj: workload_from_body(kind, obj)
+
+
+def _store(into: dict[Key, Any]) -> Any:
+    def changed(key: Key, old: Any, new: Any) -> None:
+        if new is None:
+            into.pop(key, None)
+        else:
+            into[key] = new
+
+    return changed

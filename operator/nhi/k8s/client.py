@@ -152,6 +152,9 @@ class Api:
         self._limit = limit
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        #: Watches hold their connection for minutes: they get a pool of their own, so they
+        #: never take a connection from the requests.
+        self._watch_session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -164,10 +167,21 @@ class Api:
             )
         return self._session
 
+    @property
+    def watch_session(self) -> aiohttp.ClientSession:
+        if self._watch_session is None or self._watch_session.closed:
+            self._watch_session = aiohttp.ClientSession(
+                base_url=self.connection.server,
+                headers=dict(self.connection.headers),
+                connector=aiohttp.TCPConnector(ssl=self.connection.ssl_context, limit=0),
+            )
+        return self._watch_session
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
 
     async def __aenter__(self) -> Api:
         return self
@@ -183,12 +197,15 @@ class Api:
         body: Any = None,
         params: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        accept: str | None = None,
         kind: str = "",
         name: str = "",
     ) -> Any:
         url = path + (f"?{urlencode(params)}" if params else "")
         data = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": content_type} if data is not None else None
+        headers = {"Content-Type": content_type} if data is not None else {}
+        if accept:
+            headers["Accept"] = accept
         for attempt in range(5):
             async with self.session.request(method, url, data=data, headers=headers) as resp:
                 text = await resp.text()
@@ -248,6 +265,36 @@ class Api:
             if not cont:
                 return
             params["continue"] = cont
+
+    async def stream(
+        self,
+        path: str,
+        params: Mapping[str, str],
+        *,
+        accept: str | None = None,
+        read_timeout: float = 360.0,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch request, one parsed JSON object per line.
+
+        The connection has no total time limit (the server ends a watch after its
+        ``timeoutSeconds``); a silent connection is given up after ``read_timeout``.
+        """
+        headers = {"Accept": accept} if accept else None
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout, sock_read=read_timeout
+        )
+        url = path + f"?{urlencode(params)}"
+        async with self.watch_session.get(url, headers=headers, timeout=timeout) as resp:
+            if resp.status >= 400:
+                text = await resp.text()
+                parsed: Any = json.loads(text) if text and text[0] == "{" else text
+                raise _error(resp.status, parsed, "", "")
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                *lines, buffer = (buffer + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
 
     async def apply(
         self, obj: Mapping[str, Any], *, subresource: str | None = None, force: bool = True
