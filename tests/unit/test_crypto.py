@@ -20,6 +20,7 @@ from nhi.crypto import (
     Charset,
     CryptoError,
     KeyAlgorithm,
+    PreparedIssuer,
     PrivateKey,
     RevokedSerial,
     build_crl,
@@ -46,6 +47,7 @@ from nhi.crypto import (
     signing_hash,
     spiffe_id,
     spiffe_id_of,
+    validate_spiffe_id,
     verify_chain,
     verify_crl,
 )
@@ -277,6 +279,42 @@ def test_spiffe_id_validation(td: str, ns: str, sa: str, rule: str) -> None:
         spiffe_id(td, ns, sa)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        SPIFFE,
+        "spiffe://td",
+        "spiffe://td/",
+        "spiffe://" + "t" * 255 + "/x",
+        "spiffe://td/.../.a/a.",
+        "spiffe://td/" + "a" * (2048 - len("spiffe://td/")),
+    ],
+)
+def test_validate_spiffe_id_accepts(value: str) -> None:
+    assert validate_spiffe_id(value) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "rule"),
+    [
+        ("spiffe://" + "t" * 256 + "/x", "at most 255 characters"),
+        ("spiffe://td/" + "a" * (2049 - len("spiffe://td/")), "at most 2048 bytes"),
+        ("spiffe://td/a/./b", r"must not be '\.' or '\.\.'"),
+        ("spiffe://td/a/..", r"must not be '\.' or '\.\.'"),
+        ("spiffe://td//a", "non-empty SPIFFE path segment"),
+        ("spiffe://TD/a", "lowercase letters"),
+        ("spiffe://td/a\n", "SPIFFE path segment rule"),
+        ("spiffe://td/caf\u00e9", "SPIFFE path segment rule"),
+        ("spiffe://td/a#b", "query or fragment"),
+        ("SPIFFE://td/a", "must start with 'spiffe://'"),
+        ("", "non-empty string"),
+    ],
+)
+def test_validate_spiffe_id_rejects(value: str, rule: str) -> None:
+    with pytest.raises(CryptoError, match=rule):
+        validate_spiffe_id(value)
+
+
 # ---------------------------------------------------------------------------------------- CA
 
 
@@ -414,23 +452,23 @@ def test_leaf_with_subject_cn_and_dns_only() -> None:
     ]
 
 
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ({"spiffe_id": None, "dns_names": []}, "needs a SPIFFE ID, a DNS name or a subject_cn"),
-        ({"spiffe_id": "https://example.com/x"}, "must start with 'spiffe://'"),
-        ({"spiffe_id": "spiffe://UPPER/ns/a"}, "lowercase letters"),
-        ({"spiffe_id": "spiffe://td/ns/a?x=1"}, "query or fragment"),
-        ({"dns_names": ["bad name"]}, "not a valid DNS name"),
-        ({"dns_names": ["-bad.example"]}, "not a valid DNS name"),
-        ({"dns_names": "single.example"}, "not a single string"),
-        ({"ttl": timedelta(seconds=-1)}, "ttl must be positive"),
-        ({"now": NOW.replace(tzinfo=None)}, "timezone-aware"),
-        ({"now": NOW + CA_TTL + timedelta(seconds=1)}, "expired"),
-        ({"now": NOW - timedelta(days=1)}, "not valid before"),
-        ({"subject_cn": "x" * 65}, "subject_cn must be at most 64"),
-    ],
-)
+BAD_LEAF_INPUTS = [
+    ({"spiffe_id": None, "dns_names": []}, "needs a SPIFFE ID, a DNS name or a subject_cn"),
+    ({"spiffe_id": "https://example.com/x"}, "must start with 'spiffe://'"),
+    ({"spiffe_id": "spiffe://UPPER/ns/a"}, "lowercase letters"),
+    ({"spiffe_id": "spiffe://td/ns/a?x=1"}, "query or fragment"),
+    ({"dns_names": ["bad name"]}, "not a valid DNS name"),
+    ({"dns_names": ["-bad.example"]}, "not a valid DNS name"),
+    ({"dns_names": "single.example"}, "not a single string"),
+    ({"ttl": timedelta(seconds=-1)}, "ttl must be positive"),
+    ({"now": NOW.replace(tzinfo=None)}, "timezone-aware"),
+    ({"now": NOW + CA_TTL + timedelta(seconds=1)}, "expired"),
+    ({"now": NOW - timedelta(days=1)}, "not valid before"),
+    ({"subject_cn": "x" * 65}, "subject_cn must be at most 64"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_LEAF_INPUTS)
 def test_leaf_rejects_bad_input(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(CryptoError, match=message):
         issue(**overrides)
@@ -449,6 +487,134 @@ def test_leaf_rejects_unsupported_public_key() -> None:
     p521 = ec.generate_private_key(ec.SECP521R1()).public_key()
     with pytest.raises(CryptoError, match="unsupported elliptic curve"):
         issue(public_key=p521)
+
+
+# --------------------------------------------------------------------------- prepared issuer
+
+
+@functools.cache
+def prepared(alg: KeyAlgorithm) -> PreparedIssuer:
+    return PreparedIssuer(ca(alg), key(alg), NOW)
+
+
+def issue_prepared(
+    alg: KeyAlgorithm = KeyAlgorithm.ECDSA_P256, /, **overrides: object
+) -> x509.Certificate:
+    kwargs: dict[str, object] = {
+        "public_key": key(alg, 1).public_key(),
+        "spiffe_id": SPIFFE,
+        "dns_names": DNS,
+        "now": NOW,
+        "ttl": LEAF_TTL,
+    }
+    kwargs.update(overrides)
+    return prepared(alg).issue_leaf(**kwargs)  # type: ignore[arg-type]
+
+
+def _profile(cert: x509.Certificate) -> tuple[object, ...]:
+    """Everything of a leaf but its serial and signature."""
+    return (
+        cert.subject,
+        cert.issuer,
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+        cert.public_key(),
+        [(e.oid, e.critical, e.value) for e in cert.extensions],
+        cert.signature_algorithm_oid,
+    )
+
+
+@pytest.mark.parametrize("alg", ALL_ALGS, ids=str)
+def test_prepared_issuer_leaf_matches_issue_leaf(alg: KeyAlgorithm) -> None:
+    cert = issue_prepared(alg)
+    verify_chain(cert, [], ca(alg), NOW)
+    assert _profile(cert) == _profile(leaf(alg))
+    assert cert.serial_number != leaf(alg).serial_number
+    assert prepared(alg).fingerprint == fingerprint_sha256(ca(alg))
+    # The other leaf shapes too: subject CN without SPIFFE ID, and an RSA key in the leaf.
+    for overrides in (
+        {"spiffe_id": None, "subject_cn": "api.payments.svc"},
+        {"public_key": key(KeyAlgorithm.RSA_2048, 1).public_key(), "dns_names": []},
+    ):
+        cert = issue_prepared(alg, **overrides)
+        verify_chain(cert, [], ca(alg), NOW)
+        assert _profile(cert) == _profile(issue(alg, **overrides))
+
+
+def test_prepared_issuer_rejects_wrong_key_without_leak() -> None:
+    p256 = KeyAlgorithm.ECDSA_P256
+    with pytest.raises(CryptoError, match="does not match") as info:
+        PreparedIssuer(ca(p256), key(p256, 1), NOW)
+    _assert_no_leak(info.value, [private_key_pem(key(p256, 1)).decode()])
+    with pytest.raises(CryptoError, match="does not match"):
+        PreparedIssuer(ca(p256), key(KeyAlgorithm.ED25519), NOW)
+
+
+def test_prepared_issuer_rejects_non_ca_and_unsupported_key() -> None:
+    p256 = KeyAlgorithm.ECDSA_P256
+    with pytest.raises(CryptoError, match="is not a CA certificate"):
+        PreparedIssuer(leaf(p256), key(p256, 1), NOW)
+    ed448_key = ed448.Ed448PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed448 root")])
+    ed448_ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ed448_key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - CLOCK_SKEW)
+        .not_valid_after(NOW + CA_TTL)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ed448_key, None)
+    )
+    with pytest.raises(CryptoError, match="unsupported private key type"):
+        PreparedIssuer(ed448_ca, ed448_key, NOW)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("now", "message"),
+    [
+        (NOW + CA_TTL, "expired at"),
+        (NOW - timedelta(days=1), "not valid before"),
+        (NOW.replace(tzinfo=None), "timezone-aware"),
+    ],
+)
+def test_prepared_issuer_rejects_ca_outside_validity(now: datetime, message: str) -> None:
+    p256 = KeyAlgorithm.ECDSA_P256
+    with pytest.raises(CryptoError, match=message):
+        PreparedIssuer(ca(p256), key(p256), now)
+
+
+def test_prepared_issuer_checks_ca_validity_at_each_issuance() -> None:
+    """Prepared while the CA was valid; every issuance checks the CA at its own time."""
+    p256 = KeyAlgorithm.ECDSA_P256
+    late = NOW + CA_TTL - timedelta(hours=1)
+    cert = issue_prepared(now=late, ttl=timedelta(days=30))
+    assert cert.not_valid_after_utc == ca(p256).not_valid_after_utc
+    with pytest.raises(CryptoError, match="expired at"):
+        issue_prepared(now=NOW + CA_TTL)
+    with pytest.raises(CryptoError, match="not valid before"):
+        issue_prepared(now=NOW - timedelta(days=1))
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_LEAF_INPUTS)
+def test_prepared_issuer_rejects_bad_input(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(CryptoError, match=message):
+        issue_prepared(**overrides)
+
+
+def test_prepared_issuer_rejects_unsupported_public_key_and_keeps_key_out_of_repr() -> None:
+    p521 = ec.generate_private_key(ec.SECP521R1()).public_key()
+    with pytest.raises(CryptoError, match="unsupported elliptic curve"):
+        issue_prepared(public_key=p521)
+    with pytest.raises(CryptoError, match="unsupported public key type"):
+        issue_prepared(public_key=ed448.Ed448PrivateKey.generate().public_key())
+    text = repr(prepared(KeyAlgorithm.ED25519))
+    raw = key(KeyAlgorithm.ED25519).private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    assert raw.hex() not in text
+    assert "PrivateKey" not in text
 
 
 # ------------------------------------------------------------------------------ verify_chain

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from nhi.crypto.certs import (
     CLOCK_SKEW,
+    PreparedIssuer,
     build_self_signed_ca,
     cert_pem,
     cert_summary,
@@ -59,6 +60,7 @@ __all__ = [
     "Charset",
     "CryptoError",
     "KeyAlgorithm",
+    "PreparedIssuer",
     "PrivateKey",
     "PublicKey",
     "RevokedSerial",

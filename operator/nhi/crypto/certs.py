@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -18,6 +19,7 @@ from nhi.crypto.errors import CryptoError, require_positive, require_utc
 from nhi.crypto.identifiers import fingerprint_sha256, serial_hex
 from nhi.crypto.keys import (
     PrivateKey,
+    ensure_supported_private_key,
     ensure_supported_public_key,
     key_algorithm_of,
     same_public_key,
@@ -83,6 +85,15 @@ def _key_usage(
     )
 
 
+_EMPTY_NAME = x509.Name([])
+_LEAF_BASIC_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
+_LEAF_KEY_USAGE = _key_usage(digital_signature=True)
+_LEAF_KEY_USAGE_RSA = _key_usage(digital_signature=True, key_encipherment=True)
+_LEAF_EXTENDED_KEY_USAGE = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+)
+
+
 def _aki_from(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     try:
         ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -132,16 +143,21 @@ def _check_issuer(ca_cert: x509.Certificate, ca_key: PrivateKey, now: datetime) 
     ku = _key_usage_of(ca_cert)
     if ku is not None and not ku.key_cert_sign:
         raise CryptoError(f"issuer {_describe(ca_cert)} lacks the keyCertSign key usage")
+    ensure_supported_private_key(ca_key)
     if not same_public_key(ca_key, ca_cert.public_key()):
         raise CryptoError(f"CA private key does not match CA certificate {_describe(ca_cert)}")
-    if now >= ca_cert.not_valid_after_utc:
+    _check_issuer_validity(ca_cert, ca_cert.not_valid_before_utc, ca_cert.not_valid_after_utc, now)
+
+
+def _check_issuer_validity(
+    ca_cert: x509.Certificate, not_before: datetime, not_after: datetime, now: datetime
+) -> None:
+    """``not_before``/``not_after`` are ``ca_cert``'s, passed in so callers can keep them."""
+    if now >= not_after:
+        raise CryptoError(f"CA certificate {_describe(ca_cert)} expired at {rfc3339(not_after)}")
+    if now < not_before:
         raise CryptoError(
-            f"CA certificate {_describe(ca_cert)} expired at {rfc3339(ca_cert.not_valid_after_utc)}"
-        )
-    if now < ca_cert.not_valid_before_utc:
-        raise CryptoError(
-            f"CA certificate {_describe(ca_cert)} is not valid before "
-            f"{rfc3339(ca_cert.not_valid_before_utc)}"
+            f"CA certificate {_describe(ca_cert)} is not valid before {rfc3339(not_before)}"
         )
 
 
@@ -244,6 +260,92 @@ def _validate_dns_names(dns_names: Sequence[str]) -> list[str]:
     return result
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class PreparedIssuer:
+    """A CA certificate and its private key, checked once, ready to sign any number of leaves.
+
+    Building one runs every check of :func:`issue_leaf` that depends on the CA alone
+    (CA:TRUE, keyCertSign when keyUsage is present, a supported key that matches the
+    certificate, validity at ``now``) and computes what every leaf shares: the AKI, the
+    signing hash, the CA's validity window and fingerprint. :meth:`issue_leaf` then checks
+    the leaf's own inputs and the CA's validity at the time of issuance only. Build one when
+    the CA is loaded, not one per certificate.
+    """
+
+    cert: x509.Certificate
+    key: PrivateKey = field(repr=False)
+    now: InitVar[datetime]
+    fingerprint: str = field(init=False)
+    """SHA-256 fingerprint of ``cert`` (:func:`~nhi.crypto.fingerprint_sha256`)."""
+    not_before: datetime = field(init=False, repr=False)
+    not_after: datetime = field(init=False)
+    _aki: x509.AuthorityKeyIdentifier = field(init=False, repr=False)
+    _hash: hashes.SHA256 | hashes.SHA384 | None = field(init=False, repr=False)
+
+    def __post_init__(self, now: datetime) -> None:
+        _check_issuer(self.cert, self.key, require_utc(now))
+        # Frozen: the derived fields are set once, here.
+        derived = {
+            "_hash": signing_hash(self.key),
+            "_aki": _aki_from(self.cert),
+            "fingerprint": fingerprint_sha256(self.cert),
+            "not_before": self.cert.not_valid_before_utc,
+            "not_after": self.cert.not_valid_after_utc,
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
+
+    def issue_leaf(
+        self,
+        *,
+        public_key: CertificatePublicKeyTypes,
+        spiffe_id: str | None,
+        dns_names: Sequence[str],
+        now: datetime,
+        ttl: timedelta,
+        subject_cn: str | None = None,
+    ) -> x509.Certificate:
+        """A leaf certificate signed by this CA, with the profile described in :func:`issue_leaf`.
+
+        Raises :class:`CryptoError` when the CA is not valid at ``now`` or an input is invalid.
+        """
+        now = require_utc(now)
+        require_positive(ttl, "ttl")
+        _check_issuer_validity(self.cert, self.not_before, self.not_after, now)
+        public_key = ensure_supported_public_key(public_key)
+        sans: list[x509.GeneralName] = []
+        if spiffe_id is not None:
+            sans.append(x509.UniformResourceIdentifier(validate_spiffe_id(spiffe_id)))
+        sans.extend(x509.DNSName(n) for n in _validate_dns_names(dns_names))
+        subject = _EMPTY_NAME if subject_cn is None else _common_name(subject_cn, "subject_cn")
+        if not sans and subject_cn is None:
+            raise CryptoError("a leaf certificate needs a SPIFFE ID, a DNS name or a subject_cn")
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(max(now - CLOCK_SKEW, self.not_before))
+            .not_valid_after(min(now + ttl, self.not_after))
+        )
+        if sans:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(sans), critical=subject_cn is None
+            )
+        key_usage = (
+            _LEAF_KEY_USAGE_RSA if isinstance(public_key, rsa.RSAPublicKey) else _LEAF_KEY_USAGE
+        )
+        builder = (
+            builder.add_extension(_LEAF_BASIC_CONSTRAINTS, critical=True)
+            .add_extension(key_usage, critical=True)
+            .add_extension(_LEAF_EXTENDED_KEY_USAGE, critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(self._aki, critical=False)
+        )
+        return builder.sign(private_key=self.key, algorithm=self._hash)
+
+
 def issue_leaf(
     *,
     ca_cert: x509.Certificate,
@@ -264,50 +366,20 @@ def issue_leaf(
       for RSA keys (critical); extendedKeyUsage serverAuth + clientAuth; SKI; AKI from the CA;
     - valid from ``now - 1 minute`` (not before the CA) to ``now + ttl`` capped at the CA's
       notAfter; signed with :func:`signing_hash` of the CA key.
+
+    Checks the CA and its key on every call; to sign many leaves with one CA, build a
+    :class:`PreparedIssuer` once and use its :meth:`~PreparedIssuer.issue_leaf`.
     """
     now = require_utc(now)
     require_positive(ttl, "ttl")
-    _check_issuer(ca_cert, ca_key, now)
-    public_key = ensure_supported_public_key(public_key)
-    sans: list[x509.GeneralName] = []
-    if spiffe_id is not None:
-        sans.append(x509.UniformResourceIdentifier(validate_spiffe_id(spiffe_id)))
-    sans.extend(x509.DNSName(n) for n in _validate_dns_names(dns_names))
-    subject = x509.Name([]) if subject_cn is None else _common_name(subject_cn, "subject_cn")
-    if not sans and subject_cn is None:
-        raise CryptoError("a leaf certificate needs a SPIFFE ID, a DNS name or a subject_cn")
-    not_before, not_after = _validity(ca_cert, now, ttl)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca_cert.subject)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+    return PreparedIssuer(ca_cert, ca_key, now).issue_leaf(
+        public_key=public_key,
+        spiffe_id=spiffe_id,
+        dns_names=dns_names,
+        now=now,
+        ttl=ttl,
+        subject_cn=subject_cn,
     )
-    if sans:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(sans), critical=subject_cn is None
-        )
-    builder = (
-        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            _key_usage(
-                digital_signature=True, key_encipherment=isinstance(public_key, rsa.RSAPublicKey)
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_aki_from(ca_cert), critical=False)
-    )
-    return builder.sign(private_key=ca_key, algorithm=signing_hash(ca_key))
 
 
 # ------------------------------------------------------------------------------ verification

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+_ZERO = timedelta(0)
+
 
 class CryptoError(ValueError):
     """A cryptographic operation failed or an input was invalid.
@@ -30,6 +32,6 @@ def require_positive(value: timedelta, field: str) -> timedelta:
     """Reject a non-positive or non-timedelta duration."""
     if not isinstance(value, timedelta):
         raise CryptoError(f"{field} must be a timedelta")
-    if value <= timedelta(0):
+    if value <= _ZERO:
         raise CryptoError(f"{field} must be positive")
     return value

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from typing import TypeAlias
+import functools
+from typing import TypeAlias, cast
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,6 +42,36 @@ DEFAULT_KEY_ALGORITHM = KeyAlgorithm.ECDSA_P256
 
 _PRIVATE_TYPES = (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey)
 _PUBLIC_TYPES = (ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, rsa.RSAPublicKey)
+
+
+class _Family(enum.Enum):
+    EC = "EC"
+    RSA = "RSA"
+    ED25519 = "Ed25519"
+
+
+_FAMILIES: tuple[tuple[_Family, type, type], ...] = (
+    (_Family.EC, ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey),
+    (_Family.RSA, rsa.RSAPrivateKey, rsa.RSAPublicKey),
+    (_Family.ED25519, ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey),
+)
+
+
+@functools.cache
+def _family_of(cls: type) -> tuple[_Family, bool] | None:
+    """The key family of a class and whether it is a private key; None for other classes.
+
+    The answer depends on the class alone, so it is kept per class: checks against the
+    abstract key classes of ``cryptography`` cost more than the rest of a key check, and
+    keys are checked on every issuance.
+    """
+    for family, private, public in _FAMILIES:
+        if issubclass(cls, private):
+            return family, True
+        if issubclass(cls, public):
+            return family, False
+    return None
+
 
 _RSA_SIZES: dict[int, KeyAlgorithm] = {
     2048: KeyAlgorithm.RSA_2048,
@@ -84,19 +115,23 @@ def key_algorithm_of(key: AnyKey) -> KeyAlgorithm:
 
     Raises :class:`CryptoError` for key types, curves or sizes this operator does not support.
     """
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        found = _EC_CURVES.get(key.curve.name)
-        if found is None:
-            raise CryptoError(f"unsupported elliptic curve {key.curve.name}")
-        return found
-    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-        found = _RSA_SIZES.get(key.key_size)
-        if found is None:
-            raise CryptoError(f"unsupported RSA key size {key.key_size}")
-        return found
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+    kind = _family_of(type(key))
+    if kind is None:
+        raise CryptoError(f"unsupported key type {type(key).__name__}")
+    family = kind[0]
+    if family is _Family.ED25519:
         return KeyAlgorithm.ED25519
-    raise CryptoError(f"unsupported key type {type(key).__name__}")
+    if family is _Family.EC:
+        curve = cast(ec.EllipticCurvePublicKey, key).curve.name
+        found = _EC_CURVES.get(curve)
+        if found is None:
+            raise CryptoError(f"unsupported elliptic curve {curve}")
+        return found
+    size = cast(rsa.RSAPublicKey, key).key_size
+    found = _RSA_SIZES.get(size)
+    if found is None:
+        raise CryptoError(f"unsupported RSA key size {size}")
+    return found
 
 
 def signing_hash(key: AnyKey) -> hashes.SHA256 | hashes.SHA384 | None:
@@ -119,11 +154,13 @@ def ensure_supported_private_key(key: object) -> PrivateKey:
 
 def ensure_supported_public_key(key: AnyKey) -> PublicKey:
     """Narrow ``key`` to :data:`PublicKey` of a supported algorithm or raise CryptoError."""
-    public = key.public_key() if isinstance(key, _PRIVATE_TYPES) else key
-    if isinstance(public, _PUBLIC_TYPES):
-        key_algorithm_of(public)
-        return public
-    raise CryptoError(f"unsupported public key type {type(public).__name__}")
+    kind = _family_of(type(key))
+    public = cast(PrivateKey, key).public_key() if kind is not None and kind[1] else key
+    kind = _family_of(type(public))
+    if kind is None or kind[1]:
+        raise CryptoError(f"unsupported public key type {type(public).__name__}")
+    key_algorithm_of(public)
+    return cast(PublicKey, public)
 
 
 def private_key_pem(key: PrivateKey) -> bytes:

@@ -12,6 +12,11 @@ MAX_SPIFFE_ID_LENGTH = 2048
 
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_WELL_FORMED_ID = re.compile(
+    rf"{SPIFFE_SCHEME}://[a-z0-9._-]{{1,{MAX_TRUST_DOMAIN_LENGTH}}}"
+    r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._-]+)*"
+)
+"""Sufficient for :func:`validate_spiffe_id`: one match accepts the common, valid case."""
 
 
 def validate_trust_domain(trust_domain: str) -> str:
@@ -54,6 +59,12 @@ def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
 
 def validate_spiffe_id(value: str) -> str:
     """Return ``value`` if it is a valid SPIFFE ID (any path), else raise CryptoError."""
+    if (
+        isinstance(value, str)
+        and len(value) <= MAX_SPIFFE_ID_LENGTH  # ASCII when it matches: chars are bytes
+        and _WELL_FORMED_ID.fullmatch(value)
+    ):
+        return value
     if not isinstance(value, str) or not value:
         raise CryptoError("SPIFFE ID must be a non-empty string")
     if len(value.encode("utf-8")) > MAX_SPIFFE_ID_LENGTH:

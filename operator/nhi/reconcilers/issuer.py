@@ -53,6 +53,7 @@ from nhi.builders.issuer import (
 )
 from nhi.crypto import (
     CryptoError,
+    PreparedIssuer,
     PrivateKey,
     RevokedSerial,
     build_crl,
@@ -131,10 +132,17 @@ class Signer:
     name: str
     namespace: str  # the issuer's namespace ('' for ClusterIdentityIssuer)
     trust_domain: str
-    ca_cert: x509.Certificate
-    ca_key: PrivateKey
+    ca: PreparedIssuer  # the CA certificate and key, checked once when loaded; signs leaves
     chain: tuple[x509.Certificate, ...]  # intermediates between ca_cert and the root, if any
     bundle_pem: bytes  # every root a verifier should trust now (old + new during CA rotation)
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        return self.ca.cert
+
+    @property
+    def ca_key(self) -> PrivateKey:
+        return self.ca.key
 
     @property
     def ref(self) -> str:
@@ -665,13 +673,26 @@ class IssuerService:
         if isinstance(loaded, IssuerOutcome):
             return loaded, None
         material, note, due = loaded
+        try:
+            ca = PreparedIssuer(material.cert, material.key, now)
+        except CryptoError as err:
+            return (
+                IssuerOutcome(
+                    False,
+                    IssuerReason.CA_SECRET_INVALID,
+                    f"the CA cannot sign: {err}",
+                    stalled=True,
+                    retry=True,
+                    cert=material.cert,
+                ),
+                None,
+            )
         signer = Signer(
             kind=issuer.kind,
             name=issuer.name,
             namespace=issuer.namespace,
             trust_domain=issuer.trust_domain,
-            ca_cert=material.cert,
-            ca_key=material.key,
+            ca=ca,
             chain=material.chain,
             bundle_pem=chain_pem(material.roots),
         )
