@@ -39,6 +39,8 @@ class Floor:
         )
         self.bundle = crypto.cert_pem(self.ca_cert)
         self.ca_fingerprint = crypto.fingerprint_sha256(self.ca_cert)
+        # The operator's path: the CA is checked once per signer, not per issuance.
+        self.ca = crypto.PreparedIssuer(self.ca_cert, self.ca_key, now())
 
     async def trust_bundle(self, namespace: str) -> None:
         """The trust bundle ConfigMap the operator publishes once per namespace."""
@@ -99,9 +101,7 @@ class Floor:
     ) -> Issued:
         t = now()
         key = crypto.generate_key(cred.key_algorithm)
-        cert = crypto.issue_leaf(
-            ca_cert=self.ca_cert,
-            ca_key=self.ca_key,
+        cert = self.ca.issue_leaf(
             public_key=key.public_key(),
             spiffe_id=crypto.spiffe_id(
                 TRUST_DOMAIN, identity.namespace, identity.spec.service_account

@@ -110,6 +110,10 @@ class Runtime:
         #: Identity names by namespace, so a workload event does not scan every identity.
         self.by_namespace: dict[str, set[str]] = {}
         self._matchers: dict[Key, _Matcher] = {}
+        #: resourceVersion of our last write of an identity whose reconcile saw everything
+        #: that write returned (same generation, labels, annotations): its watch event, and
+        #: older ones, need no reconcile.
+        self._echoes: dict[Key, int] = {}
         # Watch caches, filled by the informers.
         self._children: dict[Key, dict[ChildKey, dict[str, Any]]] = {}
         self._workloads: dict[str, dict[tuple[str, str], Workload]] = {}
@@ -309,12 +313,21 @@ class Runtime:
             names.discard(key[1])
             self.identities_seen.pop(key, None)
             self._matchers.pop(key, None)
+            self._echoes.pop(key, None)
             self.queue.forget(key)
             self.locks.pop(key, None)
             self.identity_overlay.pop(key, None)
             return
         names.add(key[1])
         self.identities_seen[key] = _slim_identity(body)
+        echo = self._echoes.get(key)
+        if echo is not None:
+            if _rv(body) <= echo:
+                # Our own write coming back (or an older state): that reconcile saw it all.
+                if _rv(body) == echo:
+                    del self._echoes[key]
+                return
+            del self._echoes[key]
         try:
             spec = MachineIdentity.from_body(body).spec
             self._matchers[key] = _Matcher(spec.selector, spec.service_account)
@@ -373,6 +386,9 @@ class Runtime:
                     return
                 body = updated
             outcome = await self.identities.reconcile(body)
+            mine = self.identity_overlay.get(key)
+            if mine is not None and _inputs(mine) == _inputs(body):
+                self._echoes[key] = _rv(mine)
             if outcome.next_due is not None:
                 delay = (outcome.next_due - utcnow()).total_seconds()
                 self.queue.add_after(key, max(delay, 0.0) + 0.05)
@@ -476,6 +492,19 @@ def get() -> Runtime:
 def set_runtime(rt: Runtime | None) -> None:
     global _runtime
     _runtime = rt
+
+
+def _inputs(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of an identity a reconcile acts on, besides its status."""
+    meta = body.get("metadata") or {}
+    return (
+        meta.get("uid"),
+        meta.get("generation"),
+        meta.get("labels"),
+        meta.get("annotations"),
+        meta.get("deletionTimestamp"),
+        meta.get("finalizers"),
+    )
 
 
 def _slimmer(kind: str) -> Any:

@@ -1,0 +1,82 @@
+"""How watch events reach the work queue: which identities a change re-checks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from nhi.handlers.runtime import Runtime
+from nhi.k8s.client import Api, Connection
+from nhi.models.workload import Workload
+from tests.unit.factories import NAMESPACE, make_body
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield Runtime(Api(Connection("https://127.0.0.1:1", False, {})))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def queued(rt: Runtime) -> set[tuple[str, str]]:
+    out = set(rt.queue._queued)
+    rt.queue._queued.clear()
+    return out
+
+
+def observed(rt: Runtime, name: str, rv: int, **kw: Any) -> dict[str, Any]:
+    body = make_body(name=name, **kw)
+    body["metadata"]["resourceVersion"] = str(rv)
+    rt.identity_observed(body)
+    return body
+
+
+def workload(**kw: Any) -> Workload:
+    return Workload(kind="Deployment", namespace=NAMESPACE, name="web", **kw)
+
+
+def test_a_workload_re_checks_only_the_identities_it_concerns(rt: Runtime) -> None:
+    observed(rt, "by-selector", 1, workloads={"selector": {"matchLabels": {"app": "web"}}})
+    observed(rt, "by-account", 2, serviceAccount={"name": "web-sa"})
+    observed(rt, "unrelated", 3, workloads={"selector": {"matchLabels": {"app": "db"}}})
+    observed(rt, "invalid", 4, credentials=[{"name": "x", "type": "Nope"}])
+    queued(rt)
+    rt.requeue_for(NAMESPACE, [workload(template_labels={"app": "web"})])
+    assert queued(rt) == {(NAMESPACE, "by-selector"), (NAMESPACE, "invalid")}
+    rt.requeue_for(NAMESPACE, [workload(service_account="web-sa")])
+    assert queued(rt) == {(NAMESPACE, "by-account"), (NAMESPACE, "invalid")}
+    # Another namespace's workload touches none of them.
+    rt.requeue_for("elsewhere", [workload(template_labels={"app": "web"})])
+    assert queued(rt) == set()
+
+
+def test_the_echo_of_our_own_write_is_not_reconciled_again(rt: Runtime) -> None:
+    key = (NAMESPACE, "app")
+    body = observed(rt, "app", 10)
+    assert queued(rt) == {key}
+    # The reconcile wrote the status (rv 12) and saw the same spec and metadata.
+    written = {**body, "metadata": {**body["metadata"], "resourceVersion": "12"}}
+    rt.identity_written(written)
+    rt._echoes[key] = 12
+    observed(rt, "app", 11)  # an older state (e.g. our finalizer patch) arriving late
+    observed(rt, "app", 12)  # our status write
+    assert queued(rt) == set()
+    # Anything after it is someone else's change.
+    observed(rt, "app", 13, annotations={"nhi.dev/revoke": "true"})
+    assert queued(rt) == {key}
+
+
+def test_a_deleted_identity_is_forgotten(rt: Runtime) -> None:
+    body = observed(rt, "app", 5)
+    rt.identity_observed(body, deleted=True)
+    assert rt.identity_body((NAMESPACE, "app")) is None
+    assert rt.by_namespace[NAMESPACE] == set()
