@@ -318,7 +318,7 @@ async def _status_loop(interval: float) -> None:
             continue  # the watch caches are still listing
         try:
             policy_bodies = rt.policy_bodies()
-            identity_bodies = list(rt.identities_seen.values())
+            identity_bodies = rt.identity_bodies()
             await writer.sync(policy_bodies, identity_bodies, rt.namespace_labels)
         except Exception as err:
             log.warning("could not update the IdentityPolicy status", extra={"error": str(err)})

@@ -24,6 +24,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # List MachineIdentities 500 at a time: thousands of them in one response is a memory peak.
+    settings.watching.chunk_size = 500
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     settings.peering.name = ours.peering_name

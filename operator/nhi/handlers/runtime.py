@@ -11,6 +11,7 @@ child that exists and re-creates nothing. MachineIdentities themselves arrive th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,17 @@ def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("labels") or {})
 
 
+# The per-identity caches keep compact JSON text instead of parsed objects: a parsed child or
+# identity takes 3-5 times the memory of its text, and reading one back costs microseconds.
+def _pack(obj: Mapping[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _unpack(text: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(text)
+    return value
+
+
 def _slim_identity(body: Mapping[str, Any]) -> dict[str, Any]:
     """The identity without managedFields (the largest part nobody here reads)."""
     out = dict(body)
@@ -90,7 +102,7 @@ class Runtime:
         self.events = EventRecorder(api)
         self.overlay = WriteOverlay()
         #: Identities as delivered by the watch (managedFields dropped), by (namespace, name).
-        self.identities_seen: dict[Key, dict[str, Any]] = {}
+        self._identities: dict[Key, str] = {}
         #: Identities as last written by us (status patches), until the watch catches up.
         self.identity_overlay: dict[Key, dict[str, Any]] = {}
         settings = current_settings()
@@ -115,9 +127,9 @@ class Runtime:
         #: older ones, need no reconcile.
         self._echoes: dict[Key, int] = {}
         # Watch caches, filled by the informers.
-        self._children: dict[Key, dict[ChildKey, dict[str, Any]]] = {}
+        self._children: dict[Key, dict[ChildKey, str]] = {}
         self._workloads: dict[str, dict[tuple[str, str], Workload]] = {}
-        self._service_accounts: dict[Key, dict[str, str]] = {}
+        self._service_accounts: dict[Key, str] = {}
         self._namespace_labels: dict[Key, dict[str, str]] = {}
         self._policies: dict[Key, dict[str, Any]] = {}
         self.informers: list[Informer] = []
@@ -148,9 +160,11 @@ class Runtime:
                 transform=_slimmer(kind),
                 on_change=self._child_changer(kind),
             )
+        # Credential state lives in the Secrets' annotations: their data is never listed.
         add(
             "Secret",
             label_selector=SECRET_SELECTOR,
+            metadata_only=True,
             transform=_slimmer("Secret"),
             on_change=self._child_changer("Secret"),
         )
@@ -167,7 +181,7 @@ class Runtime:
         add(
             "ServiceAccount",
             metadata_only=True,
-            transform=_labels,
+            transform=lambda o: _pack(_labels(o)),
             on_change=_store(self._service_accounts),
         )
         for kind in WORKLOAD_KINDS:
@@ -209,24 +223,23 @@ class Runtime:
         self.informers = []
 
     def _child_changer(self, kind: str) -> Any:
-        def changed(key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-            for obj in (old, new):
-                if obj is None:
-                    continue
-                owner = _owner(obj)
-                ckey = ChildKey(kind, key[0], key[1])
-                if obj is old:
-                    bucket = self._children.get(owner)
-                    if bucket is not None:
-                        bucket.pop(ckey, None)
-                        if not bucket:
-                            del self._children[owner]
-                else:
-                    self._children.setdefault(owner, {})[ckey] = obj
+        def changed(key: Key, old: str | None, new: str | None) -> None:
+            ckey = ChildKey(kind, key[0], key[1])
+            before = _unpack(old) if old is not None else None
+            after = _unpack(new) if new is not None else None
+            if before is not None:
+                owner = _owner(before)
+                bucket = self._children.get(owner)
+                if bucket is not None:
+                    bucket.pop(ckey, None)
+                    if not bucket:
+                        del self._children[owner]
+            if after is not None and new is not None:
+                self._children.setdefault(_owner(after), {})[ckey] = new
             if len(self.overlay):
-                self.overlay.seen(kind, new or old or {}, deleted=new is None)
+                self.overlay.seen(kind, after or before or {}, deleted=after is None)
             if self.synced.is_set():
-                for obj in (old, new):
+                for obj in (before, after):
                     if obj is not None:
                         self.queue.add(_owner(obj))
 
@@ -252,12 +265,12 @@ class Runtime:
         else:
             self._policies[key] = new
         if self.synced.is_set():
-            for ikey in list(self.identities_seen):
+            for ikey in list(self._identities):
                 self.queue.add(ikey)
 
     def children_of(self, namespace: str, name: str) -> dict[ChildKey, dict[str, Any]]:
         """The identity's children: the watch caches, corrected by our own recent writes."""
-        cached = dict(self._children.get((namespace, name)) or {})
+        cached = {k: _unpack(v) for k, v in (self._children.get((namespace, name)) or {}).items()}
         if not len(self.overlay):
             return cached
         keys = set(cached) | {
@@ -297,7 +310,7 @@ class Runtime:
     def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """Any ServiceAccount of that name (managed or not), as its labels, from the watch."""
         labels = self._service_accounts.get((namespace, name))
-        return {"metadata": {"labels": labels}} if labels is not None else None
+        return {"metadata": {"labels": _unpack(labels)}} if labels is not None else None
 
     def workloads(self, namespace: str) -> list[Workload]:
         return list((self._workloads.get(namespace) or {}).values())
@@ -311,7 +324,7 @@ class Runtime:
         names = self.by_namespace.setdefault(key[0], set())
         if deleted:
             names.discard(key[1])
-            self.identities_seen.pop(key, None)
+            self._identities.pop(key, None)
             self._matchers.pop(key, None)
             self._echoes.pop(key, None)
             self.queue.forget(key)
@@ -319,7 +332,7 @@ class Runtime:
             self.identity_overlay.pop(key, None)
             return
         names.add(key[1])
-        self.identities_seen[key] = _slim_identity(body)
+        self._identities[key] = _pack(_slim_identity(body))
         echo = self._echoes.get(key)
         if echo is not None:
             if _rv(body) <= echo:
@@ -335,6 +348,13 @@ class Runtime:
             self._matchers[key] = _Matcher(None, None)
         self.queue.add(key)
 
+    def identity_keys(self) -> list[Key]:
+        return list(self._identities)
+
+    def identity_bodies(self) -> list[dict[str, Any]]:
+        """Every identity as last seen (parsed anew: the caller may keep or change them)."""
+        return [_unpack(text) for text in list(self._identities.values())]
+
     def requeue_for(self, namespace: str, workloads: Sequence[Workload]) -> None:
         """A workload changed: re-check the identities it matches (before or after)."""
         for name in list(self.by_namespace.get(namespace, ())):
@@ -343,7 +363,8 @@ class Runtime:
                 self.queue.add((namespace, name))
 
     def identity_body(self, key: Key) -> dict[str, Any] | None:
-        cached = self.identities_seen.get(key)
+        text = self._identities.get(key)
+        cached = _unpack(text) if text is not None else None
         mine = self.identity_overlay.get(key)
         if mine is None:
             return cached
@@ -459,7 +480,9 @@ class Runtime:
     def issuer_changed(self, issuer: tuple[str, str, str]) -> None:
         """Re-queue every identity whose credentials name the issuer."""
         kind, namespace, name = issuer
-        for key in list(self.identities_seen):
+        for key, text in list(self._identities.items()):
+            if f'"{name}"' not in text:
+                continue  # cheap: the issuer is not named anywhere in this identity
             body = self.identity_body(key)
             for cred in ((body or {}).get("spec") or {}).get("credentials") or []:
                 ref = cred.get("issuerRef") or {}
@@ -508,7 +531,7 @@ def _inputs(body: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def _slimmer(kind: str) -> Any:
-    return lambda obj: slim(kind, obj)
+    return lambda obj: _pack(slim(kind, obj))
 
 
 def _workload(kind: str) -> Any:
