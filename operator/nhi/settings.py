@@ -19,7 +19,7 @@ class Settings:
         default_factory=lambda: int(os.environ.get("NHI_METRICS_PORT", "9090"))
     )
     health_port: int = field(default_factory=lambda: int(os.environ.get("NHI_HEALTH_PORT", "8080")))
-    workers: int = field(default_factory=lambda: int(os.environ.get("NHI_WORKERS", "16")))
+    workers: int = field(default_factory=lambda: int(os.environ.get("NHI_WORKERS", "32")))
     peering: bool = field(default_factory=lambda: _env_bool("NHI_PEERING", False))
     peering_name: str = field(
         default_factory=lambda: os.environ.get("NHI_PEERING_NAME", "nhi-operator")

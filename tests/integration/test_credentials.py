@@ -81,7 +81,8 @@ def test_token_passes_review_with_its_audience_and_fails_once_its_secret_is_gone
 
     # Status and Events name the fingerprint, never the value.
     assert token not in json.dumps(obj)
-    assert all(token not in e["message"] for e in events(cluster, namespace, "app"))
+    issued = events(cluster, namespace, "app", reasons=["Issued"])
+    assert all(token not in e["message"] for e in issued)
 
     cluster.kubectl("delete", "secret", "app-api", "-n", namespace)
     wait_for(
@@ -124,7 +125,9 @@ def test_rotation_happens_on_time_and_keeps_the_old_token_valid(
     assert review(cluster, second, [AUDIENCE]).get("authenticated") is True
     # Zero downtime: the previous token stays valid until its own expiry.
     assert review(cluster, first, [AUDIENCE]).get("authenticated") is True
-    assert any(e["reason"] == "Rotated" for e in events(cluster, namespace, "app"))
+    assert any(
+        e["reason"] == "Rotated" for e in events(cluster, namespace, "app", reasons=["Rotated"])
+    )
 
 
 def test_static_secret_keeps_previous_through_the_overlap_and_renew_annotation_rotates(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -73,18 +74,33 @@ def can(cluster: Cluster, namespace: str, sa: str, verb: str, resource: str) -> 
     return out.stdout.strip() == "yes"
 
 
-def events(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
-    out = cluster.kubectl(
-        "get",
-        "events",
-        "-n",
-        namespace,
-        "-o",
-        "json",
-        "--field-selector",
-        f"involvedObject.kind=MachineIdentity,involvedObject.name={name}",
+def events(
+    cluster: Cluster, namespace: str, name: str, *, reasons: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """The identity's Events. The operator posts them in the background, right after the
+    changes they report: with ``reasons``, wait until Events with each of them exist."""
+
+    def read() -> list[dict[str, Any]]:
+        out = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "--field-selector",
+            f"involvedObject.kind=MachineIdentity,involvedObject.name={name}",
+        )
+        return list(json.loads(out.stdout)["items"])
+
+    wanted = set(reasons)
+    if not wanted:
+        return read()
+    return wait_for(
+        lambda: (items := read()) and wanted <= {e["reason"] for e in items} and items,
+        timeout=10,
+        message=f"Events with the reasons {sorted(wanted)}",
     )
-    return list(json.loads(out.stdout)["items"])
 
 
 def test_identity_gets_a_service_account_and_exactly_its_permissions(
@@ -110,7 +126,7 @@ def test_identity_gets_a_service_account_and_exactly_its_permissions(
     assert not can(cluster, namespace, "app", "update", "configmaps/app-config")
     assert not can(cluster, namespace, "app", "list", "configmaps")
     assert not can(cluster, namespace, "app", "get", "secrets")
-    reasons = {e["reason"] for e in events(cluster, namespace, "app")}
+    reasons = {e["reason"] for e in events(cluster, namespace, "app", reasons=["Created"])}
     assert "Created" in reasons
 
     # kubectl wait works on the Ready condition.
@@ -309,7 +325,8 @@ def test_foreign_service_account_is_not_taken_over(
     assert "spec.serviceAccount.name" in condition(obj, "Ready")["message"]  # type: ignore[index]
     sa = cluster.get("serviceaccount", "app", namespace)
     assert sa is not None and "labels" not in sa["metadata"]
-    warnings = [e for e in events(cluster, namespace, "app") if e["type"] == "Warning"]
+    found = events(cluster, namespace, "app", reasons=["ServiceAccountConflict"])
+    warnings = [e for e in found if e["type"] == "Warning"]
     assert any(e["reason"] == "ServiceAccountConflict" for e in warnings)
 
     cluster.kubectl("annotate", "machineidentity", "app", "-n", namespace, "nhi.dev/adopt=true")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -43,5 +45,8 @@ async def shutdown(**_: Any) -> None:
     rt = runtime.get()
     await rt.queue.stop()
     await rt.stop_informers()
+    # Events still being posted in the background: give them a moment before the client goes.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(rt.events.drain(), timeout=5)
     await rt.api.close()
     runtime.set_runtime(None)

@@ -97,7 +97,7 @@ class _Matcher:
 
 
 class Runtime:
-    def __init__(self, api: Api, workers: int = 16) -> None:
+    def __init__(self, api: Api, workers: int = 32) -> None:
         self.api = api
         self.events = EventRecorder(api)
         self.overlay = WriteOverlay()

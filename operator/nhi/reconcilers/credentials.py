@@ -9,12 +9,13 @@ except into the Secret: logs, Events and status carry serials and fingerprints o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from nhi import crypto, metrics
 from nhi.builders.secrets import build_credential_secret, token_request
@@ -28,6 +29,8 @@ from nhi.policies.rotation import Issued
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService, Signer
 
 log = logging.getLogger("nhi.reconcilers.credentials")
+
+T = TypeVar("T")
 
 #: How soon to try again when an issuer cannot sign (it also re-queues its identities as soon
 #: as it is Ready again, so recovery does not wait for this).
@@ -72,7 +75,13 @@ class CredentialManager:
         secrets: Mapping[str, Mapping[str, Any]],
         batch: EventBatch | None = None,
     ) -> CredentialResult:
-        """Bring every declared credential up to date. ``secrets``: cached, by Secret name."""
+        """Bring every declared credential up to date. ``secrets``: cached, by Secret name.
+
+        Credentials do not depend on each other: those due are issued at the same time.
+        Results are merged in declaration order. A failure of one does not stop the others;
+        it is raised once all are done, after the others' results have been reported (their
+        Secrets are recorded as each is written).
+        """
         result = CredentialResult()
         renew_request = identity.annotations.get(RENEW_ANNOTATION) or None
         metrics.sync_credentials(
@@ -80,86 +89,158 @@ class CredentialManager:
             identity.name,
             [_labels(identity, c) for c in identity.spec.credentials],
         )
+        # Checking is in memory (an issuer's first use aside); only issuing makes requests.
+        checked: list[_Pass | _Due | Exception] = []
         for index, cred in enumerate(identity.spec.credentials):
             stored = secrets.get(cred.secret_name)
-            ann = ((stored or {}).get("metadata") or {}).get("annotations") or {}
-            issued = Issued.from_annotations(ann) if stored is not None else None
-            signer: Signer | None = None
-            if cred.type == "X509":
-                assert cred.issuer_ref is not None
-                try:
-                    signer = await self.issuers.signer(
-                        cred.issuer_ref.kind, cred.issuer_ref.name, identity.namespace
-                    )
-                    await self.issuers.publish_trust_bundle(signer, identity.namespace)
-                except IssuerNotReady as err:
-                    msg = (
-                        f"spec.credentials[{index}].issuerRef: {cred.issuer_ref.kind}/"
-                        f"{cred.issuer_ref.name} cannot issue: {err.message}"
-                    )
-                    if result.not_ready is None:
-                        result.not_ready = (err.reason, msg)
-                    if issued is not None:
-                        result.statuses.append(_status(cred, issued))
-                        now = self.clock()
-                        result.due(max(rotation.next_due(issued, now), now + ISSUER_RETRY))
-                    self._failed(
-                        identity,
-                        cred,
-                        issued,
-                        due=issued is not None and self.clock() >= issued.renewal_time,
-                    )
-                    continue
-            now = self.clock()
-            reason = rotation.reason_to_issue(
-                cred,
-                issued,
-                current_spec_hash=rotation.spec_hash(cred, identity.spec.service_account),
-                now=now,
-                renew_request=renew_request,
-                ca_fingerprint=crypto.fingerprint_sha256(signer.ca_cert) if signer else None,
-            )
-            if reason is None:
-                assert issued is not None
-                if issued.previous_not_after is not None and issued.previous_not_after <= now:
-                    issued = await self._drop_previous(identity, cred, issued)
-                result.statuses.append(_status(cred, issued))
-                result.due(rotation.next_due(issued, now))
-                self._observe(identity, cred, issued)
+            try:
+                checked.append(await self._check(identity, index, cred, stored, renew_request))
+            except Exception as err:
+                checked.append(err)
+        work = [c for c in checked if isinstance(c, _Due)]
+        done = iter(await settle([self._act(identity, due) for due in work]))
+        failures: list[BaseException] = []
+        for one in checked:
+            outcome = next(done) if isinstance(one, _Due) else one
+            if isinstance(outcome, BaseException):
+                failures.append(outcome)
                 continue
-            new = await self._issue(
-                identity, cred, issued, stored, signer, now, reason, renew_request or ""
+            if outcome.not_ready is not None and result.not_ready is None:
+                result.not_ready = outcome.not_ready
+            if outcome.status is not None:
+                result.statuses.append(outcome.status)
+            if outcome.due is not None:
+                result.due(outcome.due)
+            if outcome.issued is not None:
+                names = result.rotated if outcome.issued == "Rotated" else result.issued
+                names.append(outcome.name)
+                if batch is not None:
+                    batch.normal(outcome.issued, outcome.message)
+                else:
+                    self.events.post(body, "Normal", outcome.issued, outcome.message)
+        if failures:
+            for other in failures[1:]:
+                log.warning(
+                    "could not issue a credential",
+                    extra={
+                        "namespace": identity.namespace,
+                        "identity": identity.name,
+                        "error": str(other),
+                    },
+                )
+            raise failures[0]
+        return result
+
+    def anchors(
+        self, identity: MachineIdentity, secrets: Mapping[str, Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The Secrets, without a value, of tokens not issued yet.
+
+        A token is bound to the Secret that holds it, so that Secret must exist (have a uid)
+        before the token is requested. Written by the caller together with the identity's
+        other objects, they spare the token's issuance one request in a row.
+        """
+        return [
+            build_credential_secret(identity, cred, None, {})
+            for cred in identity.spec.credentials
+            if cred.type == "ServiceAccountToken"
+            and not ((secrets.get(cred.secret_name) or {}).get("metadata") or {}).get("uid")
+        ]
+
+    async def _check(
+        self,
+        identity: MachineIdentity,
+        index: int,
+        cred: Credential,
+        stored: Mapping[str, Any] | None,
+        renew_request: str | None,
+    ) -> _Pass | _Due:
+        """What one credential needs: nothing (its status), or issuing / tidying (``_Due``)."""
+        ann = ((stored or {}).get("metadata") or {}).get("annotations") or {}
+        issued = Issued.from_annotations(ann) if stored is not None else None
+        signer: Signer | None = None
+        if cred.type == "X509":
+            assert cred.issuer_ref is not None
+            try:
+                signer = await self.issuers.signer(
+                    cred.issuer_ref.kind, cred.issuer_ref.name, identity.namespace
+                )
+                await self.issuers.publish_trust_bundle(signer, identity.namespace)
+            except IssuerNotReady as err:
+                msg = (
+                    f"spec.credentials[{index}].issuerRef: {cred.issuer_ref.kind}/"
+                    f"{cred.issuer_ref.name} cannot issue: {err.message}"
+                )
+                failed = _Pass(cred.name, not_ready=(err.reason, msg))
+                if issued is not None:
+                    failed.status = _status(cred, issued)
+                    now = self.clock()
+                    failed.due = max(rotation.next_due(issued, now), now + ISSUER_RETRY)
+                self._failed(
+                    identity,
+                    cred,
+                    issued,
+                    due=issued is not None and self.clock() >= issued.renewal_time,
+                )
+                return failed
+        now = self.clock()
+        reason = rotation.reason_to_issue(
+            cred,
+            issued,
+            current_spec_hash=rotation.spec_hash(cred, identity.spec.service_account),
+            now=now,
+            renew_request=renew_request,
+            ca_fingerprint=signer.ca.fingerprint if signer else None,
+        )
+        if reason is None:
+            assert issued is not None
+            if issued.previous_not_after is not None and issued.previous_not_after <= now:
+                return _Due(cred, issued, stored, signer, now, None, renew_request or "")
+            self._observe(identity, cred, issued)
+            return _Pass(
+                cred.name, status=_status(cred, issued), due=rotation.next_due(issued, now)
             )
-            (result.rotated if issued is not None else result.issued).append(cred.name)
-            result.statuses.append(_status(cred, new))
-            result.due(rotation.next_due(new, now))
-            self._observe(identity, cred, new)
-            metrics.rotations.labels(*_labels(identity, cred), "success").inc()
-            verb = "Issued" if issued is None else "Rotated"
-            ident = f"serial {new.serial}" if new.serial else f"fingerprint {new.fingerprint}"
-            message = (
+        return _Due(cred, issued, stored, signer, now, reason, renew_request or "")
+
+    async def _act(self, identity: MachineIdentity, due: _Due) -> _Pass:
+        """Issue a credential (or drop a StaticSecret's expired ``previous``)."""
+        cred, issued, now, reason = due.cred, due.issued, due.now, due.reason
+        if reason is None:
+            assert issued is not None
+            kept = await self._drop_previous(identity, cred, issued)
+            self._observe(identity, cred, kept)
+            return _Pass(cred.name, status=_status(cred, kept), due=rotation.next_due(kept, now))
+        new = await self._issue(
+            identity, cred, issued, due.stored, due.signer, now, reason, due.renew_handled
+        )
+        self._observe(identity, cred, new)
+        metrics.rotations.labels(*_labels(identity, cred), "success").inc()
+        verb = "Issued" if issued is None else "Rotated"
+        ident = f"serial {new.serial}" if new.serial else f"fingerprint {new.fingerprint}"
+        log.info(
+            "%s credential",
+            verb.lower(),
+            extra={
+                "namespace": identity.namespace,
+                "identity": identity.name,
+                "credential": cred.name,
+                "type": cred.type,
+                "reason": reason,
+                "serial": new.serial,
+                "fingerprint": new.fingerprint,
+                "not_after": rfc3339(new.not_after),
+            },
+        )
+        return _Pass(
+            cred.name,
+            status=_status(cred, new),
+            due=rotation.next_due(new, now),
+            issued=verb,
+            message=(
                 f"{verb.lower()} credential {cred.name} ({cred.type}, {ident}, "
                 f"not after {rfc3339(new.not_after)}, reason {reason})"
-            )
-            if batch is not None:
-                batch.normal(verb, message)
-            else:
-                await self.events.normal(body, verb, message)
-            log.info(
-                "%s credential",
-                verb.lower(),
-                extra={
-                    "namespace": identity.namespace,
-                    "identity": identity.name,
-                    "credential": cred.name,
-                    "type": cred.type,
-                    "reason": reason,
-                    "serial": new.serial,
-                    "fingerprint": new.fingerprint,
-                    "not_after": rfc3339(new.not_after),
-                },
-            )
-        return result
+            ),
+        )
 
     # ------------------------------------------------------------------ issuing
 
@@ -208,9 +289,7 @@ class CredentialManager:
     async def _issue_x509(self, job: _Issuance, signer: Signer) -> Issued:
         identity, cred = job.identity, job.cred
         key = crypto.generate_key(cred.key_algorithm)
-        cert = crypto.issue_leaf(
-            ca_cert=signer.ca_cert,
-            ca_key=signer.ca_key,
+        cert = signer.ca.issue_leaf(
             public_key=key.public_key(),
             spiffe_id=crypto.spiffe_id(
                 signer.trust_domain, identity.namespace, identity.spec.service_account
@@ -225,7 +304,7 @@ class CredentialManager:
             serial=crypto.serial_hex(cert),
             fingerprint=crypto.fingerprint_sha256(cert),
             issuer=signer.ref,
-            ca_fingerprint=crypto.fingerprint_sha256(signer.ca_cert),
+            ca_fingerprint=signer.ca.fingerprint,
         )
         data = {
             "tls.crt": crypto.chain_pem([cert, *signer.chain]),
@@ -294,6 +373,45 @@ class CredentialManager:
             self._observe(identity, cred, issued)
         if due or issued is None:
             metrics.rotations.labels(*_labels(identity, cred), "failure").inc()
+
+
+async def settle(aws: Sequence[Awaitable[T]]) -> list[T | BaseException]:
+    """Await all of ``aws`` at the same time; each one's result or exception, in order.
+
+    One awaitable alone is awaited directly, without the cost of a task (and none, at once).
+    """
+    if len(aws) <= 1:
+        try:
+            return [await aw for aw in aws]
+        except Exception as err:
+            return [err]
+    return list(await asyncio.gather(*aws, return_exceptions=True))
+
+
+@dataclass(frozen=True)
+class _Due:
+    """A credential to issue (``reason``), or whose expired ``previous`` to drop (None)."""
+
+    cred: Credential
+    issued: Issued | None
+    stored: Mapping[str, Any] | None
+    signer: Signer | None
+    now: dt.datetime
+    reason: str | None
+    renew_handled: str
+
+
+@dataclass
+class _Pass:
+    """What checking one credential came to: its status, when to look again, what it issued."""
+
+    name: str
+    status: dict[str, Any] | None = None
+    due: dt.datetime | None = None
+    not_ready: tuple[str, str] | None = None
+    #: "Issued" or "Rotated" when a value was issued, with the Event message saying so.
+    issued: str | None = None
+    message: str = ""
 
 
 @dataclass(frozen=True)

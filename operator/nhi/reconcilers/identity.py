@@ -43,7 +43,7 @@ from nhi.policies.revocation import (
     decide_revocation,
 )
 from nhi.policies.rotation import A_FINGERPRINT, A_ISSUER, A_SERIAL
-from nhi.reconcilers.credentials import CredentialManager, CredentialResult
+from nhi.reconcilers.credentials import CredentialManager, CredentialResult, settle
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
 
 log = logging.getLogger("nhi.reconcilers.identity")
@@ -312,8 +312,9 @@ class IdentityReconciler:
         if undeclared:
             workloads_status["undeclared"] = undeclared
         if undeclared and undeclared != list(old_workloads.get("undeclared") or []):
-            await self.events.warning(
+            self.events.post(
                 body,
+                "Warning",
                 "UndeclaredWorkload",
                 f"{', '.join(undeclared)} run as ServiceAccount {identity.spec.service_account} "
                 "but are not matched by spec.workloads.selector",
@@ -331,8 +332,9 @@ class IdentityReconciler:
                 outcome.phase = "Active"
                 if was_revoked:
                     extra.update(reactivatedAt=rfc3339(now), revokedAt=None, revocationReason=None)
-                    await self.events.normal(
+                    self.events.post(
                         body,
+                        "Normal",
                         "Reactivated",
                         f"provisioned afresh after a {identity.status.get('revocationReason')} "
                         "revocation, with new credentials",
@@ -366,28 +368,32 @@ class IdentityReconciler:
             "ClusterRole": 2,
             "ServiceAccount": 3,
         }
-        for key in sorted(children, key=lambda k: (order.get(k.kind, 9), k.name)):
-            obj = children[key]
-            if key.kind == "Secret":
-                entry = await self._revoke_secret(identity, obj, revoked_at)
-                if entry is not None:
-                    revoked.append(entry)
-            if await self.api.delete(key.kind, key.namespace or None, key.name):
-                self.view.deleted(key)
-                await self.events.normal(body, "Revoked", f"deleted {key} ({reason})")
-        if first:
-            metrics.revocations.labels(reason).inc()
-            await self.events.warning(
-                body, phase, f"identity revoked ({reason}): credentials and permissions removed"
-            )
-            log.info(
-                "revoked identity",
-                extra={
-                    "namespace": identity.namespace,
-                    "identity": identity.name,
-                    "reason": reason,
-                },
-            )
+        batch = EventBatch(self.events, body)
+        try:
+            for key in sorted(children, key=lambda k: (order.get(k.kind, 9), k.name)):
+                obj = children[key]
+                if key.kind == "Secret":
+                    entry = await self._revoke_secret(identity, obj, revoked_at)
+                    if entry is not None:
+                        revoked.append(entry)
+                if await self.api.delete(key.kind, key.namespace or None, key.name):
+                    self.view.deleted(key)
+                    batch.normal("Revoked", f"deleted {key} ({reason})")
+            if first:
+                metrics.revocations.labels(reason).inc()
+                batch.warning(
+                    phase, f"identity revoked ({reason}): credentials and permissions removed"
+                )
+                log.info(
+                    "revoked identity",
+                    extra={
+                        "namespace": identity.namespace,
+                        "identity": identity.name,
+                        "reason": reason,
+                    },
+                )
+        finally:
+            batch.flush()
         message = {
             MANUAL: f"revoked by the {REVOKE_ANNOTATION} annotation",
             EXPIRED: "the lifetime.validFor window ended",
@@ -455,46 +461,20 @@ class IdentityReconciler:
             return Outcome(False, reason, message, stalled=True)
         batch = EventBatch(self.events, body)
         try:
-            changes: list[str] = []
             # The spec as last seen converged: a difference now is drift, which is restored.
             settled = identity.status.get(
                 "observedGeneration"
             ) == identity.generation and cond.is_true(
                 identity.status.get("conditions") or [], cond.READY
             )
-            for obj in plan.apply:
-                key = child_key(obj)
-                existed = key in observed.children
-                self.view.written(await self.api.apply(obj))
-                if settled:
-                    verb = Reason.RESTORED
-                else:
-                    verb = Reason.UPDATED if existed else Reason.CREATED
-                changes.append(f"{verb} {key}")
-                batch.normal(verb, f"{verb.lower()} {key}")
-                log.info(
-                    "%s child",
-                    verb.lower(),
-                    extra={
-                        "child": str(key),
-                        "namespace": identity.namespace,
-                        "identity": identity.name,
-                    },
-                )
-            for key in plan.delete:
-                await self.api.delete(key.kind, key.namespace or None, key.name)
-                self.view.deleted(key)
-                changes.append(f"Deleted {key}")
-                batch.normal(Reason.DELETED, f"deleted {key}")
-                log.info(
-                    "deleted child",
-                    extra={
-                        "child": str(key),
-                        "namespace": identity.namespace,
-                        "identity": identity.name,
-                    },
-                )
             secrets = {k.name: v for k, v in observed.children.items() if k.kind == "Secret"}
+            # A token is bound to its Secret, which must exist first: the Secrets of tokens not
+            # issued yet are written (without a value) together with the other objects.
+            anchors = self.credentials.anchors(identity, secrets)
+            changes, written = await self._apply_children(
+                identity, observed, plan, settled, batch, anchors
+            )
+            secrets.update(written)
             creds = await self.credentials.ensure(identity, body, secrets, batch)
             if creds.rotated and identity.spec.rollout_on_rotation:
                 # Debounce: credentials that rotate within the window cause one rollout.
@@ -522,10 +502,103 @@ class IdentityReconciler:
                 message += f"; policy warnings: {note}"
                 ready = cond.get_condition(identity.status.get("conditions") or [], cond.READY)
                 if ready is None or note not in str(ready.get("message", "")):
-                    await self.events.warning(body, Reason.POLICY_VIOLATION, note)
+                    batch.warning(Reason.POLICY_VIOLATION, note)
             return Outcome(True, reason, message, changes=changes, credentials=creds)
         finally:
-            await batch.flush()
+            batch.flush()
+
+    async def _apply_children(
+        self,
+        identity: MachineIdentity,
+        observed: Observed,
+        plan: Plan,
+        settled: bool,
+        batch: EventBatch,
+        anchors: Sequence[Mapping[str, Any]] = (),
+    ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+        """Apply and delete the planned children, and write ``anchors`` (token Secrets without
+        a value), all at once. Returns the changes made, in plan order, and the anchors as
+        written, by name.
+
+        None of these writes depends on another: a RoleBinding may name a ServiceAccount that
+        does not exist yet, and binding a Role being written at the same time is allowed by
+        the operator's ``bind`` permission on Roles and ClusterRoles. Every write that
+        succeeded is recorded (write overlay) and reported even when another failed; then the
+        first failure in plan order is raised, so the reconcile fails as before.
+        """
+        if not plan.apply and not plan.delete and not anchors:
+            return [], {}
+        results = await settle(
+            [
+                *(self._apply_child(obj) for obj in plan.apply),
+                *(self._delete_child(key) for key in plan.delete),
+                *(self._apply_child(obj) for obj in anchors),
+            ]
+        )
+        n_apply, n_delete = len(plan.apply), len(plan.delete)
+        changes: list[str] = []
+        failures: list[BaseException] = []
+        for obj, result in zip(plan.apply, results[:n_apply], strict=True):
+            if isinstance(result, BaseException):
+                failures.append(result)
+                continue
+            key = child_key(obj)
+            if settled:
+                verb = Reason.RESTORED
+            else:
+                verb = Reason.UPDATED if key in observed.children else Reason.CREATED
+            changes.append(f"{verb} {key}")
+            batch.normal(verb, f"{verb.lower()} {key}")
+            log.info(
+                "%s child",
+                verb.lower(),
+                extra={
+                    "child": str(key),
+                    "namespace": identity.namespace,
+                    "identity": identity.name,
+                },
+            )
+        for key, deleted in zip(plan.delete, results[n_apply : n_apply + n_delete], strict=True):
+            if isinstance(deleted, BaseException):
+                failures.append(deleted)
+                continue
+            changes.append(f"Deleted {key}")
+            batch.normal(Reason.DELETED, f"deleted {key}")
+            log.info(
+                "deleted child",
+                extra={
+                    "child": str(key),
+                    "namespace": identity.namespace,
+                    "identity": identity.name,
+                },
+            )
+        written: dict[str, dict[str, Any]] = {}
+        for anchor in results[n_apply + n_delete :]:
+            if isinstance(anchor, BaseException):
+                failures.append(anchor)
+            elif anchor is not None:
+                written[anchor["metadata"]["name"]] = anchor
+        if failures:
+            for other in failures[1:]:
+                log.warning(
+                    "could not write a child",
+                    extra={
+                        "namespace": identity.namespace,
+                        "identity": identity.name,
+                        "error": str(other),
+                    },
+                )
+            raise failures[0]
+        return changes, written
+
+    async def _apply_child(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        written = await self.api.apply(obj)
+        self.view.written(written)
+        return written
+
+    async def _delete_child(self, key: ChildKey) -> None:
+        await self.api.delete(key.kind, key.namespace or None, key.name)
+        self.view.deleted(key)
 
     async def rollout(
         self, identity: MachineIdentity, body: Mapping[str, Any], rotated: Sequence[str]
@@ -548,8 +621,9 @@ class IdentityReconciler:
                 name = obj["metadata"]["name"]
                 await self.api.patch(kind, identity.namespace, name, patch)
                 metrics.rollouts.inc()
-                await self.events.normal(
+                self.events.post(
                     body,
+                    "Normal",
                     "RolloutTriggered",
                     f"restarted {kind}/{name} after rotating {', '.join(rotated)}",
                 )
@@ -592,7 +666,7 @@ class IdentityReconciler:
             )
             self.view.identity_written(written)
             if not outcome.ready and not _same_reason(identity.status, outcome):
-                await self.events.warning(_ref(identity), outcome.reason, outcome.message)
+                self.events.post(_ref(identity), "Warning", outcome.reason, outcome.message)
         metrics.observe_identity(
             identity.namespace,
             identity.name,
@@ -631,7 +705,7 @@ class IdentityReconciler:
             )
             self.view.identity_written(written)
             if not _same_reason(old, outcome):
-                await self.events.warning(body, outcome.reason, outcome.message)
+                self.events.post(body, "Warning", outcome.reason, outcome.message)
         spec = body.get("spec") or {}
         metrics.observe_identity(
             str(meta.get("namespace", "")),

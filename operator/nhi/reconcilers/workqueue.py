@@ -26,7 +26,7 @@ class WorkQueue(Generic[K]):
         self,
         process: Callable[[K], Awaitable[None]],
         *,
-        workers: int = 16,
+        workers: int = 32,
         max_backoff: float = 300.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
