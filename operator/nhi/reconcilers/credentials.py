@@ -118,17 +118,7 @@ class CredentialManager:
                     batch.normal(outcome.issued, outcome.message)
                 else:
                     self.events.post(body, "Normal", outcome.issued, outcome.message)
-        if failures:
-            for other in failures[1:]:
-                log.warning(
-                    "could not issue a credential",
-                    extra={
-                        "namespace": identity.namespace,
-                        "identity": identity.name,
-                        "error": str(other),
-                    },
-                )
-            raise failures[0]
+        raise_first(failures, "could not issue a credential", identity)
         return result
 
     def anchors(
@@ -461,3 +451,15 @@ def _status(cred: Credential, issued: Issued) -> dict[str, Any]:
     if issued.issuer:
         out["issuer"] = issued.issuer
     return out
+
+
+def raise_first(failures: list[BaseException], what: str, identity: MachineIdentity) -> None:
+    """Raise the first of ``failures`` (plan order); log the others, which would be lost."""
+    if not failures:
+        return
+    for other in failures[1:]:
+        log.warning(
+            what,
+            extra={"namespace": identity.namespace, "identity": identity.name, "error": str(other)},
+        )
+    raise failures[0]

@@ -43,7 +43,12 @@ from nhi.policies.revocation import (
     decide_revocation,
 )
 from nhi.policies.rotation import A_FINGERPRINT, A_ISSUER, A_SERIAL
-from nhi.reconcilers.credentials import CredentialManager, CredentialResult, settle
+from nhi.reconcilers.credentials import (
+    CredentialManager,
+    CredentialResult,
+    raise_first,
+    settle,
+)
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
 
 log = logging.getLogger("nhi.reconcilers.identity")
@@ -578,17 +583,7 @@ class IdentityReconciler:
                 failures.append(anchor)
             elif anchor is not None:
                 written[anchor["metadata"]["name"]] = anchor
-        if failures:
-            for other in failures[1:]:
-                log.warning(
-                    "could not write a child",
-                    extra={
-                        "namespace": identity.namespace,
-                        "identity": identity.name,
-                        "error": str(other),
-                    },
-                )
-            raise failures[0]
+        raise_first(failures, "could not write a child", identity)
         return changes, written
 
     async def _apply_child(self, obj: Mapping[str, Any]) -> dict[str, Any]:
