@@ -429,17 +429,9 @@ class Runtime:
             if finalizers
             else [{"op": "add", "path": "/metadata/finalizers", "value": [IDENTITY_FINALIZER]}]
         )
-        try:
-            written = await self.api.patch(
-                "MachineIdentity", key[0], key[1], ops, content_type="application/json-patch+json"
-            )
-        except NotFound:
+        written = await self._patch_finalizers(key, ops)
+        if written is None:
             return None
-        except ApiError as err:
-            if isinstance(err, Conflict) or err.status == 422:
-                self.queue.add_after(key, 0.2)  # changed meanwhile: look again
-                return None
-            raise
         self.identity_written(written)
         return _slim_identity(written)
 
@@ -454,28 +446,38 @@ class Runtime:
             )
             self.queue.add_after(key, CLEANUP_RETRY)
             return
-        meta = body.get("metadata") or {}
-        finalizers = list(meta.get("finalizers") or ())
-        index = finalizers.index(IDENTITY_FINALIZER)
-        ops = [
-            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": IDENTITY_FINALIZER},
-            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-        ]
-        try:
-            await self.api.patch(
-                "MachineIdentity", key[0], key[1], ops, content_type="application/json-patch+json"
-            )
-        except NotFound:
-            pass
-        except ApiError as err:
-            if not (isinstance(err, Conflict) or err.status == 422):
-                raise
-            self.queue.add_after(key, 0.2)  # the list changed meanwhile: look again
-            return
         log.info(
             "removed the identity's objects",
             extra={"namespace": key[0], "identity": key[1], "removed": removed},
         )
+        meta = body.get("metadata") or {}
+        index = list(meta.get("finalizers") or ()).index(IDENTITY_FINALIZER)
+        await self._patch_finalizers(
+            key,
+            [
+                {
+                    "op": "test",
+                    "path": f"/metadata/finalizers/{index}",
+                    "value": IDENTITY_FINALIZER,
+                },
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ],
+        )
+
+    async def _patch_finalizers(self, key: Key, ops: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """A JSON patch guarded by ``test`` ops. None when the identity is gone, or changed
+        meanwhile (409/422: it is looked at again shortly)."""
+        try:
+            return await self.api.patch(
+                "MachineIdentity", key[0], key[1], ops, content_type="application/json-patch+json"
+            )
+        except NotFound:
+            return None
+        except ApiError as err:
+            if not (isinstance(err, Conflict) or err.status == 422):
+                raise
+            self.queue.add_after(key, 0.2)
+            return None
 
     def issuer_changed(self, issuer: tuple[str, str, str]) -> None:
         """Re-queue every identity whose credentials name the issuer."""
