@@ -1,9 +1,18 @@
-"""Prometheus metrics. Labels carry names only, never a secret; one series per credential."""
+"""Prometheus metrics. Labels carry names only, never a secret; one series per credential.
+
+The per-identity series (``nhi_identity_*`` and ``nhi_credential_*``) come from one collector,
+``IdentitySeries``: it keeps a small record per identity and builds the families when
+scraped. With two credentials, an identity has 14 series: as prometheus_client's labelled
+children (an object, a lock and a label tuple each) they took about 10 KB; its record takes
+about 650 bytes. The other metrics are ordinary prometheus_client metrics.
+"""
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Literal
 
 import prometheus_client
 from prometheus_client import (
@@ -13,42 +22,295 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from nhi.policies import revocation
 
 # No `<counter>_created` series: in the text format Prometheus stores each as a gauge of its
-# own, which doubles the series of every counter (one per credential for the rotations).
+# own, which doubles the series of every counter.
 _disable_created: Callable[[], object] = prometheus_client.disable_created_metrics
 _disable_created()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 CREDENTIAL_LABELS = ("namespace", "identity", "credential", "type", "issuer")
+CONDITIONS = ("Ready", "Reconciling", "Stalled")
+RESULTS = ("success", "failure")
 
-credential_expiration = Gauge(
+CredentialLabels = tuple[str, str, str, str, str]  # CREDENTIAL_LABELS, in that order
+Result = Literal["success", "failure"]
+
+
+class Family:
+    """A family served by ``IdentitySeries``: its name, type, help text and label names.
+
+    The attributes have the names prometheus_client's own metrics use (``_name`` without a
+    counter's ``_total``, ``_type``, ``_documentation``, ``_labelnames``), so whatever lists this
+    module's metrics by them, as the metric contract tests do, finds these families too.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        type_: Literal["gauge", "counter"],
+        documentation: str,
+        labels: Iterable[str],
+    ) -> None:
+        self._name = name.removesuffix("_total") if type_ == "counter" else name
+        self._type = type_
+        self._documentation = documentation
+        self._labelnames = tuple(labels)
+
+    def empty(self) -> GaugeMetricFamily | CounterMetricFamily:
+        """A new family without samples."""
+        if self._type == "counter":
+            return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        return GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+
+CREDENTIAL_EXPIRATION = Family(
     "nhi_credential_expiration_timestamp_seconds",
+    "gauge",
     "When the credential's current value stops being valid (Unix time).",
     CREDENTIAL_LABELS,
-    registry=REGISTRY,
 )
-credential_not_before = Gauge(
+CREDENTIAL_NOT_BEFORE = Family(
     "nhi_credential_not_before_timestamp_seconds",
+    "gauge",
     "When the credential's current value became valid (Unix time).",
     CREDENTIAL_LABELS,
-    registry=REGISTRY,
 )
-credential_renewal = Gauge(
+CREDENTIAL_RENEWAL = Family(
     "nhi_credential_renewal_timestamp_seconds",
+    "gauge",
     "When the operator plans to renew the credential (Unix time).",
     CREDENTIAL_LABELS,
-    registry=REGISTRY,
 )
-rotations = Counter(
+CREDENTIAL_ROTATIONS = Family(
     "nhi_credential_rotations_total",
+    "counter",
     "Credential issuances and rotations, by result (success or failure).",
     (*CREDENTIAL_LABELS, "result"),
-    registry=REGISTRY,
 )
+IDENTITY_READY = Family(
+    "nhi_identity_ready_status",
+    "gauge",
+    "1 when the identity's condition is True, else 0.",
+    ("namespace", "identity", "condition"),
+)
+IDENTITY_INFO = Family(
+    "nhi_identity_info",
+    "gauge",
+    "Always 1; labels describe the identity.",
+    ("namespace", "identity", "owner", "phase"),
+)
+# In the order they are exposed.
+IDENTITY_FAMILIES = (
+    CREDENTIAL_EXPIRATION,
+    CREDENTIAL_NOT_BEFORE,
+    CREDENTIAL_RENEWAL,
+    CREDENTIAL_ROTATIONS,
+    IDENTITY_READY,
+    IDENTITY_INFO,
+)
+
+
+class _Credential:
+    """One credential of an identity: its label values, timestamps and rotation counts."""
+
+    __slots__ = ("failure", "issuer", "name", "success", "times", "type")
+
+    def __init__(self, name: str, type_: str, issuer: str) -> None:
+        self.name = name
+        self.type = type_
+        self.issuer = issuer
+        # (not_before, not_after, renewal), None until first observed; replaced as a whole, so
+        # a scrape never mixes the timestamps of two values.
+        self.times: tuple[float, float, float] | None = None
+        self.success = 0
+        self.failure = 0
+
+
+class _Identity:
+    """What is exposed about one identity."""
+
+    __slots__ = ("credentials", "status")
+
+    def __init__(self) -> None:
+        # (owner, phase, condition bits: bit i set when CONDITIONS[i] is True), None until
+        # observed; replaced as a whole, like the list below.
+        self.status: tuple[str, str, int] | None = None
+        # Replaced, never changed in place: a scrape iterates it without the lock.
+        self.credentials: list[_Credential] = []
+
+
+class IdentitySeries(Collector):
+    """The per-identity series, built when scraped from one small record per identity.
+
+    The reconcilers update the records from the event loop while the metrics server scrapes
+    from a thread of its own. Updates hold ``_lock``; a scrape holds it only to copy the
+    list of records, then reads each record without it: every field a scrape reads is
+    replaced by a new immutable value or list, so it sees each one before or after an update,
+    and the event loop never waits for a whole scrape.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[tuple[str, str], _Identity] = {}
+
+    def observe_identity(
+        self, namespace: str, identity: str, owner: str, phase: str, conditions: Mapping[str, bool]
+    ) -> None:
+        """Set the identity's ``nhi_identity_info`` and ``nhi_identity_ready_status`` series.
+
+        The info series of an older owner or phase goes; a condition missing from
+        ``conditions`` is 0.
+        """
+        bits = sum(1 << i for i, c in enumerate(CONDITIONS) if conditions.get(c))
+        status = (_intern(owner), _intern(phase), bits)
+        with self._lock:
+            self._record(namespace, identity).status = status
+
+    def sync_credentials(
+        self, namespace: str, identity: str, declared: Iterable[CredentialLabels]
+    ) -> None:
+        """The identity's spec declares exactly these credentials (label tuples, CREDENTIAL_LABELS).
+
+        Called once per reconcile, before the credentials are issued or observed:
+
+        - a credential seen for the first time gets both ``result`` series of
+          ``nhi_credential_rotations_total`` at 0, so ``rate()``/``increase()`` see its first
+          failure or success (a counter series that appears at 1 is invisible to them);
+        - the series of a credential no longer declared (removed from the spec, or whose type
+          or issuer changed, which changes its labels) are dropped, so one credential has
+          exactly one series per metric and a removed credential raises no stale-timestamp
+          alert.
+
+        A label tuple naming another identity is a ValueError.
+        """
+        key = (_intern(namespace), str(identity))
+        wanted: dict[tuple[str, str, str], None] = {}
+        for labels in declared:
+            ns, name, credential, type_, issuer = _label_tuple(labels)
+            if (ns, name) != key:
+                raise ValueError(f"credential labels {labels} do not name identity {key}")
+            wanted[(credential, type_, issuer)] = None
+        with self._lock:
+            record = self._records.get(key)
+            if record is None:
+                if not wanted:
+                    return
+                record = self._records[key] = _Identity()
+            old = record.credentials
+            record.credentials = [_find(old, *w) or _Credential(*w) for w in wanted]
+
+    def observe_credential(
+        self, labels: CredentialLabels, *, not_before: float, not_after: float, renewal: float
+    ) -> None:
+        """Set the credential's timestamp gauges (Unix time) to those of its current value."""
+        lbl = _label_tuple(labels)
+        times = (float(not_before), float(not_after), float(renewal))
+        with self._lock:
+            self._credential(lbl).times = times
+
+    def rotated(self, labels: CredentialLabels, result: Result) -> None:
+        """Count one issuance or rotation of the credential, by ``result`` (RESULTS).
+
+        A credential that ``sync_credentials`` has not declared is declared by it, with both
+        results at 0 first; the next ``sync_credentials`` drops it unless it declares it too.
+        """
+        if result not in RESULTS:
+            raise ValueError(f"unknown rotation result {result!r}, expected one of {RESULTS}")
+        lbl = _label_tuple(labels)
+        with self._lock:
+            credential = self._credential(lbl)
+            if result == "success":
+                credential.success += 1
+            else:
+                credential.failure += 1
+
+    def forget_identity(self, namespace: str, identity: str) -> None:
+        """Drop every series of a deleted identity."""
+        with self._lock:
+            self._records.pop((str(namespace), str(identity)), None)
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, for the registry's duplicate check: no need to build the samples.
+        return [family.empty() for family in IDENTITY_FAMILIES]
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            records = list(self._records.items())
+        expiration, not_before, renewal, rotations, ready, info = (
+            family.empty() for family in IDENTITY_FAMILIES
+        )
+        for (namespace, identity), record in records:
+            status = record.status
+            if status is not None:
+                owner, phase, bits = status
+                info.add_metric((namespace, identity, owner, phase), 1.0)
+                for i, condition in enumerate(CONDITIONS):
+                    ready.add_metric((namespace, identity, condition), float(bits >> i & 1))
+            for credential in record.credentials:
+                lbl = (namespace, identity, credential.name, credential.type, credential.issuer)
+                times = credential.times
+                if times is not None:
+                    not_before.add_metric(lbl, times[0])
+                    expiration.add_metric(lbl, times[1])
+                    renewal.add_metric(lbl, times[2])
+                rotations.add_metric((*lbl, "success"), float(credential.success))
+                rotations.add_metric((*lbl, "failure"), float(credential.failure))
+        return [expiration, not_before, renewal, rotations, ready, info]
+
+    def _record(self, namespace: str, identity: str) -> _Identity:
+        """The identity's record, created if need be. Under ``_lock``."""
+        key = (_intern(namespace), str(identity))
+        record = self._records.get(key)
+        if record is None:
+            record = self._records[key] = _Identity()
+        return record
+
+    def _credential(self, labels: CredentialLabels) -> _Credential:
+        """The credential's record, declared if need be. Under ``_lock``."""
+        namespace, identity, name, type_, issuer = labels
+        record = self._record(namespace, identity)
+        credential = _find(record.credentials, name, type_, issuer)
+        if credential is None:
+            credential = _Credential(name, type_, issuer)
+            record.credentials = [*record.credentials, credential]
+        return credential
+
+
+def _find(credentials: list[_Credential], name: str, type_: str, issuer: str) -> _Credential | None:
+    for credential in credentials:  # a handful at most: no index needed
+        if credential.name == name and credential.type == type_ and credential.issuer == issuer:
+            return credential
+    return None
+
+
+def _intern(value: object) -> str:
+    # Namespaces, credential names, types, issuers, owners and phases repeat across
+    # identities: the records then share one string each.
+    return sys.intern(str(value))
+
+
+def _label_tuple(labels: Iterable[str]) -> CredentialLabels:
+    values = [str(v) for v in labels]
+    if len(values) != len(CREDENTIAL_LABELS):
+        raise ValueError(f"expected {len(CREDENTIAL_LABELS)} credential labels, got {values}")
+    namespace, identity, credential, type_, issuer = values
+    return (_intern(namespace), identity, _intern(credential), _intern(type_), _intern(issuer))
+
+
+IDENTITIES = IdentitySeries()
+REGISTRY.register(IDENTITIES)
+observe_identity = IDENTITIES.observe_identity
+sync_credentials = IDENTITIES.sync_credentials
+observe_credential = IDENTITIES.observe_credential
+rotated = IDENTITIES.rotated
+forget_identity = IDENTITIES.forget_identity
+
 revocations = Counter(
     "nhi_revocations_total", "Identities revoked, by reason.", ("reason",), registry=REGISTRY
 )
@@ -65,18 +327,6 @@ for _reason in REVOCATION_REASONS:
 rollouts = Counter(
     "nhi_workload_rollouts_total",
     "Workload rollouts triggered after a rotation.",
-    registry=REGISTRY,
-)
-identity_ready = Gauge(
-    "nhi_identity_ready_status",
-    "1 when the identity's condition is True, else 0.",
-    ("namespace", "identity", "condition"),
-    registry=REGISTRY,
-)
-identity_info = Gauge(
-    "nhi_identity_info",
-    "Always 1; labels describe the identity.",
-    ("namespace", "identity", "owner", "phase"),
     registry=REGISTRY,
 )
 reconcile_duration = Histogram(
@@ -104,113 +354,6 @@ issuer_ca_expiration = Gauge(
     ("kind", "namespace", "issuer"),
     registry=REGISTRY,
 )
-
-CONDITIONS = ("Ready", "Reconciling", "Stalled")
-RESULTS = ("success", "failure")
-
-CredentialLabels = tuple[str, str, str, str, str]  # CREDENTIAL_LABELS, in that order
-
-# Every metric that carries the credential labels: dropped together when a credential goes.
-_CREDENTIAL_GAUGES = (credential_expiration, credential_not_before, credential_renewal)
-
-# Label values last set per identity, so a phase or owner change drops the old series.
-_info_labels: dict[tuple[str, str], tuple[str, str]] = {}
-# The credential label sets declared per identity (sync_credentials), so that a credential
-# removed from the spec, or whose type or issuer changed, loses its series.
-_declared: dict[tuple[str, str], set[CredentialLabels]] = {}
-
-
-def observe_identity(
-    namespace: str, identity: str, owner: str, phase: str, conditions: dict[str, bool]
-) -> None:
-    old = _info_labels.get((namespace, identity))
-    if old is not None and old != (owner, phase):
-        _remove(identity_info, namespace, identity, *old)
-    identity_info.labels(namespace, identity, owner, phase).set(1)
-    _info_labels[(namespace, identity)] = (owner, phase)
-    for cond in CONDITIONS:
-        identity_ready.labels(namespace, identity, cond).set(1 if conditions.get(cond) else 0)
-
-
-def sync_credentials(namespace: str, identity: str, declared: Iterable[CredentialLabels]) -> None:
-    """The identity's spec declares exactly these credentials (label tuples, CREDENTIAL_LABELS).
-
-    Called once per reconcile, before the credentials are issued or observed:
-
-    - a credential seen for the first time gets both ``result`` series of
-      ``nhi_credential_rotations_total`` at 0, so ``rate()``/``increase()`` see its first
-      failure or success (a counter series that appears at 1 is invisible to them);
-    - the series of a credential no longer declared (removed from the spec, or whose type or
-      issuer changed, which changes its labels) are dropped, so one credential has exactly one
-      series per metric and a removed credential raises no stale-timestamp alert.
-    """
-    key = (namespace, identity)
-    wanted = {_label_tuple(labels) for labels in declared}
-    old = _declared.get(key, set())
-    for labels in old - wanted:
-        _forget_credential(labels)
-    for labels in wanted - old:
-        for result in RESULTS:
-            rotations.labels(*labels, result)  # creates the series at 0
-    _declared[key] = wanted
-
-
-def forget_identity(namespace: str, identity: str) -> None:
-    """Drop every series of a deleted identity."""
-    old = _info_labels.pop((namespace, identity), None)
-    if old is not None:
-        _remove(identity_info, namespace, identity, *old)
-    _declared.pop((namespace, identity), None)
-    selector = {"namespace": namespace, "identity": identity}
-    for metric in (identity_info, identity_ready, *_CREDENTIAL_GAUGES, rotations):
-        _remove_matching(metric, selector)
-
-
-def _label_tuple(labels: Iterable[str]) -> CredentialLabels:
-    values = [str(v) for v in labels]
-    if len(values) != len(CREDENTIAL_LABELS):
-        raise ValueError(f"expected {len(CREDENTIAL_LABELS)} credential labels, got {values}")
-    namespace, identity, credential, type_, issuer = values
-    return (namespace, identity, credential, type_, issuer)
-
-
-def _forget_credential(labels: CredentialLabels) -> None:
-    for gauge in _CREDENTIAL_GAUGES:
-        _remove(gauge, *labels)
-    for result in RESULTS:
-        _remove(rotations, *labels, result)
-
-
-def _remove(metric: Any, *labels: str) -> None:
-    """Remove one series; a series that does not exist is not an error."""
-    try:
-        metric.remove(*labels)
-    except KeyError:  # prometheus-client < 0.17 raised on unknown label sets
-        pass
-
-
-def _remove_matching(metric: Any, selector: Mapping[str, str]) -> None:
-    """Remove every series of ``metric`` whose labels include ``selector``."""
-    by_labels = getattr(metric, "remove_by_labels", None)
-    if by_labels is not None:  # prometheus-client >= 0.22: no sample is generated
-        by_labels(dict(selector))
-        return
-    names: tuple[str, ...] = tuple(metric._labelnames)
-    for labels in _series_of(metric, names, selector):
-        _remove(metric, *labels)
-
-
-def _series_of(
-    metric: Any, names: tuple[str, ...], selector: Mapping[str, str]
-) -> list[tuple[str, ...]]:
-    """The label value tuples (in ``names`` order) of the series matching ``selector``."""
-    out: dict[tuple[str, ...], None] = {}
-    for family in metric.collect():
-        for sample in family.samples:
-            lbl = sample.labels
-            if all(lbl.get(k) == v for k, v in selector.items()) and all(n in lbl for n in names):
-                out[tuple(lbl[n] for n in names)] = None
-    return list(out)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the pod IP

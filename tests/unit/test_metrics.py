@@ -2,8 +2,10 @@
 
 The metric contract (names, types, labels) is what the shipped alert rules, the dashboard and
 docs/observability.md rely on; the helpers keep one series per credential and drop every series
-of a deleted identity. The dashboard's queries are checked against that contract: every metric
-exists with the labels a query selects on, and every query parses (promtool, as recording rules).
+of a deleted identity. The per-identity series come from a collector of their own
+(IdentitySeries): its page is checked line by line, and while records change under it. The
+dashboard's queries are checked against that contract: every metric exists with the labels a
+query selects on, and every query parses (promtool, as recording rules).
 tests/integration/test_metrics.py checks the same metrics on a running operator.
 """
 
@@ -13,13 +15,16 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nhi import metrics
@@ -96,11 +101,9 @@ def labels(ns: str, identity: str, cred: str, type_: str = "X509", issuer: str =
     return (ns, identity, cred, type_, issuer)
 
 
-def set_gauges(lbl: tuple[str, ...], not_before: float, not_after: float, renewal: float) -> None:
+def set_gauges(lbl: Any, not_before: float, not_after: float, renewal: float) -> None:
     """What the credential reconciler does for each credential it observes."""
-    metrics.credential_not_before.labels(*lbl).set(not_before)
-    metrics.credential_expiration.labels(*lbl).set(not_after)
-    metrics.credential_renewal.labels(*lbl).set(renewal)
+    metrics.observe_credential(lbl, not_before=not_before, not_after=not_after, renewal=renewal)
 
 
 # ---------------------------------------------------------------------------- the contract
@@ -117,12 +120,13 @@ def test_every_metric_has_the_documented_name_type_and_labels() -> None:
 
 def test_credential_metrics_share_exactly_the_credential_labels() -> None:
     assert CRED == ("namespace", "identity", "credential", "type", "issuer")
-    for gauge in (
-        metrics.credential_expiration,
-        metrics.credential_not_before,
-        metrics.credential_renewal,
+    for family in (
+        metrics.CREDENTIAL_EXPIRATION,
+        metrics.CREDENTIAL_NOT_BEFORE,
+        metrics.CREDENTIAL_RENEWAL,
     ):
-        assert tuple(gauge._labelnames) == CRED
+        assert family._labelnames == CRED
+    assert metrics.CREDENTIAL_ROTATIONS._labelnames == (*CRED, "result")
 
 
 def test_every_metric_is_in_the_registry_the_server_exposes() -> None:
@@ -180,7 +184,7 @@ def test_sync_initialises_both_rotation_results_at_zero(ns: str) -> None:
 def test_sync_again_keeps_counts(ns: str) -> None:
     lbl = labels(ns, "app", "api", "ServiceAccountToken")
     metrics.sync_credentials(ns, "app", [lbl])
-    metrics.rotations.labels(*lbl, "success").inc()
+    metrics.rotated(lbl, "success")
     metrics.sync_credentials(ns, "app", [lbl])
     got = {s[1]["result"]: s[2] for s in series("nhi_credential_rotations", namespace=ns)}
     assert got == {"success": 1, "failure": 0}
@@ -191,7 +195,7 @@ def test_rotations_keep_one_series_per_credential(ns: str) -> None:
     for i in range(5):  # five rotations: new values, same series
         metrics.sync_credentials(ns, "app", [lbl])
         set_gauges(lbl, 1000.0 + i, 2000.0 + i, 1500.0 + i)
-        metrics.rotations.labels(*lbl, "success").inc()
+        metrics.rotated(lbl, "success")
     last = {
         "nhi_credential_expiration_timestamp_seconds": 2004.0,
         "nhi_credential_not_before_timestamp_seconds": 1004.0,
@@ -246,8 +250,8 @@ def populate(ns: str, identity: str) -> None:
     lbl = labels(ns, identity, "api", "ServiceAccountToken")
     metrics.sync_credentials(ns, identity, [lbl])
     set_gauges(lbl, 1, 3, 2)
-    metrics.rotations.labels(*lbl, "success").inc()
-    metrics.rotations.labels(*lbl, "failure").inc()
+    metrics.rotated(lbl, "success")
+    metrics.rotated(lbl, "failure")
     metrics.observe_identity(ns, identity, "team-a", "Active", {"Ready": True})
 
 
@@ -280,41 +284,259 @@ def test_forget_identity_drops_every_series_of_that_identity_only(ns: str) -> No
     assert got == {"success": 0, "failure": 0}
 
 
-def test_forget_identity_without_remove_by_labels(ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """prometheus-client < 0.22 has no remove_by_labels: the scan fallback does the same."""
-
-    class Old:
-        def __init__(self, wrapped: Any) -> None:
-            self._wrapped = wrapped
-            self._labelnames = wrapped._labelnames
-
-        def collect(self) -> Any:
-            return self._wrapped.collect()
-
-        def remove(self, *values: str) -> None:
-            self._wrapped.remove(*values)
-
-    populate(ns, "app")
-    for name in (
-        "identity_info",
-        "identity_ready",
-        "rotations",
-        *("credential_" + n for n in ("expiration", "not_before", "renewal")),
-    ):
-        monkeypatch.setattr(metrics, name, Old(getattr(metrics, name)))
-    monkeypatch.setattr(
-        metrics,
-        "_CREDENTIAL_GAUGES",
-        (metrics.credential_expiration, metrics.credential_not_before, metrics.credential_renewal),
-    )
-    metrics.forget_identity(ns, "app")
-    monkeypatch.undo()
-    for family in IDENTITY_FAMILIES:
-        assert series(family, namespace=ns) == [], family
-
-
 def test_forgetting_an_unknown_identity_is_harmless(ns: str) -> None:
     metrics.forget_identity(ns, "never-seen")
+
+
+# ---------------------------------------------------------------------------- identity collector
+
+
+def own_series() -> tuple[metrics.IdentitySeries, CollectorRegistry]:
+    """A collector in a registry of its own, so that its page holds only what a test did."""
+    collector = metrics.IdentitySeries()
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)
+    return collector, registry
+
+
+# The page of what test_the_collector_exposes_exactly_what_the_gauges_and_counters_did does:
+# the same lines (names, help, types, labels in this order, values) as prometheus_client's
+# own Gauge and Counter objects gave for the same calls.
+PAGE = """\
+# HELP nhi_credential_expiration_timestamp_seconds When the credential's current value stops being valid (Unix time).
+# TYPE nhi_credential_expiration_timestamp_seconds gauge
+nhi_credential_expiration_timestamp_seconds{credential="api",identity="app",issuer="",namespace="ns",type="ServiceAccountToken"} 1.00000000025e+09
+# HELP nhi_credential_not_before_timestamp_seconds When the credential's current value became valid (Unix time).
+# TYPE nhi_credential_not_before_timestamp_seconds gauge
+nhi_credential_not_before_timestamp_seconds{credential="api",identity="app",issuer="",namespace="ns",type="ServiceAccountToken"} 1.5
+# HELP nhi_credential_renewal_timestamp_seconds When the operator plans to renew the credential (Unix time).
+# TYPE nhi_credential_renewal_timestamp_seconds gauge
+nhi_credential_renewal_timestamp_seconds{credential="api",identity="app",issuer="",namespace="ns",type="ServiceAccountToken"} 1.2345678901e+10
+# HELP nhi_credential_rotations_total Credential issuances and rotations, by result (success or failure).
+# TYPE nhi_credential_rotations_total counter
+nhi_credential_rotations_total{credential="api",identity="app",issuer="",namespace="ns",result="success",type="ServiceAccountToken"} 2.0
+nhi_credential_rotations_total{credential="api",identity="app",issuer="",namespace="ns",result="failure",type="ServiceAccountToken"} 0.0
+nhi_credential_rotations_total{credential="mtls",identity="app",issuer="ClusterIdentityIssuer/mesh",namespace="ns",result="success",type="X509"} 0.0
+nhi_credential_rotations_total{credential="mtls",identity="app",issuer="ClusterIdentityIssuer/mesh",namespace="ns",result="failure",type="X509"} 1.0
+# HELP nhi_identity_ready_status 1 when the identity's condition is True, else 0.
+# TYPE nhi_identity_ready_status gauge
+nhi_identity_ready_status{condition="Ready",identity="app",namespace="ns"} 0.0
+nhi_identity_ready_status{condition="Reconciling",identity="app",namespace="ns"} 1.0
+nhi_identity_ready_status{condition="Stalled",identity="app",namespace="ns"} 1.0
+# HELP nhi_identity_info Always 1; labels describe the identity.
+# TYPE nhi_identity_info gauge
+nhi_identity_info{identity="app",namespace="ns",owner="team-b",phase="Pending"} 1.0
+"""  # noqa: E501 - exposition lines
+
+
+def test_the_collector_exposes_exactly_what_the_gauges_and_counters_did() -> None:
+    collector, registry = own_series()
+    api = ("ns", "app", "api", "ServiceAccountToken", "")
+    mtls = ("ns", "app", "mtls", "X509", "ClusterIdentityIssuer/mesh")
+    collector.sync_credentials("ns", "app", [api, mtls])
+    collector.observe_credential(api, not_before=1.5, not_after=1e9 + 0.25, renewal=12345678901)
+    collector.rotated(api, "success")
+    collector.rotated(api, "success")
+    collector.rotated(mtls, "failure")
+    collector.observe_identity("ns", "app", "team-a", "Active", {"Ready": True})
+    collector.observe_identity(
+        "ns", "app", "team-b", "Pending", {"Reconciling": True, "Stalled": True}
+    )
+    assert generate_latest(registry).decode() == PAGE
+
+
+def test_the_collector_page_is_the_page_of_prometheus_client_metrics() -> None:
+    """Values, label order and formatting: as Gauge and Counter objects would expose them."""
+    collector, registry = own_series()
+    reference = CollectorRegistry()
+    made = {
+        family._name: (Counter if family._type == "counter" else Gauge)(
+            family._name, family._documentation, family._labelnames, registry=reference
+        )
+        for family in metrics.IDENTITY_FAMILIES
+    }
+    lbl = ("ns", "app", "api", "X509", "IdentityIssuer/ca")
+    collector.sync_credentials("ns", "app", [lbl])
+    for result in metrics.RESULTS:
+        made["nhi_credential_rotations"].labels(*lbl, result)
+    for i, value in enumerate((0.1, 1e-7, 1712345678.123456, 2**53)):
+        collector.observe_credential(lbl, not_before=value, not_after=value, renewal=value)
+        for name in ("expiration", "not_before", "renewal"):
+            made[f"nhi_credential_{name}_timestamp_seconds"].labels(*lbl).set(value)
+        collector.rotated(lbl, "failure" if i % 2 else "success")
+        made["nhi_credential_rotations"].labels(*lbl, "failure" if i % 2 else "success").inc()
+    collector.observe_identity("ns", "app", "", "Active", {"Ready": False, "Stalled": True})
+    made["nhi_identity_info"].labels("ns", "app", "", "Active").set(1)
+    for condition in metrics.CONDITIONS:
+        made["nhi_identity_ready_status"].labels("ns", "app", condition).set(
+            1 if condition == "Stalled" else 0
+        )
+    assert generate_latest(registry).decode() == generate_latest(reference).decode()
+
+
+def test_an_empty_collector_still_describes_every_family() -> None:
+    _, registry = own_series()
+    families = list(text_string_to_metric_families(generate_latest(registry).decode()))
+    assert [(f.name, f.type, f.samples) for f in families] == [
+        (family._name, family._type, []) for family in metrics.IDENTITY_FAMILIES
+    ]
+
+
+def test_a_second_collector_of_the_same_families_is_refused() -> None:
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        metrics.REGISTRY.register(metrics.IdentitySeries())
+
+
+def test_timestamps_appear_once_the_credential_is_observed(ns: str) -> None:
+    lbl = labels(ns, "app", "api", "ServiceAccountToken")
+    metrics.sync_credentials(ns, "app", [lbl])
+    timestamps = (
+        "nhi_credential_expiration_timestamp_seconds",
+        "nhi_credential_not_before_timestamp_seconds",
+        "nhi_credential_renewal_timestamp_seconds",
+    )
+    for family in timestamps:
+        assert series(family, namespace=ns) == [], family
+    set_gauges(lbl, 1, 3, 2)
+    got = {family: [s[2] for s in series(family, namespace=ns)] for family in timestamps}
+    assert got == dict(zip(timestamps, ([3.0], [1.0], [2.0]), strict=True))
+
+
+def test_a_rotation_before_the_declaration_is_counted_then_kept(ns: str) -> None:
+    lbl = labels(ns, "app", "api", "ServiceAccountToken")
+    metrics.rotated(lbl, "failure")
+    got = {s[1]["result"]: s[2] for s in series("nhi_credential_rotations", namespace=ns)}
+    assert got == {"success": 0, "failure": 1}  # both results, as if declared first
+    metrics.sync_credentials(ns, "app", [lbl])
+    got = {s[1]["result"]: s[2] for s in series("nhi_credential_rotations", namespace=ns)}
+    assert got == {"success": 0, "failure": 1}
+
+
+def test_a_credential_rotated_but_never_declared_goes_at_the_next_sync(ns: str) -> None:
+    api = labels(ns, "app", "api", "ServiceAccountToken")
+    gone = labels(ns, "app", "gone", "StaticSecret")
+    metrics.sync_credentials(ns, "app", [api])
+    metrics.rotated(gone, "success")
+    set_gauges(gone, 1, 3, 2)
+    assert {s[1]["credential"] for s in series("nhi_credential_rotations", namespace=ns)} == {
+        "api",
+        "gone",
+    }
+    metrics.sync_credentials(ns, "app", [api])
+    for family in IDENTITY_FAMILIES:
+        assert series(family, namespace=ns, credential="gone") == [], family
+
+
+def test_rotated_rejects_an_unknown_result(ns: str) -> None:
+    with pytest.raises(ValueError, match="rotation result"):
+        metrics.rotated(labels(ns, "app", "api"), "maybe")  # type: ignore[arg-type]
+    assert series("nhi_credential_rotations", namespace=ns) == []
+
+
+def test_sync_rejects_labels_of_another_identity(ns: str) -> None:
+    with pytest.raises(ValueError, match="do not name identity"):
+        metrics.sync_credentials(ns, "app", [labels(ns, "other", "api")])
+    assert series("nhi_credential_rotations", namespace=ns) == []
+
+
+def test_a_deleted_identity_holds_no_record() -> None:
+    collector, registry = own_series()
+    lbl = ("ns", "app", "api", "ServiceAccountToken", "")
+    collector.sync_credentials("ns", "app", [lbl])
+    collector.rotated(lbl, "success")
+    collector.observe_identity("ns", "app", "team-a", "Active", {"Ready": True})
+    collector.forget_identity("ns", "app")
+    assert collector._records == {}
+    families = text_string_to_metric_families(generate_latest(registry).decode())
+    assert [s for f in families for s in f.samples] == []
+
+
+def test_updates_replace_what_a_scrape_may_be_reading() -> None:
+    """A scrape reads records without the lock: a list or tuple it holds never changes."""
+    collector, _ = own_series()
+    api = ("ns", "app", "api", "X509", "")
+    collector.sync_credentials("ns", "app", [api])
+    collector.observe_credential(api, not_before=1, not_after=3, renewal=2)
+    collector.observe_identity("ns", "app", "team", "Active", {"Ready": True})
+    record = collector._records[("ns", "app")]
+    credentials, status = record.credentials, record.status
+    times = credentials[0].times
+    kept = list(credentials)
+    collector.rotated(("ns", "app", "extra", "X509", ""), "success")  # not declared yet
+    collector.sync_credentials("ns", "app", [api, ("ns", "app", "key", "X509", "")])
+    collector.observe_credential(api, not_before=4, not_after=6, renewal=5)
+    collector.sync_credentials("ns", "app", [])
+    collector.observe_identity("ns", "app", "team", "Pending", {"Stalled": True})
+    assert credentials == kept and [c.name for c in credentials] == ["api"]
+    assert times == (1.0, 3.0, 2.0) and status == ("team", "Active", 1)
+    assert record.status == ("team", "Pending", 4) and record.credentials == []
+
+
+@pytest.fixture
+def fast_thread_switches() -> Iterator[None]:
+    """Switch threads as often as possible, so a scrape overlaps many updates."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(old)
+
+
+@pytest.mark.usefixtures("fast_thread_switches")
+def test_scrapes_while_the_records_change_see_whole_records() -> None:
+    """Scrapes run in the metrics server's thread while the event loop updates the records."""
+    collector, registry = own_series()
+    for i in range(300):  # enough records that one scrape spans many thread switches
+        name = f"base-{i}"
+        collector.sync_credentials("ns", name, [("ns", name, "api", "X509", "")])
+        collector.observe_identity("ns", name, "team", "Active", {"Ready": True})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        i = 0
+        try:
+            while not stop.is_set():
+                name = f"churn-{i % 50}"
+                lbl = ("ns", name, "api", "X509", f"Issuer/{i % 3}")
+                collector.sync_credentials("ns", name, [lbl, ("ns", name, "key", "X509", "")])
+                collector.observe_credential(lbl, not_before=i, not_after=i + 2, renewal=i + 1)
+                collector.rotated(lbl, "success")
+                collector.rotated(("ns", name, "extra", "X509", ""), "failure")
+                collector.observe_identity("ns", name, f"team-{i % 2}", "Active", {"Ready": True})
+                if i % 7 == 0:
+                    collector.forget_identity("ns", f"churn-{(i + 25) % 50}")
+                i += 1
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        for _ in range(40):
+            families = {f.name: f for f in collector.collect()}
+            info = [s.labels["identity"] for s in families["nhi_identity_info"].samples]
+            ready = [s.labels["identity"] for s in families["nhi_identity_ready_status"].samples]
+            assert len(info) == len(set(info)) >= 300  # one series per identity
+            assert sorted(ready) == sorted(info * 3)  # each with its three conditions
+            results: dict[tuple[str, ...], list[str]] = {}
+            for s in families["nhi_credential_rotations"].samples:
+                key = tuple(s.labels[k] for k in CRED)
+                results.setdefault(key, []).append(s.labels["result"])
+            assert all(r == ["success", "failure"] for r in results.values())
+            # Every record is created by sync_credentials, which always declares "api".
+            assert set(info) <= {key[1] for key in results if key[2] == "api"}
+            times = [
+                (s.labels["identity"], s.labels["credential"], s.value)
+                for f in ("nhi_credential_not_before_timestamp_seconds",)
+                for s in families[f].samples
+            ]
+            assert len(times) == len(set(times))
+            generate_latest(registry)  # the server's path: families to text
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert errors == []
 
 
 # ---------------------------------------------------------------------------- exposition

@@ -204,7 +204,7 @@ class CredentialManager:
             identity, cred, issued, due.stored, due.signer, now, reason, due.renew_handled
         )
         self._observe(identity, cred, new)
-        metrics.rotations.labels(*_labels(identity, cred), "success").inc()
+        metrics.rotated(_labels(identity, cred), "success")
         verb = "Issued" if issued is None else "Rotated"
         ident = f"serial {new.serial}" if new.serial else f"fingerprint {new.fingerprint}"
         log.info(
@@ -351,10 +351,12 @@ class CredentialManager:
     # ------------------------------------------------------------------ metrics
 
     def _observe(self, identity: MachineIdentity, cred: Credential, issued: Issued) -> None:
-        lbl = _labels(identity, cred)
-        metrics.credential_expiration.labels(*lbl).set(issued.not_after.timestamp())
-        metrics.credential_not_before.labels(*lbl).set(issued.not_before.timestamp())
-        metrics.credential_renewal.labels(*lbl).set(issued.renewal_time.timestamp())
+        metrics.observe_credential(
+            _labels(identity, cred),
+            not_before=issued.not_before.timestamp(),
+            not_after=issued.not_after.timestamp(),
+            renewal=issued.renewal_time.timestamp(),
+        )
 
     def _failed(
         self, identity: MachineIdentity, cred: Credential, issued: Issued | None, due: bool
@@ -362,7 +364,7 @@ class CredentialManager:
         if issued is not None:
             self._observe(identity, cred, issued)
         if due or issued is None:
-            metrics.rotations.labels(*_labels(identity, cred), "failure").inc()
+            metrics.rotated(_labels(identity, cred), "failure")
 
 
 async def settle(aws: Sequence[Awaitable[T]]) -> list[T | BaseException]:
