@@ -28,6 +28,8 @@ class Settings:
         default_factory=lambda: os.environ.get("NHI_NAMESPACE", "nhi-system")
     )
     peering_priority: int = 0
+    #: This replica's identity in kopf's peering objects (given to kopf, so both agree).
+    peering_identity: str = ""
     peering_lifetime: int = 20
     # The IdentityPolicy admission webhook (disabled when the port is 0).
     webhook_port: int = field(default_factory=lambda: int(os.environ.get("NHI_WEBHOOK_PORT", "0")))

@@ -8,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from nhi.handlers.runtime import Runtime
+from nhi.handlers.runtime import (
+    Runtime,
+    _entry_version,
+    _secret_entry,
+    _service_account_entry,
+)
 from nhi.k8s.client import Api, Connection
 from nhi.models.workload import Workload
 from tests.unit.factories import NAMESPACE, make_body
@@ -80,3 +85,67 @@ def test_a_deleted_identity_is_forgotten(rt: Runtime) -> None:
     rt.identity_observed(body, deleted=True)
     assert rt.identity_body((NAMESPACE, "app")) is None
     assert rt.by_namespace[NAMESPACE] == set()
+
+
+def meta_object(
+    kind: str, name: str, rv: int, labels: dict[str, str], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "resourceVersion": str(rv),
+            "labels": labels,
+        },
+        **extra,
+    }
+
+
+CHILD = {
+    "app.kubernetes.io/managed-by": "nhi-operator",
+    "nhi.dev/identity": "app",
+}
+
+
+def test_one_secret_watch_feeds_the_children_and_the_issuers(rt: Runtime) -> None:
+    """Credential Secrets are the identity's children; any other Secret is only a version
+    for the issuers; neither keeps a Secret's data."""
+    rt.synced.set()
+    cred = meta_object("Secret", "app-token", 7, {**CHILD, "nhi.dev/credential": "api"})
+    other = meta_object("Secret", "ca", 8, {"team": "a"})
+    cred_entry, other_entry = _secret_entry(cred), _secret_entry(other)
+    assert other_entry == "8"
+    rt._secret_changed((NAMESPACE, "app-token"), None, cred_entry)
+    rt._secret_changed((NAMESPACE, "ca"), None, other_entry)
+    children = rt.children_of(NAMESPACE, "app")
+    assert [(k.kind, k.name) for k in children] == [("Secret", "app-token")]
+    assert queued(rt) == {(NAMESPACE, "app")}
+    # A Secret that loses the operator's labels is no longer a child.
+    rt._secret_changed(
+        (NAMESPACE, "app-token"),
+        cred_entry,
+        _secret_entry({**cred, "metadata": {**cred["metadata"], "labels": {}}}),
+    )
+    assert rt.children_of(NAMESPACE, "app") == {}
+    assert queued(rt) == {(NAMESPACE, "app")}
+    # The issuers compare resourceVersions: a child's entry yields its version too.
+    assert _entry_version(cred_entry) == "7"
+    assert _entry_version(other_entry) == "8"
+    assert _entry_version(None) == ""
+
+
+def test_one_service_account_watch_feeds_the_children_and_the_name_check(rt: Runtime) -> None:
+    rt.synced.set()
+    mine = meta_object("ServiceAccount", "app", 3, CHILD, automountServiceAccountToken=False)
+    foreign = meta_object("ServiceAccount", "web", 4, {"team": "a"})
+    rt._sa_changed((NAMESPACE, "app"), None, _service_account_entry(mine))
+    rt._sa_changed((NAMESPACE, "web"), None, _service_account_entry(foreign))
+    (child,) = rt.children_of(NAMESPACE, "app").values()
+    assert child["automountServiceAccountToken"] is False
+    assert rt.service_account(NAMESPACE, "app") == {"metadata": {"labels": CHILD}}
+    assert rt.service_account(NAMESPACE, "web") == {"metadata": {"labels": {"team": "a"}}}
+    assert queued(rt) == {(NAMESPACE, "app")}
+    rt._sa_changed((NAMESPACE, "web"), _service_account_entry(foreign), None)
+    assert rt.service_account(NAMESPACE, "web") is None
+    assert queued(rt) == set()

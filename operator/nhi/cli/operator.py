@@ -7,9 +7,11 @@ import asyncio
 import logging
 import secrets
 import sys
+from typing import Any, cast
 
 from nhi import __version__
 from nhi import logging as nhi_logging
+from nhi.k8s.peering import own_identity
 from nhi.models.duration import parse_duration
 from nhi.settings import Settings, set_current
 
@@ -156,6 +158,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             if a.peering_priority is not None
             else secrets.randbelow(1_000_000) + 1
         ),
+        peering_identity=own_identity(),
         webhook_port=a.webhook_port,
         webhook_host=a.webhook_host,
         webhook_address=a.webhook_address,
@@ -183,6 +186,8 @@ async def run(settings: Settings) -> None:
         standalone=not settings.peering,
         peering_name=settings.peering_name if settings.peering else None,
         priority=settings.peering_priority,
+        # kopf's Identity is a NewType of str (not exported): ours, so the gate and kopf agree.
+        identity=cast(Any, settings.peering_identity) if settings.peering else None,
     )
 
 

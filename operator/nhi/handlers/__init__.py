@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from nhi.handlers import admission as admission
-from nhi.handlers import identity, issuer, lifecycle
+from nhi.handlers import issuer, lifecycle
 
-__all__ = ["identity", "issuer", "lifecycle"]
+__all__ = ["issuer", "lifecycle"]

@@ -318,6 +318,10 @@ async def _status_loop(interval: float) -> None:
             continue  # the watch caches are still listing
         try:
             policy_bodies = rt.policy_bodies()
+            if not policy_bodies:
+                # Nothing to write: do not parse (or keep parsed) every identity for nothing.
+                writer.forget()
+                continue
             identity_bodies = rt.identity_bodies()
             await writer.sync(policy_bodies, identity_bodies, rt.namespace_labels)
         except Exception as err:

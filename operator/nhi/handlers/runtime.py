@@ -1,16 +1,20 @@
 """The operator's shared state: API client, watch caches, work queue, reconcilers.
 
 Created once at start-up. The watch caches are :class:`nhi.k8s.informer.Informer` s: the
-operator's own children are listed and watched with a server-side label selector, other
-context (workloads, ServiceAccount names, namespaces, policies) as reduced values or metadata
-only. No reconcile runs before every cache has its first listing, so a restart sees every
-child that exists and re-creates nothing. MachineIdentities themselves arrive through kopf
-(which pauses them on a standby replica when peering).
+operator's RBAC children are listed and watched with a server-side label selector; Secrets
+(metadata only) and ServiceAccounts in one watch each, the operator's own kept as children,
+any other reduced to what is needed of it; other context (workloads, namespaces, policies)
+as reduced values or metadata only. No reconcile runs before every cache has its first
+listing, so a restart sees every child that exists and re-creates nothing. MachineIdentities
+have such a cache too (not kopf: its per-object workers held every listed identity at once);
+with peering, :class:`nhi.k8s.peering.PeeringGate` holds the reconciles of a standby replica
+by kopf's own rule.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import time
@@ -23,6 +27,7 @@ from nhi.k8s.cache import WriteOverlay, slim
 from nhi.k8s.client import Api, ApiError, Conflict, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
 from nhi.k8s.informer import Informer, Key, scopes
+from nhi.k8s.peering import PeeringGate
 from nhi.models.identity import LabelSelector, MachineIdentity, SpecError
 from nhi.models.meta import (
     CREDENTIAL_LABEL,
@@ -40,10 +45,13 @@ from nhi.settings import current as current_settings
 
 log = logging.getLogger("nhi.runtime")
 
-CHILD_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+#: Children watched with a label selector (ServiceAccounts and Secrets: in one watch each
+#: with the others of their kind, see Runtime.start_informers).
+RBAC_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
 CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding"}
 MANAGED_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY},{IDENTITY_LABEL}"
-SECRET_SELECTOR = f"{MANAGED_SELECTOR},{CREDENTIAL_LABEL}"
+#: Informers listing at the same time (start-up, or a relist after 410 Gone).
+LIST_CONCURRENCY = 2
 #: Retry delay of a failed deletion clean-up.
 CLEANUP_RETRY = 5.0
 
@@ -132,8 +140,20 @@ class Runtime:
         self._service_accounts: dict[Key, str] = {}
         self._namespace_labels: dict[Key, dict[str, str]] = {}
         self._policies: dict[Key, dict[str, Any]] = {}
+        self._child_secret = self._child_changer("Secret")
+        self._child_service_account = self._child_changer("ServiceAccount")
         self.informers: list[Informer] = []
         self.synced = asyncio.Event()
+        #: Open while this replica may reconcile (always, without peering).
+        self.gate = PeeringGate(
+            api,
+            enabled=settings.peering,
+            name=settings.peering_name,
+            namespaces=tuple(settings.namespaces),
+            identity=settings.peering_identity,
+            priority=settings.peering_priority,
+            on_active=self._requeue_all,
+        )
         self._sync_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ caches
@@ -143,16 +163,30 @@ class Runtime:
         if self.informers:
             return
         where, keep = scopes(self.namespaces)
+        # A parsed page of 500 objects is several MB of small Python objects; listing every
+        # resource at once at start-up multiplies that peak, which the process then keeps as
+        # fragmented heap. Two at a time list about as fast (the API server is the limit).
+        slots = asyncio.Semaphore(LIST_CONCURRENCY)
         secret_where, secret_keep = scopes(self.namespaces, self.operator_namespace)
 
         def add(kind: str, namespaced: bool = True, **kw: Any) -> None:
             targets = (kw.pop("where", where), kw.pop("keep", keep)) if namespaced else ([None], ())
             for ns in targets[0]:
                 self.informers.append(
-                    Informer(self.api, kind, namespace=ns, namespaces=targets[1], **kw)
+                    Informer(
+                        self.api,
+                        kind,
+                        namespace=ns,
+                        namespaces=targets[1],
+                        list_slots=slots,
+                        **kw,
+                    )
                 )
 
-        for kind in CHILD_KINDS:
+        # The identities themselves: each kept as compact JSON without managedFields. Listed
+        # a page at a time (kopf's per-object workers held every listed body at once).
+        add("MachineIdentity", transform=_identity_entry, on_change=self._identity_changed)
+        for kind in RBAC_KINDS:
             add(
                 kind,
                 namespaced=kind not in CLUSTER_KINDS,
@@ -160,30 +194,22 @@ class Runtime:
                 transform=_slimmer(kind),
                 on_change=self._child_changer(kind),
             )
-        # Credential state lives in the Secrets' annotations: their data is never listed.
-        add(
-            "Secret",
-            label_selector=SECRET_SELECTOR,
-            metadata_only=True,
-            transform=_slimmer("Secret"),
-            on_change=self._child_changer("Secret"),
-        )
-        # Every Secret's name and resourceVersion (metadata only): the issuers' CA Secrets.
+        # One watch of every Secret, metadata only (their data is never listed): the
+        # credential Secrets keep their slim metadata (credential state lives in their
+        # annotations), any other Secret only its resourceVersion (the issuers' CA Secrets).
+        # One watch rather than a label-selected one beside it: each credential Secret's
+        # change is then served, decoded and kept once.
         add(
             "Secret",
             where=secret_where,
             keep=secret_keep,
             metadata_only=True,
-            transform=lambda o: str((o.get("metadata") or {}).get("resourceVersion") or "-"),
+            transform=_secret_entry,
             on_change=self._secret_changed,
         )
-        # Every ServiceAccount's labels (metadata only): is a name taken by a foreign one?
-        add(
-            "ServiceAccount",
-            metadata_only=True,
-            transform=lambda o: _pack(_labels(o)),
-            on_change=_store(self._service_accounts),
-        )
+        # Every ServiceAccount (they are small): the operator's own as children, any other
+        # by its labels (is a name taken by a foreign one?).
+        add("ServiceAccount", transform=_service_account_entry, on_change=self._sa_changed)
         for kind in WORKLOAD_KINDS:
             add(kind, transform=_workload(kind), on_change=self._workload_changed)
         add(
@@ -201,6 +227,7 @@ class Runtime:
         )
         for informer in self.informers:
             informer.start()
+        self.gate.start()
         self._sync_task = asyncio.create_task(self._wait_synced(), name="nhi-caches-synced")
 
     async def _wait_synced(self) -> None:
@@ -219,6 +246,7 @@ class Runtime:
     async def stop_informers(self) -> None:
         if self._sync_task is not None:
             self._sync_task.cancel()
+        await self.gate.stop()
         await asyncio.gather(*(i.stop() for i in self.informers))
         self.informers = []
 
@@ -255,8 +283,26 @@ class Runtime:
             self.requeue_for(key[0], [w for w in (old, new) if w is not None])
 
     def _secret_changed(self, key: Key, old: str | None, new: str | None) -> None:
+        mine_old, mine_new = _child_entry(old), _child_entry(new)
+        if (mine_old is not None or mine_new is not None) and self._in_scope(key[0]):
+            self._child_secret(key, mine_old, mine_new)
         if self.issuers.watches_secret(key[0], key[1]):
-            self.issuers.secret_changed(key[0], key[1], new or "")
+            self.issuers.secret_changed(key[0], key[1], _entry_version(new))
+
+    def _sa_changed(self, key: Key, old: str | None, new: str | None) -> None:
+        mine_old, mine_new = _child_entry(old), _child_entry(new)
+        if mine_old is not None or mine_new is not None:
+            self._child_service_account(key, mine_old, mine_new)
+        if new is None:
+            self._service_accounts.pop(key, None)
+        else:
+            self._service_accounts[key] = new
+
+    def _in_scope(self, namespace: str) -> bool:
+        """Is the namespace one the operator serves (the Secret watch also covers its own)?"""
+        return not self.namespaces or any(
+            fnmatch.fnmatchcase(namespace, p) for p in self.namespaces
+        )
 
     def _policy_changed(self, key: Key, old: Any, new: dict[str, Any] | None) -> None:
         """A policy changed: every identity may be affected, so re-check them all."""
@@ -309,30 +355,48 @@ class Runtime:
 
     def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """Any ServiceAccount of that name (managed or not), as its labels, from the watch."""
-        labels = self._service_accounts.get((namespace, name))
-        return {"metadata": {"labels": _unpack(labels)}} if labels is not None else None
+        entry = self._service_accounts.get((namespace, name))
+        if entry is None:
+            return None
+        mine = _child_entry(entry)
+        if mine is not None:
+            return {"metadata": {"labels": _labels(_unpack(mine))}}
+        return {"metadata": {"labels": _unpack(entry[len(_LABELS_ONLY) :])}}
 
     def workloads(self, namespace: str) -> list[Workload]:
         return list((self._workloads.get(namespace) or {}).values())
 
     # ------------------------------------------------------------------ identities
 
+    def _identity_changed(self, key: Key, old: str | None, new: str | None) -> None:
+        if new is None:
+            self._identity_gone(key)
+        else:
+            self._identity_seen(key, new, _unpack(new))
+
     def identity_observed(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         """The watch delivered an identity: keep it, and what its workloads look like."""
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        names = self.by_namespace.setdefault(key[0], set())
         if deleted:
+            self._identity_gone(key)
+        else:
+            self._identity_seen(key, _identity_entry(body), body)
+
+    def _identity_gone(self, key: Key) -> None:
+        names = self.by_namespace.get(key[0])
+        if names is not None:
             names.discard(key[1])
-            self._identities.pop(key, None)
-            self._matchers.pop(key, None)
-            self._echoes.pop(key, None)
-            self.queue.forget(key)
-            self.locks.pop(key, None)
-            self.identity_overlay.pop(key, None)
-            return
-        names.add(key[1])
-        self._identities[key] = _pack(_slim_identity(body))
+        self._identities.pop(key, None)
+        self._matchers.pop(key, None)
+        self._echoes.pop(key, None)
+        self.queue.forget(key)
+        self.locks.pop(key, None)
+        self.identity_overlay.pop(key, None)
+
+    def _identity_seen(self, key: Key, entry: str, body: Mapping[str, Any]) -> None:
+        self.by_namespace.setdefault(key[0], set()).add(key[1])
+        self._identities[key] = entry
         echo = self._echoes.get(key)
         if echo is not None:
             if _rv(body) <= echo:
@@ -347,6 +411,12 @@ class Runtime:
         except SpecError:
             self._matchers[key] = _Matcher(None, None)
         self.queue.add(key)
+
+    def _requeue_all(self) -> None:
+        """This replica became the active one: look at every identity (as kopf would, on
+        resuming, by listing again)."""
+        for key in list(self._identities):
+            self.queue.add(key)
 
     def identity_keys(self) -> list[Key]:
         return list(self._identities)
@@ -390,6 +460,8 @@ class Runtime:
     async def process(self, key: Key) -> None:
         if not self.synced.is_set():
             await self.synced.wait()  # never decide on half-listed caches
+        if not self.gate.active.is_set():
+            await self.gate.active.wait()  # a standby replica (peering): wait for our turn
         async with self.lock(key):
             body = self.identity_body(key)
             if body is None:
@@ -548,3 +620,47 @@ def _store(into: dict[Key, Any]) -> Any:
             into[key] = new
 
     return changed
+
+
+#: Marks a cache entry that is not one of the operator's children (only what the watch keeps
+#: of any object of that kind); a child's entry is its slim JSON, which starts with "{".
+_LABELS_ONLY = "L"
+
+
+def _is_child(obj: Mapping[str, Any], *labels: str) -> bool:
+    have = (obj.get("metadata") or {}).get("labels") or {}
+    return have.get(MANAGED_BY_KEY) == MANAGED_BY and all(
+        k in have for k in (IDENTITY_LABEL, *labels)
+    )
+
+
+def _child_entry(entry: str | None) -> str | None:
+    """The slim JSON of a child's cache entry; None for any other entry (or none)."""
+    return entry if entry is not None and entry.startswith("{") else None
+
+
+def _identity_entry(obj: Mapping[str, Any]) -> str:
+    return _pack(_slim_identity(obj))
+
+
+def _secret_entry(obj: Mapping[str, Any]) -> str:
+    """A Secret's cache entry: a credential Secret's slim metadata, else its resourceVersion."""
+    if _is_child(obj, CREDENTIAL_LABEL):
+        return _pack(slim("Secret", obj))
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "-")
+
+
+def _entry_version(entry: str | None) -> str:
+    if entry is None:
+        return ""
+    mine = _child_entry(entry)
+    if mine is None:
+        return entry
+    return str((_unpack(mine).get("metadata") or {}).get("resourceVersion") or "-")
+
+
+def _service_account_entry(obj: Mapping[str, Any]) -> str:
+    """A ServiceAccount's cache entry: the operator's own as a child, any other as labels."""
+    if _is_child(obj):
+        return _pack(slim("ServiceAccount", obj))
+    return _LABELS_ONLY + _pack(_labels(obj))

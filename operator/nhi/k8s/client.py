@@ -46,6 +46,8 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "IdentityIssuer": ("/apis/nhi.dev/v1alpha1", "identityissuers", True),
     "ClusterIdentityIssuer": ("/apis/nhi.dev/v1alpha1", "clusteridentityissuers", False),
     "IdentityPolicy": ("/apis/nhi.dev/v1alpha1", "identitypolicies", False),
+    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings", True),
+    "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
     "TokenReview": ("/apis/authentication.k8s.io/v1", "tokenreviews", False),
     "SubjectAccessReview": ("/apis/authorization.k8s.io/v1", "subjectaccessreviews", False),
 }

@@ -57,8 +57,11 @@ class Informer:
         transform: Transform | None = None,
         on_change: OnChange | None = None,
         namespaces: Sequence[str] = (),
+        list_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.api = api
+        #: Shared by the informers of one operator: how many may list at the same time.
+        self.list_slots = list_slots
         self.kind = kind
         self.namespace = namespace
         self.label_selector = label_selector
@@ -126,6 +129,13 @@ class Informer:
         return not self.patterns or any(fnmatch.fnmatchcase(key[0], p) for p in self.patterns)
 
     async def relist(self) -> None:
+        if self.list_slots is None:
+            await self._relist()
+            return
+        async with self.list_slots:
+            await self._relist()
+
+    async def _relist(self) -> None:
         started = time.monotonic()
         params = {**self._params(), "limit": str(PAGE_SIZE)}
         fresh: dict[Key, Any] = {}

@@ -375,6 +375,10 @@ class PolicyStatusWriter:
         self.clock = clock
         self._parsed: dict[tuple[str, str], tuple[str, MachineIdentity | None]] = {}
 
+    def forget(self) -> None:
+        """Drop the parsed identities (no policy left to compute a status for)."""
+        self._parsed.clear()
+
     def parse(self, body: Mapping[str, Any]) -> MachineIdentity | None:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
