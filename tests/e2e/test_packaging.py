@@ -33,6 +33,8 @@ pytestmark = pytest.mark.e2e
 
 CHART = ROOT / "charts" / "nhi-operator"
 BASE = ROOT / "manifests" / "base"
+#: Tells `helm template` the API server serves MutatingAdmissionPolicy (1.36+).
+MAP_API = "--api-versions=admissionregistration.k8s.io/v1/MutatingAdmissionPolicy"
 OVERLAY = ROOT / "manifests" / "overlays" / "example"
 RULES_FILE = ROOT / "manifests" / "prometheus" / "nhi-operator.rules.yaml"
 RELEASE = "nhi-operator"
@@ -386,6 +388,11 @@ def test_helm_install_creates_a_restricted_operator(cluster: Cluster, release: s
     assert cluster.get("clusterkopfpeering", release) is not None
     sa = cluster.get("serviceaccount", release, SYSTEM)
     assert sa is not None
+    # This API server serves MutatingAdmissionPolicy: the chart installs the finalizer policy.
+    policy = cluster.get("mutatingadmissionpolicy", f"{release}-identity-finalizer")
+    assert policy is not None
+    binding = cluster.get("mutatingadmissionpolicybinding", f"{release}-identity-finalizer")
+    assert binding is not None and binding["spec"]["policyName"] == policy["metadata"]["name"]
 
 
 def test_the_operator_works_with_the_charts_service_account(
@@ -565,6 +572,27 @@ def test_helm_upgrade_to_a_namespace_scoped_install(
             cluster.kubectl("delete", "identitypolicy", policy, "--ignore-not-found", check=False)
 
 
+def test_the_finalizer_policy_is_rendered_where_the_api_server_serves_it(helm: Helm) -> None:
+    def policies(*args: str) -> list[dict[str, Any]]:
+        kinds = ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding")
+        return [d for d in render(helm, *args) if d["kind"] in kinds]
+
+    assert policies() == []  # no such API (helm template without a cluster)
+    assert policies(MAP_API, "--set=finalizerPolicy.enabled=false") == []
+    policy, binding = policies(MAP_API)
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert policy["spec"]["failurePolicy"] == "Ignore"
+    assert policy["spec"]["matchConstraints"]["resourceRules"][0]["operations"] == ["CREATE"]
+    assert "namespaceSelector" not in policy["spec"]["matchConstraints"]
+    assert "nhi.dev/cleanup" in policy["spec"]["mutations"][0]["applyConfiguration"]["expression"]
+    scoped, _ = policies(MAP_API, "--set=watchNamespaces={team-a,team-b}")
+    assert scoped["spec"]["matchConstraints"]["namespaceSelector"] == {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+        ]
+    }
+
+
 def test_helm_uninstall_removes_the_operator_and_keeps_the_crds(
     cluster: Cluster, helm: Helm, release: str
 ) -> None:
@@ -573,6 +601,7 @@ def test_helm_uninstall_removes_the_operator_and_keeps_the_crds(
     assert cluster.get("serviceaccount", release, SYSTEM) is None
     assert cluster.get("clusterrole", release) is None
     assert cluster.get("clusterrolebinding", release) is None
+    assert cluster.get("mutatingadmissionpolicy", f"{release}-identity-finalizer") is None
     # Helm never deletes what it installed from crds/: the users' identities survive.
     assert cluster.get("crd", "machineidentities.nhi.dev") is not None
 
@@ -588,8 +617,18 @@ def test_helm_uninstall_removes_the_operator_and_keeps_the_crds(
         ["--set=replicaCount=1", "--set=peering.enabled=false"],
         ["--set=image.digest=sha256:" + "a" * 64],
         ["WATCH", "--set=rbac.clusterScopedGrants=false"],
+        [MAP_API],
+        ["WATCH", MAP_API],
     ],
-    ids=["defaults", "network-policy", "single-replica", "digest", "watch-namespaces"],
+    ids=[
+        "defaults",
+        "network-policy",
+        "single-replica",
+        "digest",
+        "watch-namespaces",
+        "finalizer-policy",
+        "finalizer-policy-watch-namespaces",
+    ],
 )
 def test_helm_template_is_accepted_by_the_api_server(
     chart_crds: Cluster, helm: Helm, system_namespace: str, namespace: str, values: list[str]

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.conftest import Cluster, OperatorProcess, wait_for
+from tests.conftest import ROOT, Cluster, OperatorProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -341,3 +342,84 @@ def _cluster(op: OperatorProcess) -> Cluster:
 
     assert conftest._CLUSTER is not None
     return conftest._CLUSTER
+
+
+def _finalizer_policy(namespace: str) -> list[dict[str, Any]]:
+    """manifests/base/admissionpolicy.yaml, renamed and bound to ``namespace`` only (the
+    cluster is shared: identities elsewhere must not get a finalizer nobody removes)."""
+    path = ROOT / "manifests" / "base" / "admissionpolicy.yaml"
+    policy, binding = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    name = f"nhi-finalizer-{namespace}"
+    policy["metadata"]["name"] = binding["metadata"]["name"] = name
+    binding["spec"]["policyName"] = name
+    policy["spec"]["matchConstraints"]["namespaceSelector"] = {
+        "matchLabels": {"kubernetes.io/metadata.name": namespace}
+    }
+    return [policy, binding]
+
+
+def _finalizer_writers(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    """The field managers that wrote the identity's metadata.finalizers."""
+    out = cluster.kubectl(
+        "get", "machineidentity", name, "-n", namespace, "-o", "json", "--show-managed-fields"
+    ).stdout
+    fields = json.loads(out)["metadata"]["managedFields"]
+    assert fields  # every stored object has at least its creator's entry
+    return [
+        str(m.get("manager"))
+        for m in fields
+        if "f:finalizers" in ((m.get("fieldsV1") or {}).get("f:metadata") or {})
+    ]
+
+
+def test_the_admission_policy_adds_the_finalizer_so_the_operator_need_not(
+    operator: OperatorProcess, namespace: str
+) -> None:
+    """With the chart's MutatingAdmissionPolicy an identity is created with nhi.dev/cleanup
+    (beside the user's own finalizers); the operator provisions it without patching its
+    metadata, and the clean-up on deletion still runs."""
+    cluster = _cluster(operator)
+    policy, binding = _finalizer_policy(namespace)
+    try:
+        cluster.apply(policy)
+        cluster.apply(binding)
+        probe = identity(namespace, "probe")
+        probe["metadata"]["finalizers"] = ["example.com/keep"]
+
+        def admitted() -> dict[str, Any] | None:
+            # A server-side dry run shows what admission makes of a new identity without
+            # storing it; the policy takes effect a moment after it is written.
+            out = cluster.kubectl(
+                "create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(probe)
+            ).stdout
+            obj: dict[str, Any] = json.loads(out)
+            return obj if "nhi.dev/cleanup" in obj["metadata"].get("finalizers", []) else None
+
+        obj = wait_for(admitted, timeout=30, message="the policy to add the finalizer")
+        assert obj["metadata"]["finalizers"] == ["example.com/keep", "nhi.dev/cleanup"]
+
+        cluster.apply(identity(namespace))
+        ready = wait_condition(cluster, namespace, "app", "Ready", "True")
+        assert ready["metadata"]["finalizers"] == ["nhi.dev/cleanup"]
+        # Nobody patched the finalizers in: the policy set them at creation, which no field
+        # manager records (the operator's own patch would show as its Update entry).
+        assert _finalizer_writers(cluster, namespace, "app") == []
+
+        cluster.kubectl("delete", "machineidentity", "app", "-n", namespace, "--timeout=30s")
+        assert cluster.get("machineidentity", "app", namespace) is None
+    finally:
+        for kind, made in (
+            ("mutatingadmissionpolicybinding", binding),
+            ("mutatingadmissionpolicy", policy),
+        ):
+            cluster.kubectl("delete", kind, made["metadata"]["name"], check=False)
+
+
+def test_without_the_admission_policy_the_operator_adds_the_finalizer(
+    operator: OperatorProcess, namespace: str
+) -> None:
+    cluster = _cluster(operator)
+    cluster.apply(identity(namespace))
+    ready = wait_condition(cluster, namespace, "app", "Ready", "True")
+    assert ready["metadata"]["finalizers"] == ["nhi.dev/cleanup"]
+    assert _finalizer_writers(cluster, namespace, "app") != []  # the operator's patch
