@@ -3,7 +3,7 @@
 Each identity: a ServiceAccount, one rule (Role + RoleBinding), a bound token credential and,
 when issuers work in this tree, an ECDSA-P256 X509 credential from a selfSigned
 ClusterIdentityIssuer. The bench applies the N MachineIdentities with concurrency 32 and
-polls with a list every 0.5 s until all are Ready. The floor (bench.floor) creates the same
+follows them (a list, then a watch) until all are Ready. The floor (bench.floor) creates the same
 objects with the same concurrency and the same cryptography, with no operator running.
 
 The floor runs come first, with no operator running. Then one operator process serves every

@@ -7,7 +7,7 @@ rotating through the later scenarios), so the bench makes them due together: wit
 operator running it sets every credential Secret's ``nhi.dev/renewal-time`` annotation (the
 operator's only record of when to renew) to the same instant T a little in the future. The
 operator re-reads the Secrets from its watch and schedules all N renewals for T. The clock
-runs from T until every Secret's ``nhi.dev/fingerprint`` changed (a list every 0.5 s).
+runs from T until every Secret's ``nhi.dev/fingerprint`` changed (a list, then a watch).
 rotation.renewBefore is 2m, so no natural renewal happens during the bench; the identities
 stay for scenario 2.
 
@@ -20,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench import manifests as m
 from bench.env import Env, by_verb_resource, delta, gather_limited, minus, non_watch
 from bench.floor import Floor
-from bench.objects import fingerprints, purge_namespace, wait_ready
+from bench.objects import FINGERPRINT, fingerprints, follow_until, purge_namespace, wait_ready
 from bench.result import Result, ratio_check
 from nhi.models.duration import rfc3339
+from nhi.models.meta import CREDENTIAL_LABEL
 
 OP_NS = "b3-op"
 FLOOR_NS = "b3-floor"
@@ -75,13 +77,16 @@ async def operator_phase(env: Env, n: int, runs: int) -> list[dict[str, Any]]:
             await asyncio.sleep(wait)
         before, own0 = await env.request_totals(), env.own()
         t0 = time.monotonic()
-        done_at = None
-        while time.monotonic() - t0 < 120 + n:
-            fp = await fingerprints(env, OP_NS)
-            if sum(1 for k, v in fp0.items() if fp.get(k) not in (None, v)) >= len(fp0):
-                done_at = time.monotonic()
-                break
-            await asyncio.sleep(0.5)
+        done_at = await follow_until(
+            env,
+            "Secret",
+            OP_NS,
+            lambda s: ((s.get("metadata") or {}).get("annotations") or {}).get(FINGERPRINT),
+            _all_changed(fp0),
+            120 + n,
+            label_selector=CREDENTIAL_LABEL,
+            metadata_only=True,
+        )
         if done_at is None:
             raise RuntimeError(f"{OP_NS}: not every certificate rotated\n{env.operator_log()}")
         await env.wait_quiet(quiet=3.0, limit=300)
@@ -155,3 +160,12 @@ def result(env: Env, n: int, floors: list[dict[str, Any]], ops: list[dict[str, A
         "operator runs; the clock starts at T."
     )
     return res
+
+
+def _all_changed(before: dict[str, str]) -> Callable[[dict[str, Any]], bool]:
+    """Has every Secret of ``before`` a new fingerprint?"""
+
+    def done(now: dict[str, Any]) -> bool:
+        return all(now.get(k) not in (None, v) for k, v in before.items())
+
+    return done
