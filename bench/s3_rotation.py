@@ -148,7 +148,6 @@ def result(env: Env, n: int, floors: list[dict[str, Any]], ops: list[dict[str, A
             [r["seconds"] for r in ops],
             [r["seconds"] for r in floors],
             1.5,
-            " (no target in the issue; scenario 1's 1.5x used as reference)",
         )
     )
     if any(r["due_passed_before_patches_settled"] for r in ops):
