@@ -49,8 +49,6 @@ ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200}
 ORDER = ["6", "1", "3", "4", "5", "2", "7"]
 CLUSTER = {"1", "2", "3", "4", "5"}
 
-FINALIZER_POLICY = ROOT / "manifests" / "base" / "admissionpolicy.yaml"
-
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
@@ -200,7 +198,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 "app.kubernetes.io/part-of=nhi-operator",
             )
             # As the chart installs it by default: the finalizer is added at admission.
-            cp.kubectl("apply", "--server-side", "-f", str(FINALIZER_POLICY))
+            cp.install_finalizer_policy()
             meta["notes"].append(
                 "The MutatingAdmissionPolicy that adds the operator's finalizer to new "
                 "MachineIdentities (the chart's default, manifests/base/admissionpolicy.yaml) "

@@ -49,12 +49,14 @@ def test_make_run_reaches_operator_running_with_the_samples_ready(tmp_path: Path
             start_new_session=True,
         )
     try:
-        wait_for(
-            lambda: "operator running" in log.read_text(errors="replace"),
-            timeout=120,
-            message="`operator running`",
-        )
-        text = log.read_text(errors="replace")
+        deadline = time.monotonic() + 180
+        while "operator running" not in (text := log.read_text(errors="replace")):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"`operator running` not printed (exit code {proc.poll()}); "
+                    f"make run printed:\n{text[-4000:]}"
+                )
+            time.sleep(0.2)
         assert f"export KUBECONFIG={kubeconfig}" in text
         assert "samples applied" in text
         kubectl = str(Path(text.split("export PATH=")[1].split(":", 1)[0]) / "kubectl")

@@ -85,14 +85,6 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
         print(f"control plane up in {time.monotonic() - started:.1f}s", flush=True)
         if not up_only:
             cp.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
-            # As the chart installs by default: new identities get the operator's finalizer
-            # at admission.
-            cp.kubectl(
-                "apply",
-                "--server-side",
-                "-f",
-                str(REPO_ROOT / "manifests" / "base" / "admissionpolicy.yaml"),
-            )
             # The operator's own namespace: cluster issuers keep their roots and CRLs there.
             cp.kubectl("create", "namespace", os.environ.get("NHI_NAMESPACE", "nhi-system"))
             cp.kubectl(
@@ -103,6 +95,9 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
                 "-l",
                 "app.kubernetes.io/part-of=nhi-operator",
             )
+            # As the chart installs by default: new identities get the operator's finalizer
+            # at admission.
+            cp.install_finalizer_policy()
             env = dict(os.environ, KUBECONFIG=str(kubeconfig))
             # Free ports, so a second `make run` or a test run beside it never collides.
             health_port, metrics_port, webhook_port = free_port(), free_port(), free_port()

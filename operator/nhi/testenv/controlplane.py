@@ -492,6 +492,46 @@ class ControlPlane:
             )
         return proc
 
+    def install_finalizer_policy(self, timeout: float = 60.0) -> float:
+        """Apply manifests/base/admissionpolicy.yaml and wait until it admits MachineIdentities.
+
+        Until a CRD's schema has reached the API server's type converter, a few seconds after
+        the CRD is Established, every create that a MutatingAdmissionPolicy matches is answered
+        503 ("There can be a delay between when CustomResourceDefinitions are created and when
+        they are available"), whatever the policy's failurePolicy. A server-side dry run is
+        repeated until the policy's finalizer comes back on it. Returns the seconds waited.
+        """
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            str(REPO_ROOT / "manifests" / "base" / "admissionpolicy.yaml"),
+        )
+        probe = json.dumps(
+            {
+                "apiVersion": "nhi.dev/v1alpha1",
+                "kind": "MachineIdentity",
+                "metadata": {"name": "admission-probe", "namespace": "default"},
+                "spec": {"owner": "nhi-operator"},
+            }
+        )
+        started = time.monotonic()
+        while True:
+            proc = self.kubectl(
+                "create", "--dry-run=server", "-o", "json", "-f", "-", input=probe, check=False
+            )
+            if proc.returncode == 0:
+                finalizers = json.loads(proc.stdout)["metadata"].get("finalizers") or []
+                if "nhi.dev/cleanup" in finalizers:
+                    return time.monotonic() - started
+            elif "ServiceUnavailable" not in proc.stderr:
+                raise ControlPlaneError(f"probing the finalizer policy: {proc.stderr.strip()}")
+            if time.monotonic() - started > timeout:
+                raise ControlPlaneError(
+                    f"the finalizer policy did not admit a MachineIdentity within {timeout:.0f}s"
+                )
+            time.sleep(0.2)
+
 
 @contextlib.contextmanager
 def running(**kwargs: object) -> Iterator[ControlPlane]:
