@@ -8,8 +8,10 @@ to build the controller in a throw-away wrapper module, with a time limit, in th
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +21,26 @@ from bench.result import Check, Result
 
 MODULE = "github.com/cert-manager/cert-manager"
 CONTROLLER = f"{MODULE}/cmd/controller"
+
+
+@functools.cache
+def _module_cache() -> str:
+    try:
+        out = subprocess.run(
+            ["go", "env", "GOMODCACHE"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip()
+
+
+def _anonymise(text: str, work: Path) -> str:
+    """The report names no path of the machine it ran on: $WORK, $GOMODCACHE and ~ instead."""
+    text = text.replace(str(work), "$WORK")
+    cache = _module_cache()
+    if cache:
+        text = text.replace(cache, "$GOMODCACHE")
+    return text.replace(str(Path.home()), "~")
 
 
 async def _go(args: list[str], cwd: Path, limit: float) -> dict[str, Any]:
@@ -43,9 +65,9 @@ async def _go(args: list[str], cwd: Path, limit: float) -> dict[str, Any]:
         proc.kill()  # only the process this scenario started
         out, _ = await proc.communicate()
         rc = None
-    text = (out or b"").decode(errors="replace").strip()
+    text = _anonymise((out or b"").decode(errors="replace").strip(), cwd)
     return {
-        "cmd": "go " + " ".join(args),
+        "cmd": _anonymise("go " + " ".join(args), cwd),
         "rc": rc,
         "seconds": round(time.monotonic() - t0, 1),
         "output": text[-1500:] if rc != 0 else text[-400:],
