@@ -188,15 +188,7 @@ async def main_async(args: argparse.Namespace) -> int:
         meta["kubernetes"] = cp.version().get("gitVersion", "?")
         env = Env(cp, work, small=small, profile_dir=out_md.parent if args.profile else None)
         try:
-            cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-            cp.kubectl(
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd",
-                "-l",
-                "app.kubernetes.io/part-of=nhi-operator",
-            )
+            cp.install_crds()
             # As the chart installs it by default: the finalizer is added at admission.
             cp.install_finalizer_policy()
             meta["notes"].append(

@@ -84,17 +84,9 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
         cp.start()
         print(f"control plane up in {time.monotonic() - started:.1f}s", flush=True)
         if not up_only:
-            cp.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
             # The operator's own namespace: cluster issuers keep their roots and CRLs there.
             cp.kubectl("create", "namespace", os.environ.get("NHI_NAMESPACE", "nhi-system"))
-            cp.kubectl(
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd",
-                "-l",
-                "app.kubernetes.io/part-of=nhi-operator",
-            )
+            cp.install_crds()
             # As the chart installs by default: new identities get the operator's finalizer
             # at admission.
             cp.install_finalizer_policy()

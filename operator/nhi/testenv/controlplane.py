@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from nhi import API_VERSION, IDENTITY_FINALIZER
+
 #: The repository root when running from a checkout (``operator/nhi/testenv/..``).
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -492,6 +494,18 @@ class ControlPlane:
             )
         return proc
 
+    def install_crds(self) -> None:
+        """Apply the repository's CRDs (server-side) and wait until they are Established."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "-l",
+            "app.kubernetes.io/part-of=nhi-operator",
+        )
+
     def install_finalizer_policy(self, timeout: float = 60.0) -> float:
         """Apply manifests/base/admissionpolicy.yaml and wait until it admits MachineIdentities.
 
@@ -509,7 +523,7 @@ class ControlPlane:
         )
         probe = json.dumps(
             {
-                "apiVersion": "nhi.dev/v1alpha1",
+                "apiVersion": API_VERSION,
                 "kind": "MachineIdentity",
                 "metadata": {"name": "admission-probe", "namespace": "default"},
                 "spec": {"owner": "nhi-operator"},
@@ -522,7 +536,7 @@ class ControlPlane:
             )
             if proc.returncode == 0:
                 finalizers = json.loads(proc.stdout)["metadata"].get("finalizers") or []
-                if "nhi.dev/cleanup" in finalizers:
+                if IDENTITY_FINALIZER in finalizers:
                     return time.monotonic() - started
             elif "ServiceUnavailable" not in proc.stderr:
                 raise ControlPlaneError(f"probing the finalizer policy: {proc.stderr.strip()}")
