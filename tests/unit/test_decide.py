@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from nhi.builders.rbac import ChildKey, child_key
 from nhi.models.identity import MachineIdentity
 from nhi.models.meta import Reason
+from nhi.models.policy import IdentityPolicy
 from nhi.reconcilers.credentials import CredentialResult
 from nhi.reconcilers.identity import (
     Observed,
@@ -83,37 +85,121 @@ def foreign_sa(labels: dict[str, str] | None = None) -> dict[str, Any]:
 MANAGED = "app.kubernetes.io/managed-by"
 ID_LABEL = "nhi.dev/identity"
 
+
+def identity_ref(uid: str, name: str = "other") -> dict[str, Any]:
+    return {
+        "apiVersion": "nhi.dev/v1alpha1",
+        "kind": "MachineIdentity",
+        "name": name,
+        "uid": uid,
+        "controller": True,
+    }
+
+
+def with_owner(sa: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    sa["metadata"]["ownerReferences"] = [ref]
+    return sa
+
+
+DEPLOYMENT_REF = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "name": "web",
+    "uid": "d-1",
+    "controller": True,
+}
+
 CONFLICT_CASES = [
-    # (id, existing ServiceAccount's labels or None when absent, adopt annotation, conflict)
-    ("no ServiceAccount", None, None, False),
-    ("unlabelled ServiceAccount", {}, None, True),
-    ("someone else's", {MANAGED: "helm"}, None, True),
-    ("another identity's", {MANAGED: "nhi-operator", ID_LABEL: "other"}, None, True),
-    ("ours", {MANAGED: "nhi-operator", ID_LABEL: NAME}, None, False),
-    ("our identity label, not managed by us", {ID_LABEL: NAME}, None, True),
-    ("adopted", {MANAGED: "helm"}, "true", False),
-    ("adopt must say true", {MANAGED: "helm"}, "yes", True),
-    ("adopt false", {}, "false", True),
+    # (id, existing ServiceAccount the identity does not own or None, adopt annotation, reason)
+    ("no ServiceAccount", None, None, None),
+    ("unlabelled ServiceAccount", foreign_sa({}), None, Reason.SERVICE_ACCOUNT_CONFLICT),
+    ("someone else's", foreign_sa({MANAGED: "helm"}), None, Reason.SERVICE_ACCOUNT_CONFLICT),
+    (
+        "another identity's",
+        with_owner(foreign_sa({MANAGED: "nhi-operator", ID_LABEL: "other"}), identity_ref("o-1")),
+        None,
+        Reason.SERVICE_ACCOUNT_CONFLICT,
+    ),
+    (
+        "our labels, set by anyone: labels prove nothing",
+        foreign_sa({MANAGED: "nhi-operator", ID_LABEL: NAME}),
+        None,
+        Reason.SERVICE_ACCOUNT_CONFLICT,
+    ),
+    ("adopted", foreign_sa({MANAGED: "helm"}), "true", None),
+    ("adopt must say true", foreign_sa({MANAGED: "helm"}), "yes", Reason.SERVICE_ACCOUNT_CONFLICT),
+    ("adopt false", foreign_sa({}), "false", Reason.SERVICE_ACCOUNT_CONFLICT),
+    (
+        "another identity's cannot be adopted",
+        with_owner(foreign_sa({}), identity_ref("o-1")),
+        "true",
+        Reason.OWNERSHIP_CONFLICT,
+    ),
+    (
+        "a controlled one cannot be adopted",
+        with_owner(foreign_sa({}), DEPLOYMENT_REF),
+        "true",
+        Reason.OWNERSHIP_CONFLICT,
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("labels", "adopt", "conflict"),
-    [pytest.param(lb, a, c, id=i) for i, lb, a, c in CONFLICT_CASES],
+    ("sa", "adopt", "reason"),
+    [pytest.param(sa, a, r, id=i) for i, sa, a, r in CONFLICT_CASES],
 )
 def test_service_account_conflict(
-    labels: dict[str, str] | None, adopt: str | None, conflict: bool
+    sa: dict[str, Any] | None, adopt: str | None, reason: str | None
 ) -> None:
     identity = make_identity(annotations=None if adopt is None else {"nhi.dev/adopt": adopt})
-    sa = None if labels is None else foreign_sa(labels)
-    message = service_account_conflict(identity, sa)
-    if not conflict:
-        assert message is None
+    found = service_account_conflict(identity, sa)
+    if reason is None:
+        assert found is None
         return
-    assert message is not None
+    assert found is not None
+    assert found[0] == reason
+    message = found[1]
     assert message.startswith("spec.serviceAccount.name: ")
-    assert f"ServiceAccount '{NAME}' already exists" in message
-    assert 'nhi.dev/adopt: "true"' in message
+    assert f"ServiceAccount '{NAME}'" in message
+    if reason == Reason.SERVICE_ACCOUNT_CONFLICT:
+        assert f"ServiceAccount '{NAME}' already exists" in message
+        assert 'nhi.dev/adopt: "true"' in message
+
+
+def test_the_default_service_account_is_adopted_only_where_a_policy_allows_it() -> None:
+    identity = make_identity(
+        annotations={"nhi.dev/adopt": "true"}, serviceAccount={"name": "default"}
+    )
+    sa = foreign_sa({})
+    sa["metadata"]["name"] = "default"
+    found = service_account_conflict(identity, sa, (), {})
+    assert found is not None and found[0] == Reason.ADOPTION_NOT_ALLOWED
+    assert "allowDefaultServiceAccount: true" in found[1]
+    allow = IdentityPolicy.from_body(
+        {"metadata": {"name": "p"}, "spec": {"adoption": {"allowDefaultServiceAccount": True}}}
+    )
+    assert service_account_conflict(identity, sa, (allow,), {}) is None
+    forbid = IdentityPolicy.from_body(
+        {"metadata": {"name": "no"}, "spec": {"adoption": {"allowed": False}}}
+    )
+    found = service_account_conflict(identity, sa, (allow, forbid), {})
+    assert found is not None and found[0] == Reason.ADOPTION_NOT_ALLOWED
+    assert "'no' (adoption.allowed: false)" in found[1]
+
+
+def test_adopting_records_what_the_service_account_was() -> None:
+    identity = make_identity(annotations={"nhi.dev/adopt": "true"})
+    sa = foreign_sa({"team": "a"})
+    sa["automountServiceAccountToken"] = True
+    plan = decide(observe(identity, foreign=sa))
+    (obj,) = plan.apply
+    before = json.loads(obj["metadata"]["annotations"]["nhi.dev/adopted-from"])
+    assert before == {
+        "labels": {"team": "a"},
+        "annotations": {},
+        "automountServiceAccountToken": True,
+    }
+    assert plan.adopt is sa
 
 
 def test_conflict_blocks_everything() -> None:
@@ -274,7 +360,7 @@ def test_credential_secrets_are_kept_and_orphans_deleted() -> None:
 def test_credential_secret_not_yet_written_is_not_applied_here() -> None:
     identity = make_identity(credentials=[credential("tok")])
     children = in_sync_children(identity)
-    del children[ChildKey("Secret", NAMESPACE, f"{NAME}-tok")]
+    del children[ChildKey("Secret", NAMESPACE, f"{NAME}.tok")]
     assert decide(observe(identity, children)) == Plan()
 
 

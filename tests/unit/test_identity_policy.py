@@ -339,10 +339,26 @@ def test_spec_changed() -> None:
 class FakeApi:
     """Answers SubjectAccessReviews from a set of (user, verb, resource, name) grants."""
 
-    def __init__(self, grants: set[tuple[str, ...]], roles: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        grants: set[tuple[str, ...]],
+        roles: dict[str, Any] | None = None,
+        objects: dict[tuple[str, str], dict[str, Any]] | None = None,
+        identities: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.grants = grants
         self.roles = roles or {}
         self.reviews: list[dict[str, Any]] = []
+        #: (kind, name) -> object that exists in the identity's namespace.
+        self.objects = objects or {}
+        self.identities = identities or []
+
+    async def get_metadata(self, kind: str, namespace: str | None, name: str) -> Any:
+        return self.objects.get((kind, name))
+
+    async def list(self, kind: str, namespace: str | None = None, **_: Any) -> Any:
+        assert kind == "MachineIdentity"
+        return self.identities
 
     async def request(self, method: str, path: str, **kw: Any) -> Any:
         if path.endswith("subjectaccessreviews"):

@@ -18,7 +18,7 @@ from typing import Any, cast
 import pytest
 
 from nhi.builders.rbac import ChildKey, child_key
-from nhi.k8s.client import Api, ApiError, Forbidden, NotFound
+from nhi.k8s.client import Api, ApiError, Conflict, Forbidden, NotFound
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models.meta import IDENTITY_LABEL, Reason
 from nhi.models.policy import IdentityPolicy
@@ -78,6 +78,10 @@ class FakeApi:
         """The requests made, Events aside (they are counted in ``events``)."""
         return [c for c in self.calls if c[1] != "Event" and verb in (None, c[0])]
 
+    def writes(self) -> list[tuple[str, str, str]]:
+        """Creates and applies of objects (not of subresources such as a token)."""
+        return [c for c in self.requests() if c[0] in ("create", "apply") and "/" not in c[1]]
+
     def _stamp(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.version += 1
         meta = obj["metadata"]
@@ -91,6 +95,10 @@ class FakeApi:
         key = (obj["kind"], meta.get("namespace", ""), meta["name"])
         new = copy.deepcopy(dict(obj))
         old = self.objects.get(key)
+        uid = meta.get("uid")
+        if uid and (old is None or old["metadata"]["uid"] != uid):
+            # As the API server does: an apply that names a uid never creates or replaces.
+            raise Conflict(409, "Conflict", "uid mismatch", kind=obj["kind"], name=meta["name"])
         if old is not None:
             new["metadata"]["uid"] = old["metadata"]["uid"]
         self.objects[key] = self._stamp(new)
@@ -116,6 +124,14 @@ class FakeApi:
             await self._call("create", kind, "")
             self.events.append(dict(body))
             return dict(body)
+        if subresource is None:
+            meta = body["metadata"]
+            await self._call("create", kind, meta["name"])
+            key = (kind, meta.get("namespace", ""), meta["name"])
+            if key in self.objects:
+                raise Conflict(409, "AlreadyExists", "already exists", kind=kind, name=meta["name"])
+            self.objects[key] = self._stamp(copy.deepcopy(dict(body)))
+            return copy.deepcopy(self.objects[key])
         await self._call("create", f"{kind}/{subresource}", name or "")
         return {"status": {"token": TOKEN, "expirationTimestamp": "2030-01-01T13:00:00Z"}}
 
@@ -193,14 +209,14 @@ async def test_children_and_credentials_are_written_at_once_and_recorded() -> No
     outcome = await rec.reconcile(body())
     await events.drain()
     assert outcome.ready, outcome.message
-    applied = {(kind, name) for verb, kind, name in api.requests("apply")}
+    applied = {(kind, name) for verb, kind, name in api.writes()}
     assert applied >= {
         ("ServiceAccount", NAME),
         ("Role", f"nhi-{NAME}"),
         ("RoleBinding", f"nhi-{NAME}"),
         ("RoleBinding", f"nhi-{NAME}.role.reader"),
-        ("Secret", f"{NAME}-api"),
-        ("Secret", f"{NAME}-db"),
+        ("Secret", f"{NAME}.api"),
+        ("Secret", f"{NAME}.db"),
     }
     # Nothing waited for an unrelated write: several requests were in flight together.
     assert api.most["requests"] >= 4
@@ -208,14 +224,14 @@ async def test_children_and_credentials_are_written_at_once_and_recorded() -> No
     assert set(view.recorded) >= {
         ChildKey("ServiceAccount", NAMESPACE, NAME),
         ChildKey("RoleBinding", NAMESPACE, f"nhi-{NAME}"),
-        ChildKey("Secret", NAMESPACE, f"{NAME}-db"),
+        ChildKey("Secret", NAMESPACE, f"{NAME}.db"),
     }
     # The token's Secret (no value yet) is written with the other objects; the token is
     # requested once they are all in place; the static secret does not wait for the token.
     sa, token = ("ServiceAccount", NAME), ("ServiceAccount/token", NAME)
-    assert api.overlapped(("Secret", f"{NAME}-api"), sa)
+    assert api.overlapped(("Secret", f"{NAME}.api"), sa)
     assert api.timeline.index(("end", *sa)) < api.timeline.index(("start", *token))
-    assert api.overlapped(("Secret", f"{NAME}-db"), token)
+    assert api.overlapped(("Secret", f"{NAME}.db"), token)
     # One Event per reason, each change listed; in the order of the plan and the spec.
     got = messages(api)
     assert got["Created"].split("; ") == [
@@ -234,7 +250,7 @@ async def test_event_messages_carry_no_secret_value() -> None:
     rec, api, _, events = make_reconciler()
     await rec.reconcile(body())
     await events.drain()
-    stored = api.objects[("Secret", NAMESPACE, f"{NAME}-db")]["data"]["current"]
+    stored = api.objects[("Secret", NAMESPACE, f"{NAME}.db")]["data"]["current"]
     static = base64.b64decode(stored).decode()
     assert api.events
     for event in api.events:
@@ -286,8 +302,8 @@ async def test_one_failed_credential_keeps_the_others() -> None:
         await rec.reconcile(body())
     await events.drain()
     # The static secret was issued, stored and reported although the token failed.
-    assert ChildKey("Secret", NAMESPACE, f"{NAME}-db") in view.recorded
-    assert "data" in api.objects[("Secret", NAMESPACE, f"{NAME}-db")]
+    assert ChildKey("Secret", NAMESPACE, f"{NAME}.db") in view.recorded
+    assert "data" in api.objects[("Secret", NAMESPACE, f"{NAME}.db")]
     assert messages(api)["Issued"].startswith("issued credential db (StaticSecret")
 
 

@@ -193,15 +193,15 @@ def test_credential_defaults() -> None:
         ]
     ).spec.credentials
     # The Secret is named <identity>-<credential> unless secretName says otherwise.
-    assert token == Credential("api-token", "ServiceAccountToken", f"{NAME}-api-token", 1 * H)
-    assert cert.secret_name == f"{NAME}-mtls"
+    assert token == Credential("api-token", "ServiceAccountToken", f"{NAME}.api-token", 1 * H)
+    assert cert.secret_name == f"{NAME}.mtls"
     # issuerRef.kind defaults to ClusterIdentityIssuer, the key to ECDSA-P256.
     assert cert.issuer_ref == IssuerRef("ClusterIdentityIssuer", "mesh-ca")
     assert cert.key_algorithm == "ECDSA-P256"
     assert cert.generator is None
     # A StaticSecret always has a generator: 32 alphanumeric characters by default.
     assert static.generator == Generator(length=32, charset="alphanumeric")
-    assert static.secret_name == f"{NAME}-db-password"
+    assert static.secret_name == f"{NAME}.db-password"
 
 
 def test_credential_explicit_fields() -> None:
@@ -233,7 +233,25 @@ def test_default_secret_name_follows_the_identity_name() -> None:
     (cred,) = make_identity(
         name="ledger", serviceAccount={"name": "other-sa"}, credentials=[credential("tok")]
     ).spec.credentials
-    assert cred.secret_name == "ledger-tok"
+    assert cred.secret_name == "ledger.tok"
+
+
+def test_default_secret_names_of_two_identities_never_collide() -> None:
+    # With "<identity>-<credential>" both were "pay-api-token" and the two fought over it.
+    (a,) = make_identity(name="pay-api", credentials=[credential("token")]).spec.credentials
+    (b,) = make_identity(name="pay", credentials=[credential("api-token")]).spec.credentials
+    assert (a.secret_name, b.secret_name) == ("pay-api.token", "pay.api-token")
+
+
+def test_a_credential_issued_under_the_old_default_name_keeps_it() -> None:
+    body = make_body(name="ledger", credentials=[credential("tok"), credential("new")])
+    body["status"] = {"credentials": [{"name": "tok", "secretName": "ledger-tok"}]}
+    tok, new = MachineIdentity.from_body(body).spec.credentials
+    assert (tok.secret_name, new.secret_name) == ("ledger-tok", "ledger.new")
+    # Only the old default is kept: a status naming anything else changes nothing.
+    body["status"] = {"credentials": [{"name": "tok", "secretName": "db-password"}]}
+    tok, _ = MachineIdentity.from_body(body).spec.credentials
+    assert tok.secret_name == "ledger.tok"
 
 
 # --------------------------------------------------------------------------- errors
@@ -548,7 +566,7 @@ def test_secret_names_must_be_unique() -> None:
 
 def test_secret_name_clash_with_a_default_names_the_explicit_field() -> None:
     with pytest.raises(SpecError) as err:
-        make_identity(credentials=[credential("a"), credential("b", secretName=f"{NAME}-a")])
+        make_identity(credentials=[credential("a"), credential("b", secretName=f"{NAME}.a")])
     assert err.value.path == "spec.credentials[1].secretName"
 
 

@@ -143,8 +143,10 @@ def test_one_service_account_watch_feeds_the_children_and_the_name_check(rt: Run
     rt._sa_changed((NAMESPACE, "web"), None, _service_account_entry(foreign))
     (child,) = rt.children_of(NAMESPACE, "app").values()
     assert child["automountServiceAccountToken"] is False
-    assert rt.service_account(NAMESPACE, "app") == {"metadata": {"labels": CHILD}}
-    assert rt.service_account(NAMESPACE, "web") == {"metadata": {"labels": {"team": "a"}}}
+    assert (rt.service_account(NAMESPACE, "app") or {})["metadata"]["labels"] == CHILD
+    web = rt.service_account(NAMESPACE, "web") or {}
+    assert web["metadata"]["labels"] == {"team": "a"}
+    assert (web["metadata"]["namespace"], web["metadata"]["name"]) == (NAMESPACE, "web")
     assert queued(rt) == {(NAMESPACE, "app")}
     rt._sa_changed((NAMESPACE, "web"), _service_account_entry(foreign), None)
     assert rt.service_account(NAMESPACE, "web") is None

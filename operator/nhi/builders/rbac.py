@@ -7,16 +7,20 @@ re-run of any handler finds what an interrupted run left behind.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from nhi import API_VERSION
 from nhi.models.identity import KIND, MachineIdentity, RoleRef
 from nhi.models.meta import (
+    ADOPTED_FROM_ANNOTATION,
     IDENTITY_LABEL,
     IDENTITY_NAMESPACE_LABEL,
     MANAGED_BY,
     MANAGED_BY_KEY,
+    OWNER_UID_ANNOTATION,
 )
 
 RBAC = "rbac.authorization.k8s.io/v1"
@@ -74,6 +78,9 @@ def _meta(identity: MachineIdentity, name: str, namespaced: bool = True) -> dict
     if namespaced:
         meta["namespace"] = identity.namespace
         meta["ownerReferences"] = [owner_reference(identity)]
+    else:
+        # No ownerReference can name a namespaced owner here: the UID proves ownership.
+        meta["annotations"] = {OWNER_UID_ANNOTATION: identity.uid}
     return meta
 
 
@@ -101,9 +108,14 @@ def _subject(identity: MachineIdentity) -> list[dict[str, str]]:
     ]
 
 
-def build_service_account(identity: MachineIdentity) -> dict[str, Any]:
+def build_service_account(
+    identity: MachineIdentity, adopted_from: str | None = None
+) -> dict[str, Any]:
+    """The identity's ServiceAccount; ``adopted_from``: the adopted one's state before (JSON)."""
     meta = _meta(identity, identity.spec.service_account)
     meta["annotations"] = {"nhi.dev/owner": identity.spec.owner}
+    if adopted_from is not None:
+        meta["annotations"][ADOPTED_FROM_ANNOTATION] = adopted_from
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
@@ -174,7 +186,7 @@ def build_cluster_role_binding(identity: MachineIdentity) -> dict[str, Any]:
 
 
 def desired_access(
-    identity: MachineIdentity, *, with_bindings: bool = True
+    identity: MachineIdentity, *, with_bindings: bool = True, adopted_from: str | None = None
 ) -> list[dict[str, Any]]:
     """Every object that gives the identity its access, ServiceAccount first.
 
@@ -182,7 +194,7 @@ def desired_access(
     keeps no access.
     """
     spec = identity.spec
-    out = [build_service_account(identity)]
+    out = [build_service_account(identity, adopted_from)]
     if spec.rules:
         out.append(build_role(identity))
         if with_bindings:
@@ -194,6 +206,93 @@ def desired_access(
         if with_bindings:
             out.append(build_cluster_role_binding(identity))
     return out
+
+
+def adoption_snapshot(sa: Mapping[str, Any]) -> str:
+    """What adopting changes on a ServiceAccount, as it was before (JSON, for the annotation
+    :data:`ADOPTED_FROM_ANNOTATION`): restored when the identity lets it go."""
+    meta = sa.get("metadata") or {}
+    return json.dumps(
+        {
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": dict(meta.get("annotations") or {}),
+            "automountServiceAccountToken": sa.get("automountServiceAccountToken"),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def release_patch(sa: Mapping[str, Any], identity_uid: str) -> list[dict[str, Any]]:
+    """A JSON patch that gives an adopted ServiceAccount back as it was before the adoption:
+    its labels, annotations and automount setting restored, the identity's ownerReference
+    removed. Guarded by the ServiceAccount's UID, so a namesake is never changed."""
+    meta = sa.get("metadata") or {}
+    try:
+        before = json.loads((meta.get("annotations") or {}).get(ADOPTED_FROM_ANNOTATION) or "")
+        if not isinstance(before, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        # Unreadable record: take away only what the operator put there.
+        ours = {MANAGED_BY_KEY, IDENTITY_LABEL}
+        before = {
+            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k not in ours},
+            "annotations": {
+                k: v
+                for k, v in (meta.get("annotations") or {}).items()
+                if k not in ("nhi.dev/owner", ADOPTED_FROM_ANNOTATION)
+            },
+            "automountServiceAccountToken": sa.get("automountServiceAccountToken"),
+        }
+    refs = [r for r in meta.get("ownerReferences") or () if r.get("uid") != identity_uid]
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/uid", "value": meta.get("uid")},
+        {"op": "add", "path": "/metadata/labels", "value": dict(before.get("labels") or {})},
+        {
+            "op": "add",
+            "path": "/metadata/annotations",
+            "value": dict(before.get("annotations") or {}),
+        },
+        {"op": "add", "path": "/metadata/ownerReferences", "value": refs},
+    ]
+    automount = before.get("automountServiceAccountToken")
+    if isinstance(automount, bool):
+        ops.append({"op": "add", "path": "/automountServiceAccountToken", "value": automount})
+    elif "automountServiceAccountToken" in sa:
+        ops.append({"op": "remove", "path": "/automountServiceAccountToken"})
+    return ops
+
+
+def is_adopted(sa: Mapping[str, Any] | None) -> bool:
+    return ADOPTED_FROM_ANNOTATION in (((sa or {}).get("metadata") or {}).get("annotations") or {})
+
+
+def desired_keys(identity: MachineIdentity) -> list[ChildKey]:
+    """Every object the identity would write: its access objects and credential Secrets."""
+    keys = [child_key(o) for o in desired_access(identity)]
+    keys += [
+        ChildKey("Secret", identity.namespace, c.secret_name) for c in identity.spec.credentials
+    ]
+    return keys
+
+
+def field_for(identity: MachineIdentity, key: ChildKey) -> str:
+    """The spec field a child's name comes from, to name it in a conflict."""
+    spec = identity.spec
+    if key.kind == "ServiceAccount":
+        return "spec.serviceAccount.name"
+    if key.kind == "Secret":
+        for i, cred in enumerate(spec.credentials):
+            if cred.secret_name == key.name:
+                return f"spec.credentials[{i}].secretName"
+        return "spec.credentials"
+    if key.kind in CLUSTER_KINDS:
+        return "spec.permissions.clusterRules"
+    for i, ref in enumerate(spec.role_refs):
+        if key.kind == "RoleBinding" and key.name == role_ref_binding_name(identity, ref):
+            return f"spec.permissions.roleRefs[{i}]"
+    return "spec.permissions.rules"
 
 
 #: The fields of each kind that the operator owns; drift in these is corrected.

@@ -18,6 +18,7 @@ from nhi.cli.render import (
     render_table,
     short_id,
 )
+from nhi.models.identity import default_secret_name
 
 
 def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
@@ -38,7 +39,7 @@ def _credential(
         "type": declared.get("type") or observed.get("type") or "",
         "secretName": observed.get("secretName")
         or declared.get("secretName")
-        or f"{identity}-{name}",
+        or default_secret_name(identity, name),
         "issued": bool(observed),
     }
     if observed.get("serialNumber"):

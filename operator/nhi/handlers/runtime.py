@@ -297,6 +297,13 @@ class Runtime:
             self._service_accounts.pop(key, None)
         else:
             self._service_accounts[key] = new
+        if self.synced.is_set() and mine_old is None and mine_new is None:
+            # A ServiceAccount that is not one of ours came or went: an identity blocked by
+            # it (ServiceAccountConflict) may go on now, or must stop.
+            for name in list(self.by_namespace.get(key[0], ())):
+                matcher = self._matchers.get((key[0], name))
+                if matcher is None or matcher.service_account == key[1]:
+                    self.queue.add((key[0], name))
 
     def _in_scope(self, namespace: str) -> bool:
         """Is the namespace one the operator serves (the Secret watch also covers its own)?"""
@@ -354,14 +361,15 @@ class Runtime:
         return self._namespace_labels.get(("", namespace)) or {}
 
     def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None:
-        """Any ServiceAccount of that name (managed or not), as its labels, from the watch."""
+        """Any ServiceAccount of that name, from the watch: the operator's own as a child
+        (slim), any other as its uid, labels and ownerReferences."""
         entry = self._service_accounts.get((namespace, name))
         if entry is None:
             return None
         mine = _child_entry(entry)
         if mine is not None:
-            return {"metadata": {"labels": _labels(_unpack(mine))}}
-        return {"metadata": {"labels": _unpack(entry[len(_LABELS_ONLY) :])}}
+            return _unpack(mine)
+        return {"metadata": {"namespace": namespace, "name": name, **_unpack(entry[1:])}}
 
     def workloads(self, namespace: str) -> list[Workload]:
         return list((self._workloads.get(namespace) or {}).values())
@@ -624,7 +632,7 @@ def _store(into: dict[Key, Any]) -> Any:
 
 #: Marks a cache entry that is not one of the operator's children (only what the watch keeps
 #: of any object of that kind); a child's entry is its slim JSON, which starts with "{".
-_LABELS_ONLY = "L"
+_FOREIGN = "L"
 
 
 def _is_child(obj: Mapping[str, Any], *labels: str) -> bool:
@@ -660,7 +668,10 @@ def _entry_version(entry: str | None) -> str:
 
 
 def _service_account_entry(obj: Mapping[str, Any]) -> str:
-    """A ServiceAccount's cache entry: the operator's own as a child, any other as labels."""
+    """A ServiceAccount's cache entry: the operator's own as a child; any other as what tells
+    whether it may be adopted (uid, labels, ownerReferences)."""
     if _is_child(obj):
         return _pack(slim("ServiceAccount", obj))
-    return _LABELS_ONLY + _pack(_labels(obj))
+    meta = obj.get("metadata") or {}
+    keep = {k: meta[k] for k in ("uid", "labels", "ownerReferences") if meta.get(k)}
+    return _FOREIGN + _pack(keep)

@@ -53,6 +53,10 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
 }
 
 
+#: Ask for PartialObjectMetadata: metadata only, whatever the kind.
+METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
 class ApiError(Exception):
     """The API server refused a request."""
 
@@ -227,6 +231,22 @@ class Api:
         try:
             obj: dict[str, Any] = await self.request(
                 "GET", path_for(kind, namespace, name), kind=kind, name=name
+            )
+            return obj
+        except NotFound:
+            return None
+
+    async def get_metadata(
+        self, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        """The object's metadata only (a Secret's data never leaves the API server)."""
+        try:
+            obj: dict[str, Any] = await self.request(
+                "GET",
+                path_for(kind, namespace, name),
+                accept=METADATA_ACCEPT,
+                kind=kind,
+                name=name,
             )
             return obj
         except NotFound:

@@ -182,12 +182,17 @@ class MachineIdentity:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> MachineIdentity:
         meta = body.get("metadata") or {}
+        status = body.get("status") or {}
         return cls(
             namespace=str(meta.get("namespace", "")),
             name=str(meta.get("name", "")),
             uid=str(meta.get("uid", "")),
             generation=int(meta.get("generation") or 0),
-            spec=parse_spec(body.get("spec") or {}, default_name=str(meta.get("name", ""))),
+            spec=parse_spec(
+                body.get("spec") or {},
+                default_name=str(meta.get("name", "")),
+                in_use=_secret_names_in_use(status),
+            ),
             annotations=dict(meta.get("annotations") or {}),
             labels=dict(meta.get("labels") or {}),
             creation_timestamp=meta.get("creationTimestamp"),
@@ -197,6 +202,29 @@ class MachineIdentity:
 
 
 # ----------------------------------------------------------------------------- parsing
+
+
+def default_secret_name(identity: str, credential: str) -> str:
+    """``<identity>.<credential>``: credential names have no dot, so no two identities of a
+    namespace can have the same default (``pay-api`` + ``token`` and ``pay`` + ``api-token``
+    once both gave ``pay-api-token``)."""
+    return f"{identity}.{credential}"
+
+
+def legacy_secret_name(identity: str, credential: str) -> str:
+    """The default before :func:`default_secret_name`: kept by credentials issued under it."""
+    return f"{identity}-{credential}"
+
+
+def _secret_names_in_use(status: Any) -> dict[str, str]:
+    """Credential name -> Secret name, as the status records them."""
+    if not isinstance(status, Mapping):
+        return {}
+    out = {}
+    for entry in status.get("credentials") or ():
+        if isinstance(entry, Mapping) and entry.get("name") and entry.get("secretName"):
+            out[str(entry["name"])] = str(entry["secretName"])
+    return out
 
 
 def _obj(value: Any, path: str) -> Mapping[str, Any]:
@@ -281,7 +309,9 @@ def _selector(raw: Any, path: str) -> LabelSelector:
     )
 
 
-def _credential(raw: Any, path: str, identity: str) -> Credential:
+def _credential(
+    raw: Any, path: str, identity: str, in_use: Mapping[str, str] | None = None
+) -> Credential:
     c = _obj(raw, path)
     name = c.get("name")
     if not isinstance(name, str) or len(name) > 63 or not _DNS1123_LABEL.match(name):
@@ -289,7 +319,10 @@ def _credential(raw: Any, path: str, identity: str) -> Credential:
     ctype = c.get("type")
     if ctype not in CREDENTIAL_TYPES:
         raise SpecError(f"{path}.type", f"must be one of {', '.join(CREDENTIAL_TYPES)}")
-    secret_name = _dns_subdomain(c.get("secretName") or f"{identity}-{name}", f"{path}.secretName")
+    default = default_secret_name(identity, name)
+    if (in_use or {}).get(name) == legacy_secret_name(identity, name):
+        default = legacy_secret_name(identity, name)  # issued before the default changed
+    secret_name = _dns_subdomain(c.get("secretName") or default, f"{path}.secretName")
     ttl = _duration(c["ttl"], f"{path}.ttl") if "ttl" in c else DEFAULT_TTL[ctype]
     if ttl <= dt.timedelta(0):
         raise SpecError(f"{path}.ttl", "must be positive")
@@ -346,7 +379,9 @@ def _credential(raw: Any, path: str, identity: str) -> Credential:
     )
 
 
-def parse_spec(raw: Mapping[str, Any], default_name: str) -> Spec:
+def parse_spec(
+    raw: Mapping[str, Any], default_name: str, in_use: Mapping[str, str] | None = None
+) -> Spec:
     """Turn ``spec`` into a :class:`Spec`; raise :class:`SpecError` naming the field."""
     spec = _obj(raw, "spec")
     owner = spec.get("owner")
@@ -378,7 +413,7 @@ def parse_spec(raw: Mapping[str, Any], default_name: str) -> Spec:
     creds = []
     seen: set[str] = set()
     for i, c in enumerate(_list(spec.get("credentials"), "spec.credentials")):
-        cred = _credential(c, f"spec.credentials[{i}]", default_name)
+        cred = _credential(c, f"spec.credentials[{i}]", default_name, in_use)
         if cred.name in seen:
             raise SpecError(
                 f"spec.credentials[{i}].name", f"duplicate credential name {cred.name!r}"

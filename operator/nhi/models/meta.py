@@ -7,6 +7,12 @@ MANAGED_BY = "nhi-operator"
 IDENTITY_LABEL = "nhi.dev/identity"
 IDENTITY_NAMESPACE_LABEL = "nhi.dev/identity-namespace"
 CREDENTIAL_LABEL = "nhi.dev/credential"
+#: The owning identity's UID on cluster-scoped children, which cannot carry an ownerReference
+#: to a namespaced MachineIdentity (see nhi.policies.ownership).
+OWNER_UID_ANNOTATION = "nhi.dev/owner-uid"
+#: On an adopted ServiceAccount: its labels, annotations and automount setting from before
+#: the adoption (JSON), restored when the identity lets it go.
+ADOPTED_FROM_ANNOTATION = "nhi.dev/adopted-from"
 
 ADOPT_ANNOTATION = "nhi.dev/adopt"
 RENEW_ANNOTATION = "nhi.dev/renew-requested-at"
@@ -31,9 +37,12 @@ class Reason:
     SERVICE_ACCOUNT_CONFLICT = "ServiceAccountConflict"
     CLUSTER_PERMISSIONS_NOT_ALLOWED = "ClusterPermissionsNotAllowed"
     POLICY_VIOLATION = "PolicyViolation"
+    OWNERSHIP_CONFLICT = "OwnershipConflict"
+    ADOPTION_NOT_ALLOWED = "AdoptionNotAllowed"
     API_ERROR = "ApiError"
     # Events
     CREATED = "Created"
     UPDATED = "Updated"
     RESTORED = "Restored"
     DELETED = "Deleted"
+    RELEASED = "Released"

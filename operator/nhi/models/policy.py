@@ -61,6 +61,10 @@ class IdentityPolicy:
     #: None: any issuer (the field is omitted); an empty tuple: no issuer at all.
     allowed_issuers: tuple[IssuerRef, ...] | None = None
     delegate_permissions: bool = False
+    #: ``adoption.allowed``: identities may adopt an existing ServiceAccount (nhi.dev/adopt).
+    allow_adoption: bool = True
+    #: ``adoption.allowDefaultServiceAccount``: ... even the namespace's ``default`` one.
+    allow_default_adoption: bool = False
     uid: str = ""
     generation: int = 0
 
@@ -107,6 +111,7 @@ class IdentityPolicy:
                     )
                 )
             issuers = tuple(refs)
+        adoption = _obj(spec.get("adoption"), "spec.adoption")
         return cls(
             name=str(meta.get("name", "")),
             namespace_selector=selector,
@@ -122,6 +127,8 @@ class IdentityPolicy:
             forbidden_rules=tuple(forbidden),
             allowed_issuers=issuers,
             delegate_permissions=bool(spec.get("delegatePermissions", False)),
+            allow_adoption=bool(adoption.get("allowed", True)),
+            allow_default_adoption=bool(adoption.get("allowDefaultServiceAccount", False)),
             uid=str(meta.get("uid", "")),
             generation=int(meta.get("generation") or 0),
         )

@@ -93,6 +93,34 @@ def evaluate(
     return out
 
 
+def check_adoption(
+    service_account: str,
+    policies: Iterable[IdentityPolicy],
+    namespace_labels: Mapping[str, str],
+) -> str | None:
+    """Why the namespace's policies do not let an identity adopt ``service_account``, or None.
+
+    Any selecting policy with ``adoption.allowed: false`` forbids adoption (whatever its
+    enforcement: taking over an object is never merely warned about). The ``default``
+    ServiceAccount, which every Pod without one runs as, is adopted only where a selecting
+    policy says ``adoption.allowDefaultServiceAccount: true``.
+    """
+    selected = selecting(policies, namespace_labels)
+    field = "metadata.annotations[nhi.dev/adopt]"
+    for policy in selected:
+        if not policy.allow_adoption:
+            return (
+                f"{field}: IdentityPolicy {policy.name!r} (adoption.allowed: false) forbids "
+                f"adopting ServiceAccount {service_account!r}"
+            )
+    if service_account == "default" and not any(p.allow_default_adoption for p in selected):
+        return (
+            f"{field}: adopting the namespace's default ServiceAccount needs an IdentityPolicy "
+            "selecting the namespace with adoption.allowDefaultServiceAccount: true"
+        )
+    return None
+
+
 def check_policy(identity: MachineIdentity, policy: IdentityPolicy) -> list[Violation]:
     """The violations of one policy, whether or not it selects the namespace."""
     return list(_check(identity, policy))
@@ -425,6 +453,54 @@ def role_bind_checks(identity: MachineIdentity) -> list[AccessCheck]:
         )
         for i, ref in enumerate(identity.spec.role_refs)
     ]
+
+
+ADOPT_FIELD = "metadata.annotations[nhi.dev/adopt]"
+ROLLOUT_FIELD = "spec.workloads.rolloutOnRotation"
+WORKLOAD_RESOURCES = ("deployments", "statefulsets", "daemonsets")
+
+
+def adoption_checks(identity: MachineIdentity) -> list[AccessCheck]:
+    """Adopting a ServiceAccount relabels it, changes its automount setting, mints tokens for
+    it and makes it the identity's: whoever asks for it must be allowed to update and delete
+    that ServiceAccount themselves."""
+    return [
+        AccessCheck(
+            field=ADOPT_FIELD,
+            verb=verb,
+            resource="serviceaccounts",
+            name=identity.spec.service_account,
+            namespace=identity.namespace,
+        )
+        for verb in ("update", "delete")
+    ]
+
+
+def rollout_checks(identity: MachineIdentity) -> list[AccessCheck]:
+    """A rollout after rotation patches the selected workloads: whoever asks for it must be
+    allowed to patch them."""
+    if not identity.spec.rollout_on_rotation or identity.spec.selector.empty:
+        return []
+    return [
+        AccessCheck(
+            field=ROLLOUT_FIELD,
+            verb="patch",
+            group="apps",
+            resource=resource,
+            namespace=identity.namespace,
+        )
+        for resource in WORKLOAD_RESOURCES
+    ]
+
+
+def adopt_requested(new: Mapping[str, Any] | None) -> bool:
+    annotations = ((new or {}).get("metadata") or {}).get("annotations") or {}
+    return annotations.get("nhi.dev/adopt") == "true"
+
+
+def adopt_added(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:
+    """Whether a write asks for an adoption the identity did not ask for before."""
+    return adopt_requested(new) and (old is None or not adopt_requested(old))
 
 
 def spec_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> bool:

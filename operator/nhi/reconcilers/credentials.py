@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from nhi import crypto, metrics
+from nhi.builders.rbac import ChildKey, field_for
 from nhi.builders.secrets import build_credential_secret, token_request
 from nhi.k8s.client import Api
 from nhi.k8s.events import EventBatch, EventRecorder
@@ -25,8 +27,10 @@ from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.meta import RENEW_ANNOTATION
 from nhi.policies import rotation
+from nhi.policies.ownership import Claim, OwnershipConflict
 from nhi.policies.rotation import Issued
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService, Signer
+from nhi.reconcilers.owned import OwnedWriter, uid_of
 
 log = logging.getLogger("nhi.reconcilers.credentials")
 
@@ -46,6 +50,8 @@ class CredentialResult:
     issued: list[str] = field(default_factory=list)  # names issued for the first time
     next_due: dt.datetime | None = None
     not_ready: tuple[str, str] | None = None  # (reason, message) when a credential is missing
+    #: Secrets named by the spec that the identity does not own (left untouched).
+    conflicts: list[Claim] = field(default_factory=list)
 
     def due(self, when: dt.datetime) -> None:
         if self.next_due is None or when < self.next_due:
@@ -59,10 +65,10 @@ class CredentialManager:
         issuers: IssuerService,
         events: EventRecorder,
         clock: Callable[[], dt.datetime],
-        record: Callable[[Mapping[str, Any]], None] = lambda obj: None,
+        writer: OwnedWriter | None = None,
     ) -> None:
-        #: Told about every write, so the caller's caches know about it before the watch does.
-        self.record = record
+        #: Writes only Secrets the identity owns, and tells the caches about each write.
+        self.writer = writer or OwnedWriter(api)
         self.api = api
         self.issuers = issuers
         self.events = events
@@ -74,8 +80,10 @@ class CredentialManager:
         body: Mapping[str, Any],
         secrets: Mapping[str, Mapping[str, Any]],
         batch: EventBatch | None = None,
+        taken: Collection[str] = (),
     ) -> CredentialResult:
-        """Bring every declared credential up to date. ``secrets``: cached, by Secret name.
+        """Bring every declared credential up to date. ``secrets``: the identity's own, by
+        name; ``taken``: Secret names already found to belong to someone else (skipped).
 
         Credentials do not depend on each other: those due are issued at the same time.
         Results are merged in declaration order. A failure of one does not stop the others;
@@ -92,6 +100,8 @@ class CredentialManager:
         # Checking is in memory (an issuer's first use aside); only issuing makes requests.
         checked: list[_Pass | _Due | Exception] = []
         for index, cred in enumerate(identity.spec.credentials):
+            if cred.secret_name in taken:
+                continue
             stored = secrets.get(cred.secret_name)
             try:
                 checked.append(await self._check(identity, index, cred, stored, renew_request))
@@ -102,6 +112,9 @@ class CredentialManager:
         failures: list[BaseException] = []
         for one in checked:
             outcome = next(done) if isinstance(one, _Due) else one
+            if isinstance(outcome, OwnershipConflict):
+                result.conflicts.append(outcome.claim)
+                continue
             if isinstance(outcome, BaseException):
                 failures.append(outcome)
                 continue
@@ -197,7 +210,7 @@ class CredentialManager:
         cred, issued, now, reason = due.cred, due.issued, due.now, due.reason
         if reason is None:
             assert issued is not None
-            kept = await self._drop_previous(identity, cred, issued)
+            kept = await self._drop_previous(identity, cred, issued, due.stored)
             self._observe(identity, cred, kept)
             return _Pass(cred.name, status=_status(cred, kept), due=rotation.next_due(kept, now))
         new = await self._issue(
@@ -245,22 +258,25 @@ class CredentialManager:
         reason: str,
         renew_handled: str = "",
     ) -> Issued:
-        job = _Issuance(identity, cred, now, (old.rotation_count + 1) if old else 0, renew_handled)
+        job = _Issuance(
+            identity, cred, now, (old.rotation_count + 1) if old else 0, renew_handled, stored
+        )
         if cred.type == "ServiceAccountToken":
-            return await self._issue_token(job, stored)
+            return await self._issue_token(job)
         if cred.type == "X509":
             assert signer is not None
             return await self._issue_x509(job, signer)
         return await self._issue_static(job, old)
 
-    async def _issue_token(self, job: _Issuance, stored: Mapping[str, Any] | None) -> Issued:
+    async def _issue_token(self, job: _Issuance) -> Issued:
         identity, cred = job.identity, job.cred
-        uid = ((stored or {}).get("metadata") or {}).get("uid")
+        uid = uid_of(job.stored)
         if not uid:
             # The token is bound to its Secret, so the Secret must exist (and have a uid) first.
-            written = await self.api.apply(build_credential_secret(identity, cred, None, {}))
-            self.record(written)
-            uid = written["metadata"]["uid"]
+            job = job.stored_as(
+                await self._write(job, build_credential_secret(identity, cred, None, {}))
+            )
+            uid = uid_of(job.stored)
         answer = await self.api.create(
             "ServiceAccount",
             identity.namespace,
@@ -271,8 +287,11 @@ class CredentialManager:
         token: str = answer["status"]["token"]
         not_after = parse_time(answer["status"]["expirationTimestamp"])
         issued = job.issued(job.now, not_after, fingerprint=crypto.secret_fingerprint(token))
-        await self._store(
-            build_credential_secret(identity, cred, {"token": token.encode()}, issued.annotations())
+        await self._write(
+            job,
+            build_credential_secret(
+                identity, cred, {"token": token.encode()}, issued.annotations()
+            ),
         )
         return issued
 
@@ -301,7 +320,7 @@ class CredentialManager:
             "tls.key": crypto.private_key_pem(key),
             "ca.crt": signer.bundle_pem,
         }
-        await self._store(build_credential_secret(identity, cred, data, issued.annotations()))
+        await self._write(job, build_credential_secret(identity, cred, data, issued.annotations()))
         return issued
 
     async def _issue_static(self, job: _Issuance, old: Issued | None) -> Issued:
@@ -313,7 +332,7 @@ class CredentialManager:
         if old is not None and old.not_after > now:
             # Keep the value being replaced as `previous` until its own expiry: verifiers
             # accept both while consumers roll over.
-            current = await self._read_data(identity, cred, "current")
+            current = await self._read_data(identity, cred, job.stored, "current")
             if current is not None:
                 data["previous"] = current
                 previous_not_after = old.not_after
@@ -323,29 +342,46 @@ class CredentialManager:
             fingerprint=crypto.secret_fingerprint(value),
             previous_not_after=previous_not_after,
         )
-        await self._store(build_credential_secret(identity, cred, data, issued.annotations()))
+        await self._write(job, build_credential_secret(identity, cred, data, issued.annotations()))
         return issued
 
     async def _drop_previous(
-        self, identity: MachineIdentity, cred: Credential, issued: Issued
+        self,
+        identity: MachineIdentity,
+        cred: Credential,
+        issued: Issued,
+        stored: Mapping[str, Any] | None,
     ) -> Issued:
         """The overlap window ended: remove ``previous`` from a StaticSecret."""
-        current = await self._read_data(identity, cred, "current")
+        current = await self._read_data(identity, cred, stored, "current")
         new = Issued(**{**issued.__dict__, "previous_not_after": None})
         if current is not None:
-            await self._store(
-                build_credential_secret(identity, cred, {"current": current}, new.annotations())
+            await self.writer.write(
+                identity,
+                build_credential_secret(identity, cred, {"current": current}, new.annotations()),
+                stored,
+                _field(identity, cred),
             )
         return new
 
-    async def _store(self, obj: Mapping[str, Any]) -> None:
-        self.record(await self.api.apply(obj))
+    async def _write(self, job: _Issuance, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Create the credential's Secret, or update the one the identity owns."""
+        return await self.writer.write(
+            job.identity, obj, job.stored, _field(job.identity, job.cred)
+        )
 
     async def _read_data(
-        self, identity: MachineIdentity, cred: Credential, key: str
+        self,
+        identity: MachineIdentity,
+        cred: Credential,
+        stored: Mapping[str, Any] | None,
+        key: str,
     ) -> bytes | None:
+        """A value from the identity's own Secret (never from a namesake that replaced it)."""
         secret = await self.api.get("Secret", identity.namespace, cred.secret_name)
-        value = ((secret or {}).get("data") or {}).get(key)
+        if secret is None or uid_of(secret) != uid_of(stored):
+            return None
+        value = (secret.get("data") or {}).get(key)
         return base64.b64decode(value) if value else None
 
     # ------------------------------------------------------------------ metrics
@@ -415,6 +451,11 @@ class _Issuance:
     now: dt.datetime
     count: int
     renew_handled: str
+    #: The identity's own Secret for the credential, as last seen (None: not written yet).
+    stored: Mapping[str, Any] | None = None
+
+    def stored_as(self, written: Mapping[str, Any]) -> _Issuance:
+        return dataclasses.replace(self, stored=written)
 
     def issued(self, not_before: dt.datetime, not_after: dt.datetime, **ids: Any) -> Issued:
         seed = f"{self.identity.uid}/{self.cred.name}/{self.count}"
@@ -428,6 +469,10 @@ class _Issuance:
             renew_handled=self.renew_handled,
             **ids,
         )
+
+
+def _field(identity: MachineIdentity, cred: Credential) -> str:
+    return field_for(identity, ChildKey("Secret", identity.namespace, cred.secret_name))
 
 
 def _labels(identity: MachineIdentity, cred: Credential) -> tuple[str, str, str, str, str]:

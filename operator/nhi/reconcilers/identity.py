@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nhi import metrics
-from nhi.builders.rbac import ChildKey, child_key, desired_access, differs
+from nhi.builders.rbac import (
+    ChildKey,
+    adoption_snapshot,
+    child_key,
+    desired_access,
+    differs,
+    field_for,
+    is_adopted,
+    release_patch,
+)
 from nhi.crypto import parse_serial_hex
 from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventBatch, EventRecorder
@@ -22,10 +31,8 @@ from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import MachineIdentity, SpecError
 from nhi.models.meta import (
     ADOPT_ANNOTATION,
+    ADOPTED_FROM_ANNOTATION,
     CREDENTIAL_LABEL,
-    IDENTITY_LABEL,
-    MANAGED_BY,
-    MANAGED_BY_KEY,
     RESTARTED_AT_ANNOTATION,
     REVOKE_ANNOTATION,
     Reason,
@@ -34,6 +41,13 @@ from nhi.models.policy import IdentityPolicy
 from nhi.models.workload import Workload
 from nhi.policies import identity_policy as ip
 from nhi.policies.cluster import check_cluster_permissions
+from nhi.policies.ownership import (
+    Claim,
+    OwnershipConflict,
+    controller_ref,
+    describe_owner,
+    owned_by,
+)
 from nhi.policies.revocation import (
     EXPIRED,
     IDENTITY_DELETED,
@@ -50,11 +64,16 @@ from nhi.reconcilers.credentials import (
     settle,
 )
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
+from nhi.reconcilers.owned import OwnedWriter
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
 #: Credentials of one identity that rotate within this window cause a single rollout.
 ROLLOUT_DEBOUNCE = dt.timedelta(seconds=5)
+
+#: How often an identity blocked by an object it does not own looks again (the object may
+#: have been removed or renamed meanwhile; no watch tells about every kind of object).
+CONFLICT_RECHECK = dt.timedelta(seconds=60)
 
 #: A condition beside the kstatus ones: True when undeclared workloads use the identity.
 UNDECLARED_USERS = "UndeclaredUsers"
@@ -89,7 +108,9 @@ class ChildView(Protocol):
 @dataclass(frozen=True)
 class Observed:
     identity: MachineIdentity
+    #: The objects the identity owns (by the controller ownerReference's UID).
     children: Mapping[ChildKey, Mapping[str, Any]]
+    #: A ServiceAccount of the identity's name that it does not own.
     foreign_service_account: Mapping[str, Any] | None
     policies: Sequence[IdentityPolicy]
     namespace_labels: Mapping[str, str]
@@ -104,6 +125,8 @@ class Plan:
     blocked: tuple[str, str] | None = None
     #: Violations of Warn-enforcement policies: applied, but reported.
     warnings: tuple[str, ...] = ()
+    #: A ServiceAccount the identity adopts (it may: nhi.dev/adopt and the policies allow it).
+    adopt: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -123,6 +146,8 @@ class Outcome:
     next_check: dt.datetime | None = None
     #: Workloads running as the ServiceAccount without being matched by the selector.
     undeclared: list[str] | None = None
+    #: Objects the spec points at that the identity does not own (left untouched).
+    conflicts: list[Claim] = field(default_factory=list)
 
     @property
     def next_due(self) -> dt.datetime | None:
@@ -130,27 +155,56 @@ class Outcome:
         return min(due) if due else None
 
 
-def service_account_conflict(identity: MachineIdentity, sa: Mapping[str, Any] | None) -> str | None:
-    """Why an existing ServiceAccount may not be taken over, or None."""
+def owned_children(
+    children: Mapping[ChildKey, Mapping[str, Any]], uid: str, namespace: str, name: str
+) -> dict[ChildKey, Mapping[str, Any]]:
+    """The objects labelled as the identity's that it really owns: labels prove nothing."""
+    return {k: v for k, v in children.items() if owned_by(v, uid, namespace=namespace, name=name)}
+
+
+def adopting(identity: MachineIdentity) -> bool:
+    return identity.annotations.get(ADOPT_ANNOTATION) == "true"
+
+
+def service_account_conflict(
+    identity: MachineIdentity,
+    sa: Mapping[str, Any] | None,
+    policies: Sequence[IdentityPolicy] = (),
+    namespace_labels: Mapping[str, str] | None = None,
+) -> tuple[str, str] | None:
+    """Why an existing ServiceAccount the identity does not own may not be taken over:
+    (reason, message), or None when there is none or the identity may adopt it."""
     if sa is None:
         return None
-    labels = (sa.get("metadata") or {}).get("labels") or {}
-    ours = labels.get(MANAGED_BY_KEY) == MANAGED_BY and labels.get(IDENTITY_LABEL) == identity.name
-    if ours or identity.annotations.get(ADOPT_ANNOTATION) == "true":
-        return None
-    return (
-        f"spec.serviceAccount.name: ServiceAccount {identity.spec.service_account!r} already "
-        f"exists and is not managed by this identity; set the annotation "
-        f'{ADOPT_ANNOTATION}: "true" to adopt it'
-    )
+    name = identity.spec.service_account
+    field = "spec.serviceAccount.name"
+    if not adopting(identity):
+        return (
+            Reason.SERVICE_ACCOUNT_CONFLICT,
+            f"{field}: ServiceAccount {name!r} already exists and {describe_owner(sa)}; set "
+            f'the annotation {ADOPT_ANNOTATION}: "true" to adopt it (whoever sets it must be '
+            "allowed to update and delete that ServiceAccount)",
+        )
+    if controller_ref(sa) is not None:
+        return (
+            Reason.OWNERSHIP_CONFLICT,
+            f"{field}: ServiceAccount {name!r} cannot be adopted: {describe_owner(sa)}",
+        )
+    why = ip.check_adoption(name, policies, namespace_labels or {})
+    if why is not None:
+        return (Reason.ADOPTION_NOT_ALLOWED, why)
+    return None
 
 
 def decide(observed: Observed) -> Plan:
     """Pure: the children to apply and delete, or why nothing may be done."""
     identity = observed.identity
-    conflict = service_account_conflict(identity, observed.foreign_service_account)
+    foreign = observed.foreign_service_account
+    conflict = service_account_conflict(
+        identity, foreign, observed.policies, observed.namespace_labels
+    )
     if conflict:
-        return Plan(blocked=(Reason.SERVICE_ACCOUNT_CONFLICT, conflict))
+        return Plan(blocked=conflict)
     verdict = check_cluster_permissions(identity.spec, observed.policies, observed.namespace_labels)
     if not verdict.allowed:
         return Plan(blocked=(verdict.reason, verdict.message))
@@ -158,7 +212,16 @@ def decide(observed: Observed) -> Plan:
     denied = ip.denials(violations)
     if denied:
         return Plan(blocked=(Reason.POLICY_VIOLATION, ip.summary(denied)))
-    desired = desired_access(identity)
+    sa_key = ChildKey("ServiceAccount", identity.namespace, identity.spec.service_account)
+    own_sa = observed.children.get(sa_key)
+    adopted_from = (
+        adoption_snapshot(foreign)
+        if foreign is not None
+        else ((own_sa or {}).get("metadata") or {})
+        .get("annotations", {})
+        .get(ADOPTED_FROM_ANNOTATION)
+    )
+    desired = desired_access(identity, adopted_from=adopted_from)
     wanted = {child_key(o) for o in desired}
     # Credential Secrets are written by the credential manager; only orphans are removed here.
     wanted |= {
@@ -167,7 +230,10 @@ def decide(observed: Observed) -> Plan:
     apply = tuple(o for o in desired if differs(o, _as_dict(observed.children.get(child_key(o)))))
     delete = tuple(sorted(k for k in observed.children if k not in wanted))
     return Plan(
-        apply=apply, delete=delete, warnings=tuple(v.message for v in ip.warnings(violations))
+        apply=apply,
+        delete=delete,
+        warnings=tuple(v.message for v in ip.warnings(violations)),
+        adopt=foreign,
     )
 
 
@@ -246,18 +312,26 @@ class IdentityReconciler:
         #: Rollouts waiting for the debounce window: identity -> (when, rotated credentials).
         #: Kept in memory only, so an operator restart never causes a rollout.
         self.pending_rollouts: dict[tuple[str, str], tuple[dt.datetime, list[str]]] = {}
-        self.credentials = CredentialManager(api, issuers, events, clock, record=view.written)
+        self.writer = OwnedWriter(api, record=view.written)
+        self.credentials = CredentialManager(api, issuers, events, clock, writer=self.writer)
 
     # ------------------------------------------------------------------ gather
 
-    async def gather(self, identity: MachineIdentity) -> Observed:
+    def owned(self, identity: MachineIdentity) -> dict[ChildKey, Mapping[str, Any]]:
         children = self.view.children_of(identity.namespace, identity.name)
+        return owned_children(children, identity.uid, identity.namespace, identity.name)
+
+    async def gather(self, identity: MachineIdentity) -> Observed:
+        children = self.owned(identity)
         foreign = None
-        sa_key = ChildKey("ServiceAccount", identity.namespace, identity.spec.service_account)
-        if sa_key not in children:
-            # Not in the cache of managed objects: is there a namesake we must not take over?
-            # The watch cache of every ServiceAccount answers without a request.
-            foreign = self.view.service_account(identity.namespace, identity.spec.service_account)
+        sa_name = identity.spec.service_account
+        if ChildKey("ServiceAccount", identity.namespace, sa_name) not in children:
+            # Not one of ours: is there a namesake we must not take over? The watch cache of
+            # every ServiceAccount answers without a request.
+            foreign = self.view.service_account(identity.namespace, sa_name)
+            if foreign is not None and adopting(identity) and controller_ref(foreign) is None:
+                # To adopt it, the whole object: its state before is kept to give it back.
+                foreign = await self.api.get("ServiceAccount", identity.namespace, sa_name)
         return Observed(
             identity=identity,
             children=children,
@@ -347,7 +421,9 @@ class IdentityReconciler:
             elif was_revoked:
                 outcome.phase = "Pending"
         outcome.extra = {**extra, **outcome.extra}
-        outcome.next_check = decision.next_check
+        outcome.next_check = min(
+            filter(None, (outcome.next_check, decision.next_check)), default=None
+        )
         pending = self.pending_rollouts.get(identity.key)
         if pending is not None:
             outcome.next_check = min(filter(None, (outcome.next_check, pending[0])))
@@ -362,7 +438,7 @@ class IdentityReconciler:
         phase = "Expired" if reason == EXPIRED else "Revoked"
         first = status.get("phase") not in REVOKED_PHASES
         revoked_at = rfc3339(now) if first else status.get("revokedAt") or rfc3339(now)
-        children = self.view.children_of(identity.namespace, identity.name)
+        children = self.owned(identity)
         revoked = list(status.get("revoked") or [])
         # Tokens and bindings first: they are what an attacker could use right now.
         order = {
@@ -381,9 +457,9 @@ class IdentityReconciler:
                     entry = await self._revoke_secret(identity, obj, revoked_at)
                     if entry is not None:
                         revoked.append(entry)
-                if await self.api.delete(key.kind, key.namespace or None, key.name):
-                    self.view.deleted(key)
-                    batch.normal("Revoked", f"deleted {key} ({reason})")
+                verb = await self._remove_child(identity.uid, key, obj)
+                if verb:
+                    batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
             if first:
                 metrics.revocations.labels(reason).inc()
                 batch.warning(
@@ -463,7 +539,14 @@ class IdentityReconciler:
         plan = decide(observed)
         if plan.blocked:
             reason, message = plan.blocked
-            return Outcome(False, reason, message, stalled=True)
+            recheck = reason in (Reason.SERVICE_ACCOUNT_CONFLICT, Reason.OWNERSHIP_CONFLICT)
+            return Outcome(
+                False,
+                reason,
+                message,
+                stalled=True,
+                next_check=self.clock() + CONFLICT_RECHECK if recheck else None,
+            )
         batch = EventBatch(self.events, body)
         try:
             # The spec as last seen converged: a difference now is drift, which is restored.
@@ -476,11 +559,13 @@ class IdentityReconciler:
             # A token is bound to its Secret, which must exist first: the Secrets of tokens not
             # issued yet are written (without a value) together with the other objects.
             anchors = self.credentials.anchors(identity, secrets)
-            changes, written = await self._apply_children(
+            changes, written, conflicts = await self._apply_children(
                 identity, observed, plan, settled, batch, anchors
             )
             secrets.update(written)
-            creds = await self.credentials.ensure(identity, body, secrets, batch)
+            taken = {c.name for c in conflicts if c.kind == "Secret"}
+            creds = await self.credentials.ensure(identity, body, secrets, batch, taken)
+            conflicts += [c for c in creds.conflicts if c not in conflicts]
             if creds.rotated and identity.spec.rollout_on_rotation:
                 # Debounce: credentials that rotate within the window cause one rollout.
                 due, names = self.pending_rollouts.get(identity.key, (None, []))
@@ -493,6 +578,18 @@ class IdentityReconciler:
                 del self.pending_rollouts[identity.key]
                 if identity.spec.rollout_on_rotation:
                     await self.rollout(identity, body, pending[1])
+            if conflicts:
+                more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+                return Outcome(
+                    False,
+                    Reason.OWNERSHIP_CONFLICT,
+                    conflicts[0].message + more,
+                    stalled=True,
+                    changes=changes,
+                    credentials=creds,
+                    next_check=self.clock() + CONFLICT_RECHECK,
+                    conflicts=conflicts,
+                )
             if creds.not_ready is not None:
                 reason, message = creds.not_ready
                 return Outcome(False, reason, message, changes=changes, credentials=creds)
@@ -520,10 +617,11 @@ class IdentityReconciler:
         settled: bool,
         batch: EventBatch,
         anchors: Sequence[Mapping[str, Any]] = (),
-    ) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    ) -> tuple[list[str], dict[str, dict[str, Any]], list[Claim]]:
         """Apply and delete the planned children, and write ``anchors`` (token Secrets without
-        a value), all at once. Returns the changes made, in plan order, and the anchors as
-        written, by name.
+        a value), all at once. Returns the changes made, in plan order, the anchors as
+        written, by name, and the objects that were not written because the identity does
+        not own them.
 
         None of these writes depends on another: a RoleBinding may name a ServiceAccount that
         does not exist yet, and binding a Role being written at the same time is allowed by
@@ -532,18 +630,24 @@ class IdentityReconciler:
         first failure in plan order is raised, so the reconcile fails as before.
         """
         if not plan.apply and not plan.delete and not anchors:
-            return [], {}
+            return [], {}, []
         results = await settle(
             [
-                *(self._apply_child(obj) for obj in plan.apply),
-                *(self._delete_child(key) for key in plan.delete),
-                *(self._apply_child(obj) for obj in anchors),
+                *(self._apply_child(identity, obj, observed, plan) for obj in plan.apply),
+                *(
+                    self._remove_child(identity.uid, key, observed.children[key])
+                    for key in plan.delete
+                ),
+                *(self._apply_child(identity, obj, observed, plan) for obj in anchors),
             ]
         )
         n_apply, n_delete = len(plan.apply), len(plan.delete)
         changes: list[str] = []
         failures: list[BaseException] = []
+        conflicts = [r.claim for r in results if isinstance(r, OwnershipConflict)]
         for obj, result in zip(plan.apply, results[:n_apply], strict=True):
+            if isinstance(result, OwnershipConflict):
+                continue
             if isinstance(result, BaseException):
                 failures.append(result)
                 continue
@@ -563,14 +667,17 @@ class IdentityReconciler:
                     "identity": identity.name,
                 },
             )
-        for key, deleted in zip(plan.delete, results[n_apply : n_apply + n_delete], strict=True):
-            if isinstance(deleted, BaseException):
-                failures.append(deleted)
+        for key, removed in zip(plan.delete, results[n_apply : n_apply + n_delete], strict=True):
+            if isinstance(removed, BaseException):
+                failures.append(removed)
                 continue
-            changes.append(f"Deleted {key}")
-            batch.normal(Reason.DELETED, f"deleted {key}")
+            if not removed:
+                continue
+            changes.append(f"{removed} {key}")
+            batch.normal(str(removed), f"{str(removed).lower()} {key}")
             log.info(
-                "deleted child",
+                "%s child",
+                str(removed).lower(),
                 extra={
                     "child": str(key),
                     "namespace": identity.namespace,
@@ -579,21 +686,47 @@ class IdentityReconciler:
             )
         written: dict[str, dict[str, Any]] = {}
         for anchor in results[n_apply + n_delete :]:
+            if isinstance(anchor, OwnershipConflict):
+                continue
             if isinstance(anchor, BaseException):
                 failures.append(anchor)
-            elif anchor is not None:
+            elif isinstance(anchor, dict):
                 written[anchor["metadata"]["name"]] = anchor
         raise_first(failures, "could not write a child", identity)
-        return changes, written
+        return changes, written, conflicts
 
-    async def _apply_child(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        written = await self.api.apply(obj)
-        self.view.written(written)
-        return written
+    async def _apply_child(
+        self, identity: MachineIdentity, obj: Mapping[str, Any], observed: Observed, plan: Plan
+    ) -> dict[str, Any]:
+        """Create the child, or update the one the identity owns (or adopts)."""
+        key = child_key(dict(obj))
+        current = observed.children.get(key)
+        if current is None and key.kind == "ServiceAccount":
+            current = plan.adopt
+        return await self.writer.write(identity, obj, current, field_for(identity, key))
 
-    async def _delete_child(self, key: ChildKey) -> None:
-        await self.api.delete(key.kind, key.namespace or None, key.name)
+    async def _remove_child(self, uid: str, key: ChildKey, obj: Mapping[str, Any]) -> str:
+        """Delete an owned child, or give an adopted ServiceAccount back as it was.
+        Returns what was done (a Reason), or "" when the object was already gone."""
+        if key.kind == "ServiceAccount" and is_adopted(obj):
+            try:
+                await self.api.patch(
+                    "ServiceAccount",
+                    key.namespace,
+                    key.name,
+                    release_patch(obj, uid),
+                    content_type="application/json-patch+json",
+                )
+            except ApiError as err:
+                if err.status not in (404, 409, 422):  # gone, or not the one we adopted
+                    raise
+                return ""
+            self.view.deleted(key)
+            return Reason.RELEASED
+        if not await self.writer.delete(key.kind, obj):
+            return ""
         self.view.deleted(key)
+        return Reason.DELETED
 
     async def rollout(
         self, identity: MachineIdentity, body: Mapping[str, Any], rotated: Sequence[str]
@@ -629,7 +762,8 @@ class IdentityReconciler:
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         removed = []
         self.pending_rollouts.pop((namespace, name), None)
-        children = self.view.children_of(namespace, name)
+        uid = str(meta.get("uid") or "")
+        children = owned_children(self.view.children_of(namespace, name), uid, namespace, name)
         try:
             identity: MachineIdentity | None = MachineIdentity.from_body(body)
         except SpecError:
@@ -641,7 +775,7 @@ class IdentityReconciler:
                     await self._revoke_secret(identity, obj, revoked_at)
             metrics.revocations.labels(IDENTITY_DELETED).inc()
         for key in sorted(children):
-            if await self.api.delete(key.kind, key.namespace or None, key.name):
+            if await self._remove_child(uid, key, children[key]):
                 removed.append(str(key))
         metrics.forget_identity(namespace, name)
         return removed

@@ -18,14 +18,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nhi.builders.rbac import desired_keys, field_for
 from nhi.k8s.client import Api, ApiError, NotFound, path_for
 from nhi.models import conditions as cond
 from nhi.models.identity import MachineIdentity, SpecError
-from nhi.models.meta import Reason
+from nhi.models.meta import ADOPT_ANNOTATION, Reason
 from nhi.models.policy import IdentityPolicy
 from nhi.policies.cluster import check_cluster_permissions
 from nhi.policies.identity_policy import (
     AccessCheck,
+    adopt_added,
+    adoption_checks,
+    check_adoption,
     check_policy,
     delegates_permissions,
     denials,
@@ -33,9 +37,11 @@ from nhi.policies.identity_policy import (
     grant_checks,
     raw_rule_checks,
     role_bind_checks,
+    rollout_checks,
     spec_changed,
     warnings,
 )
+from nhi.policies.ownership import Claim, describe_owner, owned_by
 
 log = logging.getLogger("nhi.reconcilers.policy")
 
@@ -111,7 +117,9 @@ def needs_review(
         return False
     if operation == "UPDATE":
         meta = new.get("metadata") or {}
-        return not meta.get("deletionTimestamp") and spec_changed(old, new)
+        return not meta.get("deletionTimestamp") and (
+            spec_changed(old, new) or adopt_added(old, new)
+        )
     return True
 
 
@@ -185,10 +193,74 @@ class AdmissionReviewer:
         ):
             result.denied.append(verdict.message)
 
+        requester = Requester.from_userinfo(userinfo)
         if not delegates_permissions(policies, namespace_labels):
-            requester = Requester.from_userinfo(userinfo)
             result.denied += await self.missing_permissions(identity, requester)
+        if adopt_added(old, new):
+            why = check_adoption(identity.spec.service_account, policies, namespace_labels)
+            if why is not None:
+                result.denied.append(why)
+        authority = (adoption_checks(identity) if adopt_added(old, new) else []) + (
+            rollout_checks(identity) if spec_changed(old, new) else []
+        )
+        result.denied += await self.missing_authority(requester, authority)
+        result.denied += await self.claims(identity, operation)
         return result
+
+    async def missing_authority(
+        self, requester: Requester, checks: Sequence[AccessCheck]
+    ) -> list[str]:
+        """A message per field asking the operator to act on objects the requester may not
+        change themselves (adopting a ServiceAccount, restarting workloads)."""
+        if not checks:
+            return []
+        held = await self._allowed_all(requester, checks, asyncio.Semaphore(self.concurrency))
+        missing: dict[str, list[AccessCheck]] = {}
+        for check, ok in zip(checks, held, strict=True):
+            if not ok:
+                missing.setdefault(check.field, []).append(check)
+        who = requester.username or "the requester"
+        return [
+            f"{field}: {who} may not {', '.join(c.describe() for c in m)}, so the operator "
+            "will not do it for them"
+            for field, m in missing.items()
+        ]
+
+    async def claims(self, identity: MachineIdentity, operation: str) -> list[str]:
+        """Objects the identity would write that are someone else's: a Secret another
+        identity of the namespace declares, or any existing object it does not own."""
+        out: list[str] = []
+        mine = {c.secret_name: i for i, c in enumerate(identity.spec.credentials)}
+        for body in await self.api.list("MachineIdentity", identity.namespace):
+            meta = body.get("metadata") or {}
+            if meta.get("name") == identity.name:
+                continue
+            try:
+                other = MachineIdentity.from_body(body)
+            except SpecError:
+                continue
+            for cred in other.spec.credentials:
+                if cred.secret_name in mine:
+                    out.append(
+                        f"spec.credentials[{mine[cred.secret_name]}].secretName: Secret "
+                        f"{cred.secret_name!r} is already declared by MachineIdentity "
+                        f"{other.name!r} (credential {cred.name!r})"
+                    )
+        # On a create nothing can be the identity's yet, whatever its uid says.
+        uid = identity.uid if operation == "UPDATE" else ""
+        adopt = identity.annotations.get(ADOPT_ANNOTATION) == "true"
+        keys = [k for k in desired_keys(identity) if not (adopt and k.kind == "ServiceAccount")]
+        found = await asyncio.gather(
+            *(self.api.get_metadata(k.kind, k.namespace or None, k.name) for k in keys)
+        )
+        for key, obj in zip(keys, found, strict=True):
+            if obj is None or owned_by(obj, uid, namespace=identity.namespace, name=identity.name):
+                continue
+            claim = Claim(
+                field_for(identity, key), key.kind, key.namespace, key.name, describe_owner(obj)
+            )
+            out.append(claim.message)
+        return out
 
     async def missing_permissions(
         self, identity: MachineIdentity, requester: Requester
