@@ -159,6 +159,13 @@ def crds(cluster: Cluster) -> Cluster:
         "-l",
         "app.kubernetes.io/part-of=nhi-operator",
     )
+    if cluster.control_plane is not None:
+        # As every install does: who may ask for an adoption is checked at admission.
+        cluster.control_plane.install_adoption_policy()
+    else:
+        cluster.kubectl(
+            "apply", "--server-side", "-f", str(ROOT / "manifests/base/adoptionpolicy.yaml")
+        )
     return cluster
 
 

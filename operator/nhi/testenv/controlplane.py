@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nhi import API_VERSION, IDENTITY_FINALIZER
+from nhi.models.meta import ADOPT_ANNOTATION
 
 #: The repository root when running from a checkout (``operator/nhi/testenv/..``).
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -505,6 +506,42 @@ class ControlPlane:
             "-l",
             "app.kubernetes.io/part-of=nhi-operator",
         )
+
+    def install_adoption_policy(self, timeout: float = 60.0) -> float:
+        """Apply manifests/base/adoptionpolicy.yaml and wait until the API server enforces it.
+
+        Like the finalizer policy, it answers 503 for a few seconds after the CRDs are
+        Established; a server-side dry run that asks for an adoption is repeated until it is
+        admitted (the admin may adopt). Returns the seconds waited.
+        """
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "-f",
+            str(REPO_ROOT / "manifests" / "base" / "adoptionpolicy.yaml"),
+        )
+        probe = json.dumps(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "MachineIdentity",
+                "metadata": {
+                    "name": "adoption-probe",
+                    "namespace": "default",
+                    "annotations": {ADOPT_ANNOTATION: "true"},
+                },
+                "spec": {"owner": "nhi-operator"},
+            }
+        )
+        started = time.monotonic()
+        while True:
+            proc = self.kubectl("create", "--dry-run=server", "-f", "-", input=probe, check=False)
+            if proc.returncode == 0:
+                return time.monotonic() - started
+            if "ServiceUnavailable" not in proc.stderr:
+                raise ControlPlaneError(f"probing the adoption policy: {proc.stderr.strip()}")
+            if time.monotonic() - started > timeout:
+                raise ControlPlaneError(f"the adoption policy did not answer within {timeout:.0f}s")
+            time.sleep(0.2)
 
     def install_finalizer_policy(self, timeout: float = 60.0) -> float:
         """Apply manifests/base/admissionpolicy.yaml and wait until it admits MachineIdentities.
