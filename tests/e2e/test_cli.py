@@ -163,7 +163,7 @@ def test_status_lists_the_identity_ready_with_its_credentials(env: Env) -> None:
     assert [r[4] for r in rows] == ["api", "key", "mtls"]
     for row in rows:
         assert row[1:4] == ["Active", "True", "team-payments"]
-    assert [r[6] for r in rows] == ["payments-api", "payments-key", "payments-mtls"]
+    assert [r[6] for r in rows] == ["payments.api", "payments.key", "payments.mtls"]
     # Fingerprints for the token and the static secret, the serial for the certificate.
     assert rows[0][7].startswith("sha256:") and rows[1][7].startswith("sha256:")
     assert ":" in rows[2][7] and not rows[2][7].startswith("sha256:")
@@ -205,8 +205,8 @@ def test_default_namespace_comes_from_the_kubeconfig_context(env: Env, tmp_path:
 
 
 def test_inspect_x509_shows_the_svid_and_never_the_key(env: Env) -> None:
-    data = secret_data(env.cluster, env.namespace, "payments-mtls")
-    out = ok(env.cluster, "inspect", "secret", "payments-mtls", "-n", env.namespace)
+    data = secret_data(env.cluster, env.namespace, "payments.mtls")
+    out = ok(env.cluster, "inspect", "secret", "payments.mtls", "-n", env.namespace)
     assert f"spiffe://example.org/ns/{env.namespace}/sa/{NAME}" in out
     assert f"DNS:payments.{env.namespace}.svc" in out
     assert "ECDSA-P256, matches the certificate" in out
@@ -216,7 +216,7 @@ def test_inspect_x509_shows_the_svid_and_never_the_key(env: Env) -> None:
     assert all(line not in out for line in key_pem.splitlines() if "-----" not in line)
 
     as_json = json.loads(
-        ok(env.cluster, "inspect", "secret", "payments-mtls", "-n", env.namespace, "-o", "json")
+        ok(env.cluster, "inspect", "secret", "payments.mtls", "-n", env.namespace, "-o", "json")
     )
     details = as_json["details"]
     assert details["spiffeId"] == f"spiffe://example.org/ns/{env.namespace}/sa/{NAME}"
@@ -228,31 +228,31 @@ def test_inspect_x509_shows_the_svid_and_never_the_key(env: Env) -> None:
 
 
 def test_inspect_token_shows_its_claims_and_never_the_token(env: Env) -> None:
-    token = secret_data(env.cluster, env.namespace, "payments-api")["token"]
-    out = ok(env.cluster, "inspect", "secret", "payments-api", "-n", env.namespace)
+    token = secret_data(env.cluster, env.namespace, "payments.api")["token"]
+    out = ok(env.cluster, "inspect", "secret", "payments.api", "-n", env.namespace)
     assert AUDIENCE in out
     assert f"system:serviceaccount:{env.namespace}:{NAME}" in out
-    assert "Secret/payments-api" in out
+    assert "Secret/payments.api" in out
     _header, payload, signature = token.split(".")
     assert token not in out
     assert signature not in out and payload not in out
     as_json = json.loads(
-        ok(env.cluster, "inspect", "secret", "payments-api", "-n", env.namespace, "-o", "json")
+        ok(env.cluster, "inspect", "secret", "payments.api", "-n", env.namespace, "-o", "json")
     )
     details = as_json["details"]
     assert details["audiences"] == [AUDIENCE]
-    secret = env.cluster.get("secret", "payments-api", env.namespace) or {}
+    secret = env.cluster.get("secret", "payments.api", env.namespace) or {}
     assert details["boundObject"] == {
         "kind": "Secret",
-        "name": "payments-api",
+        "name": "payments.api",
         "uid": secret["metadata"]["uid"],
     }
     assert details["fingerprint"] == secret_fingerprint(token)
 
 
 def test_inspect_static_secret_shows_fingerprints_never_values(env: Env) -> None:
-    data = secret_data(env.cluster, env.namespace, "payments-key")
-    out = ok(env.cluster, "inspect", "secret", "payments-key", "-n", env.namespace)
+    data = secret_data(env.cluster, env.namespace, "payments.key")
+    out = ok(env.cluster, "inspect", "secret", "payments.key", "-n", env.namespace)
     assert secret_fingerprint(data["current"]) in out
     assert data["current"] not in out
     assert "nhi.dev/not-after=" in out
@@ -262,7 +262,7 @@ def test_inspect_static_secret_shows_fingerprints_never_values(env: Env) -> None
 
 
 def test_renew_rotates_every_credential_once_and_history_shows_it(env: Env) -> None:
-    before = secret_data(env.cluster, env.namespace, "payments-key")["current"]
+    before = secret_data(env.cluster, env.namespace, "payments.key")["current"]
     out = ok(env.cluster, "renew", NAME, "-n", env.namespace)
     assert f"machineidentity {env.namespace}/{NAME}: renewal requested" in out
     wait_for(
@@ -270,9 +270,9 @@ def test_renew_rotates_every_credential_once_and_history_shows_it(env: Env) -> N
         timeout=60,
         message="rotationCount 1 on every credential",
     )
-    after = secret_data(env.cluster, env.namespace, "payments-key")
+    after = secret_data(env.cluster, env.namespace, "payments.key")
     assert after["previous"] == before and after["current"] != before
-    static = ok(env.cluster, "inspect", "secret", "payments-key", "-n", env.namespace)
+    static = ok(env.cluster, "inspect", "secret", "payments.key", "-n", env.namespace)
     assert secret_fingerprint(before) in static and before not in static
 
     text = ok(env.cluster, "history", NAME, "-n", env.namespace)
@@ -366,7 +366,7 @@ def test_unauthorized_and_forbidden_are_one_line(env: Env, tmp_path: Path) -> No
     env.cluster.kubectl("create", "serviceaccount", "nobody", "-n", env.namespace)
     token = env.cluster.kubectl("create", "token", "nobody", "-n", env.namespace).stdout.strip()
     weak = kubeconfig_with_token(env, tmp_path / "weak", token)
-    for args in (("status",), ("inspect", "secret", "payments-key"), ("renew", NAME)):
+    for args in (("status",), ("inspect", "secret", "payments.key"), ("renew", NAME)):
         proc = run_nhi(env.cluster, *args, "-n", env.namespace, kubeconfig=weak)
         assert proc.returncode == 1, args
         assert proc.stderr.count("\n") == 1, proc.stderr

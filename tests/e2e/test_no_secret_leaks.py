@@ -130,9 +130,9 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
 
     def collect_values() -> None:
         for secret, keys in (
-            ("app-api", ("token",)),
-            ("app-mtls", ("tls.key",)),
-            ("app-key", ("current", "previous")),
+            ("app.api", ("token",)),
+            ("app.mtls", ("tls.key",)),
+            ("app.key", ("current", "previous")),
         ):
             data = secret_values(cluster, namespace, secret)
             for key in keys:
@@ -214,7 +214,7 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
             )
             wait_for(lambda: ready(cluster, "machineidentity", "app", namespace), timeout=30)
             collect_values()
-            assert "previous" in secret_values(cluster, namespace, "app-key")
+            assert "previous" in secret_values(cluster, namespace, "app.key")
 
             texts["identity"] = kubectl_json(
                 cluster, "get", "machineidentity", "app", "-n", namespace
@@ -273,10 +273,10 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
         assert f'"namespace":"{namespace}"' in texts["audit log"]
         assert '"resource":"secrets"' in texts["audit log"]
     assert {n.source for n in needles} == {
-        "app-api/token",
-        "app-mtls/tls.key",
-        "app-key/current",
-        "app-key/previous",
+        "app.api/token",
+        "app.mtls/tls.key",
+        "app.key/current",
+        "app.key/previous",
         f"nhi-issuer-{issuer}/tls.key",
     }
     assert {n.form for n in needles} == {"raw", "base64", "PEM line", "signature"}
@@ -287,10 +287,10 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
     samples = {(n.source, n.form): n for n in needles}
     for n in samples.values():
         assert find_leaks({"copy": f"{corpus}\nplanted {n.value}\n"}, [n]) == [("copy", n.what)]
-    key = samples[("app-mtls/tls.key", "raw")].value
+    key = samples[("app.mtls/tls.key", "raw")].value
     escaped = {"copy": corpus + json.dumps({"event": "oops", "key": key})}
     assert key not in escaped["copy"]
-    assert find_leaks(escaped, [n for n in needles if n.source == "app-mtls/tls.key"])
+    assert find_leaks(escaped, [n for n in needles if n.source == "app.mtls/tls.key"])
 
     leaks = find_leaks(texts, needles)
     print(

@@ -65,11 +65,11 @@ def test_token_passes_review_with_its_audience_and_fails_once_its_secret_is_gone
     )
     obj = wait_condition(cluster, namespace, "app", "Ready", "True")
     status = obj["status"]["credentials"][0]
-    assert status["secretName"] == "app-api"
+    assert status["secretName"] == "app.api"
     assert status["fingerprint"].startswith("sha256:")
     assert status["rotationCount"] == 0
 
-    token = secret_data(cluster, namespace, "app-api")["token"]
+    token = secret_data(cluster, namespace, "app.api")["token"]
     result = review(cluster, token, [AUDIENCE])
     assert result.get("authenticated") is True
     assert result["user"]["username"] == f"system:serviceaccount:{namespace}:app"
@@ -84,7 +84,7 @@ def test_token_passes_review_with_its_audience_and_fails_once_its_secret_is_gone
     issued = events(cluster, namespace, "app", reasons=["Issued"])
     assert all(token not in e["message"] for e in issued)
 
-    cluster.kubectl("delete", "secret", "app-api", "-n", namespace)
+    cluster.kubectl("delete", "secret", "app.api", "-n", namespace)
     wait_for(
         lambda: not review(cluster, token, [AUDIENCE]).get("authenticated"),
         timeout=20,
@@ -92,7 +92,7 @@ def test_token_passes_review_with_its_audience_and_fails_once_its_secret_is_gone
     )
     # The operator notices the missing Secret and issues a new, working token.
     new = wait_for(
-        lambda: secret_data(cluster, namespace, "app-api").get("token"),
+        lambda: secret_data(cluster, namespace, "app.api").get("token"),
         timeout=20,
         message="a new token",
     )
@@ -114,13 +114,13 @@ def test_rotation_happens_on_time_and_keeps_the_old_token_valid(
         )
     )
     wait_condition(cluster, namespace, "app", "Ready", "True")
-    first = secret_data(cluster, namespace, "app-api")["token"]
+    first = secret_data(cluster, namespace, "app.api")["token"]
     wait_for(
         lambda: cred_status(cluster, namespace, "app", "api").get("rotationCount", 0) >= 1,
         timeout=30,
         message="the scheduled rotation",
     )
-    second = secret_data(cluster, namespace, "app-api")["token"]
+    second = secret_data(cluster, namespace, "app.api")["token"]
     assert second != first
     assert review(cluster, second, [AUDIENCE]).get("authenticated") is True
     # Zero downtime: the previous token stays valid until its own expiry.
@@ -148,7 +148,7 @@ def test_static_secret_keeps_previous_through_the_overlap_and_renew_annotation_r
         )
     )
     wait_condition(cluster, namespace, "app", "Ready", "True")
-    data = secret_data(cluster, namespace, "app-key")
+    data = secret_data(cluster, namespace, "app.key")
     assert set(data) == {"current"}
     first = data["current"]
     assert len(first) == 40 and all(c in "0123456789abcdef" for c in first)
@@ -162,11 +162,11 @@ def test_static_secret_keeps_previous_through_the_overlap_and_renew_annotation_r
         "nhi.dev/renew-requested-at=2099-01-01T00:00:00Z",
     )
     wait_for(
-        lambda: secret_data(cluster, namespace, "app-key").get("previous") == first,
+        lambda: secret_data(cluster, namespace, "app.key").get("previous") == first,
         timeout=20,
         message="the old value to move to `previous`",
     )
-    data = secret_data(cluster, namespace, "app-key")
+    data = secret_data(cluster, namespace, "app.key")
     assert data["current"] != first
     status = cred_status(cluster, namespace, "app", "key")
     assert status["rotationCount"] == 1
@@ -191,7 +191,7 @@ def test_restart_reissues_nothing_and_rolls_out_nothing(
         )
     )
     before = wait_condition(cluster, namespace, "app", "Ready", "True")["status"]
-    secrets_before = {n: secret_data(cluster, namespace, n) for n in ("app-api", "app-key")}
+    secrets_before = {n: secret_data(cluster, namespace, n) for n in ("app.api", "app.key")}
     deploy_before = cluster.get("deployment", "web", namespace)
     assert deploy_before is not None
 
@@ -209,7 +209,7 @@ def test_restart_reissues_nothing_and_rolls_out_nothing(
     assert [c["fingerprint"] for c in after["status"]["credentials"]] == [
         c["fingerprint"] for c in before["credentials"]
     ]
-    assert {n: secret_data(cluster, namespace, n) for n in ("app-api", "app-key")} == secrets_before
+    assert {n: secret_data(cluster, namespace, n) for n in ("app.api", "app.key")} == secrets_before
     deploy_after = cluster.get("deployment", "web", namespace)
     assert deploy_after is not None
     assert deploy_after["metadata"]["generation"] == deploy_before["metadata"]["generation"]

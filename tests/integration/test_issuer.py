@@ -279,7 +279,7 @@ def test_identity_certificate_chains_to_the_issuer_and_its_bundle_is_published(
         }
     )
     secret = wait_for(
-        lambda: (s := kube.get("secret", "app-mtls", namespace)) and s.get("data") and s,
+        lambda: (s := kube.get("secret", "app.mtls", namespace)) and s.get("data") and s,
         message="the X509 credential Secret",
     )
     root_secret = kube.get("secret", "nhi-issuer-local", namespace)

@@ -200,7 +200,7 @@ def test_metrics_follow_an_identity_from_creation_through_rotations_to_deletion(
     assert len({(s.name, tuple(sorted(s.labels.items()))) for s in series}) == len(series)
 
     # Labels carry names only: no value of the credential Secrets appears anywhere on the page.
-    values = secret_values(cluster, namespace, ("app-api", "app-key"))
+    values = secret_values(cluster, namespace, ("app.api", "app.key"))
     assert len(values) >= 6  # token, current, previous (raw and base64)
     for value in values:
         assert value not in page.text

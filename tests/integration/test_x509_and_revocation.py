@@ -66,7 +66,7 @@ def root_of(cluster: Cluster, namespace: str) -> x509.Certificate:
     return load_cert_chain(base64.b64decode(secret["data"]["tls.crt"]))[0]
 
 
-def leaf_of(cluster: Cluster, namespace: str, name: str = "app-mtls") -> x509.Certificate:
+def leaf_of(cluster: Cluster, namespace: str, name: str = "app.mtls") -> x509.Certificate:
     return load_cert_chain(secret_data(cluster, namespace, name)["tls.crt"])[0]
 
 
@@ -101,9 +101,9 @@ def test_certificate_chains_to_the_root_with_spiffe_id_and_key_type(
     cluster.apply(identity(namespace, [x509_cred(alg)]))
     obj = wait_condition(cluster, namespace, "app", "Ready", "True", timeout=60)
     root = root_of(cluster, namespace)
-    secret = cluster.get("secret", "app-mtls", namespace)
+    secret = cluster.get("secret", "app.mtls", namespace)
     assert secret is not None and secret["type"] == "kubernetes.io/tls"
-    data = secret_data(cluster, namespace, "app-mtls")
+    data = secret_data(cluster, namespace, "app.mtls")
     assert set(data) == {"tls.crt", "tls.key", "ca.crt"}
     leaf = load_cert_chain(data["tls.crt"])[0]
     verify_chain(leaf, [], root, dt.datetime.now(dt.UTC))
@@ -195,7 +195,7 @@ def test_deleting_the_workload_revokes_everything(
     )
     obj = wait_condition(cluster, namespace, "app", "Ready", "True", timeout=60)
     assert obj["status"]["workloads"]["names"] == ["Deployment/web"]
-    token = secret_data(cluster, namespace, "app-api")["token"]
+    token = secret_data(cluster, namespace, "app.api")["token"]
     leaf = leaf_of(cluster, namespace)
     root = root_of(cluster, namespace)
     assert review(cluster, token, [AUDIENCE]).get("authenticated") is True
@@ -228,7 +228,7 @@ def test_deleting_the_workload_revokes_everything(
         message="the revoked token to fail TokenReview",
     )
     assert not can(cluster, namespace, "get", "configmaps")
-    for name in ("app-api", "app-key", "app-mtls"):
+    for name in ("app.api", "app.key", "app.mtls"):
         assert cluster.get("secret", name, namespace) is None
     assert cluster.get("serviceaccount", "app", namespace) is None
     crl = wait_for(
@@ -252,7 +252,7 @@ def test_deleting_the_workload_revokes_everything(
     assert again["status"]["reactivatedAt"]
     new_leaf = leaf_of(cluster, namespace)
     assert new_leaf.serial_number != leaf.serial_number
-    assert secret_data(cluster, namespace, "app-api")["token"] != token
+    assert secret_data(cluster, namespace, "app.api")["token"] != token
     assert "Reactivated" in [e["reason"] for e in events(cluster, namespace, "app")]
 
 
@@ -286,7 +286,7 @@ def test_jit_window_expires_and_manual_revoke(operator: OperatorProcess, namespa
     expires = dt.datetime.fromisoformat(obj["status"]["expiresAt"])
     created = dt.datetime.fromisoformat(obj["metadata"]["creationTimestamp"])
     assert expires - created == dt.timedelta(minutes=1)
-    token = secret_data(cluster, namespace, "app-api")["token"]
+    token = secret_data(cluster, namespace, "app.api")["token"]
     expired = wait_for(
         lambda: (
             (o := cluster.get("machineidentity", "app", namespace))
@@ -309,7 +309,7 @@ def test_jit_window_expires_and_manual_revoke(operator: OperatorProcess, namespa
     second["metadata"]["name"] = "manual"
     cluster.apply(second)
     wait_condition(cluster, namespace, "manual", "Ready", "True")
-    tok = secret_data(cluster, namespace, "manual-api")["token"]
+    tok = secret_data(cluster, namespace, "manual.api")["token"]
     cluster.kubectl("annotate", "machineidentity", "manual", "-n", namespace, "nhi.dev/revoke=true")
     wait_for(
         lambda: (
@@ -343,7 +343,7 @@ def test_revocation_while_the_operator_is_down_happens_when_it_starts(
         )
     )
     wait_condition(cluster, namespace, "app", "Ready", "True")
-    token = secret_data(cluster, namespace, "app-api")["token"]
+    token = secret_data(cluster, namespace, "app.api")["token"]
     operator.stop()
     try:
         cluster.kubectl("delete", "deployment", "web", "-n", namespace)
