@@ -160,11 +160,11 @@ def crds(cluster: Cluster) -> Cluster:
         "app.kubernetes.io/part-of=nhi-operator",
     )
     if cluster.control_plane is not None:
-        # As every install does: who may ask for an adoption is checked at admission.
-        cluster.control_plane.install_adoption_policy()
+        # As every install does: who may ask for an adoption or a rollout is checked at admission.
+        cluster.control_plane.install_authority_policy()
     else:
         cluster.kubectl(
-            "apply", "--server-side", "-f", str(ROOT / "manifests/base/adoptionpolicy.yaml")
+            "apply", "--server-side", "-f", str(ROOT / "manifests/base/authoritypolicy.yaml")
         )
     return cluster
 

@@ -416,3 +416,22 @@ def test_the_default_service_account_is_adopted_only_where_a_policy_allows_it(
         assert not after["metadata"].get("ownerReferences")
     finally:
         cluster.kubectl("delete", "identitypolicy", policy, check=False)
+
+
+def test_restarting_workloads_needs_patch_rights_on_them(tenant: Cluster, namespace: str) -> None:
+    cluster = tenant
+    cluster.kubectl(
+        "create", "deployment", "web", "-n", namespace, "--image=registry.invalid/web:1"
+    )
+    # Its status changes on its own (kube-controller-manager); its pod template must not.
+    before = (cluster.get("deployment", "web", namespace) or {})["spec"]
+    workloads = {"selector": {"matchLabels": {"app": "web"}}, "rolloutOnRotation": True}
+    refused = as_tenant(cluster, mid(namespace, "app", workloads=workloads), check=False)
+    assert refused.returncode != 0
+    assert "spec.workloads.rolloutOnRotation: mallory may not patch" in refused.stderr
+    # Without the rollout, the same identity is fine; turning it on later is refused too.
+    as_tenant(cluster, mid(namespace, "app", workloads={**workloads, "rolloutOnRotation": False}))
+    wait_condition(cluster, namespace, "app", "Ready", "True")
+    refused = as_tenant(cluster, mid(namespace, "app", workloads=workloads), check=False)
+    assert refused.returncode != 0 and "may not patch" in refused.stderr
+    assert (cluster.get("deployment", "web", namespace) or {})["spec"] == before

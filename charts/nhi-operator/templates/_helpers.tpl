@@ -114,10 +114,11 @@ clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
 - apiGroups: ["batch"]
   resources: ["jobs", "cronjobs"]
   verbs: ["get", "list", "watch"]
-# The identities' Roles and RoleBindings: watched, applied, deleted.
+# The identities' Roles and RoleBindings: watched, created, applied, deleted; get: whose is
+# a namesake the operator found in the way (it is never written).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Writing a Role with rules the operator does not hold itself (escalate), and binding a Role
 # it does not hold (bind). IdentityPolicy decides what may be granted: docs/security.md.
 - apiGroups: ["rbac.authorization.k8s.io"]
@@ -145,10 +146,11 @@ clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
-# The identities' ClusterRoles and ClusterRoleBindings: watched (drift).
+# The identities' ClusterRoles and ClusterRoleBindings: watched (drift); get: whose is a
+# namesake in the way.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["clusterroles", "clusterrolebindings"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 # bind: a RoleBinding to a ClusterRole the operator does not hold itself
 # (spec.permissions.roleRefs such as view; allowedClusterRoles of IdentityPolicy gates it).
 - apiGroups: ["rbac.authorization.k8s.io"]

@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
             # As the chart installs by default: new identities get the operator's finalizer
             # at admission.
             cp.install_finalizer_policy()
-            cp.install_adoption_policy()
+            cp.install_authority_policy()
             env = dict(os.environ, KUBECONFIG=str(kubeconfig))
             # Free ports, so a second `make run` or a test run beside it never collides.
             health_port, metrics_port, webhook_port = free_port(), free_port(), free_port()

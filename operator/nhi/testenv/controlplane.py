@@ -507,8 +507,8 @@ class ControlPlane:
             "app.kubernetes.io/part-of=nhi-operator",
         )
 
-    def install_adoption_policy(self, timeout: float = 60.0) -> float:
-        """Apply manifests/base/adoptionpolicy.yaml and wait until the API server enforces it.
+    def install_authority_policy(self, timeout: float = 60.0) -> float:
+        """Apply manifests/base/authoritypolicy.yaml and wait until the API server enforces it.
 
         Like the finalizer policy, it answers 503 for a few seconds after the CRDs are
         Established; a server-side dry run that asks for an adoption is repeated until it is
@@ -518,7 +518,7 @@ class ControlPlane:
             "apply",
             "--server-side",
             "-f",
-            str(REPO_ROOT / "manifests" / "base" / "adoptionpolicy.yaml"),
+            str(REPO_ROOT / "manifests" / "base" / "authoritypolicy.yaml"),
         )
         probe = json.dumps(
             {
@@ -538,9 +538,11 @@ class ControlPlane:
             if proc.returncode == 0:
                 return time.monotonic() - started
             if "ServiceUnavailable" not in proc.stderr:
-                raise ControlPlaneError(f"probing the adoption policy: {proc.stderr.strip()}")
+                raise ControlPlaneError(f"probing the authority policy: {proc.stderr.strip()}")
             if time.monotonic() - started > timeout:
-                raise ControlPlaneError(f"the adoption policy did not answer within {timeout:.0f}s")
+                raise ControlPlaneError(
+                    f"the authority policy did not answer within {timeout:.0f}s"
+                )
             time.sleep(0.2)
 
     def install_finalizer_policy(self, timeout: float = 60.0) -> float:
