@@ -25,7 +25,7 @@ from tests.conftest import Cluster, OperatorProcess, free_port, start_operator, 
 
 pytestmark = pytest.mark.integration
 
-POOL = 14
+POOL = 16
 CERT_TTL = "20s"
 CM_RULE = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}
 
@@ -436,3 +436,29 @@ def _bundle(webhook: Webhook) -> str:
     cfg = webhook.configuration()
     assert cfg is not None
     return str(cfg["webhooks"][0]["clientConfig"]["caBundle"])
+
+
+def test_objects_the_identity_would_take_over_are_refused_at_admission(
+    webhook: Webhook, ns: str
+) -> None:
+    """Where admission can see it, a conflict is refused there, naming the field: another
+    app's Secret, a Secret another identity declares, a namesake ServiceAccount."""
+    cluster = webhook.cluster
+    cluster.kubectl("create", "secret", "generic", "db-password", "-n", ns,
+                    "--from-literal=password=hunter2")  # fmt: skip
+    grab = identity(ns, credentials=[
+        {"name": "grab", "type": "StaticSecret", "secretName": "db-password"}])  # fmt: skip
+    denied(cluster, grab, "spec.credentials[0].secretName: Secret 'db-password'",
+           "was not created by nhi-operator for this identity")  # fmt: skip
+
+    ok, err = submit(cluster, identity(ns, name="victim", credentials=[
+        {"name": "key", "type": "StaticSecret"}]), dry_run=False)  # fmt: skip
+    assert ok, err
+    thief = identity(ns, name="thief", credentials=[
+        {"name": "key", "type": "StaticSecret", "secretName": "victim.key"}])  # fmt: skip
+    denied(cluster, thief, "spec.credentials[0].secretName: Secret 'victim.key' is already "
+           "declared by MachineIdentity 'victim'")  # fmt: skip
+
+    cluster.kubectl("create", "serviceaccount", "deployer", "-n", ns)
+    denied(cluster, identity(ns, name="deployer"),
+           "spec.serviceAccount.name: ServiceAccount 'deployer'")  # fmt: skip
