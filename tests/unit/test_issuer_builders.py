@@ -392,7 +392,7 @@ def test_trust_bundle_and_crl_configmaps() -> None:
         ca_cert=root(0), ca_key=key(0), revoked=[], now=NOW, next_update=DAY, crl_number=1
     )
     cm = build_crl_configmap(issuer, "team-a", crl_pem(crl))
-    assert cm["metadata"]["name"] == "nhi-crl"
+    assert cm["metadata"]["name"] == "nhi-crl-identityissuer-mesh-ca"
     assert not is_revoked(cm["data"]["ca.crl"], root(0), 42)
 
 

@@ -43,6 +43,7 @@ pytestmark = pytest.mark.unit
 START = dt.datetime(2030, 1, 15, 12, 0, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 OPNS = "nhi-system"
+CRL = "nhi-crl-clusteridentityissuer-mesh"  # the default CRL of ClusterIdentityIssuer "mesh"
 
 
 class FakeApi:
@@ -216,7 +217,7 @@ async def test_self_signed_issuer_generates_its_root_and_becomes_ready() -> None
     assert status["crlNumber"] == 1
     assert status["revokedCount"] == 0
     assert root.cert.subject.rfc4514_string() == "CN=example.org"
-    crl = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    crl = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert not is_revoked(crl, root.cert, 1)
     assert changes == [("ClusterIdentityIssuer", "", "mesh")]
 
@@ -282,7 +283,7 @@ async def test_root_rotates_with_a_third_left_and_the_old_root_stays_trusted() -
         data = api.objects[("ConfigMap", ns, "nhi-trust-bundle")]["data"]["ca.crt"]
         assert load_cert_chain(data) == [second.ca_cert, first.ca_cert]
     # The CRL is re-signed by the new root.
-    crl = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    crl = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert not is_revoked(crl, second.ca_cert, 1)
     assert status_of(api)["crlNumber"] == number + 1
     # A leaf of the old root is still trusted by the bundle (the old root is in it).
@@ -342,7 +343,7 @@ async def test_namespaced_self_signed_issuer_keeps_everything_in_its_namespace()
     assert outcome.ready
     secret = api.objects[("Secret", "team-a", "nhi-issuer-mesh")]
     assert secret["metadata"]["ownerReferences"][0]["kind"] == "IdentityIssuer"
-    assert ("ConfigMap", "team-a", "nhi-crl") in api.objects
+    assert ("ConfigMap", "team-a", "nhi-crl-identityissuer-mesh") in api.objects
     signer = await svc.signer("IdentityIssuer", "mesh", "team-a")
     assert signer.namespace == "team-a"
 
@@ -474,7 +475,7 @@ async def test_revoke_publishes_a_signed_crl_and_is_idempotent() -> None:
     signer = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
     serial = _leaf_serial(signer.ca_cert, signer.ca_key)
     await svc.revoke(signer, [(serial, START)])
-    pem = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    pem = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert is_revoked(pem, signer.ca_cert, serial)
     assert not is_revoked(pem, signer.ca_cert, serial + 1)
     crl = load_crl(pem)
@@ -483,10 +484,10 @@ async def test_revoke_publishes_a_signed_crl_and_is_idempotent() -> None:
     api.calls.clear()
     await svc.revoke(signer, [(serial, START + DAY)])
     assert api.writes() == []  # already listed: nothing to do
-    assert len(list(load_crl(api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]))) == 1
+    assert len(list(load_crl(api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]))) == 1
 
     await svc.revoke(signer, [(serial, START), (serial + 7, START)])
-    pem = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    pem = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert is_revoked(pem, signer.ca_cert, serial + 7)
     assert len(list(load_crl(pem))) == 2
 
@@ -505,7 +506,7 @@ async def test_the_published_crl_is_the_state() -> None:
     stored = api.objects[("ClusterIdentityIssuer", "", "mesh")]
     await fresh.reconcile(copy.deepcopy(stored))
     await fresh.revoke(signer, [(222, START)])
-    pem = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    pem = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert is_revoked(pem, signer.ca_cert, 111)
     assert is_revoked(pem, signer.ca_cert, 222)
 
@@ -521,7 +522,7 @@ async def test_crl_is_re_signed_before_its_next_update() -> None:
     clock.now = START + dt.timedelta(hours=17)
     await reconcile(svc, api, body)
     assert status_of(api)["crlNumber"] == 2
-    crl = load_crl(api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"])
+    crl = load_crl(api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"])
     assert crl.next_update_utc == clock.now.replace(microsecond=0) + DAY
 
 
@@ -534,7 +535,7 @@ async def test_cleanup_removes_a_cluster_issuers_objects() -> None:
     stored["metadata"]["deletionTimestamp"] = "2030-01-15T12:00:00Z"
     removed = await svc.cleanup(copy.deepcopy(stored))
     assert sorted(removed) == [
-        "ConfigMap/nhi-system/nhi-crl",
+        f"ConfigMap/nhi-system/{CRL}",
         "ConfigMap/team-a/nhi-trust-bundle",
         "Secret/nhi-system/nhi-issuer-mesh",
     ]
