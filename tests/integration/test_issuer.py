@@ -293,5 +293,9 @@ def test_identity_certificate_chains_to_the_issuer_and_its_bundle_is_published(
         message="the trust bundle ConfigMap",
     )
     assert load_cert_chain(bundle["data"]["ca.crt"]) == [root]
-    assert bundle["metadata"]["labels"]["nhi.dev/issuer"] == "local"
-    assert bundle["metadata"]["ownerReferences"][0]["kind"] == "IdentityIssuer"
+    # Shared by the issuers used in the namespace: owned by none of them.
+    assert bundle["metadata"]["labels"]["nhi.dev/trust-bundle"] == "true"
+    assert "ownerReferences" not in bundle["metadata"]
+    assert json.loads(bundle["metadata"]["annotations"]["nhi.dev/trust-bundle-sources"]) == {
+        "IdentityIssuer/local": [fingerprint_sha256(root)]
+    }

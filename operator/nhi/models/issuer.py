@@ -24,6 +24,11 @@ PLURALS = {ISSUER_KIND: "identityissuers", CLUSTER_ISSUER_KIND: "clusteridentity
 
 ISSUER_LABEL = "nhi.dev/issuer"
 ISSUER_KIND_LABEL = "nhi.dev/issuer-kind"
+TRUST_BUNDLE_LABEL = "nhi.dev/trust-bundle"
+PROVENANCE_ANNOTATION = "nhi.dev/provenance"
+"""On the ConfigMaps the operator created: a tag that proves it (nhi.crypto.provenance)."""
+SOURCES_ANNOTATION = "nhi.dev/trust-bundle-sources"
+"""On a trust bundle: which issuer each certificate comes from (by SHA-256 fingerprint)."""
 
 DEFAULT_KEY_ALGORITHM = "ECDSA-P256"
 DEFAULT_CA_TTL = dt.timedelta(hours=8760)
