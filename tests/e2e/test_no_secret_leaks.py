@@ -3,10 +3,11 @@
 An operator of its own (the session's is paused meanwhile) runs with --log-level DEBUG through
 a whole life: a self-signed ClusterIdentityIssuer, an identity with a token, an X509
 certificate and a StaticSecret, a renewal on request (so StaticSecret ``previous`` is filled),
-and the deletion of both. Then every value that was issued is looked for in everything that
-is not a Secret: each line of the operator's log, every Event of the cluster, the identity and
-the issuer as the API returns them (status included), the ConfigMaps the operator writes
-(trust bundles, CRLs), the metrics page and the API server's audit log for the period.
+and the deletion of both. Then every value that was issued, and the key of the provenance
+tags of the operator's ConfigMaps, is looked for in everything that is not a Secret: each line
+of the operator's log, every Event of the cluster, the identity and the issuer as the API
+returns them (status included), the ConfigMaps the operator writes (trust bundles, CRLs), the
+metrics page and the API server's audit log for the period.
 
 Each value is searched raw and base64-encoded, and for PEM keys each base64 body line of 40+
 characters as well (a key logged as JSON has its newlines escaped, so only the lines match);
@@ -140,6 +141,10 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
                     needles.extend(needles_for(f"{secret}/{key}", data[key]))
         root = secret_values(cluster, SYSTEM, f"nhi-issuer-{issuer}")
         needles.extend(needles_for(f"nhi-issuer-{issuer}/tls.key", root["tls.key"]))
+        # The key of the ConfigMaps' provenance tags (random bytes: searched as base64).
+        provenance = cluster.get("secret", "nhi-provenance-key", SYSTEM)
+        assert provenance is not None
+        needles.append(Needle("nhi-provenance-key/key", "base64", provenance["data"]["key"]))
 
     def collect_objects(stage: str) -> None:
         texts[f"events ({stage})"] = kubectl_json(cluster, "get", "events", "-A")
@@ -278,6 +283,7 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
         "app.key/current",
         "app.key/previous",
         f"nhi-issuer-{issuer}/tls.key",
+        "nhi-provenance-key/key",
     }
     assert {n.form for n in needles} == {"raw", "base64", "PEM line", "signature"}
 

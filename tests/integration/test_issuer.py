@@ -121,11 +121,9 @@ def secret_cert(secret: dict[str, Any], key: str = "tls.crt") -> x509.Certificat
 
 
 def check_crl(
-    cluster: Cluster, namespace: str, ca_cert: x509.Certificate
+    cluster: Cluster, namespace: str, ca_cert: x509.Certificate, name: str
 ) -> x509.CertificateRevocationList:
-    cm = wait_for(
-        lambda: cluster.get("configmap", "nhi-crl", namespace), message=f"CRL in {namespace}"
-    )
+    cm = wait_for(lambda: cluster.get("configmap", name, namespace), message=f"CRL in {namespace}")
     pem = cm["data"]["ca.crl"]
     crl = load_crl(pem)
     verify_crl(crl, ca_cert)  # signed by the issuer's CA
@@ -189,8 +187,9 @@ def test_ca_issuer_from_a_secret_is_ready_and_publishes_a_signed_crl(
     kube.apply(issuer("team-ca", {"ca": {"secretName": "team-root"}}, namespace))
     obj = wait_ready(kube, "identityissuer", "team-ca", namespace, "True", "CAReady")
     assert obj["status"]["caFingerprint"] == fingerprint_sha256(cert)
-    crl = check_crl(kube, namespace, cert)
-    cm = kube.get("configmap", "nhi-crl", namespace)
+    # The default CRL name is the issuer's own.
+    crl = check_crl(kube, namespace, cert, "nhi-crl-identityissuer-team-ca")
+    cm = kube.get("configmap", "nhi-crl-identityissuer-team-ca", namespace)
     assert cm is not None
     (owner,) = cm["metadata"]["ownerReferences"]
     assert owner["kind"] == "IdentityIssuer"
@@ -294,5 +293,9 @@ def test_identity_certificate_chains_to_the_issuer_and_its_bundle_is_published(
         message="the trust bundle ConfigMap",
     )
     assert load_cert_chain(bundle["data"]["ca.crt"]) == [root]
-    assert bundle["metadata"]["labels"]["nhi.dev/issuer"] == "local"
-    assert bundle["metadata"]["ownerReferences"][0]["kind"] == "IdentityIssuer"
+    # Shared by the issuers used in the namespace: owned by none of them.
+    assert bundle["metadata"]["labels"]["nhi.dev/trust-bundle"] == "true"
+    assert "ownerReferences" not in bundle["metadata"]
+    assert json.loads(bundle["metadata"]["annotations"]["nhi.dev/trust-bundle-sources"]) == {
+        "IdentityIssuer/local": [fingerprint_sha256(root)]
+    }

@@ -233,7 +233,7 @@ def test_deleting_the_workload_revokes_everything(
     assert cluster.get("serviceaccount", "app", namespace) is None
     crl = wait_for(
         lambda: (
-            (cm := cluster.get("configmap", "nhi-crl", namespace))
+            (cm := cluster.get("configmap", "nhi-crl-identityissuer-local", namespace))
             and is_revoked(cm["data"]["ca.crl"].encode(), root, leaf.serial_number)
         ),
         timeout=10,
@@ -458,7 +458,7 @@ def test_deleting_the_identity_puts_its_certificates_on_the_crl(
     cluster.kubectl("delete", "machineidentity", "app", "-n", namespace, "--timeout=30s")
     wait_for(
         lambda: (
-            (cm := cluster.get("configmap", "nhi-crl", namespace))
+            (cm := cluster.get("configmap", "nhi-crl-identityissuer-local", namespace))
             and is_revoked(cm["data"]["ca.crl"].encode(), root, leaf.serial_number)
         ),
         timeout=10,

@@ -38,9 +38,12 @@ from nhi.crypto import (
     key_algorithm_of,
     load_cert_chain,
     load_private_key,
+    new_provenance_key,
     parse_key_algorithm,
     parse_serial_hex,
     private_key_pem,
+    provenance_tag,
+    provenance_valid,
     public_key_fingerprint,
     secret_fingerprint,
     serial_hex,
@@ -955,3 +958,16 @@ def test_cert_summary(alg: KeyAlgorithm) -> None:
     }
     assert all(isinstance(v, str) for v in summary.values())
     assert cert_summary(ca(alg))["spiffeId"] == ""
+
+
+def test_provenance_tags_are_bound_to_the_key_the_uid_and_the_purpose() -> None:
+    key = new_provenance_key()
+    tag = provenance_tag(key, "uid-1", "trust-bundle")
+    assert tag.startswith("v1.")
+    assert tag == provenance_tag(key, "uid-1", "trust-bundle")  # deterministic
+    assert provenance_valid(key, "uid-1", "trust-bundle", tag)
+    assert not provenance_valid(key, "uid-2", "trust-bundle", tag)
+    assert not provenance_valid(key, "uid-1", "crl/ClusterIdentityIssuer//mesh", tag)
+    assert not provenance_valid(new_provenance_key(), "uid-1", "trust-bundle", tag)
+    assert not provenance_valid(key, "", "trust-bundle", provenance_tag(key, "", "trust-bundle"))
+    assert not provenance_valid(key, "uid-1", "trust-bundle", None)

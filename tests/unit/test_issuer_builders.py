@@ -18,14 +18,19 @@ from nhi.builders.issuer import (
     build_crl_configmap,
     build_root_secret,
     build_trust_bundle,
+    bundle_sources,
     compose_bundle,
+    configmap_origin,
     crl_entries,
     crl_number,
     crl_resign_at,
     crl_resign_reason,
+    is_legacy_bundle,
     issuer_labels,
     label_value,
+    legacy_bundle_source,
     load_ca_secret,
+    merge_bundles,
     merge_revoked,
     needs_rotation,
     owned_by,
@@ -45,14 +50,16 @@ from nhi.crypto import (
     cert_pem,
     chain_pem,
     crl_pem,
+    fingerprint_sha256,
     generate_key,
     is_revoked,
     issue_intermediate_ca,
     issue_leaf,
     load_cert_chain,
     private_key_pem,
+    provenance_tag,
 )
-from nhi.models.issuer import Issuer
+from nhi.models.issuer import PROVENANCE_ANNOTATION, Issuer
 
 pytestmark = pytest.mark.unit
 
@@ -68,6 +75,10 @@ def key(slot: int = 0) -> PrivateKey:
 @functools.cache
 def root(slot: int = 0, now: dt.datetime = NOW, ttl: dt.timedelta = 30 * DAY) -> x509.Certificate:
     return build_self_signed_ca(f"root {slot}", key(slot), now, ttl)
+
+
+def fp(cert: x509.Certificate) -> str:
+    return fingerprint_sha256(cert)
 
 
 def make_issuer(kind: str = "ClusterIdentityIssuer", **spec: Any) -> Issuer:
@@ -380,20 +391,119 @@ def test_ca_without_key_cert_sign_usage_is_rejected() -> None:
 # ---------------------------------------------------------------------------- ConfigMaps
 
 
-def test_trust_bundle_and_crl_configmaps() -> None:
-    issuer = make_issuer("IdentityIssuer", trustBundle={"configMapName": "bundle"})
-    bundle = build_trust_bundle(issuer, "team-a", cert_pem(root(0)))
-    assert bundle["metadata"]["name"] == "bundle"
-    assert bundle["metadata"]["namespace"] == "team-a"
-    assert bundle["data"] == {"ca.crt": cert_pem(root(0)).decode()}
-    assert owned_by(bundle, issuer)
-    assert bundle["metadata"]["ownerReferences"][0]["name"] == "mesh-ca"
+def test_crl_configmap_is_the_issuers_own() -> None:
+    issuer = make_issuer("IdentityIssuer")
     crl = build_crl(
         ca_cert=root(0), ca_key=key(0), revoked=[], now=NOW, next_update=DAY, crl_number=1
     )
     cm = build_crl_configmap(issuer, "team-a", crl_pem(crl))
-    assert cm["metadata"]["name"] == "nhi-crl"
+    assert cm["metadata"]["name"] == "nhi-crl-identityissuer-mesh-ca"
+    assert cm["metadata"]["namespace"] == "team-a"
+    assert owned_by(cm, issuer)
+    assert cm["metadata"]["ownerReferences"][0]["name"] == "mesh-ca"
+    assert "uid" not in cm["metadata"]
     assert not is_revoked(cm["data"]["ca.crl"], root(0), 42)
+    tagged = build_crl_configmap(issuer, "team-a", crl_pem(crl), uid="u-9", tag="v1.x")
+    assert tagged["metadata"]["uid"] == "u-9"  # a precondition of the write
+    assert tagged["metadata"]["annotations"][PROVENANCE_ANNOTATION] == "v1.x"
+
+
+def test_merge_bundles_holds_every_root_once_in_a_stable_order() -> None:
+    a, b, shared = root(1), root(2), root(3)
+    parts = {
+        "IdentityIssuer/team": [b, shared],
+        "ClusterIdentityIssuer/mesh": [a, shared],
+    }
+    merged = merge_bundles(parts, NOW)
+    # Sources in sorted order, each one's own order kept, a shared root at its first place.
+    assert load_cert_chain(merged.pem) == [a, shared, b]
+    assert merged.sources == {
+        "ClusterIdentityIssuer/mesh": tuple(sorted([fp(a), fp(shared)])),
+        "IdentityIssuer/team": tuple(sorted([fp(b), fp(shared)])),
+    }
+    # Idempotent: the order parts come in changes nothing, so an unchanged bundle is equal.
+    assert merge_bundles(dict(reversed(list(parts.items()))), NOW) == merged
+    assert merge_bundles({"ClusterIdentityIssuer/mesh": [a, shared]}, NOW) != merged
+
+
+def test_merge_bundles_leaves_out_expired_roots_and_empty_sources() -> None:
+    old = build_self_signed_ca("old", key(4), NOW - 10 * DAY, 5 * DAY)
+    merged = merge_bundles({"ClusterIdentityIssuer/a": [root(1), old], "X/gone": [old]}, NOW)
+    assert load_cert_chain(merged.pem) == [root(1)]
+    assert list(merged.sources) == ["ClusterIdentityIssuer/a"]
+    empty = merge_bundles({"X/gone": [old]}, NOW)
+    assert empty.pem == b""
+    assert empty.sources == {}
+
+
+def test_trust_bundle_configmap_names_its_sources_and_no_owner() -> None:
+    merged = merge_bundles({"ClusterIdentityIssuer/mesh": [root(1)]}, NOW)
+    cm = build_trust_bundle("team-a", "nhi-trust-bundle", merged)
+    assert cm["metadata"]["name"] == "nhi-trust-bundle"
+    assert cm["data"] == {"ca.crt": cert_pem(root(1)).decode()}
+    assert "ownerReferences" not in cm["metadata"]  # shared by issuers: owned by none
+    assert cm["metadata"]["labels"]["nhi.dev/trust-bundle"] == "true"
+    assert bundle_sources(cm) == merged.sources
+    tagged = build_trust_bundle("team-a", "nhi-trust-bundle", merged, uid="u-1", tag="v1.t")
+    assert tagged["metadata"]["uid"] == "u-1"
+    assert tagged["metadata"]["annotations"][PROVENANCE_ANNOTATION] == "v1.t"
+    assert bundle_sources(tagged) == merged.sources
+
+
+@pytest.mark.parametrize("raw", ["not json", "[1, 2]", '{"a": "b"}', "x" * (256 * 1024 + 1), None])
+def test_unreadable_bundle_sources_are_empty(raw: str | None) -> None:
+    cm = {"metadata": {"annotations": {"nhi.dev/trust-bundle-sources": raw}}}
+    assert bundle_sources(cm) == {}
+
+
+KEY = b"k" * 32
+EARLIER = "2030-01-14T12:00:00Z"
+
+
+def configmap(uid: str = "u-1", created: str = EARLIER, **meta: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "cm", "uid": uid, "creationTimestamp": created, **meta},
+        "data": {"ca.crt": cert_pem(root(1)).decode()},
+    }
+
+
+def test_configmap_origin_needs_the_tag_of_its_own_uid() -> None:
+    tag = provenance_tag(KEY, "u-1", "trust-bundle")
+    ours = configmap(annotations={PROVENANCE_ANNOTATION: tag})
+    assert configmap_origin(ours, key=KEY, purpose="trust-bundle") == "ours"
+    # The same tag copied onto another object (another UID), or for another purpose, or
+    # made with another key, proves nothing.
+    copied = configmap(uid="u-2", annotations={PROVENANCE_ANNOTATION: tag})
+    assert configmap_origin(copied, key=KEY, purpose="trust-bundle") == "foreign"
+    assert configmap_origin(ours, key=KEY, purpose="crl/IdentityIssuer/a/b") == "foreign"
+    assert configmap_origin(ours, key=b"o" * 32, purpose="trust-bundle") == "foreign"
+    # Labels alone prove nothing.
+    labelled = configmap(labels={"app.kubernetes.io/managed-by": "nhi-operator"})
+    assert configmap_origin(labelled, key=KEY, purpose="trust-bundle") == "foreign"
+
+
+def test_configmap_origin_adopts_an_earlier_versions_object_only_if_older_than_the_key() -> None:
+    labels = {
+        "app.kubernetes.io/managed-by": "nhi-operator",
+        "nhi.dev/issuer": "mesh",
+        "nhi.dev/issuer-kind": "ClusterIdentityIssuer",
+    }
+    since = NOW
+
+    def origin(cm: dict[str, Any]) -> str:
+        return configmap_origin(
+            cm, key=KEY, purpose="trust-bundle", created_before=since, legacy=is_legacy_bundle
+        )
+
+    assert legacy_bundle_source(configmap(labels=labels)) == "ClusterIdentityIssuer/mesh"
+    assert origin(configmap(labels=labels)) == "legacy"
+    assert origin(configmap(labels=labels, created="2030-01-15T12:00:00Z")) == "foreign"
+    assert origin(configmap(labels=labels, created="nonsense")) == "foreign"
+    assert origin(configmap()) == "foreign"  # no labels of an earlier version
+    # A wrong tag is never legacy.
+    assert origin(configmap(labels=labels, annotations={PROVENANCE_ANNOTATION: "v1.x"})) == (
+        "foreign"
+    )
 
 
 # ----------------------------------------------------------------------------------- CRL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from nhi.models.issuer import (
     Issuer,
     SelfSignedSource,
     VaultSource,
+    default_crl_configmap,
     issuer_key,
 )
 
@@ -39,7 +41,7 @@ def test_self_signed_defaults() -> None:
     assert issuer.generation == 3
     assert issuer.source == SelfSignedSource("ECDSA-P256", dt.timedelta(hours=8760), None)
     assert issuer.trust_bundle_configmap == "nhi-trust-bundle"
-    assert issuer.crl_configmap == "nhi-crl"
+    assert issuer.crl_configmap == "nhi-crl-clusteridentityissuer-mesh-ca"
     assert issuer.crl_validity == dt.timedelta(hours=24)
     assert issuer.home_namespace("nhi-system") == "nhi-system"
 
@@ -56,6 +58,47 @@ def test_self_signed_fields() -> None:
     assert issuer.trust_bundle_configmap == "mesh-bundle"
     assert issuer.crl_configmap == "mesh-crl"
     assert issuer.crl_validity == dt.timedelta(minutes=30)
+
+
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+
+
+def test_default_crl_is_one_per_issuer() -> None:
+    names = {
+        Issuer.from_body(
+            make_issuer(kind, ns) | {"metadata": {"name": name, "namespace": ns}}
+        ).crl_configmap
+        for kind, ns in (("ClusterIdentityIssuer", None), ("IdentityIssuer", "nhi-system"))
+        for name in ("a", "b", "cluster-a", "clusteridentityissuer-a")
+    }
+    assert len(names) == 8  # two kinds x four names, all distinct
+    assert default_crl_configmap("IdentityIssuer", "a") == "nhi-crl-identityissuer-a"
+    assert default_crl_configmap("ClusterIdentityIssuer", "a") == "nhi-crl-clusteridentityissuer-a"
+    # An explicit name is kept as it is.
+    explicit = Issuer.from_body(make_issuer(crl={"configMapName": "nhi-crl"}))
+    assert explicit.crl_configmap == "nhi-crl"
+
+
+@pytest.mark.parametrize("kind", ["ClusterIdentityIssuer", "IdentityIssuer"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x" * 253,
+        "a." + "b" * 250,
+        "x" * 221 + ".y" * 16,  # cut just after a dot
+        "x" * 222 + "-" + "y" * 30,  # cut just after a dash
+    ],
+)
+def test_long_default_crl_names_are_bounded_distinct_and_valid(kind: str, name: str) -> None:
+    crl = default_crl_configmap(kind, name)
+    assert len(crl) <= 253
+    assert _DNS1123_SUBDOMAIN.match(crl), crl
+    assert crl == default_crl_configmap(kind, name)  # deterministic
+    other_kind = "IdentityIssuer" if kind == "ClusterIdentityIssuer" else "ClusterIdentityIssuer"
+    assert crl != default_crl_configmap(other_kind, name)
+    assert crl != default_crl_configmap(kind, name[:-1] + "z")  # same start, another name
 
 
 def test_namespaced_issuer_lives_in_its_namespace() -> None:

@@ -6,17 +6,19 @@ forward by months without sleeping, and every request the service makes is count
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import datetime as dt
 import functools
+import json
 from collections.abc import Mapping
 from typing import Any, cast
 
 import pytest
 from cryptography import x509
 
-from nhi.builders.issuer import parse_root_secret
+from nhi.builders.issuer import configmap_origin, parse_root_secret
 from nhi.crypto import (
     PrivateKey,
     build_self_signed_ca,
@@ -29,8 +31,9 @@ from nhi.crypto import (
     load_crl,
     private_key_pem,
 )
-from nhi.k8s.client import Api, Forbidden, NotFound
+from nhi.k8s.client import Api, Conflict, Forbidden, Invalid, NotFound
 from nhi.k8s.events import EventRecorder
+from nhi.reconcilers import trust_bundles
 from nhi.reconcilers.issuer import (
     IssuerNotReady,
     IssuerOutcome,
@@ -43,15 +46,22 @@ pytestmark = pytest.mark.unit
 START = dt.datetime(2030, 1, 15, 12, 0, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 OPNS = "nhi-system"
+CRL = "nhi-crl-clusteridentityissuer-mesh"  # the default CRL of ClusterIdentityIssuer "mesh"
 
 
 class FakeApi:
-    """Just enough of nhi.k8s.client.Api, in memory, counting every request."""
+    """Just enough of nhi.k8s.client.Api, in memory, counting every request.
+
+    Like the API server: a POST fails when the name is taken, an apply or delete that names
+    a UID fails unless the object still has it, and every object gets a UID and a creation
+    time of its own.
+    """
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.calls: list[tuple[str, str, str, str]] = []
         self.version = 0
+        self.created = START - DAY  # the API server's clock, for creationTimestamp
 
     def _key(self, kind: str, namespace: str | None, name: str) -> tuple[str, str, str]:
         return (kind, namespace or "", name)
@@ -60,17 +70,24 @@ class FakeApi:
         self.version += 1
         obj["metadata"]["resourceVersion"] = str(self.version)
 
+    def _new(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        meta["uid"] = f"uid-{meta['name']}-{self.version}"
+        meta["creationTimestamp"] = self.created.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.created += dt.timedelta(seconds=1)
+
     def writes(self, kind: str | None = None) -> list[tuple[str, str, str, str]]:
         return [
             c
             for c in self.calls
-            if c[0] in ("apply", "patch", "delete") and (kind is None or c[1] == kind)
+            if c[0] in ("apply", "patch", "delete", "create") and (kind is None or c[1] == kind)
         ]
 
     def put(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
         obj = copy.deepcopy(obj)
-        obj["metadata"].setdefault("uid", f"uid-{meta['name']}")
+        if "uid" not in obj["metadata"]:
+            self._new(obj)
         obj["metadata"].setdefault("generation", 1)
         self._bump(obj)
         self.objects[self._key(obj["kind"], meta.get("namespace"), meta["name"])] = obj
@@ -99,7 +116,16 @@ class FakeApi:
         key = self._key(obj["kind"], meta.get("namespace"), meta["name"])
         new = copy.deepcopy(dict(obj))
         old = self.objects.get(key)
-        new["metadata"]["uid"] = (old or {}).get("metadata", {}).get("uid", f"uid-{meta['name']}")
+        if meta.get("uid"):
+            if old is None:
+                raise Conflict(409, "Conflict", "uid mismatch: no existing object was found")
+            if old["metadata"]["uid"] != meta["uid"]:
+                raise Invalid(422, "Invalid", "metadata.uid: field is immutable")
+        if old is None:
+            self._new(new)
+        else:
+            for k in ("uid", "creationTimestamp"):
+                new["metadata"][k] = old["metadata"][k]
         self._bump(new)
         self.objects[key] = new
         return copy.deepcopy(new)
@@ -120,12 +146,31 @@ class FakeApi:
         return copy.deepcopy(obj)
 
     async def create(self, kind: str, namespace: str | None, body: Any, **_: Any) -> Any:
-        self.calls.append(("create", kind, namespace or "", ""))
-        return body
+        name = body["metadata"]["name"]
+        self.calls.append(("create", kind, namespace or "", name))
+        key = self._key(kind, namespace, name)
+        if key in self.objects:
+            raise Conflict(409, "AlreadyExists", f"{name} already exists")
+        obj = copy.deepcopy(dict(body))
+        obj["metadata"]["namespace"] = namespace or ""
+        obj.setdefault("kind", kind)
+        self._new(obj)
+        self._bump(obj)
+        self.objects[key] = obj
+        return copy.deepcopy(obj)
 
-    async def delete(self, kind: str, namespace: str | None, name: str, **_: Any) -> bool:
+    async def delete(
+        self, kind: str, namespace: str | None, name: str, *, uid: str | None = None, **_: Any
+    ) -> bool:
         self.calls.append(("delete", kind, namespace or "", name))
-        return self.objects.pop(self._key(kind, namespace, name), None) is not None
+        key = self._key(kind, namespace, name)
+        obj = self.objects.get(key)
+        if obj is None:
+            return False
+        if uid and obj["metadata"]["uid"] != uid:
+            raise Conflict(409, "Conflict", "Precondition failed: UID in precondition")
+        del self.objects[key]
+        return True
 
 
 class Clock:
@@ -134,6 +179,13 @@ class Clock:
 
     def __call__(self) -> dt.datetime:
         return self.now
+
+
+MESH = ("ClusterIdentityIssuer", "", "mesh")
+
+
+async def key_of(svc: IssuerService) -> bytes:
+    return (await svc.provenance.get()).key
 
 
 def make_service() -> tuple[IssuerService, FakeApi, Clock, list[Any]]:
@@ -171,6 +223,20 @@ async def reconcile(svc: IssuerService, api: FakeApi, body: dict[str, Any]) -> I
     outcome = await svc.reconcile(copy.deepcopy(stored))
     assert outcome is not None, key
     return outcome
+
+
+async def drain(svc: IssuerService) -> None:
+    """Run the trust bundles' work queue until it is empty."""
+    svc.bundles.start()
+    try:
+        await asyncio.sleep(0)
+        await svc.bundles.queue.wait_idle()
+    finally:
+        await svc.bundles.stop()
+
+
+def bundle_roots(api: FakeApi, ns: str, name: str = "nhi-trust-bundle") -> list[x509.Certificate]:
+    return load_cert_chain(api.objects[("ConfigMap", ns, name)]["data"]["ca.crt"])
 
 
 def status_of(api: FakeApi, kind: str = "ClusterIdentityIssuer", ns: str = "") -> dict[str, Any]:
@@ -216,7 +282,7 @@ async def test_self_signed_issuer_generates_its_root_and_becomes_ready() -> None
     assert status["crlNumber"] == 1
     assert status["revokedCount"] == 0
     assert root.cert.subject.rfc4514_string() == "CN=example.org"
-    crl = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    crl = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert not is_revoked(crl, root.cert, 1)
     assert changes == [("ClusterIdentityIssuer", "", "mesh")]
 
@@ -278,11 +344,12 @@ async def test_root_rotates_with_a_third_left_and_the_old_root_stays_trusted() -
     assert stored.previous == (first.ca_cert,)
     assert changes == [("ClusterIdentityIssuer", "", "mesh")]
     # Every namespace that had the bundle has the new one, with both roots.
+    await drain(svc)
     for ns in ("team-a", "team-b"):
         data = api.objects[("ConfigMap", ns, "nhi-trust-bundle")]["data"]["ca.crt"]
         assert load_cert_chain(data) == [second.ca_cert, first.ca_cert]
     # The CRL is re-signed by the new root.
-    crl = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    crl = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert not is_revoked(crl, second.ca_cert, 1)
     assert status_of(api)["crlNumber"] == number + 1
     # A leaf of the old root is still trusted by the bundle (the old root is in it).
@@ -295,8 +362,8 @@ async def test_root_rotates_with_a_third_left_and_the_old_root_stays_trusted() -
     assert third.ca_cert == second.ca_cert
     assert load_cert_chain(third.bundle_pem) == [second.ca_cert]
     assert parse_root_secret(api.objects[("Secret", OPNS, "nhi-issuer-mesh")]).previous == ()
-    data = api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]["data"]["ca.crt"]
-    assert load_cert_chain(data) == [second.ca_cert]
+    await drain(svc)
+    assert bundle_roots(api, "team-a") == [second.ca_cert]
 
 
 async def test_spec_changes_to_the_root_apply_at_the_next_rotation() -> None:
@@ -342,7 +409,7 @@ async def test_namespaced_self_signed_issuer_keeps_everything_in_its_namespace()
     assert outcome.ready
     secret = api.objects[("Secret", "team-a", "nhi-issuer-mesh")]
     assert secret["metadata"]["ownerReferences"][0]["kind"] == "IdentityIssuer"
-    assert ("ConfigMap", "team-a", "nhi-crl") in api.objects
+    assert ("ConfigMap", "team-a", "nhi-crl-identityissuer-mesh") in api.objects
     signer = await svc.signer("IdentityIssuer", "mesh", "team-a")
     assert signer.namespace == "team-a"
 
@@ -419,8 +486,13 @@ async def test_trust_bundle_is_published_once_per_namespace() -> None:
     await svc.publish_trust_bundle(signer, "team-a")
     cm = api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]
     assert cm["data"]["ca.crt"].encode() == signer.bundle_pem
-    assert cm["metadata"]["labels"]["nhi.dev/issuer"] == "mesh"
-    assert len(api.writes()) == 1
+    assert cm["metadata"]["labels"]["nhi.dev/trust-bundle"] == "true"
+    assert "ownerReferences" not in cm["metadata"]
+    # Created with a POST, then tagged with the provenance of the UID it was given.
+    assert [c[0] for c in api.writes()] == ["create", "apply"]
+    tag = cm["metadata"]["annotations"]["nhi.dev/provenance"]
+    assert configmap_origin(cm, key=await key_of(svc), purpose="trust-bundle") == "ours"
+    assert tag
     api.calls.clear()
     await svc.publish_trust_bundle(signer, "team-a")
     assert api.calls == []
@@ -433,13 +505,15 @@ async def test_published_namespaces_are_rebuilt_after_a_restart() -> None:
     await svc.publish_trust_bundle(signer, "team-a")
     # A new process: nothing in memory, the objects are still there.
     fresh = IssuerService(cast(Api, api), EventRecorder(cast(Api, api)), OPNS, clock)
+    fresh.users = lambda ns: {MESH} if ns == "team-a" else set()
     clock.now = START + 21 * DAY
     stored = api.objects[("ClusterIdentityIssuer", "", "mesh")]
     assert (await fresh.reconcile(copy.deepcopy(stored))) is not None
     rotated = await fresh.signer("ClusterIdentityIssuer", "mesh", "team-a")
     assert rotated.ca_cert != signer.ca_cert
-    data = api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]["data"]["ca.crt"]
-    assert load_cert_chain(data) == [rotated.ca_cert, signer.ca_cert]
+    fresh.sweep_bundles()  # as the runtime does once it has listed every identity
+    await drain(fresh)
+    assert bundle_roots(api, "team-a") == [rotated.ca_cert, signer.ca_cert]
 
 
 async def test_a_foreign_trust_bundle_configmap_is_a_conflict() -> None:
@@ -450,6 +524,7 @@ async def test_a_foreign_trust_bundle_configmap_is_a_conflict() -> None:
     with pytest.raises(IssuerNotReady) as err:
         await svc.publish_trust_bundle(signer, "x")
     assert err.value.reason == "TrustBundleConflict"
+    assert "ConfigMap x/nhi-trust-bundle" in err.value.message
 
 
 # ----------------------------------------------------------------------------------- CRL
@@ -474,7 +549,7 @@ async def test_revoke_publishes_a_signed_crl_and_is_idempotent() -> None:
     signer = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
     serial = _leaf_serial(signer.ca_cert, signer.ca_key)
     await svc.revoke(signer, [(serial, START)])
-    pem = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    pem = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert is_revoked(pem, signer.ca_cert, serial)
     assert not is_revoked(pem, signer.ca_cert, serial + 1)
     crl = load_crl(pem)
@@ -483,10 +558,10 @@ async def test_revoke_publishes_a_signed_crl_and_is_idempotent() -> None:
     api.calls.clear()
     await svc.revoke(signer, [(serial, START + DAY)])
     assert api.writes() == []  # already listed: nothing to do
-    assert len(list(load_crl(api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]))) == 1
+    assert len(list(load_crl(api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]))) == 1
 
     await svc.revoke(signer, [(serial, START), (serial + 7, START)])
-    pem = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    pem = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert is_revoked(pem, signer.ca_cert, serial + 7)
     assert len(list(load_crl(pem))) == 2
 
@@ -505,7 +580,7 @@ async def test_the_published_crl_is_the_state() -> None:
     stored = api.objects[("ClusterIdentityIssuer", "", "mesh")]
     await fresh.reconcile(copy.deepcopy(stored))
     await fresh.revoke(signer, [(222, START)])
-    pem = api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"]
+    pem = api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"]
     assert is_revoked(pem, signer.ca_cert, 111)
     assert is_revoked(pem, signer.ca_cert, 222)
 
@@ -521,7 +596,7 @@ async def test_crl_is_re_signed_before_its_next_update() -> None:
     clock.now = START + dt.timedelta(hours=17)
     await reconcile(svc, api, body)
     assert status_of(api)["crlNumber"] == 2
-    crl = load_crl(api.objects[("ConfigMap", OPNS, "nhi-crl")]["data"]["ca.crl"])
+    crl = load_crl(api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"])
     assert crl.next_update_utc == clock.now.replace(microsecond=0) + DAY
 
 
@@ -534,9 +609,12 @@ async def test_cleanup_removes_a_cluster_issuers_objects() -> None:
     stored["metadata"]["deletionTimestamp"] = "2030-01-15T12:00:00Z"
     removed = await svc.cleanup(copy.deepcopy(stored))
     assert sorted(removed) == [
-        "ConfigMap/nhi-system/nhi-crl",
+        f"ConfigMap/nhi-system/{CRL}",
         "ConfigMap/team-a/nhi-trust-bundle",
         "Secret/nhi-system/nhi-issuer-mesh",
+    ]
+    assert [k for k in api.objects if k[0] in ("ConfigMap", "Secret")] == [
+        ("Secret", OPNS, "nhi-provenance-key")
     ]
     with pytest.raises(IssuerNotReady):
         await svc.signer("ClusterIdentityIssuer", "mesh", "team-a")
@@ -581,9 +659,277 @@ async def test_namespace_scoped_install_lists_the_namespaces_it_serves() -> None
     scoped.objects = api.objects
     fake = cast(Api, scoped)
     fresh = IssuerService(fake, EventRecorder(fake), OPNS, clock, namespaces=["team-a", "team-*"])
+    fresh.users = lambda ns: {MESH} if ns == "team-a" else set()
     clock.now = START + 21 * DAY
     await fresh.reconcile(copy.deepcopy(api.objects[("ClusterIdentityIssuer", "", "mesh")]))
     rotated = await fresh.signer("ClusterIdentityIssuer", "mesh", "team-a")
-    data = api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]["data"]["ca.crt"]
-    assert load_cert_chain(data) == [rotated.ca_cert, signer.ca_cert]
+    fresh.sweep_bundles()
+    await drain(fresh)
+    assert bundle_roots(api, "team-a") == [rotated.ca_cert, signer.ca_cert]
     assert {c[2] for c in scoped.calls if c[0] == "list"} == {"team-a", OPNS}
+
+
+# ------------------------------------------------------------------ issuers side by side
+
+
+def named(
+    name: str, kind: str = "ClusterIdentityIssuer", namespace: str | None = None, **spec: Any
+) -> dict[str, Any]:
+    body = issuer_body(kind, namespace, **spec)
+    body["metadata"]["name"] = name
+    return body
+
+
+async def three_issuers(svc: IssuerService, api: FakeApi) -> dict[str, Any]:
+    """Two ClusterIdentityIssuers and an IdentityIssuer in team-a, all with default settings."""
+    for body in (named("mesh"), named("edge"), named("local", "IdentityIssuer", "team-a")):
+        outcome = await reconcile(svc, api, body)
+        assert outcome.ready, outcome.message
+    return {
+        "mesh": await svc.signer("ClusterIdentityIssuer", "mesh", "team-a"),
+        "edge": await svc.signer("ClusterIdentityIssuer", "edge", "team-a"),
+        "local": await svc.signer("IdentityIssuer", "local", "team-a"),
+    }
+
+
+async def test_issuers_with_default_settings_share_a_namespace() -> None:
+    svc, api, _, _ = make_service()
+    signers = await three_issuers(svc, api)
+    # Each has a CRL of its own, signed by its own CA.
+    for ns, name, signer in (
+        (OPNS, "nhi-crl-clusteridentityissuer-mesh", signers["mesh"]),
+        (OPNS, "nhi-crl-clusteridentityissuer-edge", signers["edge"]),
+        ("team-a", "nhi-crl-identityissuer-local", signers["local"]),
+    ):
+        pem = api.objects[("ConfigMap", ns, name)]["data"]["ca.crl"]
+        assert not is_revoked(pem, signer.ca_cert, 1)
+    for signer in signers.values():
+        await svc.publish_trust_bundle(signer, "team-a")
+    roots = {fingerprint_sha256(c) for c in bundle_roots(api, "team-a")}
+    assert roots == {fingerprint_sha256(s.ca_cert) for s in signers.values()}
+    # Publishing again, in any order, changes nothing and makes no request: no flapping.
+    api.calls.clear()
+    for signer in (signers["local"], signers["mesh"], signers["edge"], signers["mesh"]):
+        await svc.publish_trust_bundle(signer, "team-a")
+    assert api.calls == []
+
+
+async def test_a_rotation_keeps_the_other_issuers_roots_in_the_bundle() -> None:
+    svc, api, clock, _ = make_service()
+    signers = await three_issuers(svc, api)
+    for signer in signers.values():
+        await svc.publish_trust_bundle(signer, "team-a")
+    clock.now = START + 21 * DAY
+    await reconcile(svc, api, named("mesh"))
+    await drain(svc)
+    rotated = await svc.signer("ClusterIdentityIssuer", "mesh", "team-a")
+    assert rotated.ca_cert != signers["mesh"].ca_cert
+    assert set(bundle_roots(api, "team-a")) == {
+        rotated.ca_cert,
+        signers["mesh"].ca_cert,  # the old root, until it expires
+        signers["edge"].ca_cert,
+        signers["local"].ca_cert,
+    }
+
+
+async def test_roots_leave_the_bundle_with_their_issuer_or_its_last_user() -> None:
+    svc, api, _, _ = make_service()
+    users = {MESH, ("ClusterIdentityIssuer", "", "edge"), ("IdentityIssuer", "team-a", "local")}
+    svc.users = lambda ns: set(users) if ns == "team-a" else set()
+    signers = await three_issuers(svc, api)
+    for signer in signers.values():
+        await svc.publish_trust_bundle(signer, "team-a")
+    # The namespaced issuer is deleted (no finalizer: the watch says so afterwards).
+    local = api.objects.pop(("IdentityIssuer", "team-a", "local"))
+    svc.observed("DELETED", local)
+    await drain(svc)
+    assert set(bundle_roots(api, "team-a")) == {signers["mesh"].ca_cert, signers["edge"].ca_cert}
+    # The last identity using edge in team-a stops using it.
+    users.discard(("ClusterIdentityIssuer", "", "edge"))
+    svc.unused("team-a")
+    await drain(svc)
+    assert bundle_roots(api, "team-a") == [signers["mesh"].ca_cert]
+    assert json.loads(
+        api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]["metadata"]["annotations"][
+            "nhi.dev/trust-bundle-sources"
+        ]
+    ) == {"ClusterIdentityIssuer/mesh": [fingerprint_sha256(signers["mesh"].ca_cert)]}
+    # No issuer left: the bundle goes.
+    users.clear()
+    svc.unused("team-a")
+    await drain(svc)
+    assert ("ConfigMap", "team-a", "nhi-trust-bundle") not in api.objects
+
+
+async def test_the_bundle_waits_until_every_identity_is_known(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(trust_bundles, "NOT_SYNCED_DELAY", 0.01)
+    svc, api, _, _ = make_service()
+    signers = await three_issuers(svc, api)
+    users = {MESH}
+    svc.users = lambda ns: set(users)
+    await svc.publish_trust_bundle(signers["mesh"], "team-a")
+    assert len(bundle_roots(api, "team-a")) == 1
+    # A restart: the identities are being listed; one of them also uses edge.
+    users.add(("ClusterIdentityIssuer", "", "edge"))
+    api.calls.clear()
+    synced = False
+    svc.bundles.synced = lambda: synced
+    svc.sweep_bundles()
+    svc.bundles.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert api.calls == []  # nothing before every identity is known
+        synced = True
+        for _ in range(200):
+            if len(bundle_roots(api, "team-a")) == 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await svc.bundles.stop()
+    assert len(bundle_roots(api, "team-a")) == 2
+
+
+def foreign(name: str, namespace: str, **meta: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app": "mine"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u"}],
+            **meta,
+        },
+        "data": {"ca.crt": "mine", "ca.crl": "mine"},
+    }
+
+
+async def test_foreign_configmaps_are_left_exactly_as_they_are() -> None:
+    svc, api, _, _ = make_service()
+    await svc.provenance.get()  # the key exists: what follows is created after it
+    api.put(foreign("nhi-crl-clusteridentityissuer-mesh", OPNS))
+    # Labelled as the operator labels its objects, even with a tag copied from one of the
+    # operator's ConfigMaps: still foreign.
+    other = named("other")
+    await reconcile(svc, api, other)
+    copied = api.objects[("ConfigMap", OPNS, "nhi-crl-clusteridentityissuer-other")]
+    api.put(
+        foreign(
+            "nhi-trust-bundle",
+            "team-a",
+            labels={"app.kubernetes.io/managed-by": "nhi-operator", "nhi.dev/trust-bundle": "true"},
+            annotations=dict(copied["metadata"]["annotations"]),
+        )
+    )
+    before = copy.deepcopy(api.objects)
+    api.calls.clear()
+    outcome = await reconcile(svc, api, named("mesh"))
+    assert outcome.reason == "CRLConflict"
+    assert "spec.crl.configMapName" in outcome.message
+    assert f"ConfigMap {OPNS}/nhi-crl-clusteridentityissuer-mesh" in outcome.message
+    await reconcile(svc, api, named("edge"))
+    edge = await svc.signer("ClusterIdentityIssuer", "edge", "team-a")
+    with pytest.raises(IssuerNotReady) as err:
+        await svc.publish_trust_bundle(edge, "team-a")
+    assert err.value.reason == "TrustBundleConflict"
+    assert "team-a/nhi-trust-bundle" in err.value.message
+    for key in (("ConfigMap", OPNS, CRL), ("ConfigMap", "team-a", "nhi-trust-bundle")):
+        assert api.objects[key] == before[key]
+        assert not [c for c in api.writes() if c[1:] == key]
+
+
+async def test_an_explicit_crl_name_of_another_issuer_is_a_conflict_naming_it() -> None:
+    svc, api, _, _ = make_service()
+    shared = {"selfSigned": {"ttl": "720h"}, "crl": {"configMapName": "shared"}}
+    assert (await reconcile(svc, api, named("mesh", **shared))).ready
+    before = copy.deepcopy(api.objects[("ConfigMap", OPNS, "shared")])
+    outcome = await reconcile(svc, api, named("edge", **shared))
+    assert outcome.reason == "CRLConflict"
+    assert "spec.crl.configMapName" in outcome.message
+    assert "ClusterIdentityIssuer/mesh" in outcome.message
+    assert api.objects[("ConfigMap", OPNS, "shared")] == before
+
+
+async def test_objects_of_an_earlier_version_are_adopted_once() -> None:
+    svc, api, clock, _ = make_service()
+    signers = await three_issuers(svc, api)
+    mesh = signers["mesh"]
+    # What an earlier version left: a CRL and a trust bundle labelled with one issuer, older
+    # than the provenance key, without a tag.
+    api.objects = {k: v for k, v in api.objects.items() if k[0] != "ConfigMap"}
+    del api.objects[("Secret", OPNS, "nhi-provenance-key")]
+    labels = {
+        "app.kubernetes.io/managed-by": "nhi-operator",
+        "nhi.dev/issuer": "mesh",
+        "nhi.dev/issuer-kind": "ClusterIdentityIssuer",
+    }
+    api.put(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "nhi-crl", "namespace": OPNS, "labels": labels},
+            "data": {},
+        }
+    )
+    api.put(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "nhi-trust-bundle", "namespace": "team-a", "labels": labels},
+            "data": {"ca.crt": mesh.bundle_pem.decode()},
+        }
+    )
+    fresh = IssuerService(cast(Api, api), EventRecorder(cast(Api, api)), OPNS, clock)
+    fresh.users = lambda ns: {MESH} if ns == "team-a" else set()
+    await fresh.provenance.get()
+    outcome = await fresh.reconcile(
+        copy.deepcopy(api.objects[("ClusterIdentityIssuer", "", "mesh")])
+        | {
+            "spec": {
+                "trustDomain": "example.org",
+                "selfSigned": {"ttl": "720h"},
+                "crl": {"configMapName": "nhi-crl"},
+            }
+        }
+    )
+    assert outcome is not None and outcome.ready, outcome
+    fresh.sweep_bundles()
+    await drain(fresh)
+    key = await key_of(fresh)
+    for k, purpose in (
+        (("ConfigMap", OPNS, "nhi-crl"), "crl/ClusterIdentityIssuer//mesh"),
+        (("ConfigMap", "team-a", "nhi-trust-bundle"), "trust-bundle"),
+    ):
+        assert configmap_origin(api.objects[k], key=key, purpose=purpose) == "ours"
+    assert (
+        "nhi.dev/issuer"
+        not in api.objects[("ConfigMap", "team-a", "nhi-trust-bundle")]["metadata"]["labels"]
+    )
+
+
+async def test_an_issuer_not_ready_after_a_restart_keeps_its_roots() -> None:
+    svc, api, clock, _ = make_service()
+    cert = build_self_signed_ca("Mesh Root", ca_key(), START - DAY, 365 * DAY)
+    api.put(ca_secret(cert, ca_key()))
+    assert (await reconcile(svc, api, named("mesh", ca={"secretName": "mesh-root"}))).ready
+    assert (await reconcile(svc, api, named("edge"))).ready
+    edge = await svc.signer("ClusterIdentityIssuer", "edge", "team-a")
+    await svc.publish_trust_bundle(
+        await svc.signer("ClusterIdentityIssuer", "mesh", "team-a"), "team-a"
+    )
+    await svc.publish_trust_bundle(edge, "team-a")
+    # The CA Secret is gone, then the operator restarts: mesh cannot say what it trusts.
+    del api.objects[("Secret", OPNS, "mesh-root")]
+    fresh = IssuerService(cast(Api, api), EventRecorder(cast(Api, api)), OPNS, clock)
+    fresh.users = lambda ns: {MESH, ("ClusterIdentityIssuer", "", "edge")}
+    outcome = await fresh.reconcile(
+        copy.deepcopy(api.objects[("ClusterIdentityIssuer", "", "mesh")])
+    )
+    assert outcome is not None and outcome.reason == "CASecretNotFound"
+    clock.now = START + 21 * DAY  # edge rotates: the bundle is written again
+    await fresh.reconcile(copy.deepcopy(api.objects[("ClusterIdentityIssuer", "", "edge")]))
+    fresh.sweep_bundles()
+    await drain(fresh)
+    roots = bundle_roots(api, "team-a")
+    assert cert in roots  # kept: the certificates it issued are still trusted
+    assert len(roots) == 3

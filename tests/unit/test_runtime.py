@@ -87,6 +87,35 @@ def test_a_deleted_identity_is_forgotten(rt: Runtime) -> None:
     assert rt.by_namespace[NAMESPACE] == set()
 
 
+def x509(issuer: str, kind: str = "ClusterIdentityIssuer") -> dict[str, Any]:
+    return {
+        "name": f"mtls-{issuer}",
+        "type": "X509",
+        "ttl": "1h",
+        "issuerRef": {"kind": kind, "name": issuer},
+    }
+
+
+def test_the_issuers_a_namespace_uses_are_counted(rt: Runtime) -> None:
+    dropped: list[str] = []
+    rt.issuers.unused = dropped.append  # type: ignore[method-assign]
+    mesh, local = ("ClusterIdentityIssuer", "", "mesh"), ("IdentityIssuer", NAMESPACE, "local")
+    observed(rt, "a", 1, credentials=[x509("mesh"), x509("local", "IdentityIssuer")])
+    observed(rt, "b", 2, credentials=[x509("mesh")])
+    assert set(rt.issuers_used(NAMESPACE)) == {mesh, local}
+    assert set(rt.issuers_used("elsewhere")) == set()
+    # "a" stops using both: mesh is still used by "b", local by nobody.
+    observed(rt, "a", 3, generation=2, credentials=[])
+    assert set(rt.issuers_used(NAMESPACE)) == {mesh}
+    assert dropped == [NAMESPACE]
+    # An invalid spec keeps the issuers it had.
+    observed(rt, "b", 4, generation=2, credentials=[{"name": "x", "type": "Nope"}])
+    assert set(rt.issuers_used(NAMESPACE)) == {mesh}
+    rt.identity_observed(make_body(name="b"), deleted=True)
+    assert set(rt.issuers_used(NAMESPACE)) == set()
+    assert dropped == [NAMESPACE, NAMESPACE]
+
+
 def meta_object(
     kind: str, name: str, rv: int, labels: dict[str, str], **extra: Any
 ) -> dict[str, Any]:

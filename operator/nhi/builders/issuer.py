@@ -12,9 +12,10 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -31,12 +32,21 @@ from nhi.crypto import (
     load_cert_chain,
     load_private_key,
     private_key_pem,
+    provenance_valid,
     rfc3339,
     serial_hex,
     verify_crl,
 )
 from nhi.crypto.keys import same_public_key
-from nhi.models.issuer import ISSUER_KIND_LABEL, ISSUER_LABEL, Issuer, IssuerReason
+from nhi.models.issuer import (
+    ISSUER_KIND_LABEL,
+    ISSUER_LABEL,
+    PROVENANCE_ANNOTATION,
+    SOURCES_ANNOTATION,
+    TRUST_BUNDLE_LABEL,
+    Issuer,
+    IssuerReason,
+)
 from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY, NOT_AFTER_ANNOTATION
 
 ROOT_SECRET_PREFIX = "nhi-issuer-"  # noqa: S105 - a name, not a secret
@@ -431,23 +441,210 @@ def load_ca_secret(
 
 # ---------------------------------------------------------------------------- ConfigMaps
 
+TRUST_BUNDLE_PURPOSE = "trust-bundle"
 
-def build_trust_bundle(issuer: Issuer, namespace: str, bundle_pem: bytes) -> dict[str, Any]:
-    """The trust bundle ConfigMap (key ``ca.crt``) for one namespace."""
+Origin = Literal["ours", "legacy", "foreign"]
+
+
+def crl_purpose(issuer: Issuer) -> str:
+    """What a CRL ConfigMap's provenance tag is bound to, besides its UID: its issuer."""
+    return f"crl/{issuer.kind}/{issuer.namespace}/{issuer.name}"
+
+
+def _tagged(meta: dict[str, Any], uid: str | None, tag: str | None) -> dict[str, Any]:
+    """``meta`` with the UID precondition and provenance tag of a write to an existing object."""
+    if uid:
+        meta["uid"] = uid
+    if tag:
+        meta["annotations"] = {**(meta.get("annotations") or {}), PROVENANCE_ANNOTATION: tag}
+    return meta
+
+
+def configmap_origin(
+    cm: Mapping[str, Any],
+    *,
+    key: bytes,
+    purpose: str,
+    created_before: dt.datetime | None = None,
+    legacy: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> Origin:
+    """Who made an existing ConfigMap: the operator for ``purpose`` (``ours``), an earlier
+    operator version (``legacy``), or anyone else (``foreign``).
+
+    ``ours`` needs the provenance tag of the ConfigMap's own UID (labels and field managers
+    prove nothing: whoever can write a ConfigMap can set them). ``legacy``: no tag at all,
+    ``legacy(cm)`` holds (the labels an earlier version wrote), and created before
+    ``created_before`` (when this version's key was made: nobody can back-date an object).
+    """
+    meta = cm.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    uid = str(meta.get("uid") or "")
+    tag = annotations.get(PROVENANCE_ANNOTATION)
+    if tag is not None:
+        return "ours" if provenance_valid(key, uid, purpose, tag) else "foreign"
+    created = _timestamp(meta.get("creationTimestamp"))
+    if (
+        legacy is not None
+        and created_before is not None
+        and created is not None
+        and created < created_before
+        and legacy(cm)
+    ):
+        return "legacy"
+    return "foreign"
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def legacy_crl(issuer: Issuer) -> Callable[[Mapping[str, Any]], bool]:
+    """An earlier version's CRL of ``issuer``: it carried the issuer's labels."""
+    return lambda cm: owned_by(cm, issuer)
+
+
+def legacy_bundle_source(cm: Mapping[str, Any]) -> str | None:
+    """The issuer (``Kind/name``) of an earlier version's trust bundle, which had one."""
+    labels = (cm.get("metadata") or {}).get("labels") or {}
+    kind, name = labels.get(ISSUER_KIND_LABEL), labels.get(ISSUER_LABEL)
+    if labels.get(MANAGED_BY_KEY) != MANAGED_BY or not kind or not name:
+        return None
+    if configmap_text(cm, CA_CRT) is None or configmap_text(cm, CRL_KEY) is not None:
+        return None
+    return f"{kind}/{name}"
+
+
+def is_legacy_bundle(cm: Mapping[str, Any]) -> bool:
+    return legacy_bundle_source(cm) is not None
+
+
+@dataclass(frozen=True)
+class MergedBundle:
+    """A namespace's trust bundle: every root of its sources, and where each one came from."""
+
+    pem: bytes
+    sources: dict[str, tuple[str, ...]]  # "Kind/name" -> SHA-256 fingerprints, both sorted
+
+    @property
+    def annotation(self) -> str:
+        return json.dumps(
+            {k: list(v) for k, v in self.sources.items()}, separators=(",", ":"), sort_keys=True
+        )
+
+
+def merge_bundles(
+    parts: Mapping[str, Sequence[x509.Certificate]], now: dt.datetime
+) -> MergedBundle:
+    """One bundle from the bundles of several issuers (``Kind/name`` -> certificates).
+
+    Deterministic, so that writing it is idempotent: the sources in sorted order, each one's
+    certificates in its own order (current root first), a certificate present in several
+    sources once (at its first place), expired certificates left out. A source whose
+    certificates all expired is left out of ``sources`` too.
+    """
+    seen: set[str] = set()
+    out: list[x509.Certificate] = []
+    sources: dict[str, tuple[str, ...]] = {}
+    for source in sorted(parts):
+        fps: set[str] = set()
+        for cert in parts[source]:
+            if now >= cert.not_valid_after_utc:
+                continue
+            fp = fingerprint_sha256(cert)
+            fps.add(fp)
+            if fp not in seen:
+                seen.add(fp)
+                out.append(cert)
+        if fps:
+            sources[source] = tuple(sorted(fps))
+    return MergedBundle(pem=chain_pem(out) if out else b"", sources=sources)
+
+
+def bundle_sources(cm: Mapping[str, Any] | None) -> dict[str, tuple[str, ...]]:
+    """The sources a trust bundle says it holds (:attr:`MergedBundle.sources`); {} if unreadable.
+
+    Only used to keep the certificates of a source whose bundle is not known now (an issuer
+    not Ready since the operator started): whoever edits the annotation can only keep
+    certificates already in that ConfigMap's own ``ca.crt``.
+    """
+    raw = (((cm or {}).get("metadata") or {}).get("annotations") or {}).get(SOURCES_ANNOTATION)
+    if not isinstance(raw, str) or len(raw) > 256 * 1024:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
     return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(issuer, namespace, issuer.trust_bundle_configmap),
-        "data": {CA_CRT: bundle_pem.decode("ascii")},
+        str(k): tuple(sorted(str(f) for f in v if isinstance(f, str)))
+        for k, v in parsed.items()
+        if isinstance(v, list)
     }
 
 
-def build_crl_configmap(issuer: Issuer, namespace: str, crl_pem: bytes) -> dict[str, Any]:
+def bundle_certificates(cm: Mapping[str, Any] | None) -> dict[str, x509.Certificate]:
+    """The certificates of a trust bundle ConfigMap's ``ca.crt``, by fingerprint."""
+    text = configmap_text(cm, CA_CRT)
+    if text is None:
+        return {}
+    try:
+        certs = load_cert_chain(text.encode("ascii", "replace"))
+    except CryptoError:
+        return {}
+    return {fingerprint_sha256(c): c for c in certs}
+
+
+def trust_bundle_labels() -> dict[str, str]:
+    return {MANAGED_BY_KEY: MANAGED_BY, TRUST_BUNDLE_LABEL: "true"}
+
+
+def build_trust_bundle(
+    namespace: str,
+    name: str,
+    bundle: MergedBundle,
+    *,
+    uid: str | None = None,
+    tag: str | None = None,
+) -> dict[str, Any]:
+    """A namespace's trust bundle ConfigMap (key ``ca.crt``), shared by the issuers there.
+
+    It has no owner reference (it outlives any one issuer); ``uid`` makes the write fail
+    unless the object is still the one the operator created.
+    """
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": trust_bundle_labels(),
+        "annotations": {SOURCES_ANNOTATION: bundle.annotation},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _tagged(meta, uid, tag),
+        "data": {CA_CRT: bundle.pem.decode("ascii")},
+    }
+
+
+def build_crl_configmap(
+    issuer: Issuer,
+    namespace: str,
+    crl_pem: bytes,
+    *,
+    uid: str | None = None,
+    tag: str | None = None,
+) -> dict[str, Any]:
     """The CRL ConfigMap (key ``ca.crl``) in the issuer's home namespace."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(issuer, namespace, issuer.crl_configmap),
+        "metadata": _tagged(_metadata(issuer, namespace, issuer.crl_configmap), uid, tag),
         "data": {CRL_KEY: crl_pem.decode("ascii")},
     }
 

@@ -50,6 +50,12 @@ from nhi.crypto.keys import (
     private_key_pem,
     signing_hash,
 )
+from nhi.crypto.provenance import (
+    PROVENANCE_KEY_BYTES,
+    new_provenance_key,
+    provenance_tag,
+    provenance_valid,
+)
 from nhi.crypto.spiffe import spiffe_id, trust_domain_of, validate_spiffe_id
 from nhi.crypto.static_secrets import DEFAULT_CHARSET, Charset, generate_secret
 
@@ -57,6 +63,7 @@ __all__ = [
     "CLOCK_SKEW",
     "DEFAULT_CHARSET",
     "DEFAULT_KEY_ALGORITHM",
+    "PROVENANCE_KEY_BYTES",
     "Charset",
     "CryptoError",
     "KeyAlgorithm",
@@ -81,9 +88,12 @@ __all__ = [
     "load_cert_chain",
     "load_crl",
     "load_private_key",
+    "new_provenance_key",
     "parse_key_algorithm",
     "parse_serial_hex",
     "private_key_pem",
+    "provenance_tag",
+    "provenance_valid",
     "public_key_fingerprint",
     "rfc3339",
     "secret_fingerprint",

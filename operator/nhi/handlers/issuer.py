@@ -16,6 +16,7 @@ from nhi.handlers import runtime
 from nhi.k8s.client import ApiError
 from nhi.models.issuer import CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerKey
 from nhi.reconcilers.issuer import CLUSTER_ISSUER_INDEX, ISSUER_INDEX, IssuerService
+from nhi.reconcilers.provenance import ProvenanceError
 
 GROUP, VERSION = "nhi.dev", "v1alpha1"
 
@@ -85,9 +86,15 @@ async def cluster_issuer_deleted(body: kopf.Body, logger: kopf.Logger, **kwargs:
 
 
 @kopf.on.startup(id="nhi_issuers_start")
-async def start_issuers(**_: Any) -> None:
+async def start_issuers(logger: kopf.Logger, **_: Any) -> None:
     global _started
     _started = _service()
+    # Made now rather than at the first publication: ConfigMaps created before the key may
+    # be adopted as an earlier version's (nhi.builders.issuer.configmap_origin).
+    try:
+        await _started.provenance.get()
+    except (ApiError, ProvenanceError) as err:
+        logger.warning("could not load the provenance key yet", extra={"error": str(err)})
 
 
 @kopf.on.cleanup(id="nhi_issuers_stop")

@@ -18,7 +18,7 @@ import fnmatch
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from nhi import IDENTITY_FINALIZER
@@ -28,7 +28,8 @@ from nhi.k8s.client import Api, ApiError, Conflict, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
 from nhi.k8s.informer import Informer, Key, scopes
 from nhi.k8s.peering import PeeringGate
-from nhi.models.identity import LabelSelector, MachineIdentity, SpecError
+from nhi.models.identity import LabelSelector, MachineIdentity, Spec, SpecError
+from nhi.models.issuer import IssuerKey, issuer_key
 from nhi.models.meta import (
     CREDENTIAL_LABEL,
     IDENTITY_LABEL,
@@ -124,6 +125,13 @@ class Runtime:
             namespaces=settings.namespaces,
         )
         self.issuers.on_change = self.issuer_changed
+        self.issuers.users = self.issuers_used
+        # Trust bundles are computed from every identity's issuers: not before all are listed.
+        self.issuers.bundles.synced = lambda: self.synced.is_set() and self.gate.active.is_set()
+        #: The issuers each identity's X509 credentials name, and how many identities of each
+        #: namespace name each issuer (what the namespace's trust bundles must hold).
+        self._issuer_uses: dict[Key, frozenset[IssuerKey]] = {}
+        self._issuer_counts: dict[str, dict[IssuerKey, int]] = {}
         self.identities = IdentityReconciler(api, self, self.events, self.issuers)
         self.queue: WorkQueue[Key] = WorkQueue(self.process, workers=workers)
         self.locks: dict[Key, asyncio.Lock] = {}
@@ -234,6 +242,7 @@ class Runtime:
         started = time.monotonic()
         await asyncio.gather(*(i.synced.wait() for i in self.informers))
         self.synced.set()
+        self.issuers.sweep_bundles()
         log.info(
             "watch caches ready",
             extra={
@@ -391,7 +400,34 @@ class Runtime:
         else:
             self._identity_seen(key, _identity_entry(body), body)
 
+    def issuers_used(self, namespace: str) -> Collection[IssuerKey]:
+        """The issuers named by the X509 credentials of the identities in ``namespace``."""
+        return self._issuer_counts.get(namespace, {}).keys()
+
+    def _set_issuer_uses(self, key: Key, uses: frozenset[IssuerKey]) -> None:
+        old = self._issuer_uses.get(key, frozenset())
+        if uses == old:
+            return
+        if uses:
+            self._issuer_uses[key] = uses
+        else:
+            self._issuer_uses.pop(key, None)
+        counts = self._issuer_counts.setdefault(key[0], {})
+        for issuer in uses - old:
+            counts[issuer] = counts.get(issuer, 0) + 1
+        dropped = False
+        for issuer in old - uses:
+            counts[issuer] = counts.get(issuer, 1) - 1
+            if counts[issuer] <= 0:
+                del counts[issuer]
+                dropped = True
+        if not counts:
+            del self._issuer_counts[key[0]]
+        if dropped:
+            self.issuers.unused(key[0])
+
     def _identity_gone(self, key: Key) -> None:
+        self._set_issuer_uses(key, frozenset())
         names = self.by_namespace.get(key[0])
         if names is not None:
             names.discard(key[1])
@@ -416,8 +452,9 @@ class Runtime:
         try:
             spec = MachineIdentity.from_body(body).spec
             self._matchers[key] = _Matcher(spec.selector, spec.service_account)
+            self._set_issuer_uses(key, _issuers_of(spec, key[0]))
         except SpecError:
-            self._matchers[key] = _Matcher(None, None)
+            self._matchers[key] = _Matcher(None, None)  # its issuers: as they were
         self.queue.add(key)
 
     def _requeue_all(self) -> None:
@@ -575,6 +612,14 @@ class Runtime:
                 ):
                     self.queue.add(key)
                     break
+
+
+def _issuers_of(spec: Spec, namespace: str) -> frozenset[IssuerKey]:
+    return frozenset(
+        issuer_key(c.issuer_ref.kind, c.issuer_ref.name, namespace)
+        for c in spec.credentials
+        if c.issuer_ref is not None
+    )
 
 
 def _rv(obj: Mapping[str, Any]) -> int:

@@ -8,6 +8,7 @@ the rule in every error.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,12 +24,19 @@ PLURALS = {ISSUER_KIND: "identityissuers", CLUSTER_ISSUER_KIND: "clusteridentity
 
 ISSUER_LABEL = "nhi.dev/issuer"
 ISSUER_KIND_LABEL = "nhi.dev/issuer-kind"
+TRUST_BUNDLE_LABEL = "nhi.dev/trust-bundle"
+PROVENANCE_ANNOTATION = "nhi.dev/provenance"
+"""On the ConfigMaps the operator created: a tag that proves it (nhi.crypto.provenance)."""
+SOURCES_ANNOTATION = "nhi.dev/trust-bundle-sources"
+"""On a trust bundle: which issuer each certificate comes from (by SHA-256 fingerprint)."""
 
 DEFAULT_KEY_ALGORITHM = "ECDSA-P256"
 DEFAULT_CA_TTL = dt.timedelta(hours=8760)
 MIN_CA_TTL = dt.timedelta(hours=1)
 DEFAULT_TRUST_BUNDLE = "nhi-trust-bundle"
-DEFAULT_CRL = "nhi-crl"
+CRL_PREFIX = "nhi-crl-"
+LEGACY_CRL = "nhi-crl"
+"""The default CRL name before it was derived from the issuer (kept by issuers created then)."""
 DEFAULT_CRL_VALIDITY = dt.timedelta(hours=24)
 MIN_CRL_VALIDITY = dt.timedelta(minutes=10)
 
@@ -99,7 +107,7 @@ class Issuer:
     trust_domain: str
     source: Source
     trust_bundle_configmap: str = DEFAULT_TRUST_BUNDLE
-    crl_configmap: str = DEFAULT_CRL
+    crl_configmap: str = LEGACY_CRL  # from_body derives it: default_crl_configmap()
     crl_validity: dt.timedelta = DEFAULT_CRL_VALIDITY
     deleting: bool = False
     status: Mapping[str, Any] = field(default_factory=dict)
@@ -144,7 +152,7 @@ class Issuer:
             generation=int(meta.get("generation") or 0),
             trust_domain=_trust_domain(spec.get("trustDomain")),
             source=_source(spec, cluster=kind == CLUSTER_ISSUER_KIND),
-            **_publishing(spec),
+            **_publishing(spec, kind, str(meta.get("name") or "")),
             deleting=bool(meta.get("deletionTimestamp")),
             status=dict(body.get("status") or {}),
         )
@@ -153,6 +161,22 @@ class Issuer:
 def issuer_key(kind: str, name: str, namespace: str | None) -> IssuerKey:
     """The key of an issuer; a ClusterIdentityIssuer has no namespace."""
     return (kind, "" if kind == CLUSTER_ISSUER_KIND else (namespace or ""), name)
+
+
+def default_crl_configmap(kind: str, name: str) -> str:
+    """The CRL ConfigMap of an issuer without ``spec.crl.configMapName``: one per issuer.
+
+    ``nhi-crl-<kind in lower case>-<name>``: two issuers of a kind differ by name, and the
+    prefixes of the two kinds differ at their ninth character, so a ClusterIdentityIssuer and
+    an IdentityIssuer of any names (in the operator's namespace) never share one. A name
+    longer than 253 characters keeps its start and ends with a hash of the kind and the whole
+    name, so it stays deterministic, distinct and a DNS-1123 subdomain.
+    """
+    full = f"{CRL_PREFIX}{kind.lower()}-{name}"
+    if len(full) <= 253:
+        return full
+    digest = hashlib.sha256(f"{kind}/{name}".encode()).hexdigest()[:10]
+    return f"{full[:242].rstrip('.-')}-{digest}"
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -256,13 +280,15 @@ def _source(spec: Mapping[str, Any], cluster: bool) -> Source:
     )
 
 
-def _publishing(spec: Mapping[str, Any]) -> dict[str, Any]:
+def _publishing(spec: Mapping[str, Any], kind: str, name: str) -> dict[str, Any]:
     bundle = _obj(spec.get("trustBundle"), "spec.trustBundle")
     crl = _obj(spec.get("crl"), "spec.crl")
     bundle_name = _dns_subdomain(
         bundle.get("configMapName"), "spec.trustBundle.configMapName", DEFAULT_TRUST_BUNDLE
     )
-    crl_name = _dns_subdomain(crl.get("configMapName"), "spec.crl.configMapName", DEFAULT_CRL)
+    crl_name = _dns_subdomain(
+        crl.get("configMapName"), "spec.crl.configMapName", default_crl_configmap(kind, name)
+    )
     if bundle_name == crl_name:
         raise SpecError("spec.crl.configMapName", "must differ from spec.trustBundle.configMapName")
     return {

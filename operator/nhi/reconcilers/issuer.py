@@ -2,9 +2,12 @@
 
 One :class:`IssuerService` per operator. Its own work queue reconciles issuers: load or
 generate the CA (gather), decide what it needs (pure, in ``nhi.builders.issuer``), write the
-root Secret, the CRL and the trust bundles only when they must change (apply), and patch the
-status only when it changed. The MachineIdentity reconciler asks it for a :class:`Signer`
-(served from memory), to publish the trust bundle into a namespace, and to revoke serials.
+root Secret and the CRL only when they must change (apply), and patch the status only when it
+changed. The MachineIdentity reconciler asks it for a :class:`Signer` (served from memory), to
+publish the trust bundle into a namespace, and to revoke serials. A namespace's trust bundle
+is shared by the issuers used there (:mod:`nhi.reconcilers.trust_bundles`); this service says
+what each one gives it. The CRL and trust bundle ConfigMaps are written only if the operator
+created them (:mod:`nhi.reconcilers.provenance`).
 
 Nothing here logs or reports key material: messages name Secrets, rules, subjects, serials
 and fingerprints only.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,15 +32,16 @@ from nhi.builders.issuer import (
     RootMaterial,
     build_crl_configmap,
     build_root_secret,
-    build_trust_bundle,
     compose_bundle,
+    configmap_origin,
     configmap_text,
     crl_entries,
     crl_number,
+    crl_purpose,
     crl_resign_at,
     crl_resign_reason,
     crl_summary,
-    issuer_selector,
+    legacy_crl,
     load_ca_secret,
     merge_revoked,
     next_expiry,
@@ -67,7 +71,7 @@ from nhi.crypto import (
     load_crl,
     serial_hex,
 )
-from nhi.k8s.client import Api, ApiError, Forbidden, NotFound
+from nhi.k8s.client import Api, ApiError, NotFound
 from nhi.k8s.events import EventRecorder
 from nhi.models import conditions as cond
 from nhi.models.duration import rfc3339
@@ -75,7 +79,10 @@ from nhi.models.identity import SpecError
 from nhi.models.issuer import (
     CLUSTER_ISSUER_KIND,
     ISSUER_KIND,
+    ISSUER_KIND_LABEL,
+    ISSUER_LABEL,
     KINDS,
+    PROVENANCE_ANNOTATION,
     CASource,
     Issuer,
     IssuerKey,
@@ -84,6 +91,8 @@ from nhi.models.issuer import (
     VaultSource,
     issuer_key,
 )
+from nhi.reconcilers.provenance import Provenance, ProvenanceError, ProvenanceKeys
+from nhi.reconcilers.trust_bundles import BundleConflict, BundleKey, Contributions, TrustBundles
 from nhi.reconcilers.workqueue import WorkQueue
 
 log = logging.getLogger("nhi.reconcilers.issuer")
@@ -186,7 +195,11 @@ class _Known:
     generation: int | None = None
     root: RootMaterial | None = None  # a self-signed issuer's last root, to restore it
     crl: _Crl | None = None
-    published: dict[str, bytes] | None = None  # namespace -> trust bundle published there
+    crl_uid: str | None = None  # the CRL ConfigMap this process created or checked
+    #: What it puts in trust bundles: its last bundle (kept while it is not Ready), and under
+    #: which ConfigMap name.
+    bundle: tuple[x509.Certificate, ...] | None = None
+    bundle_sig: tuple[str, tuple[str, ...]] | None = None
     secrets: set[tuple[str, str]] = field(default_factory=set)  # Secrets it reads
 
 
@@ -256,23 +269,17 @@ def _problem(problem: IssuerNotReady | None) -> tuple[str, str] | None:
     return None if problem is None else (problem.reason, problem.message)
 
 
+def _annotation(obj: Mapping[str, Any], key: str) -> str | None:
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
+    return value if isinstance(value, str) else None
+
+
 def _ref(issuer: Issuer) -> dict[str, Any]:
     """Enough of an issuer's body to post an Event about it."""
     meta: dict[str, Any] = {"name": issuer.name, "uid": issuer.uid}
     if issuer.namespace:
         meta["namespace"] = issuer.namespace
     return {"apiVersion": API_VERSION, "kind": issuer.kind, "metadata": meta}
-
-
-def _glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[")
-
-
-def _gone_namespace(err: ApiError) -> bool:
-    """The namespace no longer exists or is being deleted."""
-    return isinstance(err, NotFound) or (
-        isinstance(err, Forbidden) and "being terminated" in err.message
-    )
 
 
 # --------------------------------------------------------------------------------- service
@@ -309,14 +316,30 @@ class IssuerService:
         self._locks: dict[IssuerKey, asyncio.Lock] = {}
         self._secret_refs: dict[tuple[str, str], set[IssuerKey]] = {}
         self._written: dict[tuple[str, str], str] = {}  # Secret -> resourceVersion we wrote
+        self.provenance = ProvenanceKeys(api, operator_namespace)
+        self.bundles = TrustBundles(
+            api,
+            self.provenance,
+            clock,
+            self._contributions,
+            operator_namespace=operator_namespace,
+            namespaces=namespaces,
+        )
+        #: The issuers the identities of a namespace use (the runtime's index of them). Without
+        #: it, those that published into the namespace in this process.
+        self.users: Callable[[str], Collection[IssuerKey]] | None = None
+        self._used: dict[str, set[IssuerKey]] = {}
+        self._leaving: set[IssuerKey] = set()  # cluster issuers being deleted
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         self.queue.start()
+        self.bundles.start()
 
     async def stop(self) -> None:
         await self.queue.stop()
+        await self.bundles.stop()
 
     def capture(self, kwargs: Mapping[str, Any]) -> None:
         """Keep the kopf indexes of issuers (kopf passes every index to every handler)."""
@@ -381,6 +404,9 @@ class IssuerService:
                 pass
         if known is not None and (known.signer is not None or known.problem is not None):
             self._notify(key)
+        # Its roots leave the trust bundles it was in.
+        kind, namespace, name = key
+        self.bundles.enqueue(self.bundles.where(f"{kind}/{name}", namespace or None))
 
     def _track_secrets(self, key: IssuerKey, refs: set[tuple[str, str]]) -> None:
         known = self._known.get(key)
@@ -495,38 +521,79 @@ class IssuerService:
         return known, known.issuer
 
     async def publish_trust_bundle(self, signer: Signer, namespace: str) -> None:
-        """Server-side apply the issuer's trust bundle ConfigMap into ``namespace``.
+        """Bring the trust bundle of ``namespace`` that the issuer publishes into up to date.
 
-        No request when that namespace already holds the current bundle (in-memory cache).
-        The current bundle is published even if ``signer`` predates a CA rotation.
+        That ConfigMap holds the roots of every issuer used in the namespace that publishes
+        under the same name (:mod:`nhi.reconcilers.trust_bundles`). No request when it
+        already holds the current bundles (in-memory cache). The current bundle is published
+        even if ``signer`` predates a CA rotation.
         """
         key = signer.key
-        await self._loaded(key)
-        async with self._lock(key):
-            known, issuer = self._require(key)
-            bundle = known.signer.bundle_pem if known.signer is not None else signer.bundle_pem
-            published = await self._published(known, issuer)
-            if published.get(namespace) == bundle:
-                return
-            if namespace not in published:
-                existing = await self.api.get("ConfigMap", namespace, issuer.trust_bundle_configmap)
-                if existing is not None and not owned_by(existing, issuer):
-                    raise IssuerNotReady(
-                        IssuerReason.TRUST_BUNDLE_CONFLICT,
-                        f"ConfigMap {namespace}/{issuer.trust_bundle_configmap} exists and does "
-                        f"not belong to {issuer.ref}; set spec.trustBundle.configMapName to a "
-                        f"name no other issuer or user publishes in that namespace",
-                    )
-            await self.api.apply(build_trust_bundle(issuer, namespace, bundle))
-            published[namespace] = bundle
-            log.info(
-                "published trust bundle",
-                extra={
-                    "issuer": issuer.ref,
-                    "namespace": namespace,
-                    "configmap": issuer.trust_bundle_configmap,
-                },
+        known = await self._loaded(key)
+        if known.issuer is None:
+            raise IssuerNotReady(IssuerReason.ISSUER_NOT_FOUND, self._not_found(key))
+        if self.users is None:
+            self._used.setdefault(namespace, set()).add(key)
+        try:
+            await self.bundles.sync(
+                namespace, known.issuer.trust_bundle_configmap, frozenset({key})
             )
+        except BundleConflict as err:
+            raise IssuerNotReady(IssuerReason.TRUST_BUNDLE_CONFLICT, err.message) from None
+        except ProvenanceError as err:
+            raise IssuerNotReady(IssuerReason.API_ERROR, str(err)) from None
+
+    async def _contributions(
+        self, namespace: str, name: str, used: frozenset[IssuerKey]
+    ) -> Contributions:
+        """What the issuers used in ``namespace`` that publish as ``name`` give it now."""
+        users = set(self.users(namespace)) if self.users is not None else set()
+        if self.users is None:
+            users |= self._used.get(namespace, set())
+        parts: dict[str, tuple[x509.Certificate, ...]] = {}
+        pending: set[str] = set()
+        for key in sorted(users | set(used)):
+            kind, home, _ = key
+            if key in self._leaving or (kind == ISSUER_KIND and home != namespace):
+                continue
+            try:
+                known = await self._loaded(key)
+            except IssuerNotReady:
+                continue  # gone (its roots leave), or never valid
+            issuer = known.issuer
+            if issuer is None or issuer.deleting or issuer.trust_bundle_configmap != name:
+                continue
+            if known.bundle is not None:
+                parts[issuer.ref] = known.bundle
+            else:
+                pending.add(issuer.ref)
+        return Contributions(parts, frozenset(pending))
+
+    def unused(self, namespace: str) -> None:
+        """An issuer is no longer used in ``namespace``: its bundles there are looked at."""
+        self.bundles.enqueue(self.bundles.in_namespace(namespace))
+
+    def sweep_bundles(self) -> None:
+        """Look at every trust bundle once (after a restart: issuers gone meanwhile leave)."""
+        self.bundles.sweep()
+
+    def _bundle_changed(self, key: IssuerKey, known: _Known) -> None:
+        """Re-publish the bundles it is in when what it gives them changed."""
+        issuer = known.issuer
+        if issuer is None:
+            return
+        sig = (
+            issuer.trust_bundle_configmap,
+            tuple(fingerprint_sha256(c) for c in known.bundle or ()),
+        )
+        if sig == known.bundle_sig:
+            return
+        known.bundle_sig = sig
+        targets: set[BundleKey] = set()
+        for namespace, name in self.bundles.where(issuer.ref, issuer.namespace or None):
+            targets.add((namespace, name))
+            targets.add((namespace, issuer.trust_bundle_configmap))  # renamed: move it
+        self.bundles.enqueue(sorted(targets))
 
     async def revoke(self, signer: Signer, serials: Sequence[tuple[int, dt.datetime]]) -> None:
         """Add (serial, revokedAt) entries to the issuer's CRL and publish it, signed by its CA.
@@ -612,9 +679,6 @@ class IssuerService:
             self._settle(key, known, None, None, outcome, generation)
             await self._write_status(body, generation, outcome)
             return outcome
-        if known.issuer is not None and known.issuer.generation != issuer.generation:
-            if known.issuer.trust_bundle_configmap != issuer.trust_bundle_configmap:
-                known.published = None  # rebuilt under the new name
         known.issuer = issuer
         try:
             outcome, signer = await self._converge(issuer, known, body, now)
@@ -642,9 +706,13 @@ class IssuerService:
         known.generation = generation
         if signer is not None and outcome.ready:
             known.signer, known.problem = signer, None
+            known.bundle = tuple(load_cert_chain(signer.bundle_pem))
         else:
             known.signer = None
             known.problem = IssuerNotReady(outcome.reason, outcome.message)
+        # A CA rotation, an expired previous root or a renamed bundle: every namespace that
+        # has its bundle gets the new one.
+        self._bundle_changed(key, known)
         if _material(before) != _material(known.signer) or _problem(before_problem) != _problem(
             known.problem
         ):
@@ -705,9 +773,6 @@ class IssuerService:
                 ),
                 None,
             )
-        # A CA rotation or an expired previous root changes the bundle: every namespace that
-        # has it gets the new one.
-        await self._republish(known, issuer, signer.bundle_pem)
         assert known.crl is not None
         dues = [d for d in (due, known.crl.resign_at, material.cert.not_valid_after_utc) if d]
         message = (
@@ -898,12 +963,10 @@ class IssuerService:
         namespace = issuer.home_namespace(self.operator_namespace)
         name = issuer.crl_configmap
         cm = await self.api.get("ConfigMap", namespace, name)
-        if cm is not None and not owned_by(cm, issuer):
-            raise IssuerNotReady(
-                IssuerReason.CRL_CONFLICT,
-                f"ConfigMap {namespace}/{name} exists and does not belong to {issuer.ref}; set "
-                f"spec.crl.configMapName to a name no other issuer uses in {namespace}",
-            )
+        origin = await self._crl_origin(cm, issuer, known) if cm is not None else None
+        if cm is not None and origin == "foreign":
+            known.crl_uid = None
+            raise IssuerNotReady(IssuerReason.CRL_CONFLICT, self._crl_conflict(issuer, cm))
         existing: x509.CertificateRevocationList | None = None
         text = configmap_text(cm, CRL_KEY)
         if text:
@@ -933,6 +996,12 @@ class IssuerService:
             crl_number(existing) if existing is not None else 0,
             cached.number if cached is not None else 0,
         )
+        provenance = await self._provenance()
+        uid = str(((cm or {}).get("metadata") or {}).get("uid") or "")
+        tag = provenance.tag(uid, crl_purpose(issuer)) if uid else ""
+        untagged = cm is None or _annotation(cm, PROVENANCE_ANNOTATION) != tag
+        if why is None and untagged:
+            why = "provenance"  # created by an earlier version, or tagging it failed
         if why is not None:
             number += 1
             crl = build_crl(
@@ -943,7 +1012,17 @@ class IssuerService:
                 next_update=issuer.crl_validity,
                 crl_number=number,
             )
-            await self.api.apply(build_crl_configmap(issuer, namespace, crl_pem(crl)))
+            pem = crl_pem(crl)
+            if cm is None:
+                # POST: fails if the name was taken meanwhile; nothing is overwritten.
+                created = await self.api.create(
+                    "ConfigMap", namespace, build_crl_configmap(issuer, namespace, pem)
+                )
+                uid = str((created.get("metadata") or {}).get("uid") or "")
+                tag = provenance.tag(uid, crl_purpose(issuer))
+            known.crl_uid = uid
+            # Conditional on the UID: never writes a namesake created meanwhile.
+            await self.api.apply(build_crl_configmap(issuer, namespace, pem, uid=uid, tag=tag))
             log.info(
                 "published CRL",
                 extra={
@@ -965,75 +1044,64 @@ class IssuerService:
         )
         return number, len(entries), added
 
-    # ------------------------------------------------------------------ trust bundles
-
-    async def _published(self, known: _Known, issuer: Issuer) -> dict[str, bytes]:
-        """Namespaces holding this issuer's trust bundle, rebuilt once from a labelled list."""
-        if known.published is not None:
-            return known.published
-        published: dict[str, bytes] = {}
-        for cm in await self._list_configmaps(issuer):
-            meta = cm.get("metadata") or {}
-            ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-            bundle = configmap_text(cm, "ca.crt")
-            if bundle is None or name == issuer.crl_configmap:
-                continue
-            if name == issuer.trust_bundle_configmap:
-                published[ns] = bundle.encode("ascii", "replace")
-            else:
-                # Published under a former spec.trustBundle.configMapName: move it.
-                published.setdefault(ns, b"")
-                await self.api.delete("ConfigMap", ns, name)
-        known.published = published
-        return published
-
-    async def _list_configmaps(self, issuer: Issuer) -> list[dict[str, Any]]:
-        """The ConfigMaps labelled with the issuer, wherever the operator may list them."""
-        selector = issuer_selector(issuer)
-        if not issuer.cluster_scoped:
-            return await self.api.list("ConfigMap", issuer.namespace, label_selector=selector)
+    async def _provenance(self) -> Provenance:
         try:
-            return await self.api.list("ConfigMap", None, label_selector=selector)
-        except Forbidden:
-            if not self.namespaces:
-                raise
-        # Namespace-scoped install: the served namespaces and the operator's own. Identities
-        # publish their bundle again when they reconcile, so a namespace missed here heals.
-        out: list[dict[str, Any]] = []
-        scopes = {self.operator_namespace, *(n for n in self.namespaces if not _glob(n))}
-        for namespace in sorted(scopes):
-            try:
-                out.extend(await self.api.list("ConfigMap", namespace, label_selector=selector))
-            except Forbidden:
-                continue
-        return out
+            return await self.provenance.get()
+        except ProvenanceError as err:
+            raise IssuerNotReady(IssuerReason.API_ERROR, str(err)) from None
 
-    async def _republish(self, known: _Known, issuer: Issuer, bundle: bytes) -> None:
-        """Bring every published trust bundle to ``bundle`` (after a CA rotation or expiry)."""
-        published = await self._published(known, issuer)
-        for namespace, content in list(published.items()):
-            if content == bundle:
-                continue
-            try:
-                await self.api.apply(build_trust_bundle(issuer, namespace, bundle))
-            except ApiError as err:
-                if _gone_namespace(err):
-                    published.pop(namespace, None)
-                    continue
-                raise
-            published[namespace] = bundle
-            log.info(
-                "republished trust bundle",
-                extra={"issuer": issuer.ref, "namespace": namespace},
-            )
+    async def _crl_origin(self, cm: Mapping[str, Any], issuer: Issuer, known: _Known | None) -> str:
+        uid = str((cm.get("metadata") or {}).get("uid") or "")
+        if known is not None and uid and known.crl_uid == uid:
+            return "ours"
+        provenance = await self._provenance()
+        return configmap_origin(
+            cm,
+            key=provenance.key,
+            purpose=crl_purpose(issuer),
+            created_before=provenance.since,
+            legacy=legacy_crl(issuer),
+        )
+
+    def _crl_conflict(self, issuer: Issuer, cm: Mapping[str, Any]) -> str:
+        """Why the CRL cannot be published there, naming the field and who has the name."""
+        home = issuer.home_namespace(self.operator_namespace)
+        where = f"ConfigMap {home}/{issuer.crl_configmap} (spec.crl.configMapName)"
+        other = next(
+            (
+                k.issuer.ref
+                for key, k in self._known.items()
+                if key != issuer.key
+                and k.issuer is not None
+                and k.issuer.crl_configmap == issuer.crl_configmap
+                and k.issuer.home_namespace(self.operator_namespace) == home
+            ),
+            None,
+        )
+        if other is None:
+            labels = (cm.get("metadata") or {}).get("labels") or {}
+            if labels.get(ISSUER_KIND_LABEL) and labels.get(ISSUER_LABEL):
+                other = f"{labels[ISSUER_KIND_LABEL]}/{labels[ISSUER_LABEL]}"
+        holder = (
+            f"is the CRL of {other}"
+            if other is not None
+            else "exists and was not created by the operator for this issuer"
+        )
+        return (
+            f"{where} {holder}; it is left as it is. Set spec.crl.configMapName to a name no "
+            f"other issuer or user uses in {home}, or remove it to use the default, one per "
+            f"issuer"
+        )
 
     # ------------------------------------------------------------------ deletion
 
     async def cleanup(self, body: Mapping[str, Any]) -> list[str]:
         """A ClusterIdentityIssuer is being deleted: remove what the operator created for it.
 
-        (A namespaced issuer's objects carry an owner reference; the garbage collector
-        removes them.)
+        Its root Secret and its CRL, and its roots from the trust bundles (a bundle left with
+        no issuer is deleted). Only objects the operator created are touched. (A namespaced
+        issuer's Secret and CRL carry an owner reference: the garbage collector removes them;
+        its roots leave the bundles when the operator sees it gone.)
         """
         key = _key_of(body)
         removed: list[str] = []
@@ -1043,22 +1111,30 @@ class IssuerService:
             self.forget(key)
             return removed
         home = issuer.home_namespace(self.operator_namespace)
+        self._leaving.add(key)
         async with self._lock(key):
-            for kind, ns, name in (
-                ("Secret", home, root_secret_name(issuer)),
-                ("ConfigMap", home, issuer.crl_configmap),
-            ):
-                obj = await self.api.get(kind, ns, name)
-                if obj is not None and owned_by(obj, issuer):
-                    uid = (obj.get("metadata") or {}).get("uid")
-                    if await self.api.delete(kind, ns, name, uid=uid):
-                        removed.append(f"{kind}/{ns}/{name}")
-            for cm in await self._list_configmaps(issuer):
-                meta = cm.get("metadata") or {}
-                ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-                if await self.api.delete("ConfigMap", ns, name, uid=meta.get("uid")):
-                    removed.append(f"ConfigMap/{ns}/{name}")
+            secret = await self.api.get("Secret", home, root_secret_name(issuer))
+            if secret is not None and owned_by(secret, issuer):
+                uid = (secret.get("metadata") or {}).get("uid")
+                if await self.api.delete("Secret", home, root_secret_name(issuer), uid=uid):
+                    removed.append(f"Secret/{home}/{root_secret_name(issuer)}")
+            known = self._known.get(key)
+            cm = await self.api.get("ConfigMap", home, issuer.crl_configmap)
+            if cm is not None and await self._crl_origin(cm, issuer, known) != "foreign":
+                uid = (cm.get("metadata") or {}).get("uid")
+                if await self.api.delete("ConfigMap", home, issuer.crl_configmap, uid=uid):
+                    removed.append(f"ConfigMap/{home}/{issuer.crl_configmap}")
+        # Without the issuer's lock: a bundle's sync may load other issuers.
+        targets = set(self.bundles.where(issuer.ref)) | set(await self.bundles.listed(issuer.ref))
+        for namespace, name in sorted(targets):
+            try:
+                await self.bundles.sync(namespace, name)
+            except BundleConflict:
+                continue
+            left = self.bundles.written(namespace, name)
+            removed.append(f"ConfigMap/{namespace}/{name}" + (" (its roots)" if left else ""))
         self.forget(key)
+        self._leaving.discard(key)
         return removed
 
     # ------------------------------------------------------------------ status
