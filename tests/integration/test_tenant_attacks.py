@@ -436,6 +436,6 @@ def test_restarting_workloads_needs_patch_rights_on_them(tenant: Cluster, namesp
     assert refused.returncode != 0 and "may not patch" in refused.stderr
     assert (cluster.get("deployment", "web", namespace) or {})["spec"] == before
     # Someone who may patch the workloads may ask for it (the checks fit the CEL budget).
-    admin = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-",
-                            input=json.dumps(mid(namespace, "app", workloads=workloads)))  # fmt: skip
+    spec = json.dumps(mid(namespace, "app", workloads=workloads))
+    admin = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=spec)
     assert admin.returncode == 0, admin.stderr
