@@ -434,7 +434,7 @@ def test_the_operator_works_with_the_charts_service_account(
                 message=f"MachineIdentity {namespace}/app Ready (operator log: {op.log_path})",
             )
             assert cluster.get("role", "nhi-app", namespace) is not None
-            assert cluster.get("rolebinding", "nhi-app.clusterrole.view", namespace) is not None
+            assert cluster.get("rolebinding", "nhi:app:clusterrole:view", namespace) is not None
             assert cluster.get("clusterrole", f"nhi:{namespace}:app") is not None
             assert cluster.get("secret", "app.api-token", namespace) is not None
             assert cluster.get("secret", "app.signing-key", namespace) is not None
@@ -563,7 +563,7 @@ def test_helm_upgrade_to_a_namespace_scoped_install(
                 message=f"MachineIdentity {namespace}/scoped Ready (log: {op.log_path})",
             )
             assert cluster.get("secret", "scoped.key", namespace) is not None
-            view = cluster.get("rolebinding", "nhi-scoped.clusterrole.view", namespace)
+            view = cluster.get("rolebinding", "nhi:scoped:clusterrole:view", namespace)
             assert view is not None and view["roleRef"]["name"] == "view"
             cluster.kubectl("delete", "machineidentity", "scoped", "-n", namespace, "--timeout=60s")
             assert_no_forbidden(op)

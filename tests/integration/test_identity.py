@@ -214,7 +214,7 @@ def test_spec_changes_converge_children_exactly(operator: OperatorProcess, names
         message="the Role to be removed",
     )
     assert cluster.get("rolebinding", "nhi-app", namespace) is None
-    binding = cluster.get("rolebinding", "nhi-app.role.pod-reader", namespace)
+    binding = cluster.get("rolebinding", "nhi:app:role:pod-reader", namespace)
     assert binding is not None
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -231,7 +231,7 @@ def test_spec_changes_converge_children_exactly(operator: OperatorProcess, names
         "get", "role,rolebinding", "-n", namespace, "-o", "name", "-l", "nhi.dev/identity=app"
     )
     assert sorted(out.stdout.split()) == [
-        "rolebinding.rbac.authorization.k8s.io/nhi-app.role.pod-reader"
+        "rolebinding.rbac.authorization.k8s.io/nhi:app:role:pod-reader"
     ]
 
 

@@ -126,8 +126,8 @@ def test_child_names() -> None:
     )
     assert sa["metadata"]["name"] == "ledger-sa"
     assert role["metadata"]["name"] == binding["metadata"]["name"] == f"nhi-{NAME}"
-    assert ref_role["metadata"]["name"] == f"nhi-{NAME}.role.reader"
-    assert ref_cluster["metadata"]["name"] == f"nhi-{NAME}.clusterrole.view"
+    assert ref_role["metadata"]["name"] == f"nhi:{NAME}:role:reader"
+    assert ref_cluster["metadata"]["name"] == f"nhi:{NAME}:clusterrole:view"
     # Cluster-scoped names carry the namespace: two namespaces may hold the same identity name.
     assert cluster_role["metadata"]["name"] == f"nhi:{NAMESPACE}:{NAME}"
     assert cluster_binding["metadata"]["name"] == f"nhi:{NAMESPACE}:{NAME}"
@@ -143,7 +143,15 @@ def test_cluster_names_differ_between_namespaces() -> None:
 def test_a_cluster_role_name_with_colons_is_kept_in_the_binding_name() -> None:
     identity = make_identity()
     ref = RoleRef("ClusterRole", "system:auth-delegator")
-    assert role_ref_binding_name(identity, ref) == f"nhi-{NAME}.clusterrole.system:auth-delegator"
+    assert role_ref_binding_name(identity, ref) == f"nhi:{NAME}:clusterrole:system:auth-delegator"
+
+
+def test_derived_names_of_two_identities_never_collide() -> None:
+    dotted = make_identity(name="a.role.x", permissions={"rules": [rule()]})
+    plain = make_identity(name="a", permissions={"roleRefs": [{"kind": "Role", "name": "x"}]})
+    names = {o["metadata"]["name"] for o in desired_access(dotted) if o["kind"] == "RoleBinding"}
+    other = {o["metadata"]["name"] for o in desired_access(plain) if o["kind"] == "RoleBinding"}
+    assert names and other and not names & other
 
 
 NAME_FUNCS: list[Callable[[MachineIdentity], str]] = [

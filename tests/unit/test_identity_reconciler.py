@@ -214,7 +214,7 @@ async def test_children_and_credentials_are_written_at_once_and_recorded() -> No
         ("ServiceAccount", NAME),
         ("Role", f"nhi-{NAME}"),
         ("RoleBinding", f"nhi-{NAME}"),
-        ("RoleBinding", f"nhi-{NAME}.role.reader"),
+        ("RoleBinding", f"nhi:{NAME}:role:reader"),
         ("Secret", f"{NAME}.api"),
         ("Secret", f"{NAME}.db"),
     }
@@ -238,7 +238,7 @@ async def test_children_and_credentials_are_written_at_once_and_recorded() -> No
         f"created ServiceAccount/{NAME}",
         f"created Role/nhi-{NAME}",
         f"created RoleBinding/nhi-{NAME}",
-        f"created RoleBinding/nhi-{NAME}.role.reader",
+        f"created RoleBinding/nhi:{NAME}:role:reader",
     ]
     assert got["Issued"].startswith("issued credential api (ServiceAccountToken")
     assert "; issued credential db (StaticSecret" in got["Issued"]

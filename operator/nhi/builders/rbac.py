@@ -93,9 +93,12 @@ def cluster_role_name(identity: MachineIdentity) -> str:
 
 
 def role_ref_binding_name(identity: MachineIdentity, ref: RoleRef) -> str:
-    """``nhi-<identity>.<kind>.<role>``: identity names have no dots (DNS-1123 labels), so no
-    binding name can collide with another identity's names or another roleRef's."""
-    return _bounded(f"nhi-{identity.name}.{ref.kind.lower()}.{ref.name}")
+    """``nhi:<identity>:<kind>:<role>``. MachineIdentity names cannot hold a colon (they are
+    DNS subdomains) but may hold dots, so the identity's part ends at the first colon after
+    ``nhi:``, and no binding name of one identity can equal another identity's names. (The
+    former ``nhi-<identity>.<kind>.<role>`` could: identity ``a`` binding Role ``x`` and the
+    rules binding of identity ``a.role.x`` were both ``nhi-a.role.x``.)"""
+    return _bounded(f"nhi:{identity.name}:{ref.kind.lower()}:{ref.name}")
 
 
 def _subject(identity: MachineIdentity) -> list[dict[str, str]]:
