@@ -26,6 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
+TEST_AUTHORITY_POLICY = "nhi-test-authority"
 
 
 def wait_for(
@@ -159,12 +160,15 @@ def crds(cluster: Cluster) -> Cluster:
         "-l",
         "app.kubernetes.io/part-of=nhi-operator",
     )
+    # As every install does: who may ask for an adoption or a rollout is checked at admission.
+    # Under a name of its own: the e2e tests install the chart's beside it.
     if cluster.control_plane is not None:
-        # As every install does: who may ask for an adoption or a rollout is checked at admission.
-        cluster.control_plane.install_authority_policy()
+        cluster.control_plane.install_authority_policy(name=TEST_AUTHORITY_POLICY)
     else:
+        from nhi.testenv.controlplane import authority_policy
+
         cluster.kubectl(
-            "apply", "--server-side", "-f", str(ROOT / "manifests/base/authoritypolicy.yaml")
+            "apply", "--server-side", "-f", "-", input=authority_policy(TEST_AUTHORITY_POLICY)
         )
     return cluster
 

@@ -106,7 +106,7 @@ def test_issuers_with_default_settings_coexist(kube: Cluster, namespace: str) ->
         now = dt.datetime.now(dt.UTC)
         for _, name, _ in issuers:
             wait_condition(kube, namespace, f"app-{name}", "Ready", "True", timeout=60)
-            verify_chain(leaf(kube, namespace, f"app-{name}-mtls"), [], roots[name], now)
+            verify_chain(leaf(kube, namespace, f"app-{name}.mtls"), [], roots[name], now)
 
         # The namespace's one trust bundle holds every root.
         every = {s["caFingerprint"] for s in status.values()}

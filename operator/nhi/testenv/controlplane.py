@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -57,6 +58,23 @@ rules:
   # Metadata only: request and response bodies (and so Secret values) never reach the log.
   - level: Metadata
 """
+
+
+def authority_policy(name: str = "") -> str:
+    """manifests/base/authoritypolicy.yaml (as JSON), its objects renamed to ``name``."""
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            (REPO_ROOT / "manifests" / "base" / "authoritypolicy.yaml").read_text()
+        )
+        if d
+    ]
+    if name:
+        for doc in docs:
+            doc["metadata"]["name"] = name
+            if doc["kind"].endswith("Binding"):
+                doc["spec"]["policyName"] = name
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
 
 
 class ControlPlaneError(RuntimeError):
@@ -507,19 +525,16 @@ class ControlPlane:
             "app.kubernetes.io/part-of=nhi-operator",
         )
 
-    def install_authority_policy(self, timeout: float = 60.0) -> float:
+    def install_authority_policy(self, timeout: float = 60.0, name: str = "") -> float:
         """Apply manifests/base/authoritypolicy.yaml and wait until the API server enforces it.
 
-        Like the finalizer policy, it answers 503 for a few seconds after the CRDs are
-        Established; a server-side dry run that asks for an adoption is repeated until it is
-        admitted (the admin may adopt). Returns the seconds waited.
+        ``name`` renames the policy and its binding (the tests install it beside a Helm
+        release that brings its own). Like the finalizer policy, it answers 503 for a few
+        seconds after the CRDs are Established; a server-side dry run that asks for an
+        adoption is repeated until it is admitted (the admin may adopt). Returns the seconds
+        waited.
         """
-        self.kubectl(
-            "apply",
-            "--server-side",
-            "-f",
-            str(REPO_ROOT / "manifests" / "base" / "authoritypolicy.yaml"),
-        )
+        self.kubectl("apply", "--server-side", "-f", "-", input=authority_policy(name))
         probe = json.dumps(
             {
                 "apiVersion": API_VERSION,
