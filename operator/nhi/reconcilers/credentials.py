@@ -182,13 +182,17 @@ class CredentialManager:
             renew_request=renew_request,
             ca_fingerprint=signer.ca.fingerprint if signer else None,
         )
-        if reason is None:
+        held = rotation.held_until(issued, reason, now) if issued and reason else None
+        if reason is None or held is not None:
             assert issued is not None
             if issued.previous_not_after is not None and issued.previous_not_after <= now:
                 return _Due(cred, issued, stored, signer, now, None, renew_request or "")
             self._observe(identity, cred, issued)
+            due = rotation.next_due(issued, now)
             return _Pass(
-                cred.name, status=_status(cred, issued), due=rotation.next_due(issued, now)
+                cred.name,
+                status=_status(cred, issued),
+                due=min(due, held) if held is not None else due,
             )
         return _Due(cred, issued, stored, signer, now, reason, renew_request or "")
 
@@ -421,7 +425,9 @@ class _Issuance:
         return Issued(
             not_before=not_before,
             not_after=not_after,
-            renewal_time=rotation.renewal_time(self.identity.spec, not_before, not_after, seed),
+            renewal_time=rotation.renewal_time(
+                self.identity.spec, not_before, not_after, seed, issued_at=self.now
+            ),
             issued_at=self.now,
             rotation_count=self.count,
             spec_hash=rotation.spec_hash(self.cred, self.identity.spec.service_account),
