@@ -21,14 +21,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nhi import IDENTITY_FINALIZER
+from nhi import IDENTITY_FINALIZER, metrics
 from nhi.builders.rbac import ChildKey
 from nhi.k8s.cache import WriteOverlay, slim
 from nhi.k8s.client import Api, ApiError, Conflict, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
 from nhi.k8s.informer import Informer, Key, scopes
 from nhi.k8s.peering import PeeringGate
-from nhi.models.identity import LabelSelector, MachineIdentity, SpecError
+from nhi.models.identity import LabelSelector, MachineIdentity
 from nhi.models.meta import (
     CREDENTIAL_LABEL,
     IDENTITY_LABEL,
@@ -52,8 +52,6 @@ CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding"}
 MANAGED_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY},{IDENTITY_LABEL}"
 #: Informers listing at the same time (start-up, or a relist after 410 Gone).
 LIST_CONCURRENCY = 2
-#: Retry delay of a failed deletion clean-up.
-CLEANUP_RETRY = 5.0
 
 
 def _owner(obj: Mapping[str, Any]) -> Key:
@@ -125,7 +123,9 @@ class Runtime:
         )
         self.issuers.on_change = self.issuer_changed
         self.identities = IdentityReconciler(api, self, self.events, self.issuers)
-        self.queue: WorkQueue[Key] = WorkQueue(self.process, workers=workers)
+        self.queue: WorkQueue[Key] = WorkQueue(
+            self.process, workers=workers, on_retry=_count_failure
+        )
         self.locks: dict[Key, asyncio.Lock] = {}
         #: Identity names by namespace, so a workload event does not scan every identity.
         self.by_namespace: dict[str, set[str]] = {}
@@ -396,7 +396,12 @@ class Runtime:
 
     def _identity_seen(self, key: Key, entry: str, body: Mapping[str, Any]) -> None:
         self.by_namespace.setdefault(key[0], set()).add(key[1])
+        before = self._identities.get(key)
         self._identities[key] = entry
+        # Someone changed what a reconcile acts on (spec, labels, annotations, deletion): it
+        # runs at once even if the last run failed. Anything else (our own status writes,
+        # children's events) waits for a failed run's retry.
+        fresh = before is not None and _inputs(_unpack(before)) != _inputs(body)
         echo = self._echoes.get(key)
         if echo is not None:
             if _rv(body) <= echo:
@@ -408,9 +413,10 @@ class Runtime:
         try:
             spec = MachineIdentity.from_body(body).spec
             self._matchers[key] = _Matcher(spec.selector, spec.service_account)
-        except SpecError:
+        except Exception:
+            # An invalid spec (SpecError), or a body no rule foresaw: never the watch's end.
             self._matchers[key] = _Matcher(None, None)
-        self.queue.add(key)
+        self.queue.add(key, fresh=fresh)
 
     def _requeue_all(self) -> None:
         """This replica became the active one: look at every identity (as kopf would, on
@@ -484,7 +490,8 @@ class Runtime:
                 self._echoes[key] = _rv(mine)
             if outcome.next_due is not None:
                 delay = (outcome.next_due - utcnow()).total_seconds()
-                self.queue.add_after(key, max(delay, 0.0) + 0.05)
+                # A due time already past backs off instead of running again at once.
+                self.queue.schedule_next(key, delay + 0.05 if delay > 0 else delay)
             elif not outcome.ready and not outcome.stalled and not outcome.settled:
                 # Waiting on something outside (an issuer): look again soon.
                 self.queue.add_after(key, 10.0)
@@ -509,15 +516,9 @@ class Runtime:
 
     async def _finalize(self, key: Key, body: Mapping[str, Any]) -> None:
         """The identity is being deleted: remove what it made, then let it go."""
-        try:
-            removed = await self.identities.cleanup(body)
-        except ApiError as err:
-            log.warning(
-                "could not remove the identity's objects; retrying",
-                extra={"namespace": key[0], "identity": key[1], "error": str(err)},
-            )
-            self.queue.add_after(key, CLEANUP_RETRY)
-            return
+        # A failure (an API error) is raised: the queue retries with its backoff, from 0.5 s
+        # up to 5 min, rather than every few seconds for ever.
+        removed = await self.identities.cleanup(body)
         log.info(
             "removed the identity's objects",
             extra={"namespace": key[0], "identity": key[1], "removed": removed},
@@ -567,6 +568,10 @@ class Runtime:
                 ):
                     self.queue.add(key)
                     break
+
+
+def _count_failure(key: Key) -> None:
+    metrics.reconcile_errors.labels("MachineIdentity").inc()
 
 
 def _rv(obj: Mapping[str, Any]) -> int:

@@ -280,7 +280,6 @@ class IdentityReconciler:
         try:
             outcome = await self._converge(body, identity)
         except ApiError as err:
-            metrics.reconcile_errors.labels("MachineIdentity").inc()
             outcome = Outcome(False, Reason.API_ERROR, str(err))
             await self._write_status(identity, outcome)
             raise
