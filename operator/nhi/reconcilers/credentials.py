@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 from nhi import crypto, metrics
 from nhi.builders.secrets import build_credential_secret, token_request
-from nhi.k8s.client import Api
+from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import Credential, MachineIdentity
-from nhi.models.meta import RENEW_ANNOTATION
+from nhi.models.meta import RENEW_ANNOTATION, Reason
 from nhi.policies import rotation
 from nhi.policies.rotation import Issued
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService, Signer
@@ -46,6 +46,8 @@ class CredentialResult:
     issued: list[str] = field(default_factory=list)  # names issued for the first time
     next_due: dt.datetime | None = None
     not_ready: tuple[str, str] | None = None  # (reason, message) when a credential is missing
+    #: A credential cannot be issued until the spec changes (see :func:`permanent`).
+    stalled: bool = False
 
     def due(self, when: dt.datetime) -> None:
         if self.next_due is None or when < self.next_due:
@@ -100,11 +102,15 @@ class CredentialManager:
         work = [c for c in checked if isinstance(c, _Due)]
         done = iter(await settle([self._act(identity, due) for due in work]))
         failures: list[BaseException] = []
-        for one in checked:
+        for index, one in enumerate(checked):
             outcome = next(done) if isinstance(one, _Due) else one
+            if isinstance(outcome, BaseException) and permanent(outcome):
+                outcome = self._refused(identity, index, outcome)
             if isinstance(outcome, BaseException):
                 failures.append(outcome)
                 continue
+            if outcome.stalled:
+                result.stalled = True
             if outcome.not_ready is not None and result.not_ready is None:
                 result.not_ready = outcome.not_ready
             if outcome.status is not None:
@@ -120,6 +126,28 @@ class CredentialManager:
                     self.events.post(body, "Normal", outcome.issued, outcome.message)
         raise_first(failures, "could not issue a credential", identity)
         return result
+
+    def _refused(self, identity: MachineIdentity, index: int, err: BaseException) -> _Pass:
+        """A credential that cannot be issued as specified: Stalled, naming it, not retried."""
+        cred = identity.spec.credentials[index]
+        metrics.rotated(_labels(identity, cred), "failure")
+        log.warning(
+            "could not issue a credential as specified",
+            extra={
+                "namespace": identity.namespace,
+                "identity": identity.name,
+                "credential": cred.name,
+                "error": str(err),
+            },
+        )
+        return _Pass(
+            cred.name,
+            not_ready=(
+                Reason.INVALID_SPEC,
+                f"spec.credentials[{index}] ({cred.name}): cannot be issued as specified: {err}",
+            ),
+            stalled=True,
+        )
 
     def anchors(
         self, identity: MachineIdentity, secrets: Mapping[str, Mapping[str, Any]]
@@ -371,6 +399,14 @@ class CredentialManager:
             metrics.rotated(_labels(identity, cred), "failure")
 
 
+def permanent(err: BaseException) -> bool:
+    """An error that trying again cannot cure: an input the crypto layer refuses, or a
+    request the API server refuses as malformed or invalid (400, 422)."""
+    if isinstance(err, crypto.CryptoError):
+        return True
+    return isinstance(err, ApiError) and err.status in (400, 422)
+
+
 async def settle(aws: Sequence[Awaitable[T]]) -> list[T | BaseException]:
     """Await all of ``aws`` at the same time; each one's result or exception, in order.
 
@@ -405,6 +441,7 @@ class _Pass:
     status: dict[str, Any] | None = None
     due: dt.datetime | None = None
     not_ready: tuple[str, str] | None = None
+    stalled: bool = False
     #: "Issued" or "Rotated" when a value was issued, with the Event message saying so.
     issued: str | None = None
     message: str = ""

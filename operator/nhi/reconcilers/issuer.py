@@ -627,6 +627,19 @@ class IssuerService:
         known.issuer = issuer
         try:
             outcome, signer = await self._converge(issuer, known, body, now)
+        except CryptoError as err:
+            # An input the crypto layer refuses (a commonName too long in bytes...): the same
+            # spec fails the same way, so it is Stalled until it changes.
+            where = "spec.selfSigned" if isinstance(issuer.source, SelfSignedSource) else "spec"
+            outcome = IssuerOutcome(
+                False,
+                IssuerReason.INVALID_SPEC,
+                f"{where}: the CA cannot be made as specified: {err}",
+                stalled=True,
+            )
+            self._settle(key, known, None, None, outcome, generation)
+            await self._write_status(body, generation, outcome, known)
+            return outcome
         except ApiError as err:
             outcome = IssuerOutcome(False, IssuerReason.API_ERROR, str(err))
             known.generation = generation
@@ -1047,8 +1060,8 @@ class IssuerService:
         removed: list[str] = []
         try:
             issuer = Issuer.from_body(body)
-        except SpecError:
-            self.forget(key)
+        except ValueError:
+            self.forget(key)  # an invalid spec made nothing that needs removing here
             return removed
         home = issuer.home_namespace(self.operator_namespace)
         async with self._lock(key):
