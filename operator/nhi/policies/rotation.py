@@ -188,11 +188,11 @@ def held_until(issued: Issued, reason: str, now: dt.datetime) -> dt.datetime | N
 
     A value is not replaced sooner than :func:`min_reissue_interval` after its issuance,
     whether the stored renewal time says otherwise (annotations of an older version, a
-    clock that jumped) or the issuer changed again. A changed spec and a missing Secret are
-    acted on at once (they are someone's edit), and so is an expired value (it is always
-    later than that interval).
+    clock that jumped) or the issuer changed again. A changed spec, a renew request and a
+    missing Secret are acted on at once (each is someone's edit, and answered once), and so
+    is an expired value (it is always later than that interval).
     """
-    if reason in (SECRET_MISSING, SPEC_CHANGED, EXPIRED):
+    if reason in (SECRET_MISSING, SPEC_CHANGED, RENEW_REQUESTED, EXPIRED):
         return None
     earliest = issued.issued_at + min_reissue_interval(issued.issued_at, issued.not_after)
     return earliest if now < earliest else None
