@@ -383,6 +383,20 @@ async def test_a_fresh_add_runs_a_failed_key_at_once() -> None:
     assert delays == [1.0, 1.0]  # the edit reset the backoff
 
 
+async def test_an_edit_while_a_failing_run_runs_is_tried_right_after() -> None:
+    now = [100.0]
+    rec = Recorder()
+    rec.fail["a"] = 1
+    release = rec.block("a")
+    queue: WorkQueue[Key] = WorkQueue(rec, workers=1, monotonic=lambda: now[0])
+    async with running(queue):
+        queue.add("a")
+        await asyncio.wait_for(rec.started["a"].wait(), TIMEOUT)
+        queue.add("a", fresh=True)  # the user fixed the spec while the old one failed
+        release.set()
+        await eventually(lambda: len(rec.calls) == 2 and queue.pending() == 0)
+
+
 async def test_a_next_look_planned_in_the_past_backs_off() -> None:
     """A reconcile that plans its next look for a time already past (a renewal time before
     its issuance) does not run again at once: 1 s, 2 s, 4 s... until it plans a future time."""

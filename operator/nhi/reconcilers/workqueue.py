@@ -55,6 +55,8 @@ class WorkQueue(Generic[K]):
         self._backing_off: set[K] = set()
         #: Consecutive next looks planned in the past, by key (see schedule_next).
         self._overdue: dict[K, int] = {}
+        #: Keys added with fresh=True while they ran: they run again at once, failed or not.
+        self._fresh: set[K] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()
@@ -73,6 +75,8 @@ class WorkQueue(Generic[K]):
             return  # its retry is scheduled: no sooner
         if key in self._active:
             self._dirty.add(key)
+            if fresh:
+                self._fresh.add(key)
             return
         if key in self._queued:
             return
@@ -120,6 +124,7 @@ class WorkQueue(Generic[K]):
         self._reset(key)
 
     def _reset(self, key: K) -> None:
+        self._fresh.discard(key)
         self._failures.pop(key, None)
         self._backing_off.discard(key)
         self._overdue.pop(key, None)
@@ -192,15 +197,18 @@ class WorkQueue(Generic[K]):
                 except Exception as hook_err:
                     log.warning("retry hook failed", extra={"error": str(hook_err)})
                 # Whatever was planned for it (a timed look, the events of its own writes
-                # while it ran) waits for the retry.
+                # while it ran) waits for the retry; an edit made while it ran does not.
                 self._due.pop(key, None)
-                self._dirty.discard(key)
+                if key not in self._fresh:
+                    self._dirty.discard(key)
                 self.add_after(key, delay)
                 self._backing_off.add(key)
             finally:
                 self._active.discard(key)
+                fresh = key in self._fresh
+                self._fresh.discard(key)
                 if key in self._dirty:
                     self._dirty.discard(key)
-                    self.add(key)
+                    self.add(key, fresh=fresh)
                 if not self._queued and not self._active:
                     self._idle.set()
