@@ -24,7 +24,7 @@ from typing import Any
 from nhi import IDENTITY_FINALIZER, metrics
 from nhi.builders.rbac import ChildKey
 from nhi.k8s.cache import WriteOverlay, slim
-from nhi.k8s.client import Api, ApiError, Conflict, NotFound, load_connection
+from nhi.k8s.client import Api, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
 from nhi.k8s.informer import Informer, Key, scopes
 from nhi.k8s.peering import PeeringGate
@@ -538,18 +538,18 @@ class Runtime:
         )
 
     async def _patch_finalizers(self, key: Key, ops: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """A JSON patch guarded by ``test`` ops. None when the identity is gone, or changed
-        meanwhile (409/422: it is looked at again shortly)."""
+        """A JSON patch guarded by ``test`` ops. None when the identity is gone.
+
+        A refusal (409, or 422 when a ``test`` op found the identity changed meanwhile) is
+        raised: the change's own watch event runs the identity again at once (its finalizers
+        are among its inputs), and a refusal that lasts backs off instead of being retried
+        every 200 ms for ever.
+        """
         try:
             return await self.api.patch(
                 "MachineIdentity", key[0], key[1], ops, content_type="application/json-patch+json"
             )
         except NotFound:
-            return None
-        except ApiError as err:
-            if not (isinstance(err, Conflict) or err.status == 422):
-                raise
-            self.queue.add_after(key, 0.2)
             return None
 
     def issuer_changed(self, issuer: tuple[str, str, str]) -> None:
