@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -61,9 +61,10 @@ def test_a_duration_too_large_for_any_clock_is_refused_naming_the_field(
 
 
 @pytest.fixture
-def without_the_grace_period_rule(crds: Cluster) -> Iterator[None]:
+def without_the_grace_period_rule(crds: Cluster) -> Iterator[Callable[[], None]]:
     """The MachineIdentity CRD as it was before its durations were bounded: objects stored
-    then are still there after an upgrade. The canonical CRDs are applied again after."""
+    then are still there after an upgrade. Yields the upgrade: the canonical CRDs applied
+    again (and in any case after the test)."""
     crd = json.loads(crds.kubectl("get", "crd", "machineidentities.nhi.dev", "-o", "json").stdout)
     path = (
         "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/revocation"
@@ -80,14 +81,18 @@ def without_the_grace_period_rule(crds: Cluster) -> Iterator[None]:
         "-p",
         json.dumps([{"op": "remove", "path": path}]),
     )
-    try:
-        yield
-    finally:
+
+    def upgrade() -> None:
         crds.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+
+    try:
+        yield upgrade
+    finally:
+        upgrade()
 
 
 def test_an_invalid_identity_stored_before_the_rule_stalls_and_its_namespace_goes(
-    operator: OperatorProcess, without_the_grace_period_rule: None
+    operator: OperatorProcess, without_the_grace_period_rule: Callable[[], None]
 ) -> None:
     cluster = _cluster(operator)
     namespace = f"t-stored-{int(time.time() * 1000) % 10**8}"
@@ -96,6 +101,12 @@ def test_an_invalid_identity_stored_before_the_rule_stalls_and_its_namespace_goe
         body = identity(namespace, revocation={"gracePeriod": HUGE})
         # The API server takes a moment to serve the relaxed schema.
         wait_for(lambda: submit(cluster, body)[0], timeout=30, message="the object stored")
+        without_the_grace_period_rule()  # the upgrade: the object stays, the rule is back
+        wait_for(
+            lambda: not submit(cluster, identity(namespace, "probe", **body["spec"]))[0],
+            timeout=30,
+            message="the bounded schema served again",
+        )
         obj = wait_condition(cluster, namespace, "app", "Stalled", "True", reason="InvalidSpec")
         ready = condition(obj, "Ready")
         assert ready is not None and ready["status"] == "False"
