@@ -141,3 +141,46 @@ def test_controllers_run_workloads_and_service_accounts(cluster: Cluster, namesp
         timeout=30,
         message="the deployment controller to create a ReplicaSet",
     )
+
+
+@pytest.mark.parametrize("role", ["view", "edit", "admin"])
+def test_built_in_roles_are_aggregated(cluster: Cluster, role: str) -> None:
+    """The clusterrole-aggregation controller runs, as in a real cluster: without it admin,
+    edit and view stay empty, and a test that binds them proves nothing."""
+
+    def rules() -> list[dict[str, list[str]]]:
+        out = cluster.kubectl("get", "clusterrole", role, "-o", "json").stdout
+        return list(json.loads(out).get("rules") or [])
+
+    found = wait_for(rules, timeout=30, message=f"aggregated rules in ClusterRole {role}")
+    granted = {
+        (group, resource)
+        for rule in found
+        for group in rule.get("apiGroups", [])
+        for resource in rule.get("resources", [])
+    }
+    assert ("", "configmaps") in granted
+    assert ("apps", "deployments") in granted
+
+
+def test_a_view_binding_grants_what_view_grants(cluster: Cluster, namespace: str) -> None:
+    sa = f"system:serviceaccount:{namespace}:viewer"
+    cluster.kubectl("create", "serviceaccount", "viewer", "-n", namespace)
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "viewer",
+        "-n",
+        namespace,
+        "--clusterrole=view",
+        f"--serviceaccount={namespace}:viewer",
+    )
+
+    def can(verb: str, resource: str) -> str:
+        return cluster.kubectl(
+            "auth", "can-i", verb, resource, "-n", namespace, f"--as={sa}", check=False
+        ).stdout.strip()
+
+    wait_for(lambda: can("list", "pods") == "yes", timeout=30, message="view to grant list pods")
+    assert can("get", "secrets") == "no"  # view never grants Secrets
+    assert can("delete", "pods") == "no"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,8 @@ def test_rotation_happens_on_time_and_keeps_the_old_token_valid(
     operator: OperatorProcess, namespace: str
 ) -> None:
     cluster = _cluster(operator)
-    # TokenRequest's minimum lifetime is 10m; renewBefore 9m52s makes the renewal due ~8s
-    # after issuance, without waiting for a real lifetime.
+    # TokenRequest's minimum lifetime is 10m; renewBefore 9m52s would make the renewal due
+    # ~8s after issuance: the operator renews no sooner than a minute after issuance.
     cluster.apply(
         identity(
             namespace,
@@ -115,11 +116,16 @@ def test_rotation_happens_on_time_and_keeps_the_old_token_valid(
     )
     wait_condition(cluster, namespace, "app", "Ready", "True")
     first = secret_data(cluster, namespace, "app.api")["token"]
+    issued_at = cred_status(cluster, namespace, "app", "api")["lastRotationTime"]
     wait_for(
         lambda: cred_status(cluster, namespace, "app", "api").get("rotationCount", 0) >= 1,
-        timeout=30,
+        timeout=90,
+        interval=1.0,
         message="the scheduled rotation",
     )
+    rotated_at = cred_status(cluster, namespace, "app", "api")["lastRotationTime"]
+    gap = dt.datetime.fromisoformat(rotated_at) - dt.datetime.fromisoformat(issued_at)
+    assert gap >= dt.timedelta(minutes=1), gap
     second = secret_data(cluster, namespace, "app.api")["token"]
     assert second != first
     assert review(cluster, second, [AUDIENCE]).get("authenticated") is True

@@ -125,3 +125,14 @@ def test_remove_get_is_true() -> None:
     assert cond.get_condition(conds, "Reconciling") is None
     assert cond.remove_condition(conds, "Ready") == [conds[1]]
     assert cond.remove_condition(conds, "Missing") == conds
+
+
+def test_a_message_longer_than_the_crd_stores_is_cut() -> None:
+    """A status with a longer message would be refused, and the object could never show why
+    it is not Ready (many policy violations at once make long messages)."""
+    long = "x" * (cond.MAX_MESSAGE + 5000)
+    (out,) = cond.set_condition([], cond.READY, cond.FALSE, "PolicyViolation", long, 1, NOW)
+    assert len(out["message"]) == cond.MAX_MESSAGE
+    assert out["message"].endswith(" [...]")
+    (short,) = cond.set_condition([], cond.READY, cond.FALSE, "R", "fine", 1, NOW)
+    assert short["message"] == "fine"

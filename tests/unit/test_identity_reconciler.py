@@ -18,7 +18,7 @@ from typing import Any, cast
 import pytest
 
 from nhi.builders.rbac import ChildKey, child_key
-from nhi.k8s.client import Api, ApiError, Conflict, Forbidden, NotFound
+from nhi.k8s.client import Api, ApiError, Conflict, Forbidden, Invalid, NotFound
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models.meta import IDENTITY_LABEL, Reason
 from nhi.models.policy import IdentityPolicy
@@ -305,6 +305,46 @@ async def test_one_failed_credential_keeps_the_others() -> None:
     assert ChildKey("Secret", NAMESPACE, f"{NAME}.db") in view.recorded
     assert "data" in api.objects[("Secret", NAMESPACE, f"{NAME}.db")]
     assert messages(api)["Issued"].startswith("issued credential db (StaticSecret")
+
+
+async def test_a_credential_the_api_server_refuses_stalls_naming_it() -> None:
+    """A refusal (422) would be the same on every retry: Stalled with the credential named,
+    not an error retried for ever; the other credential is issued all the same."""
+    rec, api, _, events = make_reconciler()
+    api.fail["ServiceAccount/token"] = Invalid(
+        422, "Invalid", "spec.audiences: Invalid value", kind="ServiceAccount", name=NAME
+    )
+    outcome = await rec.reconcile(body())
+    await events.drain()
+    assert outcome.stalled and not outcome.ready
+    assert outcome.reason == Reason.INVALID_SPEC
+    assert outcome.message.startswith("spec.credentials[0] (api): cannot be issued")
+    assert api.status is not None
+    stalled = [c for c in api.status["conditions"] if c["type"] == "Stalled"]
+    assert stalled[0]["status"] == "True"
+    assert "data" in api.objects[("Secret", NAMESPACE, f"{NAME}.db")]
+
+
+async def test_a_child_the_api_server_refuses_stalls() -> None:
+    rec, api, _, events = make_reconciler()
+    api.fail["Role"] = Invalid(422, "Invalid", "rules[0].verbs: Required value", kind="Role")
+    outcome = await rec.reconcile(body())
+    await events.drain()
+    assert outcome.stalled and outcome.reason == Reason.INVALID_SPEC
+    assert "rules[0].verbs: Required value" in outcome.message
+
+
+async def test_an_identity_whose_spec_cannot_be_parsed_is_cleaned_up() -> None:
+    """Its finalizer must go: deletion removes its objects whatever its spec says."""
+    rec, api, view, events = make_reconciler()
+    await rec.reconcile(body())
+    await events.drain()
+    broken = body(revocation={"gracePeriod": "99999999999999h"})
+    children = len(view.children_of(NAMESPACE, NAME))
+    assert children >= 5
+    removed = await rec.cleanup(broken)
+    assert len(removed) == children
+    assert api.objects == {}  # ServiceAccount, Role, RoleBinding and both Secrets are gone
 
 
 async def test_events_do_not_hold_up_the_reconcile() -> None:

@@ -475,6 +475,43 @@ async def test_invalid_spec_is_stalled() -> None:
     assert "spec.selfSigned.ttl" in outcome.message
 
 
+@pytest.mark.parametrize(
+    ("self_signed", "words"),
+    [
+        # 64 characters, 128 bytes of UTF-8: refused by the model, named.
+        ({"commonName": "é" * 64}, "spec.selfSigned.commonName: must be at most 64 bytes"),
+        ({"ttl": "99999999999999h"}, "spec.selfSigned.ttl: must be at most 87600h"),
+    ],
+)
+async def test_a_spec_x509_cannot_hold_is_stalled_naming_the_field(
+    self_signed: dict[str, Any], words: str
+) -> None:
+    svc, api, _, _ = make_service()
+    outcome = await reconcile(svc, api, issuer_body(selfSigned=self_signed))
+    assert outcome.stalled and outcome.reason == "InvalidSpec"
+    assert words in outcome.message
+    assert not any(kind == "Secret" for kind, _, _ in api.objects)
+
+
+async def test_an_input_the_crypto_layer_refuses_is_stalled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever the model let through, a CA the crypto layer cannot make is not retried at
+    full speed: Stalled, naming spec.selfSigned."""
+    import nhi.reconcilers.issuer as issuer_module
+    from nhi.crypto import CryptoError
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise CryptoError("common_name must be at most 64 bytes in UTF-8 (it has 65)")
+
+    monkeypatch.setattr(issuer_module, "build_self_signed_ca", refuse)
+    svc, api, _, _ = make_service()
+    outcome = await reconcile(svc, api, issuer_body())
+    assert outcome.stalled and outcome.reason == "InvalidSpec"
+    assert outcome.message.startswith("spec.selfSigned: the CA cannot be made as specified")
+    assert ready(status_of(api))["reason"] == "InvalidSpec"
+
+
 # ------------------------------------------------------------------------------ bundles
 
 

@@ -397,12 +397,77 @@ SPEC_ERRORS = [
         "spec.credentials[0].ttl",
         "must be a duration",
     ),
-    ("ttl zero", creds(credential("a", ttl="0s")), "spec.credentials[0].ttl", "positive"),
+    (
+        "ttl zero",
+        creds(credential("a", ttl="0s")),
+        "spec.credentials[0].ttl",
+        "between 10m and 48h for ServiceAccountToken",
+    ),
     (
         "token ttl under 10m",
         creds(credential("a", ttl="9m59s")),
         "spec.credentials[0].ttl",
-        "at least 10m for ServiceAccountToken",
+        "between 10m and 48h for ServiceAccountToken",
+    ),
+    (
+        "X509 ttl over a year",
+        creds(credential("a", "X509", ttl="8761h", issuerRef={"name": "ca"})),
+        "spec.credentials[0].ttl",
+        "between 10m and 8760h for X509",
+    ),
+    (
+        "StaticSecret ttl under an hour",
+        creds(credential("a", "StaticSecret", ttl="59m")),
+        "spec.credentials[0].ttl",
+        "between 1h and 8760h for StaticSecret",
+    ),
+    (
+        "ttl too large for a timedelta",
+        creds(credential("a", ttl="99999999999999h")),
+        "spec.credentials[0].ttl",
+        "at most 87600h (10 years)",
+    ),
+    (
+        "gracePeriod too large for a timedelta",
+        {"revocation": {"gracePeriod": "99999999999999h"}},
+        "spec.revocation.gracePeriod",
+        "at most 87600h (10 years)",
+    ),
+    (
+        "validFor over ten years",
+        {"lifetime": {"validFor": "87601h"}},
+        "spec.lifetime.validFor",
+        "at most 87600h (10 years)",
+    ),
+    (
+        "renewBeforeFraction an int too large for a float",
+        {"rotation": {"renewBeforeFraction": 10**400}},
+        "spec.rotation.renewBeforeFraction",
+        "between 0 and 1",
+    ),
+    (
+        "dnsNames with a label over 63 characters",
+        creds(credential("a", "X509", issuerRef={"name": "ca"}, dnsNames=["a" * 64 + ".svc"])),
+        "spec.credentials[0].dnsNames[0]",
+        "labels of at most 63 characters",
+    ),
+    (
+        "a selector key that is not a label key",
+        {"workloads": {"selector": {"matchLabels": {"app name": "x"}}}},
+        "spec.workloads.selector.matchLabels",
+        "must be a label key",
+    ),
+    (
+        "a selector value that is not a label value",
+        {
+            "workloads": {
+                "selector": {
+                    "matchExpressions": [{"key": "app", "operator": "In", "values": ["a b"]}]
+                }
+            }
+        },
+        "spec.workloads.selector.matchExpressions[0].values[0]",
+        "must be a label value",
     ),
     (
         "audiences on X509",

@@ -27,13 +27,13 @@ RENEWAL_CASES = [
     ("fraction 0.1 of 10m", {"renewBeforeFraction": 0.1}, 10 * M, 9 * M, dt.timedelta(seconds=27)),
     ("renewBefore 10m of 1h", {"renewBefore": "10m"}, H, 50 * M, dt.timedelta(seconds=150)),
     ("renewBefore 8h of 24h", {"renewBefore": "8h"}, 24 * H, 16 * H, 5 * M),
-    # renewBefore longer than the value lives: renew after 1% of the lifetime, not before issuing.
+    # renewBefore longer than the value lives: renew after 1% of a long lifetime.
     (
         "renewBefore beyond the lifetime",
-        {"renewBefore": "2h"},
+        {"renewBefore": "200h"},
+        100 * H,
         H,
-        36 * S,
-        dt.timedelta(seconds=1.8),
+        3 * M,
     ),
     # The actual lifetime counts (an issuer may cut a certificate short), not the spec's ttl.
     ("shortened lifetime", {}, 30 * M, 20 * M + 6 * S, dt.timedelta(seconds=60.3)),
@@ -53,6 +53,82 @@ def test_renewal_time(
         # Jitter only ever renews earlier, by less than its cap.
         assert T0 + base - cap < when <= T0 + base, seed
         assert T0 < when < T0 + lifetime
+
+
+MIN_INTERVAL_CASES = [
+    # (id, spec.rotation, not_before, issued_at, not_after, expected renewal time)
+    # 1% of 1h is 36 s: too soon after issuance, so one minute.
+    ("renewBefore beyond a short lifetime", {"renewBefore": "2h"}, T0, T0, T0 + H, T0 + M),
+    # The issue's case: notBefore back-dated 1m, so 95% of 11m before notAfter is 27 s
+    # before issuance; a renewal in the past meant an issuance at every reconcile.
+    (
+        "fraction 0.95 of a back-dated 10m certificate",
+        {"renewBeforeFraction": 0.95},
+        T0 - M,
+        T0,
+        T0 + 10 * M,
+        T0 + M,
+    ),
+    (
+        "fraction 0.999999 of 24h",
+        {"renewBeforeFraction": 0.999999},
+        T0,
+        T0,
+        T0 + 24 * H,
+        T0 + M,
+    ),
+    # A certificate cut short (its CA expires in 40 s): half of what is left, before it expires.
+    ("40 s left at issuance", {"renewBeforeFraction": 0.95}, T0, T0, T0 + 40 * S, T0 + 20 * S),
+]
+
+
+@pytest.mark.parametrize(
+    ("rotation", "not_before", "issued_at", "not_after", "expected"),
+    [pytest.param(r, nb, ia, na, e, id=i) for i, r, nb, ia, na, e in MIN_INTERVAL_CASES],
+)
+def test_renewal_is_never_sooner_than_the_minimum_interval(
+    rotation: dict[str, Any],
+    not_before: dt.datetime,
+    issued_at: dt.datetime,
+    not_after: dt.datetime,
+    expected: dt.datetime,
+) -> None:
+    spec = make_identity(rotation=rotation).spec
+    for seed in ("team-a/payments-api/api-token", "team-b/ledger/mtls", "x"):
+        when = renewal_time(spec, not_before, not_after, seed, issued_at=issued_at)
+        assert when == expected, seed
+        assert when - issued_at >= rot.min_reissue_interval(issued_at, not_after)
+        assert when < not_after
+
+
+def test_renewal_is_before_not_after_with_a_fraction_near_zero() -> None:
+    spec = make_identity(rotation={"renewBeforeFraction": 1e-12}).spec
+    for seed in ("a", "b", "c", "d"):
+        when = renewal_time(spec, T0, T0 + H, seed)
+        assert T0 + 55 * M < when < T0 + H
+
+
+@pytest.mark.parametrize(
+    ("reason", "now", "held"),
+    [
+        # One minute after issuance at T0 (make_issued), whatever the stored renewal time says.
+        (rot.RENEWAL_DUE, T0 + 30 * S, T0 + M),
+        (rot.ISSUER_CHANGED, T0 + 30 * S, T0 + M),
+        (rot.RENEWAL_DUE, T0 + M, None),
+        # Someone's edit (each answered once), or a value gone or expired: at once.
+        (rot.SPEC_CHANGED, T0 + S, None),
+        (rot.RENEW_REQUESTED, T0 + S, None),
+        (rot.SECRET_MISSING, T0 + S, None),
+        (rot.EXPIRED, T0 + S, None),
+    ],
+)
+def test_a_value_is_not_issued_again_within_the_minimum_interval(
+    reason: str, now: dt.datetime, held: dt.datetime | None
+) -> None:
+    # Annotations that put the renewal before the issuance (an older operator wrote them).
+    issued = make_issued(renewal_time=T0 - M)
+    assert rot.held_until(issued, reason, now) == held
+    assert next_due(issued, now) == T0 + M  # the next look waits for the interval too
 
 
 @pytest.mark.parametrize(

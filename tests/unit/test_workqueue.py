@@ -324,6 +324,93 @@ async def test_a_failure_is_logged_with_the_key(caplog: pytest.LogCaptureFixture
     assert fields["retry_in"] == 1.0
 
 
+async def test_nothing_runs_a_failed_key_before_its_retry() -> None:
+    """The events of a failing run's own writes (and timed looks) wait for its backoff: a
+    failure that writes something must not loop at the speed of the watch."""
+    now = [100.0]
+    rec = Recorder()
+    rec.always_fail.add("a")
+    retried: list[Key] = []
+    queue: WorkQueue[Key] = WorkQueue(
+        rec, workers=1, monotonic=lambda: now[0], on_retry=retried.append
+    )
+    async with running(queue):
+        queue.add("a")
+        await eventually(lambda: len(rec.calls) == 1 and queue.pending() == 0)
+        for _ in range(50):
+            queue.add("a")  # its own status write coming back, a child's event...
+            queue.add_after("a", 0.0001)  # a timed look planned meanwhile
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.02)
+        assert rec.calls == ["a"]  # still waiting for the 1 s retry
+        now[0] += 1.0
+        await eventually(lambda: len(rec.calls) == 2)
+        await asyncio.sleep(0.02)
+        assert rec.calls == ["a", "a"]
+    assert retried == ["a", "a"]
+
+
+async def test_events_during_a_failing_run_wait_for_the_retry() -> None:
+    now = [100.0]
+    rec = Recorder()
+    rec.fail["a"] = 1
+    release = rec.block("a")
+    queue: WorkQueue[Key] = WorkQueue(rec, workers=1, monotonic=lambda: now[0])
+    async with running(queue):
+        queue.add("a")
+        await asyncio.wait_for(rec.started["a"].wait(), TIMEOUT)
+        queue.add("a")  # arrives while it runs (and is about to fail)
+        release.set()
+        await eventually(lambda: queue.pending() == 0)
+        await asyncio.sleep(0.02)
+        assert rec.calls == ["a"]
+        now[0] += 1.0
+        await eventually(lambda: len(rec.calls) == 2)
+
+
+async def test_a_fresh_add_runs_a_failed_key_at_once() -> None:
+    """Someone edited it: their fix is tried now, not after a backoff of minutes."""
+    now = [100.0]
+    rec = Recorder()
+    rec.fail["a"] = 3
+    queue: WorkQueue[Key] = WorkQueue(rec, workers=1, monotonic=lambda: now[0])
+    delays = spy_backoff(queue, scale=1e6)
+    async with running(queue):
+        queue.add("a")
+        await eventually(lambda: len(delays) == 1)
+        queue.add("a", fresh=True)
+        await eventually(lambda: len(rec.calls) == 2 and len(delays) == 2)
+    assert delays == [1.0, 1.0]  # the edit reset the backoff
+
+
+async def test_an_edit_while_a_failing_run_runs_is_tried_right_after() -> None:
+    now = [100.0]
+    rec = Recorder()
+    rec.fail["a"] = 1
+    release = rec.block("a")
+    queue: WorkQueue[Key] = WorkQueue(rec, workers=1, monotonic=lambda: now[0])
+    async with running(queue):
+        queue.add("a")
+        await asyncio.wait_for(rec.started["a"].wait(), TIMEOUT)
+        queue.add("a", fresh=True)  # the user fixed the spec while the old one failed
+        release.set()
+        await eventually(lambda: len(rec.calls) == 2 and queue.pending() == 0)
+
+
+async def test_a_next_look_planned_in_the_past_backs_off() -> None:
+    """A reconcile that plans its next look for a time already past (a renewal time before
+    its issuance) does not run again at once: 1 s, 2 s, 4 s... until it plans a future time."""
+    rec = Recorder()
+    queue: WorkQueue[Key] = WorkQueue(rec, workers=1)
+    delays = spy_backoff(queue, scale=1e6)
+    queue.schedule_next("a", -5.0)
+    queue.schedule_next("a", 0.0)
+    queue.schedule_next("a", -0.1)
+    queue.schedule_next("a", 30.0)
+    queue.schedule_next("a", -1.0)
+    assert delays == [1.0, 2.0, 4.0, 30.0, 1.0]
+
+
 # --------------------------------------------------------------------------- idle, stop
 
 

@@ -105,8 +105,15 @@ def _aki_from(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 def _common_name(value: str, field: str) -> x509.Name:
     if not isinstance(value, str) or not value:
         raise CryptoError(f"{field} must be a non-empty string")
-    if len(value) > _MAX_COMMON_NAME:
-        raise CryptoError(f"{field} must be at most {_MAX_COMMON_NAME} characters")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise CryptoError(f"{field} must be valid Unicode") from None
+    # RFC 5280's ub-common-name, counted in UTF-8 bytes as cryptography (and OpenSSL) do.
+    if size > _MAX_COMMON_NAME:
+        raise CryptoError(
+            f"{field} must be at most {_MAX_COMMON_NAME} bytes in UTF-8 (it has {size})"
+        )
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, value)])
 
 

@@ -30,7 +30,12 @@ import kopf
 from nhi.handlers import runtime
 from nhi.models.duration import parse_duration
 from nhi.reconcilers.identity import utcnow
-from nhi.reconcilers.policy import AdmissionReviewer, PolicyStatusWriter, needs_review
+from nhi.reconcilers.policy import (
+    AdmissionResult,
+    AdmissionReviewer,
+    PolicyStatusWriter,
+    needs_review,
+)
 from nhi.reconcilers.webhook import (
     ServingMaterial,
     WebhookCertificates,
@@ -75,40 +80,29 @@ async def validate_identity(
     dryrun: bool,
     **kwargs: Any,
 ) -> None:
-    """Refuse a MachineIdentity that breaks a Deny policy or grants what its writer lacks."""
-    old: Mapping[str, Any] | None = kwargs.get("old")
-    new: Mapping[str, Any] | None = kwargs.get("new")
-    operation: str | None = kwargs.get("operation")
-    runtime.get().issuers.capture(kwargs)
-    new_body: Mapping[str, Any] | None = dict(new) if new is not None else None
-    old_body: Mapping[str, Any] | None = dict(old) if old is not None else None
-    if not needs_review(operation or "", new_body, old_body):
-        return
-    rv = reviewer()
+    """Refuse a MachineIdentity that breaks a Deny policy or grants what its writer lacks.
+
+    Fails closed: an error while reviewing (an API error reading the policies, a bug, an input
+    nothing foresaw) refuses the request with a message saying so, rather than admitting
+    something unchecked; writing it again once the cause is gone succeeds. (When nobody
+    answers at all, the configuration's failurePolicy Ignore applies: see docs/policy.md.)
+    """
     try:
-        # Live reads: see AdmissionReviewer.policies.
-        policies, labels = await asyncio.gather(rv.policies(), rv.namespace_labels(namespace or ""))
-        result = await rv.review(
-            operation=operation or "",
-            new=new_body,
-            old=old_body,
-            userinfo=dict(userinfo),
-            policies=policies,
-            namespace_labels=labels,
-        )
+        result = await _review(userinfo, namespace, kwargs)
     except Exception as err:
-        # Fail open, like failurePolicy Ignore: kopf would turn any exception into a denial,
-        # and an API hiccup must not block writes. The reconciler checks the same policies
-        # before it grants anything.
         log.error(
-            "could not review a MachineIdentity; admitted it",
+            "could not review a MachineIdentity; refused it",
             extra={"namespace": namespace, "identity": name, "error": repr(err)},
         )
-        warnings.append(
-            "nhi-operator could not check this MachineIdentity against IdentityPolicies "
-            f"({type(err).__name__}); it is checked again before anything is granted"
-        )
+        raise kopf.AdmissionError(
+            f"nhi-operator could not check this MachineIdentity ({type(err).__name__}: "
+            f"{str(err)[:500]}), so it is refused; try again, and if this persists see the "
+            "operator's log",
+            code=500,
+        ) from err
+    if result is None:
         return
+    operation: str | None = kwargs.get("operation")
     warnings.extend(result.warnings)
     outcome = "denied" if result.denied else ("warned" if result.warnings else "admitted")
     if result.denied or result.warnings:
@@ -126,6 +120,31 @@ async def validate_identity(
         )
     if result.denied:
         raise kopf.AdmissionError(result.message, code=403)
+
+
+async def _review(
+    userinfo: kopf.UserInfo, namespace: str | None, kwargs: Mapping[str, Any]
+) -> AdmissionResult | None:
+    """The review of one request; None when it needs none (see needs_review)."""
+    old: Mapping[str, Any] | None = kwargs.get("old")
+    new: Mapping[str, Any] | None = kwargs.get("new")
+    operation: str | None = kwargs.get("operation")
+    runtime.get().issuers.capture(kwargs)
+    new_body: Mapping[str, Any] | None = dict(new) if new is not None else None
+    old_body: Mapping[str, Any] | None = dict(old) if old is not None else None
+    if not needs_review(operation or "", new_body, old_body):
+        return None
+    rv = reviewer()
+    # Live reads: see AdmissionReviewer.policies.
+    policies, labels = await asyncio.gather(rv.policies(), rv.namespace_labels(namespace or ""))
+    return await rv.review(
+        operation=operation or "",
+        new=new_body,
+        old=old_body,
+        userinfo=dict(userinfo),
+        policies=policies,
+        namespace_labels=labels,
+    )
 
 
 class _DenialIsNotAnError(logging.Filter):
@@ -290,8 +309,8 @@ class AdmissionServer:
 
 
 async def _serve(fn: kopf.WebhookFn, request: aiohttp.web.Request) -> aiohttp.web.Response:
-    """One AdmissionReview. A request kopf cannot handle is answered with an HTTP error, which
-    the API server treats as a webhook failure (failurePolicy Ignore)."""
+    """One AdmissionReview. A request kopf fails on is refused (fails closed); only a body
+    that is not an AdmissionReview at all (no request uid to answer) gets an HTTP error."""
     try:
         data = json.loads(await request.text())
     except json.JSONDecodeError as err:
@@ -299,8 +318,25 @@ async def _serve(fn: kopf.WebhookFn, request: aiohttp.web.Request) -> aiohttp.we
     try:
         response = await fn(data, webhook=request.match_info.get("id"), headers={}, sslpeer={})
     except Exception as err:
-        log.warning("could not answer an admission request", extra={"error": repr(err)})
-        raise aiohttp.web.HTTPBadRequest(reason=type(err).__name__) from None
+        log.error("could not answer an admission request; refused it", extra={"error": repr(err)})
+        uid = (data.get("request") or {}).get("uid") if isinstance(data, dict) else None
+        if not isinstance(uid, str) or not uid:
+            raise aiohttp.web.HTTPBadRequest(reason=type(err).__name__) from None
+        return aiohttp.web.json_response(
+            {
+                "apiVersion": data.get("apiVersion") or "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {
+                    "uid": uid,
+                    "allowed": False,
+                    "status": {
+                        "code": 500,
+                        "message": f"nhi-operator could not check this request "
+                        f"({type(err).__name__}), so it is refused; try again",
+                    },
+                },
+            }
+        )
     return aiohttp.web.json_response(response)
 
 

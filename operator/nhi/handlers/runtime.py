@@ -21,14 +21,14 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from nhi import IDENTITY_FINALIZER
+from nhi import IDENTITY_FINALIZER, metrics
 from nhi.builders.rbac import ChildKey
 from nhi.k8s.cache import WriteOverlay, slim
-from nhi.k8s.client import Api, ApiError, Conflict, NotFound, load_connection
+from nhi.k8s.client import Api, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
 from nhi.k8s.informer import Informer, Key, scopes
 from nhi.k8s.peering import PeeringGate
-from nhi.models.identity import LabelSelector, MachineIdentity, Spec, SpecError
+from nhi.models.identity import LabelSelector, MachineIdentity, Spec
 from nhi.models.issuer import IssuerKey, issuer_key
 from nhi.models.meta import (
     CREDENTIAL_LABEL,
@@ -53,8 +53,6 @@ CLUSTER_KINDS = {"ClusterRole", "ClusterRoleBinding"}
 MANAGED_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY},{IDENTITY_LABEL}"
 #: Informers listing at the same time (start-up, or a relist after 410 Gone).
 LIST_CONCURRENCY = 2
-#: Retry delay of a failed deletion clean-up.
-CLEANUP_RETRY = 5.0
 
 
 def _owner(obj: Mapping[str, Any]) -> Key:
@@ -133,7 +131,9 @@ class Runtime:
         self._issuer_uses: dict[Key, frozenset[IssuerKey]] = {}
         self._issuer_counts: dict[str, dict[IssuerKey, int]] = {}
         self.identities = IdentityReconciler(api, self, self.events, self.issuers)
-        self.queue: WorkQueue[Key] = WorkQueue(self.process, workers=workers)
+        self.queue: WorkQueue[Key] = WorkQueue(
+            self.process, workers=workers, on_retry=_count_failure
+        )
         self.locks: dict[Key, asyncio.Lock] = {}
         #: Identity names by namespace, so a workload event does not scan every identity.
         self.by_namespace: dict[str, set[str]] = {}
@@ -440,7 +440,12 @@ class Runtime:
 
     def _identity_seen(self, key: Key, entry: str, body: Mapping[str, Any]) -> None:
         self.by_namespace.setdefault(key[0], set()).add(key[1])
+        before = self._identities.get(key)
         self._identities[key] = entry
+        # Someone changed what a reconcile acts on (spec, labels, annotations, deletion): it
+        # runs at once even if the last run failed. Anything else (our own status writes,
+        # children's events) waits for a failed run's retry.
+        fresh = before is not None and _inputs(_unpack(before)) != _inputs(body)
         echo = self._echoes.get(key)
         if echo is not None:
             if _rv(body) <= echo:
@@ -453,9 +458,10 @@ class Runtime:
             spec = MachineIdentity.from_body(body).spec
             self._matchers[key] = _Matcher(spec.selector, spec.service_account)
             self._set_issuer_uses(key, _issuers_of(spec, key[0]))
-        except SpecError:
+        except Exception:
+            # An invalid spec (SpecError), or a body no rule foresaw: never the watch's end.
             self._matchers[key] = _Matcher(None, None)  # its issuers: as they were
-        self.queue.add(key)
+        self.queue.add(key, fresh=fresh)
 
     def _requeue_all(self) -> None:
         """This replica became the active one: look at every identity (as kopf would, on
@@ -529,7 +535,8 @@ class Runtime:
                 self._echoes[key] = _rv(mine)
             if outcome.next_due is not None:
                 delay = (outcome.next_due - utcnow()).total_seconds()
-                self.queue.add_after(key, max(delay, 0.0) + 0.05)
+                # A due time already past backs off instead of running again at once.
+                self.queue.schedule_next(key, delay + 0.05 if delay > 0 else delay)
             elif not outcome.ready and not outcome.stalled and not outcome.settled:
                 # Waiting on something outside (an issuer): look again soon.
                 self.queue.add_after(key, 10.0)
@@ -554,15 +561,9 @@ class Runtime:
 
     async def _finalize(self, key: Key, body: Mapping[str, Any]) -> None:
         """The identity is being deleted: remove what it made, then let it go."""
-        try:
-            removed = await self.identities.cleanup(body)
-        except ApiError as err:
-            log.warning(
-                "could not remove the identity's objects; retrying",
-                extra={"namespace": key[0], "identity": key[1], "error": str(err)},
-            )
-            self.queue.add_after(key, CLEANUP_RETRY)
-            return
+        # A failure (an API error) is raised: the queue retries with its backoff, from 0.5 s
+        # up to 5 min, rather than every few seconds for ever.
+        removed = await self.identities.cleanup(body)
         log.info(
             "removed the identity's objects",
             extra={"namespace": key[0], "identity": key[1], "removed": removed},
@@ -582,18 +583,18 @@ class Runtime:
         )
 
     async def _patch_finalizers(self, key: Key, ops: list[dict[str, Any]]) -> dict[str, Any] | None:
-        """A JSON patch guarded by ``test`` ops. None when the identity is gone, or changed
-        meanwhile (409/422: it is looked at again shortly)."""
+        """A JSON patch guarded by ``test`` ops. None when the identity is gone.
+
+        A refusal (409, or 422 when a ``test`` op found the identity changed meanwhile) is
+        raised: the change's own watch event runs the identity again at once (its finalizers
+        are among its inputs), and a refusal that lasts backs off instead of being retried
+        every 200 ms for ever.
+        """
         try:
             return await self.api.patch(
                 "MachineIdentity", key[0], key[1], ops, content_type="application/json-patch+json"
             )
         except NotFound:
-            return None
-        except ApiError as err:
-            if not (isinstance(err, Conflict) or err.status == 422):
-                raise
-            self.queue.add_after(key, 0.2)
             return None
 
     def issuer_changed(self, issuer: tuple[str, str, str]) -> None:
@@ -620,6 +621,10 @@ def _issuers_of(spec: Spec, namespace: str) -> frozenset[IssuerKey]:
         for c in spec.credentials
         if c.issuer_ref is not None
     )
+
+
+def _count_failure(key: Key) -> None:
+    metrics.reconcile_errors.labels("MachineIdentity").inc()
 
 
 def _rv(obj: Mapping[str, Any]) -> int:

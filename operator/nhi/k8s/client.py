@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import re
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -95,6 +96,32 @@ def _error(status: int, body: Any, kind: str, name: str) -> ApiError:
         status, ApiError
     )
     return cls(status, reason or "Error", message[:1000], kind=kind, name=name)
+
+
+#: What json.dumps(ensure_ascii=False) leaves unescaped that YAML must not see raw: DEL and
+#: every non-ASCII character (YAML 1.1 refuses C1 controls and reads NEL, U+2028 and U+2029
+#: as line breaks, which a quoted scalar folds into spaces).
+_RAW = re.compile(r"[^\x00-\x7e]")
+
+
+def _yaml_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def encode_body(body: Any, content_type: str) -> str:
+    """A request body: JSON, or, for an apply patch (``application/apply-patch+yaml``), JSON
+    that is also YAML with the same meaning.
+
+    json.dumps writes a character outside the Basic Multilingual Plane (an emoji) as a UTF-16
+    surrogate pair, ``\\ud83d\\ude00``: valid JSON, but YAML reads each half as a character
+    of its own and refuses surrogates, so the API server would refuse every apply of an
+    object that holds one. Here every non-ASCII character is written as a YAML escape, ``\\u``
+    with 4 hex digits or ``\\U`` with 8: plain ASCII that YAML reads back exactly.
+    """
+    if not content_type.endswith("+yaml"):
+        return json.dumps(body)
+    return _RAW.sub(_yaml_escape, json.dumps(body, ensure_ascii=False))
 
 
 def path_for(
@@ -208,7 +235,7 @@ class Api:
         name: str = "",
     ) -> Any:
         url = path + (f"?{urlencode(params)}" if params else "")
-        data = json.dumps(body) if body is not None else None
+        data = encode_body(body, content_type) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else {}
         if accept:
             headers["Accept"] = accept

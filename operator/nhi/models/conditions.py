@@ -18,6 +18,11 @@ UNKNOWN = "Unknown"
 
 Condition = dict[str, Any]
 
+#: The longest message the CRDs store (maxLength of conditions[].message): a longer one (many
+#: policy violations at once) is cut, or the status could never be written.
+MAX_MESSAGE = 32768
+_CUT = " [...]"
+
 
 def set_condition(
     conditions: Sequence[Mapping[str, Any]],
@@ -66,6 +71,8 @@ def is_true(conditions: Sequence[Mapping[str, Any]], type_: str) -> bool:
 def _make(
     type_: str, status: str, reason: str, message: str, generation: int, transition: str
 ) -> Condition:
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - len(_CUT)] + _CUT
     return {
         "type": type_,
         "status": status,

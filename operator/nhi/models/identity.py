@@ -22,6 +22,12 @@ CREDENTIAL_TYPES = ("ServiceAccountToken", "X509", "StaticSecret")
 KEY_ALGORITHMS = ("ECDSA-P256", "ECDSA-P384", "Ed25519", "RSA-2048", "RSA-3072", "RSA-4096")
 CHARSETS = ("alphanumeric", "hex", "base64url", "ascii-printable")
 MIN_TOKEN_TTL = dt.timedelta(minutes=10)
+#: (shortest, longest) ttl of each credential type, as the CRD's rules say.
+TTL_BOUNDS = {
+    "ServiceAccountToken": (MIN_TOKEN_TTL, dt.timedelta(hours=48)),
+    "X509": (dt.timedelta(minutes=10), dt.timedelta(hours=8760)),
+    "StaticSecret": (dt.timedelta(hours=1), dt.timedelta(hours=8760)),
+}
 DEFAULT_RENEW_FRACTION = 0.33
 DEFAULT_GRACE = dt.timedelta(minutes=2)
 DEFAULT_TTL = {
@@ -34,6 +40,10 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
+#: A DNS name of a certificate: labels of at most 63 characters (RFC 1035), 253 in all.
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
+#: A label key's name part and a label value (the prefix of a key is a DNS subdomain).
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 
 
 class SpecError(ValueError):
@@ -258,6 +268,12 @@ def _duration(value: Any, path: str) -> dt.timedelta:
         raise SpecError(path, str(err)) from None
 
 
+def _hours(delta: dt.timedelta) -> str:
+    """``10m``, ``1h``, ``8760h``: a bound the way the CRD's messages write it."""
+    minutes = int(delta.total_seconds()) // 60
+    return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
+
+
 def _dns_subdomain(value: Any, path: str) -> str:
     if not isinstance(value, str) or len(value) > 253 or not _DNS1123_SUBDOMAIN.match(value):
         raise SpecError(
@@ -292,9 +308,44 @@ def _rule(raw: Any, path: str, namespaced: bool) -> PolicyRule:
     )
 
 
-def _selector(raw: Any, path: str) -> LabelSelector:
+def _label_key(key: Any, path: str) -> str:
+    """A label key as Kubernetes checks it: ``[prefix/]name``, the prefix a DNS subdomain."""
+    prefix, _, name = key.rpartition("/") if isinstance(key, str) else ("", "", "")
+    if (
+        not isinstance(key, str)
+        or len(name) > 63
+        or not _LABEL_NAME.fullmatch(name)
+        or (prefix and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)))
+    ):
+        raise SpecError(
+            path,
+            "must be a label key: an optional DNS subdomain prefix and '/', then at most 63 "
+            "letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+        )
+    return key
+
+
+def _label_value(value: Any, path: str) -> str:
+    if not isinstance(value, str) or len(value) > 63 or not _LABEL_NAME.fullmatch(value or "a"):
+        raise SpecError(
+            path,
+            "must be a label value: at most 63 letters, digits, '-', '_' or '.', starting and "
+            "ending with a letter or digit",
+        )
+    return value
+
+
+def _selector(raw: Any, path: str, strict: bool = False) -> LabelSelector:
+    """A label selector. ``strict``: its keys and values are checked as Kubernetes checks
+    them, for a selector that is sent to the API server (an IdentityPolicy's namespace
+    selector is only matched here, and a policy is never ignored for a key it cannot match).
+    """
     s = _obj(raw, path)
     labels = _obj(s.get("matchLabels"), f"{path}.matchLabels")
+    if strict:
+        for k, v in labels.items():
+            _label_key(k, f"{path}.matchLabels")
+            _label_value(v, f"{path}.matchLabels[{k!r}]")
     exprs = []
     for i, e in enumerate(_list(s.get("matchExpressions"), f"{path}.matchExpressions")):
         ep = f"{path}.matchExpressions[{i}]"
@@ -302,7 +353,12 @@ def _selector(raw: Any, path: str) -> LabelSelector:
         op = e.get("operator")
         if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
             raise SpecError(f"{ep}.operator", "must be one of In, NotIn, Exists, DoesNotExist")
-        exprs.append((str(e.get("key", "")), str(op), _strs(e.get("values"), f"{ep}.values")))
+        values = _strs(e.get("values"), f"{ep}.values")
+        if strict:
+            _label_key(e.get("key"), f"{ep}.key")
+            for j, v in enumerate(values):
+                _label_value(v, f"{ep}.values[{j}]")
+        exprs.append((str(e.get("key", "")), str(op), values))
     return LabelSelector(
         match_labels=tuple(sorted((str(k), str(v)) for k, v in labels.items())),
         match_expressions=tuple(exprs),
@@ -324,14 +380,16 @@ def _credential(
         default = legacy_secret_name(identity, name)  # issued before the default changed
     secret_name = _dns_subdomain(c.get("secretName") or default, f"{path}.secretName")
     ttl = _duration(c["ttl"], f"{path}.ttl") if "ttl" in c else DEFAULT_TTL[ctype]
-    if ttl <= dt.timedelta(0):
-        raise SpecError(f"{path}.ttl", "must be positive")
+    shortest, longest = TTL_BOUNDS[ctype]
+    if not shortest <= ttl <= longest:
+        raise SpecError(
+            f"{path}.ttl",
+            f"must be between {_hours(shortest)} and {_hours(longest)} for {ctype}",
+        )
     audiences = _strs(c.get("audiences"), f"{path}.audiences")
     if audiences and ctype != "ServiceAccountToken":
         raise SpecError(f"{path}.audiences", "is only allowed for type ServiceAccountToken")
     issuer_ref = None
-    if ctype == "ServiceAccountToken" and ttl < MIN_TOKEN_TTL:
-        raise SpecError(f"{path}.ttl", "must be at least 10m for ServiceAccountToken")
     if "issuerRef" in c:
         if ctype != "X509":
             raise SpecError(f"{path}.issuerRef", "is only allowed for type X509")
@@ -352,6 +410,13 @@ def _credential(
     dns_names = _strs(c.get("dnsNames"), f"{path}.dnsNames")
     if dns_names and ctype != "X509":
         raise SpecError(f"{path}.dnsNames", "is only allowed for type X509")
+    for i, dns_name in enumerate(dns_names):
+        if len(dns_name) > 253 or not _DNS_NAME.fullmatch(dns_name):
+            raise SpecError(
+                f"{path}.dnsNames[{i}]",
+                "must be a DNS name: lowercase letters, digits, '-' and '.', labels of at most "
+                "63 characters starting and ending with a letter or digit, at most 253 in all",
+            )
     generator = None
     if "generator" in c:
         if ctype != "StaticSecret":
@@ -437,7 +502,12 @@ def parse_spec(
         renew_before = _duration(rotation["renewBefore"], "spec.rotation.renewBefore")
     else:
         fraction = rotation.get("renewBeforeFraction", DEFAULT_RENEW_FRACTION)
-        if not isinstance(fraction, int | float) or not 0 < float(fraction) < 1:
+        # Compared before float(): an int too large for a float would raise OverflowError.
+        if (
+            not isinstance(fraction, int | float)
+            or isinstance(fraction, bool)
+            or not 0 < fraction < 1
+        ):
             raise SpecError("spec.rotation.renewBeforeFraction", "must be a number between 0 and 1")
         fraction = float(fraction)
     lifetime = _obj(spec.get("lifetime"), "spec.lifetime")
@@ -460,7 +530,7 @@ def parse_spec(
         purpose=str(spec.get("purpose") or ""),
         service_account=sa_name,
         automount_token=bool(sa.get("automountToken", False)),
-        selector=_selector(workloads.get("selector"), "spec.workloads.selector"),
+        selector=_selector(workloads.get("selector"), "spec.workloads.selector", strict=True),
         rollout_on_rotation=bool(workloads.get("rolloutOnRotation", False)),
         rules=rules,
         cluster_rules=cluster_rules,

@@ -39,6 +39,8 @@ LEGACY_CRL = "nhi-crl"
 """The default CRL name before it was derived from the issuer (kept by issuers created then)."""
 DEFAULT_CRL_VALIDITY = dt.timedelta(hours=24)
 MIN_CRL_VALIDITY = dt.timedelta(minutes=10)
+#: A certificate's commonName: at most 64 bytes of UTF-8 (a non-ASCII character takes 2-4).
+MAX_COMMON_NAME_BYTES = 64
 
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -253,8 +255,17 @@ def _source(spec: Mapping[str, Any], cluster: bool) -> Source:
         cn = raw.get("commonName")
         if cn is not None:
             cn = _str(cn, "spec.selfSigned.commonName")
-            if len(cn) > 64:
-                raise SpecError("spec.selfSigned.commonName", "must be at most 64 characters")
+            try:
+                size = len(cn.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise SpecError("spec.selfSigned.commonName", "must be valid Unicode") from None
+            if size > MAX_COMMON_NAME_BYTES:
+                raise SpecError(
+                    "spec.selfSigned.commonName",
+                    f"must be at most {MAX_COMMON_NAME_BYTES} bytes in UTF-8 (RFC 5280's "
+                    f"ub-common-name, counted as X.509 libraries count it): its {len(cn)} "
+                    f"characters take {size} bytes",
+                )
         return SelfSignedSource(
             key_algorithm=alg,
             ttl=_duration(raw.get("ttl"), "spec.selfSigned.ttl", DEFAULT_CA_TTL, MIN_CA_TTL),

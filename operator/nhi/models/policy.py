@@ -118,7 +118,9 @@ class IdentityPolicy:
             # An absent or empty namespaceSelector selects every namespace.
             select_all=selector.empty,
             enforcement=str(enforcement),
-            allowed_cluster_roles=tuple(str(r) for r in spec.get("allowedClusterRoles") or ()),
+            allowed_cluster_roles=tuple(
+                str(r) for r in _list(spec.get("allowedClusterRoles"), "spec.allowedClusterRoles")
+            ),
             allow_cluster_rules=bool(spec.get("allowClusterRules", False)),
             require_owner=bool(spec.get("requireOwner", True)),
             max_ttl=tuple(max_ttl),

@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 from nhi import crypto, metrics
 from nhi.builders.rbac import ChildKey, field_for
 from nhi.builders.secrets import build_credential_secret, token_request
-from nhi.k8s.client import Api
+from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import Credential, MachineIdentity
-from nhi.models.meta import RENEW_ANNOTATION
+from nhi.models.meta import RENEW_ANNOTATION, Reason
 from nhi.policies import rotation
 from nhi.policies.ownership import Claim, OwnershipConflict
 from nhi.policies.rotation import Issued
@@ -52,6 +52,8 @@ class CredentialResult:
     not_ready: tuple[str, str] | None = None  # (reason, message) when a credential is missing
     #: Secrets named by the spec that the identity does not own (left untouched).
     conflicts: list[Claim] = field(default_factory=list)
+    #: A credential cannot be issued until the spec changes (see :func:`permanent`).
+    stalled: bool = False
 
     def due(self, when: dt.datetime) -> None:
         if self.next_due is None or when < self.next_due:
@@ -98,26 +100,32 @@ class CredentialManager:
             [_labels(identity, c) for c in identity.spec.credentials],
         )
         # Checking is in memory (an issuer's first use aside); only issuing makes requests.
-        checked: list[_Pass | _Due | Exception] = []
+        checked: list[tuple[int, _Pass | _Due | Exception]] = []
         for index, cred in enumerate(identity.spec.credentials):
             if cred.secret_name in taken:
                 continue
             stored = secrets.get(cred.secret_name)
             try:
-                checked.append(await self._check(identity, index, cred, stored, renew_request))
+                checked.append(
+                    (index, await self._check(identity, index, cred, stored, renew_request))
+                )
             except Exception as err:
-                checked.append(err)
-        work = [c for c in checked if isinstance(c, _Due)]
+                checked.append((index, err))
+        work = [c for _, c in checked if isinstance(c, _Due)]
         done = iter(await settle([self._act(identity, due) for due in work]))
         failures: list[BaseException] = []
-        for one in checked:
+        for index, one in checked:
             outcome = next(done) if isinstance(one, _Due) else one
             if isinstance(outcome, OwnershipConflict):
                 result.conflicts.append(outcome.claim)
                 continue
+            if isinstance(outcome, BaseException) and permanent(outcome):
+                outcome = self._refused(identity, index, outcome)
             if isinstance(outcome, BaseException):
                 failures.append(outcome)
                 continue
+            if outcome.stalled:
+                result.stalled = True
             if outcome.not_ready is not None and result.not_ready is None:
                 result.not_ready = outcome.not_ready
             if outcome.status is not None:
@@ -133,6 +141,28 @@ class CredentialManager:
                     self.events.post(body, "Normal", outcome.issued, outcome.message)
         raise_first(failures, "could not issue a credential", identity)
         return result
+
+    def _refused(self, identity: MachineIdentity, index: int, err: BaseException) -> _Pass:
+        """A credential that cannot be issued as specified: Stalled, naming it, not retried."""
+        cred = identity.spec.credentials[index]
+        metrics.rotated(_labels(identity, cred), "failure")
+        log.warning(
+            "could not issue a credential as specified",
+            extra={
+                "namespace": identity.namespace,
+                "identity": identity.name,
+                "credential": cred.name,
+                "error": str(err),
+            },
+        )
+        return _Pass(
+            cred.name,
+            not_ready=(
+                Reason.INVALID_SPEC,
+                f"spec.credentials[{index}] ({cred.name}): cannot be issued as specified: {err}",
+            ),
+            stalled=True,
+        )
 
     def anchors(
         self, identity: MachineIdentity, secrets: Mapping[str, Mapping[str, Any]]
@@ -195,13 +225,17 @@ class CredentialManager:
             renew_request=renew_request,
             ca_fingerprint=signer.ca.fingerprint if signer else None,
         )
-        if reason is None:
+        held = rotation.held_until(issued, reason, now) if issued and reason else None
+        if reason is None or held is not None:
             assert issued is not None
             if issued.previous_not_after is not None and issued.previous_not_after <= now:
                 return _Due(cred, issued, stored, signer, now, None, renew_request or "")
             self._observe(identity, cred, issued)
+            due = rotation.next_due(issued, now)
             return _Pass(
-                cred.name, status=_status(cred, issued), due=rotation.next_due(issued, now)
+                cred.name,
+                status=_status(cred, issued),
+                due=min(due, held) if held is not None else due,
             )
         return _Due(cred, issued, stored, signer, now, reason, renew_request or "")
 
@@ -403,6 +437,14 @@ class CredentialManager:
             metrics.rotated(_labels(identity, cred), "failure")
 
 
+def permanent(err: BaseException) -> bool:
+    """An error that trying again cannot cure: an input the crypto layer refuses, or a
+    request the API server refuses as malformed or invalid (400, 422)."""
+    if isinstance(err, crypto.CryptoError):
+        return True
+    return isinstance(err, ApiError) and err.status in (400, 422)
+
+
 async def settle(aws: Sequence[Awaitable[T]]) -> list[T | BaseException]:
     """Await all of ``aws`` at the same time; each one's result or exception, in order.
 
@@ -437,6 +479,7 @@ class _Pass:
     status: dict[str, Any] | None = None
     due: dt.datetime | None = None
     not_ready: tuple[str, str] | None = None
+    stalled: bool = False
     #: "Issued" or "Rotated" when a value was issued, with the Event message saying so.
     issued: str | None = None
     message: str = ""
@@ -462,7 +505,9 @@ class _Issuance:
         return Issued(
             not_before=not_before,
             not_after=not_after,
-            renewal_time=rotation.renewal_time(self.identity.spec, not_before, not_after, seed),
+            renewal_time=rotation.renewal_time(
+                self.identity.spec, not_before, not_after, seed, issued_at=self.now
+            ),
             issued_at=self.now,
             rotation_count=self.count,
             spec_hash=rotation.spec_hash(self.cred, self.identity.spec.service_account),

@@ -354,7 +354,17 @@ class IdentityReconciler:
         try:
             outcome = await self._converge(body, identity)
         except ApiError as err:
-            metrics.reconcile_errors.labels("MachineIdentity").inc()
+            if err.status in (400, 422):
+                # The API server refuses what the spec makes (an object it finds malformed or
+                # invalid): the same request would be refused again, so wait for a change.
+                outcome = Outcome(
+                    False,
+                    Reason.INVALID_SPEC,
+                    f"the API server refused an object made from the spec: {err}",
+                    stalled=True,
+                )
+                await self._write_status(identity, outcome)
+                return outcome
             outcome = Outcome(False, Reason.API_ERROR, str(err))
             await self._write_status(identity, outcome)
             raise
@@ -592,7 +602,14 @@ class IdentityReconciler:
                 )
             if creds.not_ready is not None:
                 reason, message = creds.not_ready
-                return Outcome(False, reason, message, changes=changes, credentials=creds)
+                return Outcome(
+                    False,
+                    reason,
+                    message,
+                    stalled=creds.stalled,
+                    changes=changes,
+                    credentials=creds,
+                )
             n = len(identity.spec.credentials)
             message = (
                 f"ServiceAccount {identity.spec.service_account}, its permissions and "
@@ -766,13 +783,28 @@ class IdentityReconciler:
         children = owned_children(self.view.children_of(namespace, name), uid, namespace, name)
         try:
             identity: MachineIdentity | None = MachineIdentity.from_body(body)
-        except SpecError:
-            identity = None
+        except ValueError:
+            identity = None  # an invalid spec: its objects go all the same
         if identity is not None and (body.get("status") or {}).get("phase") not in REVOKED_PHASES:
             revoked_at = rfc3339(self.clock())
             for key, obj in children.items():
                 if key.kind == "Secret":
-                    await self._revoke_secret(identity, obj, revoked_at)
+                    try:
+                        await self._revoke_secret(identity, obj, revoked_at)
+                    except ApiError:
+                        raise  # transient: the clean-up is tried again
+                    except Exception as err:
+                        # Trying again would fail again and keep the identity (and its
+                        # namespace) from ever being deleted: say so, and go on.
+                        log.error(
+                            "could not record a credential as revoked",
+                            extra={
+                                "namespace": namespace,
+                                "identity": name,
+                                "secret_name": key.name,
+                                "error": repr(err),
+                            },
+                        )
             metrics.revocations.labels(IDENTITY_DELETED).inc()
         for key in sorted(children):
             if await self._remove_child(uid, key, children[key]):

@@ -282,6 +282,10 @@ def _ref(issuer: Issuer) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": issuer.kind, "metadata": meta}
 
 
+def _count_failure(key: IssuerKey) -> None:
+    metrics.reconcile_errors.labels(key[0]).inc()
+
+
 # --------------------------------------------------------------------------------- service
 
 
@@ -310,7 +314,9 @@ class IssuerService:
         #: Called with the issuer's key whenever its signing material or readiness changed,
         #: so identities that use it can be re-queued.
         self.on_change: Callable[[IssuerKey], None] = lambda key: None
-        self.queue: WorkQueue[IssuerKey] = WorkQueue(self._process, workers=workers)
+        self.queue: WorkQueue[IssuerKey] = WorkQueue(
+            self._process, workers=workers, on_retry=_count_failure
+        )
         self.indexes: dict[str, Mapping[Any, Any]] = {}
         self._known: dict[IssuerKey, _Known] = {}
         self._locks: dict[IssuerKey, asyncio.Lock] = {}
@@ -376,7 +382,9 @@ class IssuerService:
             and (known.signer is not None or known.problem is not None)
         ):
             return  # our own status patch, a finalizer, a label: nothing to reconcile
-        self.queue.add(key)
+        # A new generation is someone's edit: it runs now, even if the last run failed.
+        edited = known is not None and known.generation != int(meta.get("generation") or 0)
+        self.queue.add(key, fresh=edited)
 
     def watches_secret(self, namespace: str | None, name: str | None) -> bool:
         """True for a Secret an issuer reads (its CA Secret, or its self-signed root)."""
@@ -645,9 +653,10 @@ class IssuerService:
         elif outcome.ready:
             delay = self.resync_interval
             if outcome.next_due is not None:
-                due = (outcome.next_due - self.clock()).total_seconds() + 0.05
-                delay = max(0.05, min(delay, due))
-            self.queue.add_after(key, delay)
+                due = (outcome.next_due - self.clock()).total_seconds()
+                # A due time already past backs off (schedule_next) rather than spinning.
+                delay = min(delay, due + 0.05) if due > 0 else due
+            self.queue.schedule_next(key, delay)
 
     # ------------------------------------------------------------------ reconcile
 
@@ -682,8 +691,20 @@ class IssuerService:
         known.issuer = issuer
         try:
             outcome, signer = await self._converge(issuer, known, body, now)
+        except CryptoError as err:
+            # An input the crypto layer refuses (a commonName too long in bytes...): the same
+            # spec fails the same way, so it is Stalled until it changes.
+            where = "spec.selfSigned" if isinstance(issuer.source, SelfSignedSource) else "spec"
+            outcome = IssuerOutcome(
+                False,
+                IssuerReason.INVALID_SPEC,
+                f"{where}: the CA cannot be made as specified: {err}",
+                stalled=True,
+            )
+            self._settle(key, known, None, None, outcome, generation)
+            await self._write_status(body, generation, outcome, known)
+            return outcome
         except ApiError as err:
-            metrics.reconcile_errors.labels(issuer.kind).inc()
             outcome = IssuerOutcome(False, IssuerReason.API_ERROR, str(err))
             known.generation = generation
             await self._write_status(body, generation, outcome, known)
@@ -1107,8 +1128,8 @@ class IssuerService:
         removed: list[str] = []
         try:
             issuer = Issuer.from_body(body)
-        except SpecError:
-            self.forget(key)
+        except ValueError:
+            self.forget(key)  # an invalid spec made nothing that needs removing here
             return removed
         home = issuer.home_namespace(self.operator_namespace)
         self._leaving.add(key)

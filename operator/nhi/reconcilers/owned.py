@@ -13,7 +13,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nhi.k8s.client import Api, Conflict
+from nhi.k8s.client import Api, Conflict, Invalid
 from nhi.models.identity import MachineIdentity
 from nhi.policies.ownership import Claim, OwnershipConflict, describe_owner, owned_by
 
@@ -41,9 +41,16 @@ class OwnedWriter:
         owns (or may adopt). Raises :class:`OwnershipConflict` when the name is taken by an
         object the identity does not own; that object is left exactly as it was."""
         uid = uid_of(current)
+        written = None
         if uid:
-            written = await self._apply(obj, uid)
-        else:
+            try:
+                written = await self._apply(obj, uid)
+            except (Conflict, Invalid) as err:
+                if "uid" not in err.message:
+                    raise
+                # Deleted or replaced by a namesake since it was seen: start again from
+                # nothing (a namesake then gives an OwnershipConflict).
+        if written is None:
             written = await self._create(identity, obj, field)
         self.record(written)
         return written

@@ -33,8 +33,14 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
+#: The controllers of kube-controller-manager that what runs here relies on, as a real cluster
+#: runs them. No kubelet runs here, so the node, pod, volume and endpoint controllers would
+#: have nothing to act on. clusterrole-aggregation fills the built-in admin, edit and view
+#: ClusterRoles from the aggregated ones: without it they stay empty, and binding them proves
+#: nothing about what an identity can do.
 CONTROLLERS = ",".join(
     [
+        "clusterrole-aggregation-controller",
         "garbage-collector-controller",
         "namespace-controller",
         "serviceaccount-controller",
