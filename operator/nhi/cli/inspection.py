@@ -15,10 +15,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography import x509
-
 from nhi import crypto
 from nhi.cli.render import NONE, expires_in, parse_moment, render_kv
+from nhi.crypto.serving import subject_alt_names
 from nhi.policies import rotation
 
 TYPE_ANNOTATION = "nhi.dev/credential-type"
@@ -118,18 +117,6 @@ def token_summary(token: str, now: dt.datetime) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------- X509
 
 
-def _sans(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    out = [f"URI:{v}" for v in san.get_values_for_type(x509.UniformResourceIdentifier)]
-    out += [f"DNS:{v}" for v in san.get_values_for_type(x509.DNSName)]
-    out += [f"IP:{v}" for v in san.get_values_for_type(x509.IPAddress)]
-    out += [f"email:{v}" for v in san.get_values_for_type(x509.RFC822Name)]
-    return out
-
-
 def x509_summary(
     tls_crt: bytes, tls_key: bytes | None, ca_crt: bytes | None, now: dt.datetime
 ) -> dict[str, Any]:
@@ -144,7 +131,7 @@ def x509_summary(
         "type": X509,
         "subject": facts["subject"],
         "spiffeId": facts["spiffeId"],
-        "sans": _sans(leaf),
+        "sans": subject_alt_names(leaf),
         "serial": facts["serial"],
         "notBefore": facts["notBefore"],
         "notAfter": facts["notAfter"],

@@ -27,8 +27,11 @@ from typing import Any, cast
 import aiohttp.web
 import kopf
 
+from nhi.builders.webhook import build_configuration, client_config
+from nhi.crypto.serving import ServingMaterial
 from nhi.handlers import runtime
 from nhi.models.duration import parse_duration
+from nhi.policies.webhook import renewal_time, serving_hosts
 from nhi.reconcilers.identity import utcnow
 from nhi.reconcilers.policy import (
     AdmissionResult,
@@ -36,14 +39,7 @@ from nhi.reconcilers.policy import (
     PolicyStatusWriter,
     needs_review,
 )
-from nhi.reconcilers.webhook import (
-    ServingMaterial,
-    WebhookCertificates,
-    build_configuration,
-    client_config,
-    renewal_time,
-    serving_hosts,
-)
+from nhi.reconcilers.webhook import WebhookCertificates
 from nhi.settings import Settings
 from nhi.settings import current as current_settings
 
