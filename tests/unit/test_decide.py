@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from nhi.builders.rbac import ChildKey, child_key
+from nhi.models.conditions import status_changed
 from nhi.models.identity import MachineIdentity
 from nhi.models.meta import Reason
 from nhi.models.policy import IdentityPolicy
@@ -22,7 +23,6 @@ from nhi.reconcilers.identity import (
     compute_status,
     decide,
     service_account_conflict,
-    status_changed,
 )
 from tests.unit.factories import (
     NAME,

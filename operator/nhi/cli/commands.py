@@ -18,7 +18,7 @@ from nhi.cli import status as st
 from nhi.cli.errors import CliError
 from nhi.cli.render import dump
 from nhi.k8s.client import Api, NotFound, path_for
-from nhi.models.meta import RENEW_ANNOTATION, REVOKE_ANNOTATION
+from nhi.models.meta import RENEW_ANNOTATION, REVOKE_ANNOTATION, Phase
 
 KIND = "MachineIdentity"
 #: Field manager of the CLI's writes (annotations), distinct from the operator's.
@@ -143,7 +143,7 @@ async def renew(
     renewed = 0
     for obj in objs:
         phase = (obj.get("status") or {}).get("phase")
-        if phase == "Revoked":
+        if phase == Phase.REVOKED:
             if name:
                 raise CliError(f"machineidentity {_key(obj)} is revoked; there is nothing to renew")
             _out(f"machineidentity {_key(obj)}: skipped (revoked)")
@@ -166,7 +166,7 @@ async def renew(
 async def revoke(api: Api, namespace: str, name: str) -> int:
     obj = await get_identity(api, namespace, name)
     status_ = obj.get("status") or {}
-    if status_.get("phase") == "Revoked":
+    if status_.get("phase") == Phase.REVOKED:
         _out(
             f"machineidentity {_key(obj)} is already revoked "
             f"(at {status_.get('revokedAt', '?')}, reason {status_.get('revocationReason', '?')})"

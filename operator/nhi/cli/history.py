@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from nhi.cli.render import NONE, ago, parse_moment, pick, render_kv, render_table
+from nhi.models.meta import Phase
 
 _EPOCH = dt.datetime.min.replace(tzinfo=dt.UTC)
 
@@ -106,7 +107,7 @@ def render_history(h: Mapping[str, Any], now: dt.datetime) -> str:
     else:
         created = parse_moment(h.get("createdAt"))
         head.append(("Created", f"{h.get('createdAt')} ({ago(created, now)})"))
-        head.append(("Phase", h.get("phase") or "Pending"))
+        head.append(("Phase", h.get("phase") or Phase.PENDING))
     if h.get("revokedAt") or h.get("revocationReason"):
         head.append(("Revoked At", h.get("revokedAt")))
         head.append(("Revocation Reason", h.get("revocationReason")))

@@ -19,6 +19,7 @@ from nhi.cli.render import (
     short_id,
 )
 from nhi.models.identity import default_secret_name
+from nhi.models.meta import Phase
 
 
 def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
@@ -83,7 +84,7 @@ def summarize(obj: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
         "namespace": meta.get("namespace", ""),
         "name": name,
         "owner": spec.get("owner", ""),
-        "phase": status.get("phase") or "Pending",
+        "phase": status.get("phase") or Phase.PENDING,
         "ready": ready.get("status") or "Unknown",
         "readyReason": ready.get("reason", ""),
         "readyMessage": ready.get("message", ""),
@@ -126,7 +127,7 @@ def status_table(summaries: Sequence[Mapping[str, Any]], all_namespaces: bool = 
         if not creds:
             rows.append([*ident, *([NONE] * 7)])
         for c in creds:
-            if s["phase"] in ("Revoked", "Expired"):
+            if s["phase"] in Phase.SETTLED:
                 renewal = str(s["phase"]).lower()
             elif c.get("issued"):
                 renewal = str(c["renewsIn"])

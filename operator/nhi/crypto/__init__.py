@@ -18,7 +18,6 @@ from nhi.crypto.certs import (
     issue_intermediate_ca,
     issue_leaf,
     load_cert_chain,
-    rfc3339,
     spiffe_id_of,
     verify_chain,
 )
@@ -58,6 +57,7 @@ from nhi.crypto.provenance import (
 )
 from nhi.crypto.spiffe import spiffe_id, trust_domain_of, validate_spiffe_id
 from nhi.crypto.static_secrets import DEFAULT_CHARSET, Charset, generate_secret
+from nhi.models.duration import rfc3339
 
 __all__ = [
     "CLOCK_SKEW",

@@ -26,6 +26,7 @@ from nhi.crypto.keys import (
     signing_hash,
 )
 from nhi.crypto.spiffe import validate_spiffe_id
+from nhi.models.duration import rfc3339
 
 CLOCK_SKEW = timedelta(minutes=1)
 """notBefore is back-dated by this much to tolerate clocks that run slightly behind."""
@@ -447,11 +448,6 @@ def verify_chain(
 
 
 # ---------------------------------------------------------------------------------- summary
-
-
-def rfc3339(value: datetime) -> str:
-    """RFC 3339 UTC timestamp with a ``Z`` suffix and second precision."""
-    return f"{require_utc(value, 'timestamp'):%Y-%m-%dT%H:%M:%SZ}"
 
 
 def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:

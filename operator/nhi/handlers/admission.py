@@ -30,9 +30,8 @@ import kopf
 from nhi.builders.webhook import build_configuration, client_config
 from nhi.crypto.serving import ServingMaterial
 from nhi.handlers import runtime
-from nhi.models.duration import parse_duration
+from nhi.models.duration import parse_duration, utcnow
 from nhi.policies.webhook import renewal_time, serving_hosts
-from nhi.reconcilers.identity import utcnow
 from nhi.reconcilers.policy import (
     AdmissionResult,
     AdmissionReviewer,

@@ -28,6 +28,7 @@ from nhi.k8s.client import Api, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
 from nhi.k8s.informer import Informer, Key, scopes
 from nhi.k8s.peering import PeeringGate
+from nhi.models.duration import utcnow
 from nhi.models.identity import LabelSelector, MachineIdentity, Spec
 from nhi.models.issuer import IssuerKey, issuer_key
 from nhi.models.meta import (
@@ -39,7 +40,7 @@ from nhi.models.meta import (
 )
 from nhi.models.policy import IdentityPolicy
 from nhi.models.workload import WORKLOAD_KINDS, Workload, workload_from_body
-from nhi.reconcilers.identity import IdentityReconciler, utcnow
+from nhi.reconcilers.identity import IdentityReconciler
 from nhi.reconcilers.issuer import IssuerService
 from nhi.reconcilers.workqueue import WorkQueue
 from nhi.settings import current as current_settings

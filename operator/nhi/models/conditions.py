@@ -122,3 +122,8 @@ def kstatus_conditions(
         generation,
         now,
     )
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether writing ``new`` would change any of its fields in the stored status ``old``."""
+    return any(old.get(k) != v for k, v in new.items())

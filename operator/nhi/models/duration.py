@@ -79,6 +79,11 @@ def format_duration(delta: dt.timedelta) -> str:
     return f"{sign}{s}s"
 
 
+def utcnow() -> dt.datetime:
+    """The operator's clock: aware UTC. Injected wherever a decision depends on it."""
+    return dt.datetime.now(dt.UTC)
+
+
 def rfc3339(moment: dt.datetime) -> str:
     """UTC RFC 3339 with a ``Z`` and whole seconds, as Kubernetes writes times."""
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

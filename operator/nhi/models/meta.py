@@ -23,6 +23,17 @@ RESTARTED_AT_ANNOTATION = "nhi.dev/restartedAt"
 MANAGED_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY}"
 
 
+class Phase:
+    """A MachineIdentity's ``status.phase``."""
+
+    PENDING = "Pending"
+    ACTIVE = "Active"
+    REVOKED = "Revoked"
+    EXPIRED = "Expired"
+    #: Not ready on purpose: revoked, or its lifetime.validFor window ended.
+    SETTLED = (REVOKED, EXPIRED)
+
+
 class Reason:
     """Condition and Event reasons (CamelCase constants, stable for alerting)."""
 

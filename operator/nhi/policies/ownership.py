@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nhi import GROUP
 from nhi.models.meta import (
     IDENTITY_LABEL,
     IDENTITY_NAMESPACE_LABEL,
@@ -25,7 +26,6 @@ from nhi.models.meta import (
     OWNER_UID_ANNOTATION,
 )
 
-GROUP = "nhi.dev"
 IDENTITY_KIND = "MachineIdentity"
 
 

@@ -14,13 +14,14 @@ from typing import Any
 
 from nhi.models.duration import parse_time
 from nhi.models.identity import Spec
+from nhi.models.meta import Phase
 
 WORKLOAD_DELETED = "WorkloadDeleted"
 EXPIRED = "Expired"
 MANUAL = "Manual"
 IDENTITY_DELETED = "IdentityDeleted"
 
-REVOKED_PHASES = ("Revoked", "Expired")
+REVOKED_PHASES = Phase.SETTLED
 
 
 @dataclass(frozen=True)

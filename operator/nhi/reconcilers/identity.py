@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nhi import metrics
+from nhi import API_VERSION, metrics
 from nhi.builders.rbac import (
     ChildKey,
     adoption_snapshot,
@@ -27,7 +27,7 @@ from nhi.crypto import parse_serial_hex
 from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models import conditions as cond
-from nhi.models.duration import parse_time, rfc3339
+from nhi.models.duration import parse_time, rfc3339, utcnow
 from nhi.models.identity import MachineIdentity, SpecError
 from nhi.models.meta import (
     ADOPT_ANNOTATION,
@@ -35,6 +35,7 @@ from nhi.models.meta import (
     CREDENTIAL_LABEL,
     RESTARTED_AT_ANNOTATION,
     REVOKE_ANNOTATION,
+    Phase,
     Reason,
 )
 from nhi.models.policy import IdentityPolicy
@@ -79,10 +80,6 @@ CONFLICT_RECHECK = dt.timedelta(seconds=60)
 UNDECLARED_USERS = "UndeclaredUsers"
 
 Clock = Callable[[], dt.datetime]
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class ChildView(Protocol):
@@ -256,9 +253,9 @@ def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime
         generation=gen,
         now=now,
     )
-    phase = outcome.phase or old.get("phase") or "Pending"
-    if outcome.ready and phase == "Pending":
-        phase = "Active"
+    phase = outcome.phase or old.get("phase") or Phase.PENDING
+    if outcome.ready and phase == Phase.PENDING:
+        phase = Phase.ACTIVE
     status: dict[str, Any] = {
         "observedGeneration": gen,
         "phase": phase,
@@ -289,10 +286,6 @@ def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime
             min(c["renewalTime"] for c in creds.statuses) if creds.statuses else None
         )
     return status
-
-
-def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    return any(old.get(k) != v for k, v in new.items())
 
 
 class IdentityReconciler:
@@ -418,7 +411,7 @@ class IdentityReconciler:
             outcome = await self._provision(body, identity)
             was_revoked = identity.status.get("phase") in REVOKED_PHASES
             if outcome.ready:
-                outcome.phase = "Active"
+                outcome.phase = Phase.ACTIVE
                 if was_revoked:
                     extra.update(reactivatedAt=rfc3339(now), revokedAt=None, revocationReason=None)
                     self.events.post(
@@ -429,7 +422,7 @@ class IdentityReconciler:
                         "revocation, with new credentials",
                     )
             elif was_revoked:
-                outcome.phase = "Pending"
+                outcome.phase = Phase.PENDING
         outcome.extra = {**extra, **outcome.extra}
         outcome.next_check = min(
             filter(None, (outcome.next_check, decision.next_check)), default=None
@@ -445,7 +438,7 @@ class IdentityReconciler:
     ) -> Outcome:
         """Take every credential and permission away; keep the MachineIdentity as the record."""
         status = identity.status
-        phase = "Expired" if reason == EXPIRED else "Revoked"
+        phase = Phase.EXPIRED if reason == EXPIRED else Phase.REVOKED
         first = status.get("phase") not in REVOKED_PHASES
         revoked_at = rfc3339(now) if first else status.get("revokedAt") or rfc3339(now)
         children = self.owned(identity)
@@ -817,7 +810,7 @@ class IdentityReconciler:
     async def _write_status(self, identity: MachineIdentity, outcome: Outcome) -> None:
         now = self.clock()
         status = compute_status(identity, outcome, now)
-        if status_changed(identity.status, status):
+        if cond.status_changed(identity.status, status):
             written = await self.api.patch(
                 "MachineIdentity",
                 identity.namespace,
@@ -853,10 +846,10 @@ class IdentityReconciler:
         )
         status = {
             "observedGeneration": gen,
-            "phase": old.get("phase") or "Pending",
+            "phase": old.get("phase") or Phase.PENDING,
             "conditions": conds,
         }
-        if status_changed(old, status):
+        if cond.status_changed(old, status):
             written = await self.api.patch(
                 "MachineIdentity",
                 meta.get("namespace"),
@@ -891,7 +884,7 @@ def _same_reason(status: Mapping[str, Any], outcome: Outcome) -> bool:
 
 def _ref(identity: MachineIdentity) -> dict[str, Any]:
     return {
-        "apiVersion": "nhi.dev/v1alpha1",
+        "apiVersion": API_VERSION,
         "kind": "MachineIdentity",
         "metadata": {"namespace": identity.namespace, "name": identity.name, "uid": identity.uid},
     }

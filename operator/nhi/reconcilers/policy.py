@@ -431,10 +431,6 @@ def compute_policy_status(
     }
 
 
-def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    return any(old.get(k) != v for k, v in new.items())
-
-
 class PolicyStatusWriter:
     """Recomputes every policy's status from the watch caches; patches only what changed.
 
@@ -488,7 +484,7 @@ class PolicyStatusWriter:
         now = self.clock()
         for body in policy_bodies:
             status = compute_policy_status(body, parsed, spaces, namespace_labels, now)
-            if not status_changed(body.get("status") or {}, status):
+            if not cond.status_changed(body.get("status") or {}, status):
                 continue
             name = str((body.get("metadata") or {}).get("name", ""))
             try:
