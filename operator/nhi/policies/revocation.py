@@ -36,7 +36,7 @@ class Decision:
 
     @property
     def phase(self) -> str:
-        return "Expired" if self.reason == EXPIRED else "Revoked"
+        return Phase.EXPIRED if self.reason == EXPIRED else Phase.REVOKED
 
 
 def _time(value: Any) -> dt.datetime | None:
