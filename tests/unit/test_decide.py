@@ -16,7 +16,7 @@ from nhi.models.identity import MachineIdentity
 from nhi.models.meta import Reason
 from nhi.models.policy import IdentityPolicy
 from nhi.reconcilers.credentials import CredentialResult
-from nhi.reconcilers.identity import (
+from nhi.reconcilers.identity_plan import (
     Observed,
     Outcome,
     Plan,

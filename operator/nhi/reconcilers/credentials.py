@@ -22,7 +22,7 @@ from nhi import crypto, metrics
 from nhi.builders.rbac import ChildKey, field_for
 from nhi.builders.secrets import build_credential_secret, token_request
 from nhi.k8s.client import Api, ApiError
-from nhi.k8s.events import EventBatch, EventRecorder
+from nhi.k8s.events import EventBatch
 from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.meta import RENEW_ANNOTATION, Reason
@@ -65,7 +65,6 @@ class CredentialManager:
         self,
         api: Api,
         issuers: IssuerService,
-        events: EventRecorder,
         clock: Callable[[], dt.datetime],
         writer: OwnedWriter | None = None,
     ) -> None:
@@ -73,15 +72,13 @@ class CredentialManager:
         self.writer = writer or OwnedWriter(api)
         self.api = api
         self.issuers = issuers
-        self.events = events
         self.clock = clock
 
     async def ensure(
         self,
         identity: MachineIdentity,
-        body: Mapping[str, Any],
         secrets: Mapping[str, Mapping[str, Any]],
-        batch: EventBatch | None = None,
+        batch: EventBatch,
         taken: Collection[str] = (),
     ) -> CredentialResult:
         """Bring every declared credential up to date. ``secrets``: the identity's own, by
@@ -135,10 +132,7 @@ class CredentialManager:
             if outcome.issued is not None:
                 names = result.rotated if outcome.issued == "Rotated" else result.issued
                 names.append(outcome.name)
-                if batch is not None:
-                    batch.normal(outcome.issued, outcome.message)
-                else:
-                    self.events.post(body, "Normal", outcome.issued, outcome.message)
+                batch.normal(outcome.issued, outcome.message)
         raise_first(failures, "could not issue a credential", identity)
         return result
 

@@ -9,16 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nhi import API_VERSION, metrics
+from nhi import metrics
 from nhi.builders.rbac import (
     ChildKey,
-    adoption_snapshot,
     child_key,
-    desired_access,
-    differs,
     field_for,
     is_adopted,
     release_patch,
@@ -30,8 +26,6 @@ from nhi.models import conditions as cond
 from nhi.models.duration import parse_time, rfc3339, utcnow
 from nhi.models.identity import MachineIdentity, SpecError
 from nhi.models.meta import (
-    ADOPT_ANNOTATION,
-    ADOPTED_FROM_ANNOTATION,
     CREDENTIAL_LABEL,
     RESTARTED_AT_ANNOTATION,
     REVOKE_ANNOTATION,
@@ -40,14 +34,10 @@ from nhi.models.meta import (
 )
 from nhi.models.policy import IdentityPolicy
 from nhi.models.workload import Workload
-from nhi.policies import identity_policy as ip
-from nhi.policies.cluster import check_cluster_permissions
 from nhi.policies.ownership import (
     Claim,
     OwnershipConflict,
     controller_ref,
-    describe_owner,
-    owned_by,
 )
 from nhi.policies.revocation import (
     EXPIRED,
@@ -55,7 +45,6 @@ from nhi.policies.revocation import (
     MANUAL,
     REVOKED_PHASES,
     WORKLOAD_DELETED,
-    decide_revocation,
 )
 from nhi.policies.rotation import A_FINGERPRINT, A_ISSUER, A_SERIAL
 from nhi.reconcilers.credentials import (
@@ -63,6 +52,19 @@ from nhi.reconcilers.credentials import (
     CredentialResult,
     raise_first,
     settle,
+)
+from nhi.reconcilers.identity_plan import (
+    Observed,
+    Outcome,
+    Plan,
+    adopting,
+    assess,
+    compute_status,
+    decide,
+    event_ref,
+    owned_children,
+    rollout_window,
+    same_reason,
 )
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter
@@ -79,7 +81,29 @@ CONFLICT_RECHECK = dt.timedelta(seconds=60)
 #: A condition beside the kstatus ones: True when undeclared workloads use the identity.
 UNDECLARED_USERS = "UndeclaredUsers"
 
+#: Tokens and bindings go first on revocation: they are what an attacker could use right now.
+REVOKE_ORDER = {
+    "Secret": 0,
+    "RoleBinding": 1,
+    "ClusterRoleBinding": 1,
+    "Role": 2,
+    "ClusterRole": 2,
+    "ServiceAccount": 3,
+}
+REVOCATION_MESSAGES = {
+    MANUAL: f"revoked by the {REVOKE_ANNOTATION} annotation",
+    EXPIRED: "the lifetime.validFor window ended",
+    WORKLOAD_DELETED: "no matching workload for spec.revocation.gracePeriod",
+}
+
 Clock = Callable[[], dt.datetime]
+
+
+def _verb(settled: bool, existed: bool) -> str:
+    """How a child write is reported: drift restored, or created / updated by a spec change."""
+    if settled:
+        return Reason.RESTORED
+    return Reason.UPDATED if existed else Reason.CREATED
 
 
 class ChildView(Protocol):
@@ -102,192 +126,6 @@ class ChildView(Protocol):
     def service_account(self, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
 
-@dataclass(frozen=True)
-class Observed:
-    identity: MachineIdentity
-    #: The objects the identity owns (by the controller ownerReference's UID).
-    children: Mapping[ChildKey, Mapping[str, Any]]
-    #: A ServiceAccount of the identity's name that it does not own.
-    foreign_service_account: Mapping[str, Any] | None
-    policies: Sequence[IdentityPolicy]
-    namespace_labels: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What to do. ``blocked`` holds (reason, message) when nothing may be applied."""
-
-    apply: tuple[dict[str, Any], ...] = ()
-    delete: tuple[ChildKey, ...] = ()
-    blocked: tuple[str, str] | None = None
-    #: Violations of Warn-enforcement policies: applied, but reported.
-    warnings: tuple[str, ...] = ()
-    #: A ServiceAccount the identity adopts (it may: nhi.dev/adopt and the policies allow it).
-    adopt: Mapping[str, Any] | None = None
-
-
-@dataclass
-class Outcome:
-    ready: bool
-    reason: str
-    message: str
-    stalled: bool = False
-    changes: list[str] = field(default_factory=list)
-    credentials: CredentialResult | None = None
-    #: Not ready on purpose (revoked or expired): nothing is pending, nothing failed.
-    settled: bool = False
-    phase: str | None = None
-    #: Further status fields (workloads, revocation) to write as they are.
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: When to look again even if nothing changes (grace period end, JIT window end).
-    next_check: dt.datetime | None = None
-    #: Workloads running as the ServiceAccount without being matched by the selector.
-    undeclared: list[str] | None = None
-    #: Objects the spec points at that the identity does not own (left untouched).
-    conflicts: list[Claim] = field(default_factory=list)
-
-    @property
-    def next_due(self) -> dt.datetime | None:
-        due = [t for t in (self.next_check, self.credentials and self.credentials.next_due) if t]
-        return min(due) if due else None
-
-
-def owned_children(
-    children: Mapping[ChildKey, Mapping[str, Any]], uid: str, namespace: str, name: str
-) -> dict[ChildKey, Mapping[str, Any]]:
-    """The objects labelled as the identity's that it really owns: labels prove nothing."""
-    return {k: v for k, v in children.items() if owned_by(v, uid, namespace=namespace, name=name)}
-
-
-def adopting(identity: MachineIdentity) -> bool:
-    return identity.annotations.get(ADOPT_ANNOTATION) == "true"
-
-
-def service_account_conflict(
-    identity: MachineIdentity,
-    sa: Mapping[str, Any] | None,
-    policies: Sequence[IdentityPolicy] = (),
-    namespace_labels: Mapping[str, str] | None = None,
-) -> tuple[str, str] | None:
-    """Why an existing ServiceAccount the identity does not own may not be taken over:
-    (reason, message), or None when there is none or the identity may adopt it."""
-    if sa is None:
-        return None
-    name = identity.spec.service_account
-    field = "spec.serviceAccount.name"
-    if not adopting(identity):
-        return (
-            Reason.SERVICE_ACCOUNT_CONFLICT,
-            f"{field}: ServiceAccount {name!r} already exists and {describe_owner(sa)}; set "
-            f'the annotation {ADOPT_ANNOTATION}: "true" to adopt it (whoever sets it must be '
-            "allowed to update and delete that ServiceAccount)",
-        )
-    if controller_ref(sa) is not None:
-        return (
-            Reason.OWNERSHIP_CONFLICT,
-            f"{field}: ServiceAccount {name!r} cannot be adopted: {describe_owner(sa)}",
-        )
-    why = ip.check_adoption(name, policies, namespace_labels or {})
-    if why is not None:
-        return (Reason.ADOPTION_NOT_ALLOWED, why)
-    return None
-
-
-def decide(observed: Observed) -> Plan:
-    """Pure: the children to apply and delete, or why nothing may be done."""
-    identity = observed.identity
-    foreign = observed.foreign_service_account
-    conflict = service_account_conflict(
-        identity, foreign, observed.policies, observed.namespace_labels
-    )
-    if conflict:
-        return Plan(blocked=conflict)
-    verdict = check_cluster_permissions(identity.spec, observed.policies, observed.namespace_labels)
-    if not verdict.allowed:
-        return Plan(blocked=(verdict.reason, verdict.message))
-    violations = ip.evaluate(identity, observed.policies, observed.namespace_labels)
-    denied = ip.denials(violations)
-    if denied:
-        return Plan(blocked=(Reason.POLICY_VIOLATION, ip.summary(denied)))
-    sa_key = ChildKey("ServiceAccount", identity.namespace, identity.spec.service_account)
-    own_sa = observed.children.get(sa_key)
-    adopted_from = (
-        adoption_snapshot(foreign)
-        if foreign is not None
-        else ((own_sa or {}).get("metadata") or {})
-        .get("annotations", {})
-        .get(ADOPTED_FROM_ANNOTATION)
-    )
-    desired = desired_access(identity, adopted_from=adopted_from)
-    wanted = {child_key(o) for o in desired}
-    # Credential Secrets are written by the credential manager; only orphans are removed here.
-    wanted |= {
-        ChildKey("Secret", identity.namespace, c.secret_name) for c in identity.spec.credentials
-    }
-    apply = tuple(o for o in desired if differs(o, _as_dict(observed.children.get(child_key(o)))))
-    delete = tuple(sorted(k for k in observed.children if k not in wanted))
-    return Plan(
-        apply=apply,
-        delete=delete,
-        warnings=tuple(v.message for v in ip.warnings(violations)),
-        adopt=foreign,
-    )
-
-
-def _as_dict(obj: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    return dict(obj) if obj is not None else None
-
-
-def compute_status(identity: MachineIdentity, outcome: Outcome, now: dt.datetime) -> dict[str, Any]:
-    """Pure: the status an outcome leads to, keeping transition times that did not change."""
-    old: Mapping[str, Any] = identity.status
-    conds: Sequence[Mapping[str, Any]] = old.get("conditions") or []
-    gen = identity.generation
-    conds = cond.kstatus_conditions(
-        conds,
-        ready=outcome.ready,
-        stalled=outcome.stalled,
-        settled=outcome.settled,
-        reason=outcome.reason,
-        message=outcome.message,
-        generation=gen,
-        now=now,
-    )
-    phase = outcome.phase or old.get("phase") or Phase.PENDING
-    if outcome.ready and phase == Phase.PENDING:
-        phase = Phase.ACTIVE
-    status: dict[str, Any] = {
-        "observedGeneration": gen,
-        "phase": phase,
-        "serviceAccount": identity.spec.service_account,
-        "conditions": conds,
-    }
-    if outcome.undeclared is not None:
-        conds = cond.set_condition(
-            conds,
-            UNDECLARED_USERS,
-            cond.TRUE if outcome.undeclared else cond.FALSE,
-            "UndeclaredWorkload" if outcome.undeclared else "AllUsersDeclared",
-            (
-                f"{', '.join(outcome.undeclared)} run as the ServiceAccount but are not "
-                "matched by spec.workloads.selector"
-            )
-            if outcome.undeclared
-            else "every workload using the ServiceAccount is declared",
-            gen,
-            now,
-        )
-        status["conditions"] = conds
-    status.update(outcome.extra)
-    creds = outcome.credentials
-    if creds is not None:
-        status["credentials"] = creds.statuses
-        status["nextRenewalTime"] = (
-            min(c["renewalTime"] for c in creds.statuses) if creds.statuses else None
-        )
-    return status
-
-
 class IdentityReconciler:
     def __init__(
         self,
@@ -306,7 +144,7 @@ class IdentityReconciler:
         #: Kept in memory only, so an operator restart never causes a rollout.
         self.pending_rollouts: dict[tuple[str, str], tuple[dt.datetime, list[str]]] = {}
         self.writer = OwnedWriter(api, record=view.written)
-        self.credentials = CredentialManager(api, issuers, events, clock, writer=self.writer)
+        self.credentials = CredentialManager(api, issuers, clock, writer=self.writer)
 
     # ------------------------------------------------------------------ gather
 
@@ -345,7 +183,7 @@ class IdentityReconciler:
             await self._write_status_raw(body, outcome)
             return outcome
         try:
-            outcome = await self._converge(body, identity)
+            outcome = await self._converge(identity)
         except ApiError as err:
             if err.status in (400, 422):
                 # The API server refuses what the spec makes (an object it finds malformed or
@@ -367,102 +205,62 @@ class IdentityReconciler:
         )
         return outcome
 
-    async def _converge(self, body: Mapping[str, Any], identity: MachineIdentity) -> Outcome:
+    async def _converge(self, identity: MachineIdentity) -> Outcome:
         now = self.clock()
-        selector = identity.spec.selector
-        workloads = self.view.workloads(identity.namespace)
-        matched = sorted(w.ref for w in workloads if w.matched_by(selector))
-        undeclared = sorted(
-            w.ref
-            for w in workloads
-            if w.service_account == identity.spec.service_account and not w.matched_by(selector)
-        )
-        decision = decide_revocation(
-            identity.spec,
-            manual=identity.annotations.get(REVOKE_ANNOTATION) == "true",
-            created=_created(identity),
-            status=identity.status,
-            workload_count=len(matched),
-            now=now,
-        )
-        old_workloads = identity.status.get("workloads") or {}
-        workloads_status: dict[str, Any] = {"count": len(matched), "names": matched}
-        if decision.first_seen_at:
-            workloads_status["firstSeenAt"] = rfc3339(decision.first_seen_at)
-        if decision.gone_since:
-            workloads_status["goneSince"] = rfc3339(decision.gone_since)
-        if undeclared:
-            workloads_status["undeclared"] = undeclared
-        if undeclared and undeclared != list(old_workloads.get("undeclared") or []):
+        seen = assess(identity, self.view.workloads(identity.namespace), now)
+        ref = event_ref(identity)
+        if seen.newly_undeclared:
             self.events.post(
-                body,
+                ref,
                 "Warning",
                 "UndeclaredWorkload",
-                f"{', '.join(undeclared)} run as ServiceAccount {identity.spec.service_account} "
-                "but are not matched by spec.workloads.selector",
+                f"{', '.join(seen.undeclared)} run as ServiceAccount "
+                f"{identity.spec.service_account} but are not matched by spec.workloads.selector",
             )
-        extra: dict[str, Any] = {
-            "workloads": workloads_status,
-            "expiresAt": rfc3339(decision.expires_at) if decision.expires_at else None,
-        }
-        if decision.reason is not None:
-            outcome = await self._revoke(body, identity, decision.reason, now)
+        extra = dict(seen.extra)
+        if seen.decision.reason is not None:
+            outcome = await self._revoke(identity, seen.decision.reason, now)
         else:
-            outcome = await self._provision(body, identity)
-            was_revoked = identity.status.get("phase") in REVOKED_PHASES
-            if outcome.ready:
-                outcome.phase = Phase.ACTIVE
-                if was_revoked:
-                    extra.update(reactivatedAt=rfc3339(now), revokedAt=None, revocationReason=None)
-                    self.events.post(
-                        body,
-                        "Normal",
-                        "Reactivated",
-                        f"provisioned afresh after a {identity.status.get('revocationReason')} "
-                        "revocation, with new credentials",
-                    )
-            elif was_revoked:
-                outcome.phase = Phase.PENDING
+            outcome = await self._provision(identity)
+            extra.update(self._reactivation(identity, outcome, now))
         outcome.extra = {**extra, **outcome.extra}
-        outcome.next_check = min(
-            filter(None, (outcome.next_check, decision.next_check)), default=None
-        )
         pending = self.pending_rollouts.get(identity.key)
-        if pending is not None:
-            outcome.next_check = min(filter(None, (outcome.next_check, pending[0])))
-        outcome.undeclared = undeclared
+        due = (outcome.next_check, seen.decision.next_check, pending[0] if pending else None)
+        outcome.next_check = min(filter(None, due), default=None)
+        outcome.undeclared = seen.undeclared
         return outcome
 
-    async def _revoke(
-        self, body: Mapping[str, Any], identity: MachineIdentity, reason: str, now: dt.datetime
-    ) -> Outcome:
+    def _reactivation(
+        self, identity: MachineIdentity, outcome: Outcome, now: dt.datetime
+    ) -> dict[str, Any]:
+        """The phase after provisioning; a revoked identity provisioned afresh says so."""
+        was_revoked = identity.status.get("phase") in REVOKED_PHASES
+        if not outcome.ready:
+            if was_revoked:
+                outcome.phase = Phase.PENDING
+            return {}
+        outcome.phase = Phase.ACTIVE
+        if not was_revoked:
+            return {}
+        self.events.post(
+            event_ref(identity),
+            "Normal",
+            "Reactivated",
+            f"provisioned afresh after a {identity.status.get('revocationReason')} "
+            "revocation, with new credentials",
+        )
+        return {"reactivatedAt": rfc3339(now), "revokedAt": None, "revocationReason": None}
+
+    async def _revoke(self, identity: MachineIdentity, reason: str, now: dt.datetime) -> Outcome:
         """Take every credential and permission away; keep the MachineIdentity as the record."""
         status = identity.status
         phase = Phase.EXPIRED if reason == EXPIRED else Phase.REVOKED
         first = status.get("phase") not in REVOKED_PHASES
         revoked_at = rfc3339(now) if first else status.get("revokedAt") or rfc3339(now)
-        children = self.owned(identity)
         revoked = list(status.get("revoked") or [])
-        # Tokens and bindings first: they are what an attacker could use right now.
-        order = {
-            "Secret": 0,
-            "RoleBinding": 1,
-            "ClusterRoleBinding": 1,
-            "Role": 2,
-            "ClusterRole": 2,
-            "ServiceAccount": 3,
-        }
-        batch = EventBatch(self.events, body)
+        batch = EventBatch(self.events, event_ref(identity))
         try:
-            for key in sorted(children, key=lambda k: (order.get(k.kind, 9), k.name)):
-                obj = children[key]
-                if key.kind == "Secret":
-                    entry = await self._revoke_secret(identity, obj, revoked_at)
-                    if entry is not None:
-                        revoked.append(entry)
-                verb = await self._remove_child(identity.uid, key, obj)
-                if verb:
-                    batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
+            revoked += await self._take_away(identity, reason, revoked_at, batch)
             if first:
                 metrics.revocations.labels(reason).inc()
                 batch.warning(
@@ -470,24 +268,16 @@ class IdentityReconciler:
                 )
                 log.info(
                     "revoked identity",
-                    extra={
-                        "namespace": identity.namespace,
-                        "identity": identity.name,
-                        "reason": reason,
-                    },
-                )
+                    extra={"namespace": identity.namespace, "identity": identity.name,
+                           "reason": reason},
+                )  # fmt: skip
         finally:
             batch.flush()
-        message = {
-            MANUAL: f"revoked by the {REVOKE_ANNOTATION} annotation",
-            EXPIRED: "the lifetime.validFor window ended",
-            WORKLOAD_DELETED: "no matching workload for spec.revocation.gracePeriod",
-        }.get(reason, reason)
         metrics.forget_identity(identity.namespace, identity.name)
         return Outcome(
             False,
             phase,
-            message,
+            REVOCATION_MESSAGES.get(reason, reason),
             settled=True,
             phase=phase,
             extra={
@@ -498,6 +288,24 @@ class IdentityReconciler:
                 "nextRenewalTime": None,
             },
         )
+
+    async def _take_away(
+        self, identity: MachineIdentity, reason: str, revoked_at: str, batch: EventBatch
+    ) -> list[dict[str, Any]]:
+        """Remove every object the identity owns, tokens and bindings first (what an attacker
+        could use right now); the revoked credentials, for the record."""
+        children = self.owned(identity)
+        revoked = []
+        for key in sorted(children, key=lambda k: (REVOKE_ORDER.get(k.kind, 9), k.name)):
+            obj = children[key]
+            if key.kind == "Secret":
+                entry = await self._revoke_secret(identity, obj, revoked_at)
+                if entry is not None:
+                    revoked.append(entry)
+            verb = await self._remove_child(identity.uid, key, obj)
+            if verb:
+                batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
+        return revoked
 
     async def _revoke_secret(
         self, identity: MachineIdentity, obj: Mapping[str, Any], revoked_at: str
@@ -537,7 +345,7 @@ class IdentityReconciler:
                 },
             )
 
-    async def _provision(self, body: Mapping[str, Any], identity: MachineIdentity) -> Outcome:
+    async def _provision(self, identity: MachineIdentity) -> Outcome:
         observed = await self.gather(identity)
         plan = decide(observed)
         if plan.blocked:
@@ -550,81 +358,83 @@ class IdentityReconciler:
                 stalled=True,
                 next_check=self.clock() + CONFLICT_RECHECK if recheck else None,
             )
-        batch = EventBatch(self.events, body)
+        batch = EventBatch(self.events, event_ref(identity))
         try:
-            # The spec as last seen converged: a difference now is drift, which is restored.
-            settled = identity.status.get(
-                "observedGeneration"
-            ) == identity.generation and cond.is_true(
-                identity.status.get("conditions") or [], cond.READY
-            )
             secrets = {k.name: v for k, v in observed.children.items() if k.kind == "Secret"}
             # A token is bound to its Secret, which must exist first: the Secrets of tokens not
             # issued yet are written (without a value) together with the other objects.
             anchors = self.credentials.anchors(identity, secrets)
             changes, written, conflicts = await self._apply_children(
-                identity, observed, plan, settled, batch, anchors
+                identity, observed, plan, batch, anchors
             )
             secrets.update(written)
             taken = {c.name for c in conflicts if c.kind == "Secret"}
-            creds = await self.credentials.ensure(identity, body, secrets, batch, taken)
+            creds = await self.credentials.ensure(identity, secrets, batch, taken)
             conflicts += [c for c in creds.conflicts if c not in conflicts]
-            if creds.rotated and identity.spec.rollout_on_rotation:
-                # Debounce: credentials that rotate within the window cause one rollout.
-                due, names = self.pending_rollouts.get(identity.key, (None, []))
-                self.pending_rollouts[identity.key] = (
-                    due or self.clock() + ROLLOUT_DEBOUNCE,
-                    sorted({*names, *creds.rotated}),
-                )
-            pending = self.pending_rollouts.get(identity.key)
-            if pending is not None and self.clock() >= pending[0]:
-                del self.pending_rollouts[identity.key]
-                if identity.spec.rollout_on_rotation:
-                    await self.rollout(identity, body, pending[1])
-            if conflicts:
-                more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
-                return Outcome(
-                    False,
-                    Reason.OWNERSHIP_CONFLICT,
-                    conflicts[0].message + more,
-                    stalled=True,
-                    changes=changes,
-                    credentials=creds,
-                    next_check=self.clock() + CONFLICT_RECHECK,
-                    conflicts=conflicts,
-                )
-            if creds.not_ready is not None:
-                reason, message = creds.not_ready
-                return Outcome(
-                    False,
-                    reason,
-                    message,
-                    stalled=creds.stalled,
-                    changes=changes,
-                    credentials=creds,
-                )
-            n = len(identity.spec.credentials)
-            message = (
-                f"ServiceAccount {identity.spec.service_account}, its permissions and "
-                f"{n} credential{'s' if n != 1 else ''} are in place"
-            )
-            reason = Reason.CREDENTIALS_ISSUED if n else Reason.PROVISIONED
-            if plan.warnings:
-                note = "; ".join(plan.warnings)
-                message += f"; policy warnings: {note}"
-                ready = cond.get_condition(identity.status.get("conditions") or [], cond.READY)
-                if ready is None or note not in str(ready.get("message", "")):
-                    batch.warning(Reason.POLICY_VIOLATION, note)
-            return Outcome(True, reason, message, changes=changes, credentials=creds)
+            await self._roll_out_if_due(identity, creds.rotated)
+            return self._provisioned(identity, plan, changes, creds, conflicts, batch)
         finally:
             batch.flush()
+
+    async def _roll_out_if_due(self, identity: MachineIdentity, rotated: Sequence[str]) -> None:
+        """Debounced: credentials that rotate within ROLLOUT_DEBOUNCE cause one rollout."""
+        wanted = rotated if identity.spec.rollout_on_rotation else ()
+        pending, due = rollout_window(
+            self.pending_rollouts.get(identity.key), wanted, self.clock(), ROLLOUT_DEBOUNCE
+        )
+        if pending is None:
+            self.pending_rollouts.pop(identity.key, None)
+        else:
+            self.pending_rollouts[identity.key] = pending
+        if due is not None and identity.spec.rollout_on_rotation:
+            await self.rollout(identity, due)
+
+    def _provisioned(
+        self,
+        identity: MachineIdentity,
+        plan: Plan,
+        changes: list[str],
+        creds: CredentialResult,
+        conflicts: list[Claim],
+        batch: EventBatch,
+    ) -> Outcome:
+        """What a provisioning pass came to: Ready, or why not."""
+        if conflicts:
+            more = f" (and {len(conflicts) - 1} more)" if len(conflicts) > 1 else ""
+            return Outcome(
+                False,
+                Reason.OWNERSHIP_CONFLICT,
+                conflicts[0].message + more,
+                stalled=True,
+                changes=changes,
+                credentials=creds,
+                next_check=self.clock() + CONFLICT_RECHECK,
+                conflicts=conflicts,
+            )
+        if creds.not_ready is not None:
+            reason, message = creds.not_ready
+            return Outcome(
+                False, reason, message, stalled=creds.stalled, changes=changes, credentials=creds
+            )
+        n = len(identity.spec.credentials)
+        message = (
+            f"ServiceAccount {identity.spec.service_account}, its permissions and "
+            f"{n} credential{'s' if n != 1 else ''} are in place"
+        )
+        reason = Reason.CREDENTIALS_ISSUED if n else Reason.PROVISIONED
+        if plan.warnings:
+            note = "; ".join(plan.warnings)
+            message += f"; policy warnings: {note}"
+            ready = cond.get_condition(identity.status.get("conditions") or [], cond.READY)
+            if ready is None or note not in str(ready.get("message", "")):
+                batch.warning(Reason.POLICY_VIOLATION, note)
+        return Outcome(True, reason, message, changes=changes, credentials=creds)
 
     async def _apply_children(
         self,
         identity: MachineIdentity,
         observed: Observed,
         plan: Plan,
-        settled: bool,
         batch: EventBatch,
         anchors: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[list[str], dict[str, dict[str, Any]], list[Claim]]:
@@ -652,58 +462,46 @@ class IdentityReconciler:
             ]
         )
         n_apply, n_delete = len(plan.apply), len(plan.delete)
-        changes: list[str] = []
-        failures: list[BaseException] = []
         conflicts = [r.claim for r in results if isinstance(r, OwnershipConflict)]
-        for obj, result in zip(plan.apply, results[:n_apply], strict=True):
-            if isinstance(result, OwnershipConflict):
-                continue
-            if isinstance(result, BaseException):
-                failures.append(result)
-                continue
-            key = child_key(obj)
-            if settled:
-                verb = Reason.RESTORED
-            else:
-                verb = Reason.UPDATED if key in observed.children else Reason.CREATED
-            changes.append(f"{verb} {key}")
+        failures = [
+            r
+            for r in results
+            if isinstance(r, BaseException) and not isinstance(r, OwnershipConflict)
+        ]
+        # The spec as last seen converged: a difference now is drift, which is restored.
+        settled = identity.status.get("observedGeneration") == identity.generation and (
+            cond.is_true(identity.status.get("conditions") or [], cond.READY)
+        )
+        done = [
+            (child_key(obj), _verb(settled, child_key(obj) in observed.children))
+            for obj, r in zip(plan.apply, results[:n_apply], strict=True)
+            if not isinstance(r, BaseException)
+        ]
+        done += [
+            (key, str(r))
+            for key, r in zip(plan.delete, results[n_apply : n_apply + n_delete], strict=True)
+            if r and not isinstance(r, BaseException)
+        ]
+        changes = self._report(identity, done, batch)
+        written = {
+            a["metadata"]["name"]: a for a in results[n_apply + n_delete :] if isinstance(a, dict)
+        }
+        raise_first(failures, "could not write a child", identity)
+        return changes, written, conflicts
+
+    def _report(
+        self, identity: MachineIdentity, done: list[tuple[ChildKey, str]], batch: EventBatch
+    ) -> list[str]:
+        """One Event reason per verb, one log line per change; the changes, in order."""
+        for key, verb in done:
             batch.normal(verb, f"{verb.lower()} {key}")
             log.info(
                 "%s child",
                 verb.lower(),
-                extra={
-                    "child": str(key),
-                    "namespace": identity.namespace,
-                    "identity": identity.name,
-                },
-            )
-        for key, removed in zip(plan.delete, results[n_apply : n_apply + n_delete], strict=True):
-            if isinstance(removed, BaseException):
-                failures.append(removed)
-                continue
-            if not removed:
-                continue
-            changes.append(f"{removed} {key}")
-            batch.normal(str(removed), f"{str(removed).lower()} {key}")
-            log.info(
-                "%s child",
-                str(removed).lower(),
-                extra={
-                    "child": str(key),
-                    "namespace": identity.namespace,
-                    "identity": identity.name,
-                },
-            )
-        written: dict[str, dict[str, Any]] = {}
-        for anchor in results[n_apply + n_delete :]:
-            if isinstance(anchor, OwnershipConflict):
-                continue
-            if isinstance(anchor, BaseException):
-                failures.append(anchor)
-            elif isinstance(anchor, dict):
-                written[anchor["metadata"]["name"]] = anchor
-        raise_first(failures, "could not write a child", identity)
-        return changes, written, conflicts
+                extra={"child": str(key), "namespace": identity.namespace,
+                       "identity": identity.name},
+            )  # fmt: skip
+        return [f"{verb} {key}" for key, verb in done]
 
     async def _apply_child(
         self, identity: MachineIdentity, obj: Mapping[str, Any], observed: Observed, plan: Plan
@@ -738,9 +536,7 @@ class IdentityReconciler:
         self.view.deleted(key)
         return Reason.DELETED
 
-    async def rollout(
-        self, identity: MachineIdentity, body: Mapping[str, Any], rotated: Sequence[str]
-    ) -> None:
+    async def rollout(self, identity: MachineIdentity, rotated: Sequence[str]) -> None:
         """Restart the matching workloads once, however many credentials rotated together."""
         selector = identity.spec.selector
         if selector.empty:
@@ -760,7 +556,7 @@ class IdentityReconciler:
                 await self.api.patch(kind, identity.namespace, name, patch)
                 metrics.rollouts.inc()
                 self.events.post(
-                    body,
+                    event_ref(identity),
                     "Normal",
                     "RolloutTriggered",
                     f"restarted {kind}/{name} after rotating {', '.join(rotated)}",
@@ -819,8 +615,8 @@ class IdentityReconciler:
                 subresource="status",
             )
             self.view.identity_written(written)
-            if not outcome.ready and not _same_reason(identity.status, outcome):
-                self.events.post(_ref(identity), "Warning", outcome.reason, outcome.message)
+            if not outcome.ready and not same_reason(identity.status, outcome):
+                self.events.post(event_ref(identity), "Warning", outcome.reason, outcome.message)
         metrics.observe_identity(
             identity.namespace,
             identity.name,
@@ -858,7 +654,7 @@ class IdentityReconciler:
                 subresource="status",
             )
             self.view.identity_written(written)
-            if not _same_reason(old, outcome):
+            if not same_reason(old, outcome):
                 self.events.post(body, "Warning", outcome.reason, outcome.message)
         spec = body.get("spec") or {}
         metrics.observe_identity(
@@ -868,23 +664,3 @@ class IdentityReconciler:
             str(status["phase"]),
             {"Ready": False, "Reconciling": False, "Stalled": True},
         )
-
-
-def _created(identity: MachineIdentity) -> dt.datetime | None:
-    return parse_time(identity.creation_timestamp) if identity.creation_timestamp else None
-
-
-def _same_reason(status: Mapping[str, Any], outcome: Outcome) -> bool:
-    """True when the stored Ready condition already says what the outcome says."""
-    ready = cond.get_condition(status.get("conditions") or [], cond.READY)
-    return bool(
-        ready and ready.get("reason") == outcome.reason and ready.get("message") == outcome.message
-    )
-
-
-def _ref(identity: MachineIdentity) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "MachineIdentity",
-        "metadata": {"namespace": identity.namespace, "name": identity.name, "uid": identity.uid},
-    }
