@@ -16,19 +16,14 @@ from nhi.builders.rbac import (
     ChildKey,
     child_key,
     field_for,
-    is_adopted,
-    release_patch,
 )
-from nhi.crypto import parse_serial_hex
 from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models import conditions as cond
-from nhi.models.duration import parse_time, rfc3339, utcnow
+from nhi.models.duration import rfc3339, utcnow
 from nhi.models.identity import MachineIdentity, SpecError
 from nhi.models.meta import (
-    CREDENTIAL_LABEL,
     RESTARTED_AT_ANNOTATION,
-    REVOKE_ANNOTATION,
     Phase,
     Reason,
 )
@@ -40,13 +35,8 @@ from nhi.policies.ownership import (
     controller_ref,
 )
 from nhi.policies.revocation import (
-    EXPIRED,
-    IDENTITY_DELETED,
-    MANUAL,
     REVOKED_PHASES,
-    WORKLOAD_DELETED,
 )
-from nhi.policies.rotation import A_FINGERPRINT, A_ISSUER, A_SERIAL
 from nhi.reconcilers.credentials import (
     CredentialManager,
     CredentialResult,
@@ -59,14 +49,14 @@ from nhi.reconcilers.identity_plan import (
     Plan,
     adopting,
     assess,
-    compute_status,
     decide,
     event_ref,
     owned_children,
     rollout_window,
-    same_reason,
 )
-from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
+from nhi.reconcilers.identity_revocation import Revoker
+from nhi.reconcilers.identity_status import StatusWriter
+from nhi.reconcilers.issuer import IssuerService
 from nhi.reconcilers.owned import OwnedWriter
 
 log = logging.getLogger("nhi.reconcilers.identity")
@@ -80,21 +70,6 @@ CONFLICT_RECHECK = dt.timedelta(seconds=60)
 
 #: A condition beside the kstatus ones: True when undeclared workloads use the identity.
 UNDECLARED_USERS = "UndeclaredUsers"
-
-#: Tokens and bindings go first on revocation: they are what an attacker could use right now.
-REVOKE_ORDER = {
-    "Secret": 0,
-    "RoleBinding": 1,
-    "ClusterRoleBinding": 1,
-    "Role": 2,
-    "ClusterRole": 2,
-    "ServiceAccount": 3,
-}
-REVOCATION_MESSAGES = {
-    MANUAL: f"revoked by the {REVOKE_ANNOTATION} annotation",
-    EXPIRED: "the lifetime.validFor window ended",
-    WORKLOAD_DELETED: "no matching workload for spec.revocation.gracePeriod",
-}
 
 Clock = Callable[[], dt.datetime]
 
@@ -143,7 +118,9 @@ class IdentityReconciler:
         #: Rollouts waiting for the debounce window: identity -> (when, rotated credentials).
         #: Kept in memory only, so an operator restart never causes a rollout.
         self.pending_rollouts: dict[tuple[str, str], tuple[dt.datetime, list[str]]] = {}
-        self.writer = OwnedWriter(api, record=view.written)
+        self.writer = OwnedWriter(api, record=view.written, forget=view.deleted)
+        self.revoker = Revoker(view.children_of, events, issuers, self.writer, clock)
+        self.status = StatusWriter(api, events, view.identity_written, clock)
         self.credentials = CredentialManager(api, issuers, clock, writer=self.writer)
 
     # ------------------------------------------------------------------ gather
@@ -180,7 +157,7 @@ class IdentityReconciler:
             identity = MachineIdentity.from_body(body)
         except SpecError as err:
             outcome = Outcome(False, Reason.INVALID_SPEC, str(err), stalled=True)
-            await self._write_status_raw(body, outcome)
+            await self.status.write_raw(body, outcome)
             return outcome
         try:
             outcome = await self._converge(identity)
@@ -194,12 +171,12 @@ class IdentityReconciler:
                     f"the API server refused an object made from the spec: {err}",
                     stalled=True,
                 )
-                await self._write_status(identity, outcome)
+                await self.status.write(identity, outcome)
                 return outcome
             outcome = Outcome(False, Reason.API_ERROR, str(err))
-            await self._write_status(identity, outcome)
+            await self.status.write(identity, outcome)
             raise
-        await self._write_status(identity, outcome)
+        await self.status.write(identity, outcome)
         metrics.reconcile_duration.labels("MachineIdentity").observe(
             (self.clock() - started).total_seconds()
         )
@@ -219,7 +196,7 @@ class IdentityReconciler:
             )
         extra = dict(seen.extra)
         if seen.decision.reason is not None:
-            outcome = await self._revoke(identity, seen.decision.reason, now)
+            outcome = await self.revoker.revoke(identity, seen.decision.reason, now)
         else:
             outcome = await self._provision(identity)
             extra.update(self._reactivation(identity, outcome, now))
@@ -250,100 +227,6 @@ class IdentityReconciler:
             "revocation, with new credentials",
         )
         return {"reactivatedAt": rfc3339(now), "revokedAt": None, "revocationReason": None}
-
-    async def _revoke(self, identity: MachineIdentity, reason: str, now: dt.datetime) -> Outcome:
-        """Take every credential and permission away; keep the MachineIdentity as the record."""
-        status = identity.status
-        phase = Phase.EXPIRED if reason == EXPIRED else Phase.REVOKED
-        first = status.get("phase") not in REVOKED_PHASES
-        revoked_at = rfc3339(now) if first else status.get("revokedAt") or rfc3339(now)
-        revoked = list(status.get("revoked") or [])
-        batch = EventBatch(self.events, event_ref(identity))
-        try:
-            revoked += await self._take_away(identity, reason, revoked_at, batch)
-            if first:
-                metrics.revocations.labels(reason).inc()
-                batch.warning(
-                    phase, f"identity revoked ({reason}): credentials and permissions removed"
-                )
-                log.info(
-                    "revoked identity",
-                    extra={"namespace": identity.namespace, "identity": identity.name,
-                           "reason": reason},
-                )  # fmt: skip
-        finally:
-            batch.flush()
-        metrics.forget_identity(identity.namespace, identity.name)
-        return Outcome(
-            False,
-            phase,
-            REVOCATION_MESSAGES.get(reason, reason),
-            settled=True,
-            phase=phase,
-            extra={
-                "revokedAt": revoked_at,
-                "revocationReason": reason,
-                "revoked": revoked[-1000:],
-                "credentials": [],
-                "nextRenewalTime": None,
-            },
-        )
-
-    async def _take_away(
-        self, identity: MachineIdentity, reason: str, revoked_at: str, batch: EventBatch
-    ) -> list[dict[str, Any]]:
-        """Remove every object the identity owns, tokens and bindings first (what an attacker
-        could use right now); the revoked credentials, for the record."""
-        children = self.owned(identity)
-        revoked = []
-        for key in sorted(children, key=lambda k: (REVOKE_ORDER.get(k.kind, 9), k.name)):
-            obj = children[key]
-            if key.kind == "Secret":
-                entry = await self._revoke_secret(identity, obj, revoked_at)
-                if entry is not None:
-                    revoked.append(entry)
-            verb = await self._remove_child(identity.uid, key, obj)
-            if verb:
-                batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
-        return revoked
-
-    async def _revoke_secret(
-        self, identity: MachineIdentity, obj: Mapping[str, Any], revoked_at: str
-    ) -> dict[str, Any] | None:
-        """Record a credential Secret's value as revoked; X509 serials go on the CRL."""
-        meta = obj.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        ann = meta.get("annotations") or {}
-        cred = labels.get(CREDENTIAL_LABEL)
-        if not cred:
-            return None
-        entry: dict[str, Any] = {"credential": cred, "revokedAt": revoked_at}
-        if ann.get(A_FINGERPRINT):
-            entry["fingerprint"] = ann[A_FINGERPRINT]
-        serial, issuer = ann.get(A_SERIAL), ann.get(A_ISSUER)
-        if serial and issuer:
-            entry["serialNumber"] = serial
-            await self._add_to_crl(identity, issuer, serial, parse_time(revoked_at))
-        return entry
-
-    async def _add_to_crl(
-        self, identity: MachineIdentity, issuer: str, serial: str, when: dt.datetime
-    ) -> None:
-        kind, _, name = issuer.partition("/")
-        try:
-            signer = await self.issuers.signer(kind, name, identity.namespace)
-            await self.issuers.revoke(signer, [(parse_serial_hex(serial), when)])
-        except IssuerNotReady as err:
-            log.warning(
-                "could not add a serial to the CRL",
-                extra={
-                    "namespace": identity.namespace,
-                    "identity": identity.name,
-                    "issuer": issuer,
-                    "serial": serial,
-                    "error": err.message,
-                },
-            )
 
     async def _provision(self, identity: MachineIdentity) -> Outcome:
         observed = await self.gather(identity)
@@ -455,7 +338,7 @@ class IdentityReconciler:
             [
                 *(self._apply_child(identity, obj, observed, plan) for obj in plan.apply),
                 *(
-                    self._remove_child(identity.uid, key, observed.children[key])
+                    self.writer.remove(identity.uid, key, observed.children[key])
                     for key in plan.delete
                 ),
                 *(self._apply_child(identity, obj, observed, plan) for obj in anchors),
@@ -513,29 +396,6 @@ class IdentityReconciler:
             current = plan.adopt
         return await self.writer.write(identity, obj, current, field_for(identity, key))
 
-    async def _remove_child(self, uid: str, key: ChildKey, obj: Mapping[str, Any]) -> str:
-        """Delete an owned child, or give an adopted ServiceAccount back as it was.
-        Returns what was done (a Reason), or "" when the object was already gone."""
-        if key.kind == "ServiceAccount" and is_adopted(obj):
-            try:
-                await self.api.patch(
-                    "ServiceAccount",
-                    key.namespace,
-                    key.name,
-                    release_patch(obj, uid),
-                    content_type="application/json-patch+json",
-                )
-            except ApiError as err:
-                if err.status not in (404, 409, 422):  # gone, or not the one we adopted
-                    raise
-                return ""
-            self.view.deleted(key)
-            return Reason.RELEASED
-        if not await self.writer.delete(key.kind, obj):
-            return ""
-        self.view.deleted(key)
-        return Reason.DELETED
-
     async def rollout(self, identity: MachineIdentity, rotated: Sequence[str]) -> None:
         """Restart the matching workloads once, however many credentials rotated together."""
         selector = identity.spec.selector
@@ -565,102 +425,5 @@ class IdentityReconciler:
     async def cleanup(self, body: Mapping[str, Any]) -> list[str]:
         """Remove every object the identity created, cluster-scoped ones included."""
         meta = body.get("metadata") or {}
-        namespace, name = meta.get("namespace", ""), meta.get("name", "")
-        removed = []
-        self.pending_rollouts.pop((namespace, name), None)
-        uid = str(meta.get("uid") or "")
-        children = owned_children(self.view.children_of(namespace, name), uid, namespace, name)
-        try:
-            identity: MachineIdentity | None = MachineIdentity.from_body(body)
-        except ValueError:
-            identity = None  # an invalid spec: its objects go all the same
-        if identity is not None and (body.get("status") or {}).get("phase") not in REVOKED_PHASES:
-            revoked_at = rfc3339(self.clock())
-            for key, obj in children.items():
-                if key.kind == "Secret":
-                    try:
-                        await self._revoke_secret(identity, obj, revoked_at)
-                    except ApiError:
-                        raise  # transient: the clean-up is tried again
-                    except Exception as err:
-                        # Trying again would fail again and keep the identity (and its
-                        # namespace) from ever being deleted: say so, and go on.
-                        log.error(
-                            "could not record a credential as revoked",
-                            extra={
-                                "namespace": namespace,
-                                "identity": name,
-                                "secret_name": key.name,
-                                "error": repr(err),
-                            },
-                        )
-            metrics.revocations.labels(IDENTITY_DELETED).inc()
-        for key in sorted(children):
-            if await self._remove_child(uid, key, children[key]):
-                removed.append(str(key))
-        metrics.forget_identity(namespace, name)
-        return removed
-
-    # ------------------------------------------------------------------ status
-
-    async def _write_status(self, identity: MachineIdentity, outcome: Outcome) -> None:
-        now = self.clock()
-        status = compute_status(identity, outcome, now)
-        if cond.status_changed(identity.status, status):
-            written = await self.api.patch(
-                "MachineIdentity",
-                identity.namespace,
-                identity.name,
-                {"status": status},
-                subresource="status",
-            )
-            self.view.identity_written(written)
-            if not outcome.ready and not same_reason(identity.status, outcome):
-                self.events.post(event_ref(identity), "Warning", outcome.reason, outcome.message)
-        metrics.observe_identity(
-            identity.namespace,
-            identity.name,
-            identity.spec.owner,
-            status["phase"],
-            {c["type"]: c["status"] == cond.TRUE for c in status["conditions"]},
-        )
-
-    async def _write_status_raw(self, body: Mapping[str, Any], outcome: Outcome) -> None:
-        """Status for an identity whose spec could not even be parsed."""
-        meta = body.get("metadata") or {}
-        old = body.get("status") or {}
-        now = self.clock()
-        gen = int(meta.get("generation") or 0)
-        conds = cond.kstatus_conditions(
-            old.get("conditions") or [],
-            ready=False,
-            stalled=True,
-            reason=outcome.reason,
-            message=outcome.message,
-            generation=gen,
-            now=now,
-        )
-        status = {
-            "observedGeneration": gen,
-            "phase": old.get("phase") or Phase.PENDING,
-            "conditions": conds,
-        }
-        if cond.status_changed(old, status):
-            written = await self.api.patch(
-                "MachineIdentity",
-                meta.get("namespace"),
-                meta.get("name", ""),
-                {"status": status},
-                subresource="status",
-            )
-            self.view.identity_written(written)
-            if not same_reason(old, outcome):
-                self.events.post(body, "Warning", outcome.reason, outcome.message)
-        spec = body.get("spec") or {}
-        metrics.observe_identity(
-            str(meta.get("namespace", "")),
-            str(meta.get("name", "")),
-            str(spec.get("owner") or ""),
-            str(status["phase"]),
-            {"Ready": False, "Reconciling": False, "Stalled": True},
-        )
+        self.pending_rollouts.pop((meta.get("namespace", ""), meta.get("name", "")), None)
+        return await self.revoker.cleanup(body)

@@ -13,8 +13,10 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from nhi.k8s.client import Api, Conflict, Invalid
+from nhi.builders.rbac import ChildKey, is_adopted, release_patch
+from nhi.k8s.client import Api, ApiError, Conflict, Invalid
 from nhi.models.identity import MachineIdentity
+from nhi.models.meta import Reason
 from nhi.policies.ownership import Claim, OwnershipConflict, describe_owner, owned_by
 
 
@@ -24,11 +26,15 @@ def uid_of(obj: Mapping[str, Any] | None) -> str:
 
 class OwnedWriter:
     def __init__(
-        self, api: Api, record: Callable[[Mapping[str, Any]], None] = lambda obj: None
+        self,
+        api: Api,
+        record: Callable[[Mapping[str, Any]], None] = lambda obj: None,
+        forget: Callable[[ChildKey], None] = lambda key: None,
     ) -> None:
         self.api = api
-        #: Told about every write, so the caller's caches know about it before the watch does.
+        #: Told about every write and removal, so the caller's caches know before the watch.
         self.record = record
+        self.forget = forget
 
     async def write(
         self,
@@ -92,3 +98,26 @@ class OwnedWriter:
             )
         except Conflict:
             return False  # the UID precondition failed: a namesake, not ours to delete
+
+    async def remove(self, uid: str, key: ChildKey, obj: Mapping[str, Any]) -> str:
+        """Delete an owned child, or give an adopted ServiceAccount back as it was.
+        Returns what was done (a Reason), or "" when the object was already gone."""
+        if key.kind == "ServiceAccount" and is_adopted(obj):
+            try:
+                await self.api.patch(
+                    "ServiceAccount",
+                    key.namespace,
+                    key.name,
+                    release_patch(obj, uid),
+                    content_type="application/json-patch+json",
+                )
+            except ApiError as err:
+                if err.status not in (404, 409, 422):  # gone, or not the one we adopted
+                    raise
+                return ""
+            self.forget(key)
+            return Reason.RELEASED
+        if not await self.delete(key.kind, obj):
+            return ""
+        self.forget(key)
+        return Reason.DELETED

@@ -1,0 +1,204 @@
+"""Revoking a MachineIdentity: every credential and permission taken away, the record kept.
+
+Runs when revocation rules say so (nhi.policies.revocation: workloads gone, JIT window over,
+the nhi.dev/revoke annotation) and when the identity is deleted (its finalizer's clean-up).
+Only objects the identity owns are touched; an adopted ServiceAccount is given back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from nhi import metrics
+from nhi.builders.rbac import ChildKey
+from nhi.crypto import parse_serial_hex
+from nhi.k8s.client import ApiError
+from nhi.k8s.events import EventBatch, EventRecorder
+from nhi.models.duration import parse_time, rfc3339
+from nhi.models.identity import MachineIdentity
+from nhi.models.meta import CREDENTIAL_LABEL, REVOKE_ANNOTATION, Phase
+from nhi.policies.revocation import (
+    EXPIRED,
+    IDENTITY_DELETED,
+    MANUAL,
+    REVOKED_PHASES,
+    WORKLOAD_DELETED,
+)
+from nhi.policies.rotation import A_FINGERPRINT, A_ISSUER, A_SERIAL
+from nhi.reconcilers.identity_plan import Outcome, event_ref, owned_children
+from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
+from nhi.reconcilers.owned import OwnedWriter
+
+log = logging.getLogger("nhi.reconcilers.identity")
+
+#: Tokens and bindings go first on revocation: they are what an attacker could use right now.
+REVOKE_ORDER = {
+    "Secret": 0,
+    "RoleBinding": 1,
+    "ClusterRoleBinding": 1,
+    "Role": 2,
+    "ClusterRole": 2,
+    "ServiceAccount": 3,
+}
+REVOCATION_MESSAGES = {
+    MANUAL: f"revoked by the {REVOKE_ANNOTATION} annotation",
+    EXPIRED: "the lifetime.validFor window ended",
+    WORKLOAD_DELETED: "no matching workload for spec.revocation.gracePeriod",
+}
+
+Children = Callable[[str, str], dict[ChildKey, dict[str, Any]]]
+
+
+class Revoker:
+    def __init__(
+        self,
+        children_of: Children,
+        events: EventRecorder,
+        issuers: IssuerService,
+        writer: OwnedWriter,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self.children_of = children_of
+        self.events = events
+        self.issuers = issuers
+        self.writer = writer
+        self.clock = clock
+
+    def owned(self, identity: MachineIdentity) -> dict[ChildKey, Mapping[str, Any]]:
+        children = self.children_of(identity.namespace, identity.name)
+        return owned_children(children, identity.uid, identity.namespace, identity.name)
+
+    async def revoke(self, identity: MachineIdentity, reason: str, now: dt.datetime) -> Outcome:
+        """Take every credential and permission away; keep the MachineIdentity as the record."""
+        status = identity.status
+        phase = Phase.EXPIRED if reason == EXPIRED else Phase.REVOKED
+        first = status.get("phase") not in REVOKED_PHASES
+        revoked_at = rfc3339(now) if first else status.get("revokedAt") or rfc3339(now)
+        revoked = list(status.get("revoked") or [])
+        batch = EventBatch(self.events, event_ref(identity))
+        try:
+            revoked += await self.take_away(identity, reason, revoked_at, batch)
+            if first:
+                metrics.revocations.labels(reason).inc()
+                batch.warning(
+                    phase, f"identity revoked ({reason}): credentials and permissions removed"
+                )
+                log.info(
+                    "revoked identity",
+                    extra={"namespace": identity.namespace, "identity": identity.name,
+                           "reason": reason},
+                )  # fmt: skip
+        finally:
+            batch.flush()
+        metrics.forget_identity(identity.namespace, identity.name)
+        return Outcome(
+            False,
+            phase,
+            REVOCATION_MESSAGES.get(reason, reason),
+            settled=True,
+            phase=phase,
+            extra={
+                "revokedAt": revoked_at,
+                "revocationReason": reason,
+                "revoked": revoked[-1000:],
+                "credentials": [],
+                "nextRenewalTime": None,
+            },
+        )
+
+    async def take_away(
+        self, identity: MachineIdentity, reason: str, revoked_at: str, batch: EventBatch
+    ) -> list[dict[str, Any]]:
+        """Remove every object the identity owns, tokens and bindings first (what an attacker
+        could use right now); the revoked credentials, for the record."""
+        children = self.owned(identity)
+        revoked = []
+        for key in sorted(children, key=lambda k: (REVOKE_ORDER.get(k.kind, 9), k.name)):
+            obj = children[key]
+            if key.kind == "Secret":
+                entry = await self._revoke_secret(identity, obj, revoked_at)
+                if entry is not None:
+                    revoked.append(entry)
+            verb = await self.writer.remove(identity.uid, key, obj)
+            if verb:
+                batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
+        return revoked
+
+    async def _revoke_secret(
+        self, identity: MachineIdentity, obj: Mapping[str, Any], revoked_at: str
+    ) -> dict[str, Any] | None:
+        """Record a credential Secret's value as revoked; X509 serials go on the CRL."""
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        ann = meta.get("annotations") or {}
+        cred = labels.get(CREDENTIAL_LABEL)
+        if not cred:
+            return None
+        entry: dict[str, Any] = {"credential": cred, "revokedAt": revoked_at}
+        if ann.get(A_FINGERPRINT):
+            entry["fingerprint"] = ann[A_FINGERPRINT]
+        serial, issuer = ann.get(A_SERIAL), ann.get(A_ISSUER)
+        if serial and issuer:
+            entry["serialNumber"] = serial
+            await self._add_to_crl(identity, issuer, serial, parse_time(revoked_at))
+        return entry
+
+    async def _add_to_crl(
+        self, identity: MachineIdentity, issuer: str, serial: str, when: dt.datetime
+    ) -> None:
+        kind, _, name = issuer.partition("/")
+        try:
+            signer = await self.issuers.signer(kind, name, identity.namespace)
+            await self.issuers.revoke(signer, [(parse_serial_hex(serial), when)])
+        except IssuerNotReady as err:
+            log.warning(
+                "could not add a serial to the CRL",
+                extra={
+                    "namespace": identity.namespace,
+                    "identity": identity.name,
+                    "issuer": issuer,
+                    "serial": serial,
+                    "error": err.message,
+                },
+            )
+
+    async def cleanup(self, body: Mapping[str, Any]) -> list[str]:
+        """Remove every object the identity created, cluster-scoped ones included."""
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        removed = []
+        uid = str(meta.get("uid") or "")
+        children = owned_children(self.children_of(namespace, name), uid, namespace, name)
+        try:
+            identity: MachineIdentity | None = MachineIdentity.from_body(body)
+        except ValueError:
+            identity = None  # an invalid spec: its objects go all the same
+        if identity is not None and (body.get("status") or {}).get("phase") not in REVOKED_PHASES:
+            revoked_at = rfc3339(self.clock())
+            for key, obj in children.items():
+                if key.kind == "Secret":
+                    try:
+                        await self._revoke_secret(identity, obj, revoked_at)
+                    except ApiError:
+                        raise  # transient: the clean-up is tried again
+                    except Exception as err:
+                        # Trying again would fail again and keep the identity (and its
+                        # namespace) from ever being deleted: say so, and go on.
+                        log.error(
+                            "could not record a credential as revoked",
+                            extra={
+                                "namespace": namespace,
+                                "identity": name,
+                                "secret_name": key.name,
+                                "error": repr(err),
+                            },
+                        )
+            metrics.revocations.labels(IDENTITY_DELETED).inc()
+        for key in sorted(children):
+            if await self.writer.remove(uid, key, children[key]):
+                removed.append(str(key))
+        metrics.forget_identity(namespace, name)
+        return removed
