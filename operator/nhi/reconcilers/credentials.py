@@ -10,8 +10,6 @@ except into the Secret: logs, Events and status carry serials and fingerprints o
 from __future__ import annotations
 
 import asyncio
-import base64
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -19,18 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from nhi import crypto, metrics
-from nhi.builders.rbac import ChildKey, field_for
-from nhi.builders.secrets import build_credential_secret, token_request
+from nhi.builders.secrets import build_credential_secret
 from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventBatch
-from nhi.models.duration import parse_time, rfc3339
+from nhi.models.duration import rfc3339
 from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.meta import RENEW_ANNOTATION, Reason
 from nhi.policies import rotation
 from nhi.policies.ownership import Claim, OwnershipConflict
 from nhi.policies.rotation import Issued
+from nhi.reconcilers.issuance import Minter
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService, Signer
-from nhi.reconcilers.owned import OwnedWriter, uid_of
+from nhi.reconcilers.owned import OwnedWriter
 
 log = logging.getLogger("nhi.reconcilers.credentials")
 
@@ -70,6 +68,7 @@ class CredentialManager:
     ) -> None:
         #: Writes only Secrets the identity owns, and tells the caches about each write.
         self.writer = writer or OwnedWriter(api)
+        self.minter = Minter(api, self.writer)
         self.api = api
         self.issuers = issuers
         self.clock = clock
@@ -91,11 +90,8 @@ class CredentialManager:
         """
         result = CredentialResult()
         renew_request = identity.annotations.get(RENEW_ANNOTATION) or None
-        metrics.sync_credentials(
-            identity.namespace,
-            identity.name,
-            [_labels(identity, c) for c in identity.spec.credentials],
-        )
+        labels = [_labels(identity, c) for c in identity.spec.credentials]
+        metrics.sync_credentials(identity.namespace, identity.name, labels)
         # Checking is in memory (an issuer's first use aside); only issuing makes requests.
         checked: list[tuple[int, _Pass | _Due | Exception]] = []
         for index, cred in enumerate(identity.spec.credentials):
@@ -238,10 +234,10 @@ class CredentialManager:
         cred, issued, now, reason = due.cred, due.issued, due.now, due.reason
         if reason is None:
             assert issued is not None
-            kept = await self._drop_previous(identity, cred, issued, due.stored)
+            kept = await self.minter.drop_previous(identity, cred, issued, due.stored)
             self._observe(identity, cred, kept)
             return _Pass(cred.name, status=_status(cred, kept), due=rotation.next_due(kept, now))
-        new = await self._issue(
+        new = await self.minter.issue(
             identity, cred, issued, due.stored, due.signer, now, reason, due.renew_handled
         )
         self._observe(identity, cred, new)
@@ -272,145 +268,6 @@ class CredentialManager:
                 f"not after {rfc3339(new.not_after)}, reason {reason})"
             ),
         )
-
-    # ------------------------------------------------------------------ issuing
-
-    async def _issue(
-        self,
-        identity: MachineIdentity,
-        cred: Credential,
-        old: Issued | None,
-        stored: Mapping[str, Any] | None,
-        signer: Signer | None,
-        now: dt.datetime,
-        reason: str,
-        renew_handled: str = "",
-    ) -> Issued:
-        job = _Issuance(
-            identity, cred, now, (old.rotation_count + 1) if old else 0, renew_handled, stored
-        )
-        if cred.type == "ServiceAccountToken":
-            return await self._issue_token(job)
-        if cred.type == "X509":
-            assert signer is not None
-            return await self._issue_x509(job, signer)
-        return await self._issue_static(job, old)
-
-    async def _issue_token(self, job: _Issuance) -> Issued:
-        identity, cred = job.identity, job.cred
-        uid = uid_of(job.stored)
-        if not uid:
-            # The token is bound to its Secret, so the Secret must exist (and have a uid) first.
-            job = job.stored_as(
-                await self._write(job, build_credential_secret(identity, cred, None, {}))
-            )
-            uid = uid_of(job.stored)
-        answer = await self.api.create(
-            "ServiceAccount",
-            identity.namespace,
-            token_request(cred, cred.secret_name, uid),
-            name=identity.spec.service_account,
-            subresource="token",
-        )
-        token: str = answer["status"]["token"]
-        not_after = parse_time(answer["status"]["expirationTimestamp"])
-        issued = job.issued(job.now, not_after, fingerprint=crypto.secret_fingerprint(token))
-        await self._write(
-            job,
-            build_credential_secret(
-                identity, cred, {"token": token.encode()}, issued.annotations()
-            ),
-        )
-        return issued
-
-    async def _issue_x509(self, job: _Issuance, signer: Signer) -> Issued:
-        identity, cred = job.identity, job.cred
-        key = crypto.generate_key(cred.key_algorithm)
-        cert = signer.ca.issue_leaf(
-            public_key=key.public_key(),
-            spiffe_id=crypto.spiffe_id(
-                signer.trust_domain, identity.namespace, identity.spec.service_account
-            ),
-            dns_names=cred.dns_names,
-            now=job.now,
-            ttl=cred.ttl,
-        )
-        issued = job.issued(
-            cert.not_valid_before_utc,
-            cert.not_valid_after_utc,
-            serial=crypto.serial_hex(cert),
-            fingerprint=crypto.fingerprint_sha256(cert),
-            issuer=signer.ref,
-            ca_fingerprint=signer.ca.fingerprint,
-        )
-        data = {
-            "tls.crt": crypto.chain_pem([cert, *signer.chain]),
-            "tls.key": crypto.private_key_pem(key),
-            "ca.crt": signer.bundle_pem,
-        }
-        await self._write(job, build_credential_secret(identity, cred, data, issued.annotations()))
-        return issued
-
-    async def _issue_static(self, job: _Issuance, old: Issued | None) -> Issued:
-        identity, cred, now = job.identity, job.cred, job.now
-        assert cred.generator is not None
-        value = crypto.generate_secret(cred.generator.length, cred.generator.charset)
-        data = {"current": value.encode()}
-        previous_not_after = None
-        if old is not None and old.not_after > now:
-            # Keep the value being replaced as `previous` until its own expiry: verifiers
-            # accept both while consumers roll over.
-            current = await self._read_data(identity, cred, job.stored, "current")
-            if current is not None:
-                data["previous"] = current
-                previous_not_after = old.not_after
-        issued = job.issued(
-            now,
-            now + cred.ttl,
-            fingerprint=crypto.secret_fingerprint(value),
-            previous_not_after=previous_not_after,
-        )
-        await self._write(job, build_credential_secret(identity, cred, data, issued.annotations()))
-        return issued
-
-    async def _drop_previous(
-        self,
-        identity: MachineIdentity,
-        cred: Credential,
-        issued: Issued,
-        stored: Mapping[str, Any] | None,
-    ) -> Issued:
-        """The overlap window ended: remove ``previous`` from a StaticSecret."""
-        current = await self._read_data(identity, cred, stored, "current")
-        new = Issued(**{**issued.__dict__, "previous_not_after": None})
-        if current is not None:
-            await self.writer.write(
-                identity,
-                build_credential_secret(identity, cred, {"current": current}, new.annotations()),
-                stored,
-                _field(identity, cred),
-            )
-        return new
-
-    async def _write(self, job: _Issuance, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Create the credential's Secret, or update the one the identity owns."""
-        return await self.writer.write(
-            job.identity, obj, job.stored, _field(job.identity, job.cred)
-        )
-
-    async def _read_data(
-        self,
-        identity: MachineIdentity,
-        cred: Credential,
-        stored: Mapping[str, Any] | None,
-        key: str,
-    ) -> bytes | None:
-        """A value from the identity's own Secret (never from a namesake that replaced it)."""
-        secret = await self.api.get("Secret", identity.namespace, cred.secret_name)
-        if secret is None or uid_of(secret) != uid_of(stored):
-            return None
-        value = (secret.get("data") or {}).get(key)
-        return base64.b64decode(value) if value else None
 
     # ------------------------------------------------------------------ metrics
 
@@ -477,41 +334,6 @@ class _Pass:
     #: "Issued" or "Rotated" when a value was issued, with the Event message saying so.
     issued: str | None = None
     message: str = ""
-
-
-@dataclass(frozen=True)
-class _Issuance:
-    """One issuance of one credential: what every type records the same way."""
-
-    identity: MachineIdentity
-    cred: Credential
-    now: dt.datetime
-    count: int
-    renew_handled: str
-    #: The identity's own Secret for the credential, as last seen (None: not written yet).
-    stored: Mapping[str, Any] | None = None
-
-    def stored_as(self, written: Mapping[str, Any]) -> _Issuance:
-        return dataclasses.replace(self, stored=written)
-
-    def issued(self, not_before: dt.datetime, not_after: dt.datetime, **ids: Any) -> Issued:
-        seed = f"{self.identity.uid}/{self.cred.name}/{self.count}"
-        return Issued(
-            not_before=not_before,
-            not_after=not_after,
-            renewal_time=rotation.renewal_time(
-                self.identity.spec, not_before, not_after, seed, issued_at=self.now
-            ),
-            issued_at=self.now,
-            rotation_count=self.count,
-            spec_hash=rotation.spec_hash(self.cred, self.identity.spec.service_account),
-            renew_handled=self.renew_handled,
-            **ids,
-        )
-
-
-def _field(identity: MachineIdentity, cred: Credential) -> str:
-    return field_for(identity, ChildKey("Secret", identity.namespace, cred.secret_name))
 
 
 def _labels(identity: MachineIdentity, cred: Credential) -> tuple[str, str, str, str, str]:
