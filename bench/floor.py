@@ -20,8 +20,8 @@ from nhi.k8s.client import Api
 from nhi.models import conditions as cond
 from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import Credential, MachineIdentity
+from nhi.models.issued import Issued
 from nhi.policies import rotation
-from nhi.policies.rotation import Issued
 
 TRUST_DOMAIN = "bench.example.org"
 

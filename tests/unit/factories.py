@@ -14,8 +14,8 @@ from typing import Any
 from nhi.builders.rbac import ChildKey, child_key, desired_access
 from nhi.builders.secrets import build_credential_secret
 from nhi.models.identity import MachineIdentity
+from nhi.models.issued import Issued
 from nhi.models.policy import IdentityPolicy
-from nhi.policies.rotation import Issued
 
 NAME = "payments-api"
 NAMESPACE = "team-a"

@@ -24,6 +24,7 @@ from nhi.crypto.certs import _validate_dns_names
 from nhi.k8s.client import encode_body
 from nhi.models.duration import MAX_DURATION, parse_duration
 from nhi.models.identity import Credential, MachineIdentity, Spec, SpecError
+from nhi.models.issued import Issued
 from nhi.models.issuer import Issuer
 from nhi.models.policy import IdentityPolicy
 from nhi.policies import identity_policy as ip
@@ -329,9 +330,9 @@ def test_no_spec_issues_faster_than_the_minimum_interval(
     ttl = dt.timedelta(seconds=ttl_seconds)
     cred = Credential(name="mtls", type="X509", secret_name="app-mtls", ttl=ttl)
 
-    def issue(now: dt.datetime, count: int) -> rot.Issued:
+    def issue(now: dt.datetime, count: int) -> Issued:
         renewal = rot.renewal_time(spec, now - backdate, now + ttl, f"s/{count}", issued_at=now)
-        return rot.Issued(now - backdate, now + ttl, renewal, now, count, "h")
+        return Issued(now - backdate, now + ttl, renewal, now, count, "h")
 
     now = T0
     issued = issue(now, 0)

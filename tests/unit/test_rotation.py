@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from nhi.models import issued
+from nhi.models.issued import Issued
 from nhi.policies import rotation as rot
-from nhi.policies.rotation import Issued, jitter, next_due, reason_to_issue, renewal_time
+from nhi.policies.rotation import jitter, next_due, reason_to_issue, renewal_time
 from tests.unit.factories import T0, credential, make_identity, make_issued
 
 pytestmark = pytest.mark.unit
@@ -258,7 +260,7 @@ def test_a_renew_request_renews_once() -> None:
     assert reason_to_issue(
         cred, first, current_spec_hash="hash-1", now=DEFAULT_NOW, renew_request=request
     ) == (rot.RENEW_REQUESTED)
-    renewed = Issued.from_annotations({**first.annotations(), rot.A_RENEW_HANDLED: request})
+    renewed = Issued.from_annotations({**first.annotations(), issued.A_RENEW_HANDLED: request})
     assert renewed is not None
     assert (
         reason_to_issue(
@@ -331,8 +333,8 @@ def test_other_annotations_are_ignored() -> None:
 
 def test_optional_annotations_default() -> None:
     ann = make_issued().annotations()
-    del ann[rot.A_COUNT]
-    del ann[rot.A_SPEC_HASH]
+    del ann[issued.A_COUNT]
+    del ann[issued.A_SPEC_HASH]
     restored = Issued.from_annotations(ann)
     assert restored is not None
     assert (restored.rotation_count, restored.spec_hash) == (0, "")
@@ -341,14 +343,14 @@ def test_optional_annotations_default() -> None:
 @pytest.mark.parametrize(
     ("key", "value"),
     [
-        (rot.A_NOT_BEFORE, None),
-        (rot.A_NOT_AFTER, None),
-        (rot.A_RENEWAL, None),
-        (rot.A_ISSUED_AT, None),
-        (rot.A_NOT_AFTER, "tomorrow"),
-        (rot.A_RENEWAL, ""),
-        (rot.A_COUNT, "three"),
-        (rot.A_PREVIOUS_NOT_AFTER, "soon"),
+        (issued.A_NOT_BEFORE, None),
+        (issued.A_NOT_AFTER, None),
+        (issued.A_RENEWAL, None),
+        (issued.A_ISSUED_AT, None),
+        (issued.A_NOT_AFTER, "tomorrow"),
+        (issued.A_RENEWAL, ""),
+        (issued.A_COUNT, "three"),
+        (issued.A_PREVIOUS_NOT_AFTER, "soon"),
     ],
 )
 def test_unreadable_annotations_mean_no_issued_value(key: str, value: str | None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from nhi import crypto
 from nhi.cli.render import NONE, expires_in, parse_moment, render_kv
 from nhi.crypto.serving import subject_alt_names
-from nhi.policies import rotation
+from nhi.models import issued
 
 TYPE_ANNOTATION = "nhi.dev/credential-type"
 IDENTITY_LABEL = "nhi.dev/identity"
@@ -178,7 +178,7 @@ def static_summary(
     out["current"] = (
         {
             "fingerprint": crypto.secret_fingerprint(current),
-            "notAfter": annotations.get(rotation.A_NOT_AFTER),
+            "notAfter": annotations.get(issued.A_NOT_AFTER),
         }
         if current is not None
         else None
@@ -186,7 +186,7 @@ def static_summary(
     out["previous"] = (
         {
             "fingerprint": crypto.secret_fingerprint(previous),
-            "notAfter": annotations.get(rotation.A_PREVIOUS_NOT_AFTER),
+            "notAfter": annotations.get(issued.A_PREVIOUS_NOT_AFTER),
         }
         if previous is not None
         else None

@@ -22,10 +22,10 @@ from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventBatch
 from nhi.models.duration import rfc3339
 from nhi.models.identity import Credential, MachineIdentity
+from nhi.models.issued import Issued
 from nhi.models.meta import RENEW_ANNOTATION, Reason
 from nhi.policies import rotation
 from nhi.policies.ownership import Claim, OwnershipConflict
-from nhi.policies.rotation import Issued
 from nhi.reconcilers.issuance import Minter
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService, Signer
 from nhi.reconcilers.owned import OwnedWriter

@@ -19,6 +19,7 @@ from nhi.k8s.client import ApiError
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models.duration import parse_time, rfc3339
 from nhi.models.identity import MachineIdentity
+from nhi.models.issued import A_FINGERPRINT, A_ISSUER, A_SERIAL
 from nhi.models.meta import CREDENTIAL_LABEL, REVOKE_ANNOTATION, Phase
 from nhi.policies.revocation import (
     EXPIRED,
@@ -27,7 +28,6 @@ from nhi.policies.revocation import (
     REVOKED_PHASES,
     WORKLOAD_DELETED,
 )
-from nhi.policies.rotation import A_FINGERPRINT, A_ISSUER, A_SERIAL
 from nhi.reconcilers.identity_plan import Outcome, event_ref, owned_children
 from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter

@@ -20,8 +20,8 @@ from nhi.builders.secrets import build_credential_secret, token_request
 from nhi.k8s.client import Api
 from nhi.models.duration import parse_time
 from nhi.models.identity import Credential, MachineIdentity
+from nhi.models.issued import Issued
 from nhi.policies import rotation
-from nhi.policies.rotation import Issued
 from nhi.reconcilers.issuer import Signer
 from nhi.reconcilers.owned import OwnedWriter, uid_of
 
