@@ -217,99 +217,10 @@ def _rule(raw: Any, path: str, namespaced: bool) -> PolicyRule:
     )
 
 
-def _credential(
-    raw: Any, path: str, identity: str, in_use: Mapping[str, str] | None = None
-) -> Credential:
-    c = as_object(raw, path)
-    name = c.get("name")
-    if not isinstance(name, str) or len(name) > 63 or not _DNS1123_LABEL.match(name):
-        raise SpecError(f"{path}.name", "must be a DNS-1123 label (lowercase, digits, '-')")
-    ctype = c.get("type")
-    if ctype not in CREDENTIAL_TYPES:
-        raise SpecError(f"{path}.type", f"must be one of {', '.join(CREDENTIAL_TYPES)}")
-    default = default_secret_name(identity, name)
-    if (in_use or {}).get(name) == legacy_secret_name(identity, name):
-        default = legacy_secret_name(identity, name)  # issued before the default changed
-    secret_name = dns_subdomain(c.get("secretName") or default, f"{path}.secretName")
-    ttl = as_duration(c["ttl"], f"{path}.ttl") if "ttl" in c else DEFAULT_TTL[ctype]
-    shortest, longest = TTL_BOUNDS[ctype]
-    if not shortest <= ttl <= longest:
-        raise SpecError(
-            f"{path}.ttl",
-            f"must be between {hours(shortest)} and {hours(longest)} for {ctype}",
-        )
-    audiences = as_strings(c.get("audiences"), f"{path}.audiences")
-    if audiences and ctype != "ServiceAccountToken":
-        raise SpecError(f"{path}.audiences", "is only allowed for type ServiceAccountToken")
-    issuer_ref = None
-    if "issuerRef" in c:
-        if ctype != "X509":
-            raise SpecError(f"{path}.issuerRef", "is only allowed for type X509")
-        ir = as_object(c["issuerRef"], f"{path}.issuerRef")
-        kind = ir.get("kind", "ClusterIdentityIssuer")
-        if kind not in ("IdentityIssuer", "ClusterIdentityIssuer"):
-            raise SpecError(
-                f"{path}.issuerRef.kind", "must be IdentityIssuer or ClusterIdentityIssuer"
-            )
-        if not ir.get("name"):
-            raise SpecError(f"{path}.issuerRef.name", "is required")
-        issuer_ref = IssuerRef(kind=str(kind), name=str(ir["name"]))
-    elif ctype == "X509":
-        raise SpecError(f"{path}.issuerRef", "is required for type X509")
-    alg = c.get("keyAlgorithm", "ECDSA-P256")
-    if alg not in KEY_ALGORITHMS:
-        raise SpecError(f"{path}.keyAlgorithm", f"must be one of {', '.join(KEY_ALGORITHMS)}")
-    dns_names = as_strings(c.get("dnsNames"), f"{path}.dnsNames")
-    if dns_names and ctype != "X509":
-        raise SpecError(f"{path}.dnsNames", "is only allowed for type X509")
-    for i, dns_name in enumerate(dns_names):
-        if len(dns_name) > 253 or not _DNS_NAME.fullmatch(dns_name):
-            raise SpecError(
-                f"{path}.dnsNames[{i}]",
-                "must be a DNS name: lowercase letters, digits, '-' and '.', labels of at most "
-                "63 characters starting and ending with a letter or digit, at most 253 in all",
-            )
-    generator = None
-    if "generator" in c:
-        if ctype != "StaticSecret":
-            raise SpecError(f"{path}.generator", "is only allowed for type StaticSecret")
-        g = as_object(c["generator"], f"{path}.generator")
-        length = g.get("length", 32)
-        if not isinstance(length, int) or not 8 <= length <= 4096:
-            raise SpecError(f"{path}.generator.length", "must be an integer from 8 to 4096")
-        charset = g.get("charset", "alphanumeric")
-        if charset not in CHARSETS:
-            raise SpecError(f"{path}.generator.charset", f"must be one of {', '.join(CHARSETS)}")
-        generator = Generator(length=length, charset=str(charset))
-    elif ctype == "StaticSecret":
-        generator = Generator()
-    return Credential(
-        name=name,
-        type=str(ctype),
-        secret_name=secret_name,
-        ttl=ttl,
-        audiences=audiences,
-        issuer_ref=issuer_ref,
-        key_algorithm=str(alg),
-        dns_names=dns_names,
-        generator=generator,
-    )
-
-
-def parse_spec(
-    raw: Mapping[str, Any], default_name: str, in_use: Mapping[str, str] | None = None
-) -> Spec:
-    """Turn ``spec`` into a :class:`Spec`; raise :class:`SpecError` naming the field."""
-    spec = as_object(raw, "spec")
-    owner = spec.get("owner")
-    if not isinstance(owner, str) or not owner.strip():
-        raise SpecError("spec.owner", "is required and must not be empty")
-    sa = as_object(spec.get("serviceAccount"), "spec.serviceAccount")
-    sa_name = sa.get("name") or default_name
-    if not isinstance(sa_name, str) or len(sa_name) > 253 or not DNS1123_SUBDOMAIN.match(sa_name):
-        raise SpecError("spec.serviceAccount.name", "must be a DNS-1123 subdomain")
-    workloads = as_object(spec.get("workloads"), "spec.workloads")
-    perms = as_object(spec.get("permissions"), "spec.permissions")
+def _permissions(
+    perms: Mapping[str, Any],
+) -> tuple[tuple[PolicyRule, ...], tuple[PolicyRule, ...], tuple[RoleRef, ...]]:
+    """``spec.permissions``: (rules, clusterRules, roleRefs)."""
     rules = tuple(
         _rule(r, f"spec.permissions.rules[{i}]", namespaced=True)
         for i, r in enumerate(as_list(perms.get("rules"), "spec.permissions.rules"))
@@ -327,10 +238,115 @@ def parse_spec(
         if not ref.get("name"):
             raise SpecError(f"{p}.name", "is required")
         role_refs.append(RoleRef(kind=str(ref["kind"]), name=str(ref["name"])))
+    return rules, cluster_rules, tuple(role_refs)
+
+
+def _credential_secret_name(
+    c: Mapping[str, Any], path: str, identity: str, name: str, in_use: Mapping[str, str] | None
+) -> str:
+    default = default_secret_name(identity, name)
+    if (in_use or {}).get(name) == legacy_secret_name(identity, name):
+        default = legacy_secret_name(identity, name)  # issued before the default changed
+    return dns_subdomain(c.get("secretName") or default, f"{path}.secretName")
+
+
+def _ttl(c: Mapping[str, Any], path: str, ctype: str) -> dt.timedelta:
+    ttl = as_duration(c["ttl"], f"{path}.ttl") if "ttl" in c else DEFAULT_TTL[ctype]
+    shortest, longest = TTL_BOUNDS[ctype]
+    if not shortest <= ttl <= longest:
+        raise SpecError(
+            f"{path}.ttl",
+            f"must be between {hours(shortest)} and {hours(longest)} for {ctype}",
+        )
+    return ttl
+
+
+def _issuer_ref(c: Mapping[str, Any], path: str, ctype: str) -> IssuerRef | None:
+    if "issuerRef" not in c:
+        if ctype == "X509":
+            raise SpecError(f"{path}.issuerRef", "is required for type X509")
+        return None
+    if ctype != "X509":
+        raise SpecError(f"{path}.issuerRef", "is only allowed for type X509")
+    ir = as_object(c["issuerRef"], f"{path}.issuerRef")
+    kind = ir.get("kind", "ClusterIdentityIssuer")
+    if kind not in ("IdentityIssuer", "ClusterIdentityIssuer"):
+        raise SpecError(f"{path}.issuerRef.kind", "must be IdentityIssuer or ClusterIdentityIssuer")
+    if not ir.get("name"):
+        raise SpecError(f"{path}.issuerRef.name", "is required")
+    return IssuerRef(kind=str(kind), name=str(ir["name"]))
+
+
+def _dns_names(c: Mapping[str, Any], path: str, ctype: str) -> tuple[str, ...]:
+    dns_names = as_strings(c.get("dnsNames"), f"{path}.dnsNames")
+    if dns_names and ctype != "X509":
+        raise SpecError(f"{path}.dnsNames", "is only allowed for type X509")
+    for i, dns_name in enumerate(dns_names):
+        if len(dns_name) > 253 or not _DNS_NAME.fullmatch(dns_name):
+            raise SpecError(
+                f"{path}.dnsNames[{i}]",
+                "must be a DNS name: lowercase letters, digits, '-' and '.', labels of at most "
+                "63 characters starting and ending with a letter or digit, at most 253 in all",
+            )
+    return dns_names
+
+
+def _generator(c: Mapping[str, Any], path: str, ctype: str) -> Generator | None:
+    if "generator" not in c:
+        return Generator() if ctype == "StaticSecret" else None
+    if ctype != "StaticSecret":
+        raise SpecError(f"{path}.generator", "is only allowed for type StaticSecret")
+    g = as_object(c["generator"], f"{path}.generator")
+    length = g.get("length", 32)
+    if not isinstance(length, int) or not 8 <= length <= 4096:
+        raise SpecError(f"{path}.generator.length", "must be an integer from 8 to 4096")
+    charset = g.get("charset", "alphanumeric")
+    if charset not in CHARSETS:
+        raise SpecError(f"{path}.generator.charset", f"must be one of {', '.join(CHARSETS)}")
+    return Generator(length=length, charset=str(charset))
+
+
+def _credential(
+    raw: Any, path: str, identity: str, in_use: Mapping[str, str] | None = None
+) -> Credential:
+    c = as_object(raw, path)
+    name = c.get("name")
+    if not isinstance(name, str) or len(name) > 63 or not _DNS1123_LABEL.match(name):
+        raise SpecError(f"{path}.name", "must be a DNS-1123 label (lowercase, digits, '-')")
+    ctype = c.get("type")
+    if ctype not in CREDENTIAL_TYPES:
+        raise SpecError(f"{path}.type", f"must be one of {', '.join(CREDENTIAL_TYPES)}")
+    secret_name = _credential_secret_name(c, path, identity, name, in_use)
+    ttl = _ttl(c, path, ctype)
+    audiences = as_strings(c.get("audiences"), f"{path}.audiences")
+    if audiences and ctype != "ServiceAccountToken":
+        raise SpecError(f"{path}.audiences", "is only allowed for type ServiceAccountToken")
+    issuer_ref = _issuer_ref(c, path, ctype)
+    alg = c.get("keyAlgorithm", "ECDSA-P256")
+    if alg not in KEY_ALGORITHMS:
+        raise SpecError(f"{path}.keyAlgorithm", f"must be one of {', '.join(KEY_ALGORITHMS)}")
+    dns_names = _dns_names(c, path, ctype)
+    return Credential(
+        name=name,
+        type=str(ctype),
+        secret_name=secret_name,
+        ttl=ttl,
+        audiences=audiences,
+        issuer_ref=issuer_ref,
+        key_algorithm=str(alg),
+        dns_names=dns_names,
+        generator=_generator(c, path, ctype),
+    )
+
+
+def _credentials(
+    spec: Mapping[str, Any], identity: str, in_use: Mapping[str, str] | None
+) -> tuple[Credential, ...]:
+    """``spec.credentials``: unique names, and unique Secret names once defaults are applied."""
     creds = []
     seen: set[str] = set()
     for i, c in enumerate(as_list(spec.get("credentials"), "spec.credentials")):
-        cred = _credential(c, f"spec.credentials[{i}]", default_name, in_use)
+        cred = _credential(c, f"spec.credentials[{i}]", identity, in_use)
         if cred.name in seen:
             raise SpecError(
                 f"spec.credentials[{i}].name", f"duplicate credential name {cred.name!r}"
@@ -345,30 +361,24 @@ def parse_spec(
         explicit = [i for i in clashes if (raw_creds[i] or {}).get("secretName")]
         i = (explicit or clashes)[-1] if explicit else clashes[-1]
         raise SpecError(f"spec.credentials[{i}].secretName", "must be unique among credentials")
-    rotation = as_object(spec.get("rotation"), "spec.rotation")
-    fraction: float | None = None
-    renew_before = None
+    return tuple(creds)
+
+
+def _rotation(rotation: Mapping[str, Any]) -> tuple[float | None, dt.timedelta | None]:
+    """``spec.rotation``: (renewBeforeFraction, renewBefore), one of them None."""
     if "renewBefore" in rotation and "renewBeforeFraction" in rotation:
         raise SpecError("spec.rotation", "set renewBefore or renewBeforeFraction, not both")
     if "renewBefore" in rotation:
-        renew_before = as_duration(rotation["renewBefore"], "spec.rotation.renewBefore")
-    else:
-        fraction = rotation.get("renewBeforeFraction", DEFAULT_RENEW_FRACTION)
-        # Compared before float(): an int too large for a float would raise OverflowError.
-        if (
-            not isinstance(fraction, int | float)
-            or isinstance(fraction, bool)
-            or not 0 < fraction < 1
-        ):
-            raise SpecError("spec.rotation.renewBeforeFraction", "must be a number between 0 and 1")
-        fraction = float(fraction)
-    lifetime = as_object(spec.get("lifetime"), "spec.lifetime")
-    valid_for = (
-        as_duration(lifetime["validFor"], "spec.lifetime.validFor")
-        if "validFor" in lifetime
-        else None
-    )
-    revocation = as_object(spec.get("revocation"), "spec.revocation")
+        return None, as_duration(rotation["renewBefore"], "spec.rotation.renewBefore")
+    fraction = rotation.get("renewBeforeFraction", DEFAULT_RENEW_FRACTION)
+    # Compared before float(): an int too large for a float would raise OverflowError.
+    if not isinstance(fraction, int | float) or isinstance(fraction, bool) or not 0 < fraction < 1:
+        raise SpecError("spec.rotation.renewBeforeFraction", "must be a number between 0 and 1")
+    return float(fraction), None
+
+
+def _revocation(revocation: Mapping[str, Any]) -> tuple[str, dt.timedelta]:
+    """``spec.revocation``: (onWorkloadDeletion, gracePeriod)."""
     on_del = revocation.get("onWorkloadDeletion", "Revoke")
     if on_del not in ("Revoke", "Retain"):
         raise SpecError("spec.revocation.onWorkloadDeletion", "must be Revoke or Retain")
@@ -377,20 +387,53 @@ def parse_spec(
         if "gracePeriod" in revocation
         else DEFAULT_GRACE
     )
+    return str(on_del), grace
+
+
+def parse_spec(
+    raw: Mapping[str, Any], default_name: str, in_use: Mapping[str, str] | None = None
+) -> Spec:
+    """Turn ``spec`` into a :class:`Spec`; raise :class:`SpecError` naming the field.
+
+    The sections are checked in the order below, so a spec with several errors always
+    reports the same one.
+    """
+    spec = as_object(raw, "spec")
+    owner = spec.get("owner")
+    if not isinstance(owner, str) or not owner.strip():
+        raise SpecError("spec.owner", "is required and must not be empty")
+    sa = as_object(spec.get("serviceAccount"), "spec.serviceAccount")
+    sa_name = sa.get("name") or default_name
+    if not isinstance(sa_name, str) or len(sa_name) > 253 or not DNS1123_SUBDOMAIN.match(sa_name):
+        raise SpecError("spec.serviceAccount.name", "must be a DNS-1123 subdomain")
+    workloads = as_object(spec.get("workloads"), "spec.workloads")
+    rules, cluster_rules, role_refs = _permissions(
+        as_object(spec.get("permissions"), "spec.permissions")
+    )
+    creds = _credentials(spec, default_name, in_use)
+    fraction, renew_before = _rotation(as_object(spec.get("rotation"), "spec.rotation"))
+    lifetime = as_object(spec.get("lifetime"), "spec.lifetime")
+    valid_for = (
+        as_duration(lifetime["validFor"], "spec.lifetime.validFor")
+        if "validFor" in lifetime
+        else None
+    )
+    on_del, grace = _revocation(as_object(spec.get("revocation"), "spec.revocation"))
     return Spec(
         owner=owner.strip(),
         purpose=str(spec.get("purpose") or ""),
         service_account=sa_name,
         automount_token=bool(sa.get("automountToken", False)),
+        # Checked last: a bad selector is reported after every other section.
         selector=parse_selector(workloads.get("selector"), "spec.workloads.selector", strict=True),
         rollout_on_rotation=bool(workloads.get("rolloutOnRotation", False)),
         rules=rules,
         cluster_rules=cluster_rules,
-        role_refs=tuple(role_refs),
-        credentials=tuple(creds),
+        role_refs=role_refs,
+        credentials=creds,
         renew_before_fraction=fraction,
         renew_before=renew_before,
         valid_for=valid_for,
-        on_workload_deletion=str(on_del),
+        on_workload_deletion=on_del,
         grace_period=grace,
     )
