@@ -69,43 +69,14 @@ class IdentityPolicy:
         enforcement = spec.get("enforcement", DENY)
         if enforcement not in ENFORCEMENTS:
             raise SpecError("spec.enforcement", "must be Deny or Warn")
-        raw_ttl = as_object(spec.get("maxTTL"), "spec.maxTTL")
-        max_ttl = []
-        for ctype in CREDENTIAL_TYPES:
-            if raw_ttl.get(ctype) is not None:
-                max_ttl.append((ctype, as_duration(raw_ttl[ctype], f"spec.maxTTL.{ctype}")))
+        max_ttl = _max_ttl(as_object(spec.get("maxTTL"), "spec.maxTTL"))
         max_valid_for = (
             as_duration(spec["maxValidFor"], "spec.maxValidFor")
             if spec.get("maxValidFor") is not None
             else None
         )
-        forbidden = []
-        for i, raw in enumerate(as_list(spec.get("forbiddenRules"), "spec.forbiddenRules")):
-            path = f"spec.forbiddenRules[{i}]"
-            r = as_object(raw, path)
-            forbidden.append(
-                ForbiddenRule(
-                    api_groups=tuple(
-                        str(g) for g in as_list(r.get("apiGroups"), f"{path}.apiGroups")
-                    ),
-                    resources=tuple(
-                        str(x) for x in as_list(r.get("resources"), f"{path}.resources")
-                    ),
-                    verbs=tuple(str(v) for v in as_list(r.get("verbs"), f"{path}.verbs")),
-                )
-            )
-        issuers: tuple[IssuerRef, ...] | None = None
-        if spec.get("allowedIssuers") is not None:
-            refs = []
-            for i, raw in enumerate(as_list(spec["allowedIssuers"], "spec.allowedIssuers")):
-                ref = as_object(raw, f"spec.allowedIssuers[{i}]")
-                refs.append(
-                    IssuerRef(
-                        kind=str(ref.get("kind", "ClusterIdentityIssuer")),
-                        name=str(ref.get("name", "")),
-                    )
-                )
-            issuers = tuple(refs)
+        forbidden = _forbidden_rules(spec.get("forbiddenRules"))
+        issuers = _allowed_issuers(spec.get("allowedIssuers"))
         adoption = as_object(spec.get("adoption"), "spec.adoption")
         return cls(
             name=str(meta.get("name", "")),
@@ -118,10 +89,10 @@ class IdentityPolicy:
             ),
             allow_cluster_rules=bool(spec.get("allowClusterRules", False)),
             require_owner=bool(spec.get("requireOwner", True)),
-            max_ttl=tuple(max_ttl),
+            max_ttl=max_ttl,
             max_valid_for=max_valid_for,
             forbid_wildcards=bool(spec.get("forbidWildcards", True)),
-            forbidden_rules=tuple(forbidden),
+            forbidden_rules=forbidden,
             allowed_issuers=issuers,
             delegate_permissions=bool(spec.get("delegatePermissions", False)),
             allow_adoption=bool(adoption.get("allowed", True)),
@@ -138,3 +109,43 @@ class IdentityPolicy:
             if ctype == credential_type:
                 return ttl
         return None
+
+
+def _max_ttl(raw_ttl: Mapping[str, Any]) -> tuple[tuple[str, dt.timedelta], ...]:
+    """``spec.maxTTL``: (credential type, longest ttl) of each type it bounds."""
+    max_ttl = []
+    for ctype in CREDENTIAL_TYPES:
+        if raw_ttl.get(ctype) is not None:
+            max_ttl.append((ctype, as_duration(raw_ttl[ctype], f"spec.maxTTL.{ctype}")))
+    return tuple(max_ttl)
+
+
+def _forbidden_rules(raw_rules: Any) -> tuple[ForbiddenRule, ...]:
+    forbidden = []
+    for i, raw in enumerate(as_list(raw_rules, "spec.forbiddenRules")):
+        path = f"spec.forbiddenRules[{i}]"
+        r = as_object(raw, path)
+        forbidden.append(
+            ForbiddenRule(
+                api_groups=tuple(str(g) for g in as_list(r.get("apiGroups"), f"{path}.apiGroups")),
+                resources=tuple(str(x) for x in as_list(r.get("resources"), f"{path}.resources")),
+                verbs=tuple(str(v) for v in as_list(r.get("verbs"), f"{path}.verbs")),
+            )
+        )
+    return tuple(forbidden)
+
+
+def _allowed_issuers(raw_issuers: Any) -> tuple[IssuerRef, ...] | None:
+    """``spec.allowedIssuers``: None when omitted (any issuer), else the listed ones."""
+    if raw_issuers is None:
+        return None
+    refs = []
+    for i, raw in enumerate(as_list(raw_issuers, "spec.allowedIssuers")):
+        ref = as_object(raw, f"spec.allowedIssuers[{i}]")
+        refs.append(
+            IssuerRef(
+                kind=str(ref.get("kind", "ClusterIdentityIssuer")),
+                name=str(ref.get("name", "")),
+            )
+        )
+    return tuple(refs)
