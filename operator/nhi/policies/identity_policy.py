@@ -18,10 +18,10 @@ for ServiceAccountToken``.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from nhi.models.identity import MachineIdentity, PolicyRule
+from nhi.models.identity import MachineIdentity, PolicyRule, Spec
 from nhi.models.policy import DENY, WARN, ForbiddenRule, IdentityPolicy
 
 # Re-exported: the access checks lived here, and their callers import them from here.
@@ -140,104 +140,143 @@ def check_policy(identity: MachineIdentity, policy: IdentityPolicy) -> list[Viol
     return list(_check(identity, policy))
 
 
+#: One broken rule: (the policy's rule, the identity's field, what is wrong with it).
+_Finding = tuple[str, str, str]
+
+
 def _check(identity: MachineIdentity, policy: IdentityPolicy) -> Iterator[Violation]:
-    spec = identity.spec
+    enforcement = policy.enforcement if policy.enforcement in (DENY, WARN) else DENY
+    for rule_check in _RULE_CHECKS:
+        for rule, field, detail in rule_check(identity.spec, policy):
+            yield Violation(
+                policy=policy.name,
+                rule=rule,
+                field=field,
+                message=f'IdentityPolicy "{policy.name}" ({rule}): {field} {detail}',
+                enforcement=enforcement,
+            )
 
-    def violation(rule: str, field: str, detail: str) -> Violation:
-        return Violation(
-            policy=policy.name,
-            rule=rule,
-            field=field,
-            message=f'IdentityPolicy "{policy.name}" ({rule}): {field} {detail}',
-            enforcement=policy.enforcement if policy.enforcement in (DENY, WARN) else DENY,
-        )
 
+def _require_owner(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
     if policy.require_owner and not spec.owner.strip():
-        yield violation(REQUIRE_OWNER, "spec.owner", "is required: name an accountable owner")
+        yield REQUIRE_OWNER, "spec.owner", "is required: name an accountable owner"
 
+
+def _max_ttl(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
     for i, cred in enumerate(spec.credentials):
         limit = policy.max_ttl_for(cred.type)
         if limit is not None and cred.ttl > limit:
-            yield violation(
+            yield (
                 MAX_TTL,
                 f"spec.credentials[{i}].ttl",
                 f"{short_duration(cred.ttl)} exceeds the maximum {short_duration(limit)} "
                 f"for {cred.type}",
             )
 
-    if policy.max_valid_for is not None:
-        limit = policy.max_valid_for
-        if spec.valid_for is None:
-            yield violation(
-                MAX_VALID_FOR,
-                "spec.lifetime.validFor",
-                f"is required: only just-in-time identities are allowed, valid for at most "
-                f"{short_duration(limit)}",
-            )
-        elif spec.valid_for > limit:
-            yield violation(
-                MAX_VALID_FOR,
-                "spec.lifetime.validFor",
-                f"{short_duration(spec.valid_for)} exceeds the maximum {short_duration(limit)}",
-            )
 
-    rule_sets = (("rules", spec.rules), ("clusterRules", spec.cluster_rules))
-    if policy.forbid_wildcards:
-        for key, rules in rule_sets:
-            for i, rule in enumerate(rules):
-                for attr, values in (
-                    ("apiGroups", rule.api_groups),
-                    ("resources", rule.resources),
-                    ("verbs", rule.verbs),
-                ):
-                    wild = [v for v in values if _is_wildcard(v)]
-                    if wild:
-                        yield violation(
-                            FORBID_WILDCARDS,
-                            f"spec.permissions.{key}[{i}].{attr}",
-                            f"contains the wildcard {wild[0]!r}; list the {attr} explicitly",
-                        )
+def _max_valid_for(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
+    limit = policy.max_valid_for
+    if limit is None:
+        return
+    if spec.valid_for is None:
+        yield (
+            MAX_VALID_FOR,
+            "spec.lifetime.validFor",
+            f"is required: only just-in-time identities are allowed, valid for at most "
+            f"{short_duration(limit)}",
+        )
+    elif spec.valid_for > limit:
+        yield (
+            MAX_VALID_FOR,
+            "spec.lifetime.validFor",
+            f"{short_duration(spec.valid_for)} exceeds the maximum {short_duration(limit)}",
+        )
 
+
+def _rule_sets(spec: Spec) -> tuple[tuple[str, tuple[PolicyRule, ...]], ...]:
+    return (("rules", spec.rules), ("clusterRules", spec.cluster_rules))
+
+
+def _forbid_wildcards(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
+    if not policy.forbid_wildcards:
+        return
+    for key, rules in _rule_sets(spec):
+        for i, rule in enumerate(rules):
+            for attr, values in (
+                ("apiGroups", rule.api_groups),
+                ("resources", rule.resources),
+                ("verbs", rule.verbs),
+            ):
+                wild = [v for v in values if _is_wildcard(v)]
+                if wild:
+                    yield (
+                        FORBID_WILDCARDS,
+                        f"spec.permissions.{key}[{i}].{attr}",
+                        f"contains the wildcard {wild[0]!r}; list the {attr} explicitly",
+                    )
+
+
+def _forbidden_rules(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
     for j, forbidden in enumerate(policy.forbidden_rules):
-        for key, rules in rule_sets:
+        for key, rules in _rule_sets(spec):
             for i, rule in enumerate(rules):
                 hit = forbidden_overlap(rule, forbidden)
                 if hit is not None:
                     group, resource, verb = hit
-                    yield violation(
+                    yield (
                         f"{FORBIDDEN_RULES}[{j}]",
                         f"spec.permissions.{key}[{i}]",
                         f"grants {verb} on {_resource_name(group, resource)}, which the policy "
                         f"forbids ({forbidden.describe()})",
                     )
 
+
+def _allowed_cluster_roles(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
     for i, ref in enumerate(spec.role_refs):
         if ref.kind == "ClusterRole" and ref.name not in policy.allowed_cluster_roles:
             allowed = ", ".join(policy.allowed_cluster_roles) or "none"
-            yield violation(
+            yield (
                 ALLOWED_CLUSTER_ROLES,
                 f"spec.permissions.roleRefs[{i}]",
                 f"binds ClusterRole {ref.name!r}, which is not allowed (allowed: {allowed})",
             )
 
-    if policy.allowed_issuers is not None:
-        for i, cred in enumerate(spec.credentials):
-            issuer = cred.issuer_ref
-            if issuer is None or issuer in policy.allowed_issuers:
-                continue
-            allowed = ", ".join(f"{r.kind}/{r.name}" for r in policy.allowed_issuers) or "none"
-            yield violation(
-                ALLOWED_ISSUERS,
-                f"spec.credentials[{i}].issuerRef",
-                f"{issuer.kind}/{issuer.name} is not an allowed issuer (allowed: {allowed})",
-            )
 
+def _allowed_issuers(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
+    if policy.allowed_issuers is None:
+        return
+    for i, cred in enumerate(spec.credentials):
+        issuer = cred.issuer_ref
+        if issuer is None or issuer in policy.allowed_issuers:
+            continue
+        allowed = ", ".join(f"{r.kind}/{r.name}" for r in policy.allowed_issuers) or "none"
+        yield (
+            ALLOWED_ISSUERS,
+            f"spec.credentials[{i}].issuerRef",
+            f"{issuer.kind}/{issuer.name} is not an allowed issuer (allowed: {allowed})",
+        )
+
+
+def _allow_cluster_rules(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
     if spec.cluster_rules and not policy.allow_cluster_rules:
-        yield violation(
+        yield (
             ALLOW_CLUSTER_RULES,
             "spec.permissions.clusterRules",
             "grants cluster-wide permissions, which the policy does not allow",
         )
+
+
+#: Every rule of a policy, in the order their violations are reported.
+_RULE_CHECKS: tuple[Callable[[Spec, IdentityPolicy], Iterator[_Finding]], ...] = (
+    _require_owner,
+    _max_ttl,
+    _max_valid_for,
+    _forbid_wildcards,
+    _forbidden_rules,
+    _allowed_cluster_roles,
+    _allowed_issuers,
+    _allow_cluster_rules,
+)
 
 
 def _is_wildcard(value: str) -> bool:
