@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from nhi import __version__
 from nhi.cli.errors import CliError
@@ -129,16 +130,11 @@ def _namespace_options(parser: argparse.ArgumentParser, all_namespaces: bool = F
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nhi", description="Inspect and operate nhi-operator's machine identities."
-    )
-    _connection_options(p, None)
-    # The connection options are accepted after the command too (nhi status --context x).
-    common = argparse.ArgumentParser(add_help=False)
-    _connection_options(common, argparse.SUPPRESS)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+if TYPE_CHECKING:  # generic only to type checkers
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
+
+def _add_status(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "status",
         parents=[common],
@@ -152,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
     s.set_defaults(func=cmd_status)
 
+
+def _add_renew(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     r = sub.add_parser(
         "renew",
         parents=[common],
@@ -165,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     _namespace_options(r, all_namespaces=True)
     r.set_defaults(func=cmd_renew)
 
+
+def _add_revoke(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     v = sub.add_parser(
         "revoke",
         parents=[common],
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     _namespace_options(v)
     v.set_defaults(func=cmd_revoke)
 
+
+def _add_inspect(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     i = sub.add_parser(
         "inspect",
         help="decode a credential without showing its value",
@@ -196,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     isec.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
     isec.set_defaults(func=cmd_inspect_secret)
 
+
+def _add_history(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     h = sub.add_parser(
         "history",
         parents=[common],
@@ -208,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
     h.set_defaults(func=cmd_history)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nhi", description="Inspect and operate nhi-operator's machine identities."
+    )
+    _connection_options(p, None)
+    # The connection options are accepted after the command too (nhi status --context x).
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_status, _add_renew, _add_revoke, _add_inspect, _add_history):
+        add(sub, common)
     ver = sub.add_parser("version", parents=[common], help="print the version")
     ver.set_defaults(func=cmd_version)
     return p

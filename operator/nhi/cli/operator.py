@@ -16,12 +16,7 @@ from nhi.models.duration import parse_duration
 from nhi.settings import Settings, set_current
 
 
-def parse_args(argv: list[str] | None = None) -> Settings:
-    p = argparse.ArgumentParser(
-        prog="nhi-operator",
-        description="Run nhi-operator: reconciles MachineIdentities into ServiceAccounts, "
-        "least-privilege RBAC and short-lived credentials.",
-    )
+def _scope_options(p: argparse.ArgumentParser) -> None:
     scope = p.add_mutually_exclusive_group()
     scope.add_argument(
         "-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)"
@@ -33,7 +28,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=[],
         help="watch only this namespace (repeatable; globs allowed)",
     )
-    s = Settings()
+
+
+def _runtime_options(p: argparse.ArgumentParser, s: Settings) -> None:
+    """Logging, metrics, health and concurrency."""
     p.add_argument(
         "--log-format",
         choices=("json", "text"),
@@ -58,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument(
         "--workers", type=int, default=s.workers, help="concurrent reconciles (default %(default)s)"
     )
+
+
+def _peering_options(p: argparse.ArgumentParser, s: Settings) -> None:
     p.add_argument(
         "--peering",
         action="store_true",
@@ -80,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="this replica's peering priority (default: random, so replicas never tie: "
         "kopf freezes every replica that shares the highest priority)",
     )
+
+
+def _webhook_options(p: argparse.ArgumentParser, s: Settings) -> None:
     hook = p.add_argument_group(
         "admission webhook",
         "The IdentityPolicy validating webhook (off unless --webhook-port is set). It serves "
@@ -131,6 +135,19 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="lifetime of the serving certificate, renewed after two thirds of it "
         "(default %(default)s)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nhi-operator",
+        description="Run nhi-operator: reconciles MachineIdentities into ServiceAccounts, "
+        "least-privilege RBAC and short-lived credentials.",
+    )
+    _scope_options(p)
+    s = Settings()
+    _runtime_options(p, s)
+    _peering_options(p, s)
+    _webhook_options(p, s)
     p.add_argument(
         "--policy-status-interval",
         type=float,
@@ -138,11 +155,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help=argparse.SUPPRESS,
     )
     p.add_argument("--version", action="version", version=f"nhi-operator {__version__}")
-    a = p.parse_args(argv)
-    try:
-        parse_duration(a.webhook_cert_ttl)
-    except ValueError as err:
-        p.error(f"--webhook-cert-ttl: {err}")
+    return p
+
+
+def _settings(a: argparse.Namespace) -> Settings:
     return Settings(
         namespaces=list(a.namespace),
         log_format=a.log_format,
@@ -169,6 +185,16 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         webhook_cert_ttl=a.webhook_cert_ttl,
         policy_status_interval=a.policy_status_interval,
     )
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    p = build_parser()
+    a = p.parse_args(argv)
+    try:
+        parse_duration(a.webhook_cert_ttl)
+    except ValueError as err:
+        p.error(f"--webhook-cert-ttl: {err}")
+    return _settings(a)
 
 
 async def run(settings: Settings) -> None:

@@ -50,11 +50,33 @@ def build_crl(
         raise CryptoError("crl_number must be a non-negative integer")
     if not same_public_key(ca_key, ca_cert.public_key()):
         raise CryptoError("CA private key does not match the CA certificate")
-    try:
-        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        ski = x509.SubjectKeyIdentifier.from_public_key(ca_cert.public_key())
+    ski = _subject_key_identifier(ca_cert)
+    entries = _earliest_revocations(revoked)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + next_update)
+        .add_extension(x509.CRLNumber(crl_number), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+    )
+    for serial in sorted(entries):
+        builder = builder.add_revoked_certificate(_revoked_certificate(entries[serial]))
+    return builder.sign(private_key=ca_key, algorithm=signing_hash(ca_key))
 
+
+def _subject_key_identifier(ca_cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
+    """The CA's SubjectKeyIdentifier, computed from its public key when it carries none."""
+    try:
+        return ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(ca_cert.public_key())
+
+
+def _earliest_revocations(revoked: Sequence[RevokedSerial]) -> dict[int, RevokedSerial]:
+    """Serial -> its entry, checked; a serial listed twice keeps its earliest revocation."""
     entries: dict[int, RevokedSerial] = {}
     for item in revoked:
         if not isinstance(item, RevokedSerial):
@@ -69,30 +91,18 @@ def build_crl(
         current = entries.get(item.serial)
         if current is None or revoked_at < current.revoked_at:
             entries[item.serial] = RevokedSerial(item.serial, revoked_at, item.reason)
+    return entries
 
+
+def _revoked_certificate(entry: RevokedSerial) -> x509.RevokedCertificate:
     builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now)
-        .next_update(now + next_update)
-        .add_extension(x509.CRLNumber(crl_number), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
+        x509.RevokedCertificateBuilder()
+        .serial_number(entry.serial)
+        .revocation_date(entry.revoked_at)
     )
-    for serial in sorted(entries):
-        entry = entries[serial]
-        revoked_builder = (
-            x509.RevokedCertificateBuilder()
-            .serial_number(entry.serial)
-            .revocation_date(entry.revoked_at)
-        )
-        if entry.reason is not None:
-            revoked_builder = revoked_builder.add_extension(
-                x509.CRLReason(entry.reason), critical=False
-            )
-        builder = builder.add_revoked_certificate(revoked_builder.build())
-    return builder.sign(private_key=ca_key, algorithm=signing_hash(ca_key))
+    if entry.reason is not None:
+        builder = builder.add_extension(x509.CRLReason(entry.reason), critical=False)
+    return builder.build()
 
 
 def crl_pem(crl: x509.CertificateRevocationList) -> bytes:

@@ -3,7 +3,7 @@
 Defaults follow the CRD (``enforcement: Deny``, ``requireOwner: true``,
 ``forbidWildcards: true``, ``allowClusterRules: false``, ``delegatePermissions: false``), so a
 body written before a default existed means what the schema says it means. A malformed field
-raises :class:`~nhi.models.identity.SpecError` naming it.
+raises :class:`~nhi.models.fields.SpecError` naming it.
 """
 
 from __future__ import annotations
@@ -13,16 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nhi.models.identity import (
-    CREDENTIAL_TYPES,
-    IssuerRef,
-    LabelSelector,
-    SpecError,
-    _duration,
-    _list,
-    _obj,
-    _selector,
-)
+from nhi.models.fields import SpecError, as_duration, as_list, as_object
+from nhi.models.identity import CREDENTIAL_TYPES, IssuerRef
+from nhi.models.selector import LabelSelector, parse_selector
 
 KIND = "IdentityPolicy"
 PLURAL = "identitypolicies"
@@ -71,47 +64,20 @@ class IdentityPolicy:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> IdentityPolicy:
         meta = body.get("metadata") or {}
-        spec = _obj(body.get("spec"), "spec")
-        selector = _selector(spec.get("namespaceSelector"), "spec.namespaceSelector")
+        spec = as_object(body.get("spec"), "spec")
+        selector = parse_selector(spec.get("namespaceSelector"), "spec.namespaceSelector")
         enforcement = spec.get("enforcement", DENY)
         if enforcement not in ENFORCEMENTS:
             raise SpecError("spec.enforcement", "must be Deny or Warn")
-        raw_ttl = _obj(spec.get("maxTTL"), "spec.maxTTL")
-        max_ttl = []
-        for ctype in CREDENTIAL_TYPES:
-            if raw_ttl.get(ctype) is not None:
-                max_ttl.append((ctype, _duration(raw_ttl[ctype], f"spec.maxTTL.{ctype}")))
+        max_ttl = _max_ttl(as_object(spec.get("maxTTL"), "spec.maxTTL"))
         max_valid_for = (
-            _duration(spec["maxValidFor"], "spec.maxValidFor")
+            as_duration(spec["maxValidFor"], "spec.maxValidFor")
             if spec.get("maxValidFor") is not None
             else None
         )
-        forbidden = []
-        for i, raw in enumerate(_list(spec.get("forbiddenRules"), "spec.forbiddenRules")):
-            path = f"spec.forbiddenRules[{i}]"
-            r = _obj(raw, path)
-            forbidden.append(
-                ForbiddenRule(
-                    api_groups=tuple(
-                        str(g) for g in _list(r.get("apiGroups"), f"{path}.apiGroups")
-                    ),
-                    resources=tuple(str(x) for x in _list(r.get("resources"), f"{path}.resources")),
-                    verbs=tuple(str(v) for v in _list(r.get("verbs"), f"{path}.verbs")),
-                )
-            )
-        issuers: tuple[IssuerRef, ...] | None = None
-        if spec.get("allowedIssuers") is not None:
-            refs = []
-            for i, raw in enumerate(_list(spec["allowedIssuers"], "spec.allowedIssuers")):
-                ref = _obj(raw, f"spec.allowedIssuers[{i}]")
-                refs.append(
-                    IssuerRef(
-                        kind=str(ref.get("kind", "ClusterIdentityIssuer")),
-                        name=str(ref.get("name", "")),
-                    )
-                )
-            issuers = tuple(refs)
-        adoption = _obj(spec.get("adoption"), "spec.adoption")
+        forbidden = _forbidden_rules(spec.get("forbiddenRules"))
+        issuers = _allowed_issuers(spec.get("allowedIssuers"))
+        adoption = as_object(spec.get("adoption"), "spec.adoption")
         return cls(
             name=str(meta.get("name", "")),
             namespace_selector=selector,
@@ -119,14 +85,14 @@ class IdentityPolicy:
             select_all=selector.empty,
             enforcement=str(enforcement),
             allowed_cluster_roles=tuple(
-                str(r) for r in _list(spec.get("allowedClusterRoles"), "spec.allowedClusterRoles")
+                str(r) for r in as_list(spec.get("allowedClusterRoles"), "spec.allowedClusterRoles")
             ),
             allow_cluster_rules=bool(spec.get("allowClusterRules", False)),
             require_owner=bool(spec.get("requireOwner", True)),
-            max_ttl=tuple(max_ttl),
+            max_ttl=max_ttl,
             max_valid_for=max_valid_for,
             forbid_wildcards=bool(spec.get("forbidWildcards", True)),
-            forbidden_rules=tuple(forbidden),
+            forbidden_rules=forbidden,
             allowed_issuers=issuers,
             delegate_permissions=bool(spec.get("delegatePermissions", False)),
             allow_adoption=bool(adoption.get("allowed", True)),
@@ -143,3 +109,43 @@ class IdentityPolicy:
             if ctype == credential_type:
                 return ttl
         return None
+
+
+def _max_ttl(raw_ttl: Mapping[str, Any]) -> tuple[tuple[str, dt.timedelta], ...]:
+    """``spec.maxTTL``: (credential type, longest ttl) of each type it bounds."""
+    max_ttl = []
+    for ctype in CREDENTIAL_TYPES:
+        if raw_ttl.get(ctype) is not None:
+            max_ttl.append((ctype, as_duration(raw_ttl[ctype], f"spec.maxTTL.{ctype}")))
+    return tuple(max_ttl)
+
+
+def _forbidden_rules(raw_rules: Any) -> tuple[ForbiddenRule, ...]:
+    forbidden = []
+    for i, raw in enumerate(as_list(raw_rules, "spec.forbiddenRules")):
+        path = f"spec.forbiddenRules[{i}]"
+        r = as_object(raw, path)
+        forbidden.append(
+            ForbiddenRule(
+                api_groups=tuple(str(g) for g in as_list(r.get("apiGroups"), f"{path}.apiGroups")),
+                resources=tuple(str(x) for x in as_list(r.get("resources"), f"{path}.resources")),
+                verbs=tuple(str(v) for v in as_list(r.get("verbs"), f"{path}.verbs")),
+            )
+        )
+    return tuple(forbidden)
+
+
+def _allowed_issuers(raw_issuers: Any) -> tuple[IssuerRef, ...] | None:
+    """``spec.allowedIssuers``: None when omitted (any issuer), else the listed ones."""
+    if raw_issuers is None:
+        return None
+    refs = []
+    for i, raw in enumerate(as_list(raw_issuers, "spec.allowedIssuers")):
+        ref = as_object(raw, f"spec.allowedIssuers[{i}]")
+        refs.append(
+            IssuerRef(
+                kind=str(ref.get("kind", "ClusterIdentityIssuer")),
+                name=str(ref.get("name", "")),
+            )
+        )
+    return tuple(refs)

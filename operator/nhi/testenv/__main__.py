@@ -72,6 +72,57 @@ def _operator_healthy(port: int) -> bool:
     return False
 
 
+def _install(cp: ControlPlane) -> None:
+    """What the operator needs before it starts, as the chart installs it."""
+    # The operator's own namespace: cluster issuers keep their roots and CRLs there.
+    cp.kubectl("create", "namespace", os.environ.get("NHI_NAMESPACE", "nhi-system"))
+    cp.install_crds()
+    # As the chart installs by default: new identities get the operator's finalizer
+    # at admission.
+    cp.install_finalizer_policy()
+    cp.install_authority_policy()
+
+
+def _start_operator(
+    kubeconfig: Path, health_port: int, metrics_port: int, webhook_port: int
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nhi.cli.operator",
+            "--log-format",
+            "text",
+            "--all-namespaces",
+            f"--health-port={health_port}",
+            f"--metrics-port={metrics_port}",
+            f"--webhook-port={webhook_port}",
+            "--webhook-host=127.0.0.1",
+        ],
+        env=dict(os.environ, KUBECONFIG=str(kubeconfig)),
+        start_new_session=True,
+    )
+
+
+def _became_healthy(operator: subprocess.Popen[bytes], health_port: int) -> bool:
+    deadline = time.monotonic() + 60
+    while not _operator_healthy(health_port):
+        if operator.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _stop_operator(operator: subprocess.Popen[bytes] | None) -> None:
+    if operator is not None and operator.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(operator.pid, signal.SIGTERM)
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(operator.pid, signal.SIGKILL)
+
+
 def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -84,38 +135,13 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
         cp.start()
         print(f"control plane up in {time.monotonic() - started:.1f}s", flush=True)
         if not up_only:
-            # The operator's own namespace: cluster issuers keep their roots and CRLs there.
-            cp.kubectl("create", "namespace", os.environ.get("NHI_NAMESPACE", "nhi-system"))
-            cp.install_crds()
-            # As the chart installs by default: new identities get the operator's finalizer
-            # at admission.
-            cp.install_finalizer_policy()
-            cp.install_authority_policy()
-            env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+            _install(cp)
             # Free ports, so a second `make run` or a test run beside it never collides.
             health_port, metrics_port, webhook_port = free_port(), free_port(), free_port()
-            operator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "nhi.cli.operator",
-                    "--log-format",
-                    "text",
-                    "--all-namespaces",
-                    f"--health-port={health_port}",
-                    f"--metrics-port={metrics_port}",
-                    f"--webhook-port={webhook_port}",
-                    "--webhook-host=127.0.0.1",
-                ],
-                env=env,
-                start_new_session=True,
-            )
-            deadline = time.monotonic() + 60
-            while not _operator_healthy(health_port):
-                if operator.poll() is not None or time.monotonic() > deadline:
-                    print("nhi-operator did not become healthy", file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
+            operator = _start_operator(kubeconfig, health_port, metrics_port, webhook_port)
+            if not _became_healthy(operator, health_port):
+                print("nhi-operator did not become healthy", file=sys.stderr)
+                return 1
             samples = REPO_ROOT / "manifests" / "samples"
             cp.kubectl("apply", "--server-side", "-R", "-f", str(samples))
             print(f"samples applied from {samples.relative_to(REPO_ROOT)}/", flush=True)
@@ -132,13 +158,7 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if operator is not None and operator.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(operator.pid, signal.SIGTERM)
-            try:
-                operator.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(operator.pid, signal.SIGKILL)
+        _stop_operator(operator)
         cp.stop()
         print("stopped; no process left behind", flush=True)
 

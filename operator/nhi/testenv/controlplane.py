@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -19,17 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from nhi import API_VERSION, IDENTITY_FINALIZER
-from nhi.models.meta import ADOPT_ANNOTATION
-
-#: The repository root when running from a checkout (``operator/nhi/testenv/..``).
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from nhi.testenv import manifests
+from nhi.testenv.errors import ControlPlaneError as ControlPlaneError
+from nhi.testenv.manifests import REPO_ROOT as REPO_ROOT
+from nhi.testenv.manifests import authority_policy as authority_policy
+from nhi.testenv.pki import Pki, write_kubeconfig
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -66,27 +58,6 @@ rules:
 """
 
 
-def authority_policy(name: str = "") -> str:
-    """manifests/base/authoritypolicy.yaml (as JSON), its objects renamed to ``name``."""
-    docs = [
-        d
-        for d in yaml.safe_load_all(
-            (REPO_ROOT / "manifests" / "base" / "authoritypolicy.yaml").read_text()
-        )
-        if d
-    ]
-    if name:
-        for doc in docs:
-            doc["metadata"]["name"] = name
-            if doc["kind"].endswith("Binding"):
-                doc["spec"]["policyName"] = name
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
-
-
-class ControlPlaneError(RuntimeError):
-    """The control plane could not be built, started or reached."""
-
-
 def build_binaries() -> Path:
     """Build or reuse the control-plane binaries; return the directory holding them."""
     override = os.environ.get("NHI_CONTROLPLANE_BIN")
@@ -108,137 +79,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _name(cn: str, org: str | None = None) -> x509.Name:
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    if org:
-        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-    return x509.Name(attrs)
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-@dataclass
-class _Pki:
-    """Certificates and keys of one control plane, written below ``root``."""
-
-    root: Path
-    ca_key: ec.EllipticCurvePrivateKey = field(init=False)
-    ca_cert: x509.Certificate = field(init=False)
-
-    def __post_init__(self) -> None:
-        now = dt.datetime.now(dt.UTC)
-        self.ca_key = ec.generate_private_key(ec.SECP256R1())
-        self.ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name("nhi-testenv-ca"))
-            .issuer_name(_name("nhi-testenv-ca"))
-            .public_key(self.ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(self.ca_key, hashes.SHA256())
-        )
-        self.write("ca.crt", self.ca_cert.public_bytes(serialization.Encoding.PEM))
-        self.write("ca.key", _pem_key(self.ca_key))
-        sa_key = ec.generate_private_key(ec.SECP256R1())
-        self.write("sa.key", _pem_key(sa_key))
-        self.write(
-            "sa.pub",
-            sa_key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            ),
-        )
-
-    def write(self, name: str, data: bytes) -> Path:
-        path = self.root / name
-        path.write_bytes(data)
-        path.chmod(0o600)
-        return path
-
-    def issue(self, name: str, cn: str, org: str | None = None, server: bool = False) -> None:
-        now = dt.datetime.now(dt.UTC)
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn, org))
-            .issuer_name(self.ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        )
-        if server:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.DNSName("kubernetes"),
-                        x509.DNSName("kubernetes.default.svc"),
-                        x509.DNSName("kubernetes.default.svc.cluster.local"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        else:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False
-            )
-        cert = builder.sign(self.ca_key, hashes.SHA256())
-        self.write(f"{name}.crt", cert.public_bytes(serialization.Encoding.PEM))
-        self.write(f"{name}.key", _pem_key(key))
-
-
-def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "nhi-local",
-                "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
-            }
-        ],
-        "users": [
-            {
-                "name": user,
-                "user": {
-                    "client-certificate": str(pki / f"{user}.crt"),
-                    "client-key": str(pki / f"{user}.key"),
-                },
-            }
-        ],
-        "contexts": [{"name": "nhi-local", "context": {"cluster": "nhi-local", "user": user}}],
-        "current-context": "nhi-local",
-    }
-    # JSON is valid YAML, and keeps this module free of third-party parsers.
-    path.write_text(json.dumps(config, indent=2))
-    path.chmod(0o600)
 
 
 @dataclass
@@ -297,7 +137,7 @@ class ControlPlane:
             self.kubeconfig_path = self.work_dir / "kubeconfig"
         self.kubeconfig_path.parent.mkdir(parents=True, exist_ok=True)
 
-        pki = _Pki(self.pki_dir)
+        pki = Pki(self.pki_dir)
         pki.issue("apiserver", "kube-apiserver", server=True)
         pki.issue("admin", "nhi-admin", org="system:masters")
         pki.issue("controller-manager", "system:kube-controller-manager")
@@ -521,90 +361,15 @@ class ControlPlane:
 
     def install_crds(self) -> None:
         """Apply the repository's CRDs (server-side) and wait until they are Established."""
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
-        self.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "-l",
-            "app.kubernetes.io/part-of=nhi-operator",
-        )
+        manifests.install_crds(self.kubectl)
 
     def install_authority_policy(self, timeout: float = 60.0, name: str = "") -> float:
-        """Apply manifests/base/authoritypolicy.yaml and wait until the API server enforces it.
-
-        ``name`` renames the policy and its binding (the tests install it beside a Helm
-        release that brings its own). Like the finalizer policy, it answers 503 for a few
-        seconds after the CRDs are Established; a server-side dry run that asks for an
-        adoption is repeated until it is admitted (the admin may adopt). Returns the seconds
-        waited.
-        """
-        self.kubectl("apply", "--server-side", "-f", "-", input=authority_policy(name))
-        probe = json.dumps(
-            {
-                "apiVersion": API_VERSION,
-                "kind": "MachineIdentity",
-                "metadata": {
-                    "name": "adoption-probe",
-                    "namespace": "default",
-                    "annotations": {ADOPT_ANNOTATION: "true"},
-                },
-                "spec": {"owner": "nhi-operator"},
-            }
-        )
-        started = time.monotonic()
-        while True:
-            proc = self.kubectl("create", "--dry-run=server", "-f", "-", input=probe, check=False)
-            if proc.returncode == 0:
-                return time.monotonic() - started
-            if "ServiceUnavailable" not in proc.stderr:
-                raise ControlPlaneError(f"probing the authority policy: {proc.stderr.strip()}")
-            if time.monotonic() - started > timeout:
-                raise ControlPlaneError(
-                    f"the authority policy did not answer within {timeout:.0f}s"
-                )
-            time.sleep(0.2)
+        """:func:`nhi.testenv.manifests.install_authority_policy`: returns the seconds waited."""
+        return manifests.install_authority_policy(self.kubectl, timeout, name)
 
     def install_finalizer_policy(self, timeout: float = 60.0) -> float:
-        """Apply manifests/base/admissionpolicy.yaml and wait until it admits MachineIdentities.
-
-        Until a CRD's schema has reached the API server's type converter, a few seconds after
-        the CRD is Established, every create that a MutatingAdmissionPolicy matches is answered
-        503 ("There can be a delay between when CustomResourceDefinitions are created and when
-        they are available"), whatever the policy's failurePolicy. A server-side dry run is
-        repeated until the policy's finalizer comes back on it. Returns the seconds waited.
-        """
-        self.kubectl(
-            "apply",
-            "--server-side",
-            "-f",
-            str(REPO_ROOT / "manifests" / "base" / "admissionpolicy.yaml"),
-        )
-        probe = json.dumps(
-            {
-                "apiVersion": API_VERSION,
-                "kind": "MachineIdentity",
-                "metadata": {"name": "admission-probe", "namespace": "default"},
-                "spec": {"owner": "nhi-operator"},
-            }
-        )
-        started = time.monotonic()
-        while True:
-            proc = self.kubectl(
-                "create", "--dry-run=server", "-o", "json", "-f", "-", input=probe, check=False
-            )
-            if proc.returncode == 0:
-                finalizers = json.loads(proc.stdout)["metadata"].get("finalizers") or []
-                if IDENTITY_FINALIZER in finalizers:
-                    return time.monotonic() - started
-            elif "ServiceUnavailable" not in proc.stderr:
-                raise ControlPlaneError(f"probing the finalizer policy: {proc.stderr.strip()}")
-            if time.monotonic() - started > timeout:
-                raise ControlPlaneError(
-                    f"the finalizer policy did not admit a MachineIdentity within {timeout:.0f}s"
-                )
-            time.sleep(0.2)
+        """:func:`nhi.testenv.manifests.install_finalizer_policy`: returns the seconds waited."""
+        return manifests.install_finalizer_policy(self.kubectl, timeout)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,134 @@
+"""What the local control plane installs from the repository: the CRDs, and the admission
+policies the chart installs by default (the finalizer and authority policies).
+
+Each install waits until the API server acts on what was applied. ``kubectl`` is
+:meth:`ControlPlane.kubectl <nhi.testenv.controlplane.ControlPlane.kubectl>`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Protocol
+
+import yaml
+
+from nhi import API_VERSION, IDENTITY_FINALIZER
+from nhi.models.meta import ADOPT_ANNOTATION
+from nhi.testenv.errors import ControlPlaneError
+
+#: The repository root when running from a checkout (``operator/nhi/testenv/..``).
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class Kubectl(Protocol):
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+def authority_policy(name: str = "") -> str:
+    """manifests/base/authoritypolicy.yaml (as JSON), its objects renamed to ``name``."""
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            (REPO_ROOT / "manifests" / "base" / "authoritypolicy.yaml").read_text()
+        )
+        if d
+    ]
+    if name:
+        for doc in docs:
+            doc["metadata"]["name"] = name
+            if doc["kind"].endswith("Binding"):
+                doc["spec"]["policyName"] = name
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+
+
+def install_crds(kubectl: Kubectl) -> None:
+    """Apply the repository's CRDs (server-side) and wait until they are Established."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd",
+        "-l",
+        "app.kubernetes.io/part-of=nhi-operator",
+    )
+
+
+def install_authority_policy(kubectl: Kubectl, timeout: float = 60.0, name: str = "") -> float:
+    """Apply manifests/base/authoritypolicy.yaml and wait until the API server enforces it.
+
+    ``name`` renames the policy and its binding (the tests install it beside a Helm
+    release that brings its own). Like the finalizer policy, it answers 503 for a few
+    seconds after the CRDs are Established; a server-side dry run that asks for an
+    adoption is repeated until it is admitted (the admin may adopt). Returns the seconds
+    waited.
+    """
+    kubectl("apply", "--server-side", "-f", "-", input=authority_policy(name))
+    probe = json.dumps(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "MachineIdentity",
+            "metadata": {
+                "name": "adoption-probe",
+                "namespace": "default",
+                "annotations": {ADOPT_ANNOTATION: "true"},
+            },
+            "spec": {"owner": "nhi-operator"},
+        }
+    )
+    started = time.monotonic()
+    while True:
+        proc = kubectl("create", "--dry-run=server", "-f", "-", input=probe, check=False)
+        if proc.returncode == 0:
+            return time.monotonic() - started
+        if "ServiceUnavailable" not in proc.stderr:
+            raise ControlPlaneError(f"probing the authority policy: {proc.stderr.strip()}")
+        if time.monotonic() - started > timeout:
+            raise ControlPlaneError(f"the authority policy did not answer within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def install_finalizer_policy(kubectl: Kubectl, timeout: float = 60.0) -> float:
+    """Apply manifests/base/admissionpolicy.yaml and wait until it admits MachineIdentities.
+
+    Until a CRD's schema has reached the API server's type converter, a few seconds after
+    the CRD is Established, every create that a MutatingAdmissionPolicy matches is answered
+    503 ("There can be a delay between when CustomResourceDefinitions are created and when
+    they are available"), whatever the policy's failurePolicy. A server-side dry run is
+    repeated until the policy's finalizer comes back on it. Returns the seconds waited.
+    """
+    kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        str(REPO_ROOT / "manifests" / "base" / "admissionpolicy.yaml"),
+    )
+    probe = json.dumps(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "MachineIdentity",
+            "metadata": {"name": "admission-probe", "namespace": "default"},
+            "spec": {"owner": "nhi-operator"},
+        }
+    )
+    started = time.monotonic()
+    while True:
+        proc = kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", input=probe, check=False
+        )
+        if proc.returncode == 0:
+            finalizers = json.loads(proc.stdout)["metadata"].get("finalizers") or []
+            if IDENTITY_FINALIZER in finalizers:
+                return time.monotonic() - started
+        elif "ServiceUnavailable" not in proc.stderr:
+            raise ControlPlaneError(f"probing the finalizer policy: {proc.stderr.strip()}")
+        if time.monotonic() - started > timeout:
+            raise ControlPlaneError(
+                f"the finalizer policy did not admit a MachineIdentity within {timeout:.0f}s"
+            )
+        time.sleep(0.2)
