@@ -1,4 +1,4 @@
-"""Certificate revocation lists: building, PEM, and signature-checked revocation lookup."""
+"""Certificate revocation lists: building, PEM, reading, and signature-checked revocation lookup."""
 
 from __future__ import annotations
 
@@ -54,21 +54,7 @@ def build_crl(
         ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
         ski = x509.SubjectKeyIdentifier.from_public_key(ca_cert.public_key())
-
-    entries: dict[int, RevokedSerial] = {}
-    for item in revoked:
-        if not isinstance(item, RevokedSerial):
-            raise CryptoError("revoked entries must be RevokedSerial values")
-        if (
-            not isinstance(item.serial, int)
-            or isinstance(item.serial, bool)
-            or not 0 <= item.serial <= MAX_SERIAL
-        ):
-            raise CryptoError("revoked serial must be a non-negative integer of at most 159 bits")
-        revoked_at = require_utc(item.revoked_at, "revoked_at")
-        current = entries.get(item.serial)
-        if current is None or revoked_at < current.revoked_at:
-            entries[item.serial] = RevokedSerial(item.serial, revoked_at, item.reason)
+    entries = _unique_entries(revoked)
 
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -109,6 +95,46 @@ def load_crl(pem: bytes | str) -> x509.CertificateRevocationList:
         return x509.load_pem_x509_crl(bytes(data))
     except (ValueError, UnsupportedAlgorithm):
         raise CryptoError("invalid CRL PEM") from None
+
+
+def _unique_entries(revoked: Sequence[RevokedSerial]) -> dict[int, RevokedSerial]:
+    """The entries by serial, checked; a serial listed twice keeps its earliest revocation."""
+    entries: dict[int, RevokedSerial] = {}
+    for item in revoked:
+        if not isinstance(item, RevokedSerial):
+            raise CryptoError("revoked entries must be RevokedSerial values")
+        if (
+            not isinstance(item.serial, int)
+            or isinstance(item.serial, bool)
+            or not 0 <= item.serial <= MAX_SERIAL
+        ):
+            raise CryptoError("revoked serial must be a non-negative integer of at most 159 bits")
+        revoked_at = require_utc(item.revoked_at, "revoked_at")
+        current = entries.get(item.serial)
+        if current is None or revoked_at < current.revoked_at:
+            entries[item.serial] = RevokedSerial(item.serial, revoked_at, item.reason)
+    return entries
+
+
+def crl_entries(crl: x509.CertificateRevocationList) -> list[RevokedSerial]:
+    """The entries of a CRL as :class:`RevokedSerial` values (reason kept)."""
+    out = []
+    for revoked in crl:
+        reason: x509.ReasonFlags | None = None
+        try:
+            reason = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        except x509.ExtensionNotFound:
+            reason = None
+        out.append(RevokedSerial(revoked.serial_number, revoked.revocation_date_utc, reason))
+    return out
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    """The CRLNumber extension of a CRL (0 without one)."""
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0
 
 
 def verify_crl(crl: x509.CertificateRevocationList, ca_cert: x509.Certificate) -> None:
