@@ -18,7 +18,7 @@ from typing import Any, cast
 import pytest
 from cryptography import x509
 
-from nhi.builders.issuer import configmap_origin, parse_root_secret
+from nhi.builders.issuer import parse_root_secret
 from nhi.crypto import (
     PrivateKey,
     build_self_signed_ca,
@@ -33,6 +33,7 @@ from nhi.crypto import (
 )
 from nhi.k8s.client import Api, Conflict, Forbidden, Invalid, NotFound
 from nhi.k8s.events import EventRecorder
+from nhi.policies.provenance import configmap_origin
 from nhi.reconcilers import trust_bundles
 from nhi.reconcilers.issuer import (
     IssuerNotReady,

@@ -90,7 +90,7 @@ async def start_issuers(logger: kopf.Logger, **_: Any) -> None:
     global _started
     _started = _service()
     # Made now rather than at the first publication: ConfigMaps created before the key may
-    # be adopted as an earlier version's (nhi.builders.issuer.configmap_origin).
+    # be adopted as an earlier version's (nhi.policies.provenance.configmap_origin).
     try:
         await _started.provenance.get()
     except (ApiError, ProvenanceError) as err:

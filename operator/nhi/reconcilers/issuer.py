@@ -1,7 +1,7 @@
 """IdentityIssuer / ClusterIdentityIssuer: CA material, trust bundles and CRLs.
 
 One :class:`IssuerService` per operator. Its own work queue reconciles issuers: load or
-generate the CA (gather), decide what it needs (pure, in ``nhi.builders.issuer``), write the
+generate the CA (gather), decide what it needs (pure, in ``nhi.policies.ca``), write the
 root Secret and the CRL only when they must change (apply), and patch the status only when it
 changed. The MachineIdentity reconciler asks it for a :class:`Signer` (served from memory), to
 publish the trust bundle into a namespace, and to revoke serials. A namespace's trust bundle
@@ -25,35 +25,21 @@ from typing import Any
 from cryptography import x509
 
 from nhi import API_VERSION, metrics
+from nhi.builders.ca_secret import CAMaterial, CAProblem, load_ca_secret
 from nhi.builders.issuer import (
     CRL_KEY,
-    CAMaterial,
-    CAProblem,
     RootMaterial,
     build_crl_configmap,
     build_root_secret,
     compose_bundle,
-    configmap_origin,
     configmap_text,
-    crl_entries,
-    crl_number,
     crl_purpose,
-    crl_resign_at,
-    crl_resign_reason,
     crl_summary,
     legacy_crl,
-    load_ca_secret,
-    merge_revoked,
-    next_expiry,
     owned_by,
     parse_root_secret,
-    prune_revoked,
-    root_action,
     root_secret_name,
     rotate,
-    rotation_at,
-    still_valid,
-    trusted_since,
 )
 from nhi.crypto import (
     CryptoError,
@@ -63,13 +49,18 @@ from nhi.crypto import (
     build_crl,
     build_self_signed_ca,
     chain_pem,
+    crl_entries,
+    crl_number,
     crl_pem,
     fingerprint_sha256,
     generate_key,
     key_algorithm_of,
     load_cert_chain,
     load_crl,
+    next_expiry,
     serial_hex,
+    still_valid,
+    trusted_since,
 )
 from nhi.k8s.client import Api, ApiError, NotFound
 from nhi.k8s.events import EventRecorder
@@ -91,6 +82,15 @@ from nhi.models.issuer import (
     VaultSource,
     issuer_key,
 )
+from nhi.policies.ca import (
+    crl_resign_at,
+    crl_resign_reason,
+    merge_revoked,
+    prune_revoked,
+    root_action,
+    rotation_at,
+)
+from nhi.policies.provenance import configmap_origin
 from nhi.reconcilers.provenance import Provenance, ProvenanceError, ProvenanceKeys
 from nhi.reconcilers.trust_bundles import BundleConflict, BundleKey, Contributions, TrustBundles
 from nhi.reconcilers.workqueue import WorkQueue

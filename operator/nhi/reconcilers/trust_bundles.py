@@ -3,7 +3,7 @@
 Every issuer publishes into the ConfigMap its ``spec.trustBundle.configMapName`` names (by
 default all into ``nhi-trust-bundle``), in each namespace where identities use it. So the
 content of one ConfigMap is the merge of the bundles of several issuers
-(:func:`nhi.builders.issuer.merge_bundles`); the :class:`IssuerService` says which issuers
+(:func:`nhi.builders.trust_bundle.merge_bundles`); the :class:`IssuerService` says which issuers
 and what each one contributes now (gather), the merge is pure (decide), and the ConfigMap is
 written only when it differs (apply). It is deleted when no issuer is left in it.
 
@@ -24,16 +24,14 @@ from typing import Any
 
 from cryptography import x509
 
-from nhi.builders.issuer import (
-    CA_CRT,
+from nhi.builders.ca_secret import CA_CRT
+from nhi.builders.issuer import configmap_text
+from nhi.builders.trust_bundle import (
     TRUST_BUNDLE_PURPOSE,
     MergedBundle,
-    Origin,
     build_trust_bundle,
     bundle_certificates,
     bundle_sources,
-    configmap_origin,
-    configmap_text,
     is_legacy_bundle,
     legacy_bundle_source,
     merge_bundles,
@@ -43,6 +41,7 @@ from nhi.crypto import fingerprint_sha256, load_cert_chain
 from nhi.k8s.client import Api, ApiError, Forbidden, NotFound
 from nhi.models.issuer import ISSUER_LABEL, PROVENANCE_ANNOTATION, SOURCES_ANNOTATION
 from nhi.models.meta import MANAGED_SELECTOR
+from nhi.policies.provenance import Origin, configmap_origin
 from nhi.reconcilers.provenance import Provenance, ProvenanceKeys
 from nhi.reconcilers.workqueue import WorkQueue
 
