@@ -34,13 +34,13 @@ from nhi.crypto import (
 from nhi.k8s.client import Api, Conflict, Forbidden, Invalid, NotFound
 from nhi.k8s.events import EventRecorder
 from nhi.policies.provenance import configmap_origin
-from nhi.reconcilers import trust_bundles
 from nhi.reconcilers.issuer import (
     IssuerNotReady,
     IssuerOutcome,
     IssuerService,
     compute_status,
 )
+from nhi.reconcilers.issuers import trust_bundles
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ from nhi.handlers import runtime
 from nhi.k8s.client import ApiError
 from nhi.models.issuer import CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerKey
 from nhi.reconcilers.issuer import CLUSTER_ISSUER_INDEX, ISSUER_INDEX, IssuerService
-from nhi.reconcilers.provenance import ProvenanceError
+from nhi.reconcilers.issuers.provenance import ProvenanceError
 
 GROUP, VERSION = "nhi.dev", "v1alpha1"
 

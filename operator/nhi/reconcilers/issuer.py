@@ -5,9 +5,9 @@ generate the CA (gather), decide what it needs (pure, in ``nhi.policies.ca``), w
 root Secret and the CRL only when they must change (apply), and patch the status only when it
 changed. The MachineIdentity reconciler asks it for a :class:`Signer` (served from memory), to
 publish the trust bundle into a namespace, and to revoke serials. A namespace's trust bundle
-is shared by the issuers used there (:mod:`nhi.reconcilers.trust_bundles`); this service says
-what each one gives it. The CRL and trust bundle ConfigMaps are written only if the operator
-created them (:mod:`nhi.reconcilers.provenance`).
+is shared by the issuers used there (:mod:`nhi.reconcilers.issuers.trust_bundles`); this
+service says what each one gives it. The CRL and trust bundle ConfigMaps are written only if
+the operator created them (:mod:`nhi.reconcilers.issuers.provenance`).
 
 Nothing here logs or reports key material: messages name Secrets, rules, subjects, serials
 and fingerprints only.
@@ -91,8 +91,13 @@ from nhi.policies.ca import (
     rotation_at,
 )
 from nhi.policies.provenance import configmap_origin
-from nhi.reconcilers.provenance import Provenance, ProvenanceError, ProvenanceKeys
-from nhi.reconcilers.trust_bundles import BundleConflict, BundleKey, Contributions, TrustBundles
+from nhi.reconcilers.issuers.provenance import Provenance, ProvenanceError, ProvenanceKeys
+from nhi.reconcilers.issuers.trust_bundles import (
+    BundleConflict,
+    BundleKey,
+    Contributions,
+    TrustBundles,
+)
 from nhi.reconcilers.workqueue import WorkQueue
 
 log = logging.getLogger("nhi.reconcilers.issuer")
@@ -532,7 +537,7 @@ class IssuerService:
         """Bring the trust bundle of ``namespace`` that the issuer publishes into up to date.
 
         That ConfigMap holds the roots of every issuer used in the namespace that publishes
-        under the same name (:mod:`nhi.reconcilers.trust_bundles`). No request when it
+        under the same name (:mod:`nhi.reconcilers.issuers.trust_bundles`). No request when it
         already holds the current bundles (in-memory cache). The current bundle is published
         even if ``signer`` predates a CA rotation.
         """

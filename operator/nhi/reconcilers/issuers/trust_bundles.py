@@ -42,7 +42,7 @@ from nhi.k8s.client import Api, ApiError, Forbidden, NotFound
 from nhi.models.issuer import ISSUER_LABEL, PROVENANCE_ANNOTATION, SOURCES_ANNOTATION
 from nhi.models.meta import MANAGED_SELECTOR
 from nhi.policies.provenance import Origin, configmap_origin
-from nhi.reconcilers.provenance import Provenance, ProvenanceKeys
+from nhi.reconcilers.issuers.provenance import Provenance, ProvenanceKeys
 from nhi.reconcilers.workqueue import WorkQueue
 
 log = logging.getLogger("nhi.reconcilers.trust_bundles")

@@ -1,0 +1,1 @@
+"""IdentityIssuer / ClusterIdentityIssuer: CA material, signers, CRLs and trust bundles."""
