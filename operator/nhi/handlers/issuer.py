@@ -1,9 +1,10 @@
 """kopf handlers for IdentityIssuer and ClusterIdentityIssuer: turn events into queued work.
 
-The issuers have their own work queue in :class:`nhi.reconcilers.issuer.IssuerService`
-(``runtime.get().issuers``). A CA Secret an issuer reads is re-checked on its watch event
-(the runtime watches every Secret's metadata, never its data), and in any case on a timer:
-every 10 s while the issuer is not Ready, every minute when it is.
+The issuers have their own work queue, in the issuer controller
+(:mod:`nhi.reconcilers.issuers.controller`, reached through ``runtime.get().issuers``). A CA
+Secret an issuer reads is re-checked on its watch event (the runtime watches every Secret's
+metadata, never its data), and in any case on a timer: every 10 s while the issuer is not
+Ready, every minute when it is.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import kopf
 from nhi.handlers import runtime
 from nhi.k8s.client import ApiError
 from nhi.models.issuer import CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerKey
-from nhi.reconcilers.issuer import CLUSTER_ISSUER_INDEX, ISSUER_INDEX, IssuerService
+from nhi.reconcilers.issuers import CLUSTER_ISSUER_INDEX, ISSUER_INDEX, IssuerService
 from nhi.reconcilers.issuers.provenance import ProvenanceError
 
 GROUP, VERSION = "nhi.dev", "v1alpha1"

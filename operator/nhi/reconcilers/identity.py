@@ -63,7 +63,7 @@ from nhi.reconcilers.credentials import (
     raise_first,
     settle,
 )
-from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
+from nhi.reconcilers.issuers import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter
 
 log = logging.getLogger("nhi.reconcilers.identity")

@@ -3,9 +3,10 @@
 Every issuer publishes into the ConfigMap its ``spec.trustBundle.configMapName`` names (by
 default all into ``nhi-trust-bundle``), in each namespace where identities use it. So the
 content of one ConfigMap is the merge of the bundles of several issuers
-(:func:`nhi.builders.trust_bundle.merge_bundles`); the :class:`IssuerService` says which issuers
-and what each one contributes now (gather), the merge is pure (decide), and the ConfigMap is
-written only when it differs (apply). It is deleted when no issuer is left in it.
+(:func:`nhi.builders.trust_bundle.merge_bundles`); the issuers' side
+(:mod:`nhi.reconcilers.issuers.distribution`) says which issuers and what each one
+contributes now (gather), the merge is pure (decide), and the ConfigMap is written only when
+it differs (apply). It is deleted when no issuer is left in it.
 
 The operator writes or deletes only a ConfigMap it created: it creates it with a POST (which
 fails when the name is taken), tags it with a provenance tag bound to the UID the API server
@@ -45,6 +46,7 @@ from nhi.policies.provenance import Origin, configmap_origin
 from nhi.reconcilers.issuers.provenance import Provenance, ProvenanceKeys
 from nhi.reconcilers.workqueue import WorkQueue
 
+# The logger name these log lines have always carried (docs/observability.md).
 log = logging.getLogger("nhi.reconcilers.trust_bundles")
 
 BundleKey = tuple[str, str]  # (namespace, ConfigMap name)
