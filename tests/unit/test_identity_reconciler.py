@@ -24,7 +24,7 @@ from nhi.models.meta import IDENTITY_LABEL, Reason
 from nhi.models.policy import IdentityPolicy
 from nhi.models.workload import Workload
 from nhi.reconcilers.identity import IdentityReconciler
-from nhi.reconcilers.issuer import IssuerService
+from nhi.reconcilers.issuers import IssuerService
 from tests.unit.factories import NAME, NAMESPACE, credential, make_body, rule
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,7 @@
-"""Pure issuer builders: root Secret, CA Secret validation, rotation, bundles and CRLs."""
+"""Pure issuer builders: root Secret, CA Secret validation, rotated material, bundles, CRLs.
+
+The rules of when to rotate and re-sign are tested in tests/unit/test_ca_policy.py.
+"""
 
 from __future__ import annotations
 
@@ -12,36 +15,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from nhi.builders.ca_secret import CAProblem, load_ca_secret
 from nhi.builders.issuer import (
-    CAProblem,
     RootMaterial,
     build_crl_configmap,
     build_root_secret,
-    build_trust_bundle,
-    bundle_sources,
     compose_bundle,
-    configmap_origin,
-    crl_entries,
-    crl_number,
-    crl_resign_at,
-    crl_resign_reason,
-    is_legacy_bundle,
     issuer_labels,
     label_value,
-    legacy_bundle_source,
-    load_ca_secret,
-    merge_bundles,
-    merge_revoked,
-    needs_rotation,
     owned_by,
     parse_root_secret,
-    prune_revoked,
-    root_action,
     root_secret_name,
     rotate,
-    rotation_at,
-    still_valid,
 )
+from nhi.builders.trust_bundle import build_trust_bundle, bundle_sources, merge_bundles
 from nhi.crypto import (
     PrivateKey,
     RevokedSerial,
@@ -49,6 +36,8 @@ from nhi.crypto import (
     build_self_signed_ca,
     cert_pem,
     chain_pem,
+    crl_entries,
+    crl_number,
     crl_pem,
     fingerprint_sha256,
     generate_key,
@@ -57,9 +46,10 @@ from nhi.crypto import (
     issue_leaf,
     load_cert_chain,
     private_key_pem,
-    provenance_tag,
+    still_valid,
 )
 from nhi.models.issuer import PROVENANCE_ANNOTATION, Issuer
+from nhi.policies.ca import merge_revoked
 
 pytestmark = pytest.mark.unit
 
@@ -104,40 +94,6 @@ def tls_secret(
 
 
 # ------------------------------------------------------------------------------ rotation
-
-
-@pytest.mark.parametrize(
-    ("elapsed", "expected"),
-    [
-        (dt.timedelta(0), False),
-        (10 * DAY, False),
-        (19 * DAY, False),  # 19 of 30 days: more than a third left
-        (20 * DAY + dt.timedelta(minutes=2), True),  # less than a third left
-        (29 * DAY, True),
-        (31 * DAY, True),  # expired
-    ],
-)
-def test_needs_rotation_when_a_third_of_the_lifetime_is_left(
-    elapsed: dt.timedelta, expected: bool
-) -> None:
-    assert needs_rotation(root(), NOW + elapsed) is expected
-
-
-def test_rotation_at_is_two_thirds_into_the_lifetime() -> None:
-    cert = root()
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert rotation_at(cert) == cert.not_valid_before_utc + lifetime * 2 / 3
-
-
-def test_root_action_in_order() -> None:
-    current = RootMaterial(root(0), key(0))
-    assert root_action(None, NOW) == "create"
-    assert root_action(current, NOW) is None
-    assert root_action(current, NOW + 25 * DAY) == "rotate"
-    old = root(1, now=NOW - 29 * DAY)
-    with_previous = RootMaterial(root(0), key(0), (old,))
-    assert root_action(with_previous, NOW) is None
-    assert root_action(with_previous, NOW + 2 * DAY) == "prune"  # the previous root expired
 
 
 def test_rotate_keeps_the_old_root_for_trust_until_it_expires() -> None:
@@ -456,56 +412,6 @@ def test_unreadable_bundle_sources_are_empty(raw: str | None) -> None:
     assert bundle_sources(cm) == {}
 
 
-KEY = b"k" * 32
-EARLIER = "2030-01-14T12:00:00Z"
-
-
-def configmap(uid: str = "u-1", created: str = EARLIER, **meta: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": "cm", "uid": uid, "creationTimestamp": created, **meta},
-        "data": {"ca.crt": cert_pem(root(1)).decode()},
-    }
-
-
-def test_configmap_origin_needs_the_tag_of_its_own_uid() -> None:
-    tag = provenance_tag(KEY, "u-1", "trust-bundle")
-    ours = configmap(annotations={PROVENANCE_ANNOTATION: tag})
-    assert configmap_origin(ours, key=KEY, purpose="trust-bundle") == "ours"
-    # The same tag copied onto another object (another UID), or for another purpose, or
-    # made with another key, proves nothing.
-    copied = configmap(uid="u-2", annotations={PROVENANCE_ANNOTATION: tag})
-    assert configmap_origin(copied, key=KEY, purpose="trust-bundle") == "foreign"
-    assert configmap_origin(ours, key=KEY, purpose="crl/IdentityIssuer/a/b") == "foreign"
-    assert configmap_origin(ours, key=b"o" * 32, purpose="trust-bundle") == "foreign"
-    # Labels alone prove nothing.
-    labelled = configmap(labels={"app.kubernetes.io/managed-by": "nhi-operator"})
-    assert configmap_origin(labelled, key=KEY, purpose="trust-bundle") == "foreign"
-
-
-def test_configmap_origin_adopts_an_earlier_versions_object_only_if_older_than_the_key() -> None:
-    labels = {
-        "app.kubernetes.io/managed-by": "nhi-operator",
-        "nhi.dev/issuer": "mesh",
-        "nhi.dev/issuer-kind": "ClusterIdentityIssuer",
-    }
-    since = NOW
-
-    def origin(cm: dict[str, Any]) -> str:
-        return configmap_origin(
-            cm, key=KEY, purpose="trust-bundle", created_before=since, legacy=is_legacy_bundle
-        )
-
-    assert legacy_bundle_source(configmap(labels=labels)) == "ClusterIdentityIssuer/mesh"
-    assert origin(configmap(labels=labels)) == "legacy"
-    assert origin(configmap(labels=labels, created="2030-01-15T12:00:00Z")) == "foreign"
-    assert origin(configmap(labels=labels, created="nonsense")) == "foreign"
-    assert origin(configmap()) == "foreign"  # no labels of an earlier version
-    # A wrong tag is never legacy.
-    assert origin(configmap(labels=labels, annotations={PROVENANCE_ANNOTATION: "v1.x"})) == (
-        "foreign"
-    )
-
-
 # ----------------------------------------------------------------------------------- CRL
 
 
@@ -526,24 +432,6 @@ def _crl(
     )
 
 
-def test_merge_revoked_is_idempotent_and_keeps_the_earliest_revocation() -> None:
-    a = RevokedSerial(10, NOW)
-    b = RevokedSerial(5, NOW + DAY)
-    merged, added = merge_revoked([a], [b, RevokedSerial(10, NOW + DAY)])
-    assert merged == [b, a]
-    assert added == 1
-    again, added = merge_revoked(merged, [b])
-    assert again == merged
-    assert added == 0
-    earlier, _ = merge_revoked(merged, [RevokedSerial(5, NOW)])
-    assert earlier[0].revoked_at == NOW
-
-
-def test_prune_drops_entries_older_than_every_trusted_ca() -> None:
-    entries = [RevokedSerial(1, NOW - 2 * DAY), RevokedSerial(2, NOW)]
-    assert prune_revoked(entries, NOW - DAY) == [RevokedSerial(2, NOW)]
-
-
 def test_revoking_serials_builds_a_crl_that_verifies_against_the_ca() -> None:
     merged, _ = merge_revoked([], [RevokedSerial(1234, NOW), RevokedSerial(99, NOW)])
     pem = crl_pem(_crl(merged, number=7))
@@ -553,29 +441,3 @@ def test_revoking_serials_builds_a_crl_that_verifies_against_the_ca() -> None:
     parsed = x509.load_pem_x509_crl(pem)
     assert crl_number(parsed) == 7
     assert sorted(e.serial for e in crl_entries(parsed)) == [99, 1234]
-
-
-@pytest.mark.parametrize(
-    ("crl_age", "validity", "slot", "expected"),
-    [
-        (dt.timedelta(0), DAY, 0, None),
-        (dt.timedelta(hours=15), DAY, 0, None),  # 9h of 24h left: more than a third
-        (dt.timedelta(hours=17), DAY, 0, "due"),  # 7h left
-        (dt.timedelta(0), 2 * DAY, 0, "validity changed"),
-        (dt.timedelta(0), DAY, 1, "issuer changed"),  # signed by another CA
-    ],
-)
-def test_crl_resign_reason(
-    crl_age: dt.timedelta, validity: dt.timedelta, slot: int, expected: str | None
-) -> None:
-    crl = _crl([], now=NOW - crl_age, slot=slot)
-    assert crl_resign_reason(crl, root(0), NOW, validity) == expected
-
-
-def test_missing_crl_must_be_signed() -> None:
-    assert crl_resign_reason(None, root(0), NOW, DAY) == "missing"
-
-
-def test_crl_resign_at_is_a_third_before_next_update() -> None:
-    crl = _crl([])
-    assert crl_resign_at(crl, DAY) == NOW + DAY - DAY / 3

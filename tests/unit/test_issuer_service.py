@@ -1,4 +1,4 @@
-"""IssuerService against an in-memory API: rotation, bundles, CRLs and status, with a fake clock.
+"""The issuer parts against an in-memory API: rotation, bundles, CRLs and status, fake clock.
 
 The real API server is exercised by tests/integration/test_issuer.py; here time is walked
 forward by months without sleeping, and every request the service makes is counted.
@@ -18,7 +18,7 @@ from typing import Any, cast
 import pytest
 from cryptography import x509
 
-from nhi.builders.issuer import configmap_origin, parse_root_secret
+from nhi.builders.issuer import parse_root_secret
 from nhi.crypto import (
     PrivateKey,
     build_self_signed_ca,
@@ -33,12 +33,13 @@ from nhi.crypto import (
 )
 from nhi.k8s.client import Api, Conflict, Forbidden, Invalid, NotFound
 from nhi.k8s.events import EventRecorder
-from nhi.reconcilers import trust_bundles
-from nhi.reconcilers.issuer import (
+from nhi.policies.provenance import configmap_origin
+from nhi.reconcilers.issuers import (
     IssuerNotReady,
     IssuerOutcome,
     IssuerService,
     compute_status,
+    trust_bundles,
 )
 
 pytestmark = pytest.mark.unit
@@ -307,17 +308,21 @@ async def test_signer_is_served_from_memory() -> None:
     assert api.calls == []
 
 
-async def test_signer_reconciles_an_issuer_it_has_not_seen() -> None:
+async def test_signer_waits_for_the_controller_to_reconcile_an_issuer_it_has_not_seen() -> None:
     svc, api, _, _ = make_service()
     api.put(issuer_body())
-    signer = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
-    assert signer.trust_domain == "example.org"
-    with pytest.raises(IssuerNotReady) as err:
-        await svc.signer("ClusterIdentityIssuer", "other", "ns")
-    assert err.value.reason == "IssuerNotFound"
-    with pytest.raises(IssuerNotReady) as err:
-        await svc.signer("IdentityIssuer", "mesh", "ns")
-    assert err.value.reason == "IssuerNotFound"
+    svc.start()  # as the operator does at start-up: the issuer queue runs
+    try:
+        signer = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
+        assert signer.trust_domain == "example.org"
+        with pytest.raises(IssuerNotReady) as err:
+            await svc.signer("ClusterIdentityIssuer", "other", "ns")
+        assert err.value.reason == "IssuerNotFound"
+        with pytest.raises(IssuerNotReady) as err:
+            await svc.signer("IdentityIssuer", "mesh", "ns")
+        assert err.value.reason == "IssuerNotFound"
+    finally:
+        await svc.stop()
 
 
 async def test_root_rotates_with_a_third_left_and_the_old_root_stays_trusted() -> None:
@@ -498,13 +503,13 @@ async def test_an_input_the_crypto_layer_refuses_is_stalled(
 ) -> None:
     """Whatever the model let through, a CA the crypto layer cannot make is not retried at
     full speed: Stalled, naming spec.selfSigned."""
-    import nhi.reconcilers.issuer as issuer_module
+    import nhi.reconcilers.issuers.sources.self_signed as self_signed
     from nhi.crypto import CryptoError
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise CryptoError("common_name must be at most 64 bytes in UTF-8 (it has 65)")
 
-    monkeypatch.setattr(issuer_module, "build_self_signed_ca", refuse)
+    monkeypatch.setattr(self_signed, "build_self_signed_ca", refuse)
     svc, api, _, _ = make_service()
     outcome = await reconcile(svc, api, issuer_body())
     assert outcome.stalled and outcome.reason == "InvalidSpec"

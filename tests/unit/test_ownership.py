@@ -20,7 +20,7 @@ from nhi.k8s.events import EventRecorder
 from nhi.models.meta import Reason
 from nhi.policies.ownership import Claim, describe_owner, owned_by, owner_uid
 from nhi.reconcilers.identity import IdentityReconciler
-from nhi.reconcilers.issuer import IssuerService
+from nhi.reconcilers.issuers import IssuerService
 from nhi.reconcilers.policy import AdmissionReviewer
 from tests.unit.factories import NAME, NAMESPACE, UID, credential, make_body, make_identity, rule
 from tests.unit.test_identity_policy import FakeApi as ReviewApi

@@ -24,6 +24,8 @@ from nhi.crypto.certs import (
 from nhi.crypto.crl import (
     RevokedSerial,
     build_crl,
+    crl_entries,
+    crl_number,
     crl_pem,
     is_revoked,
     load_crl,
@@ -57,6 +59,7 @@ from nhi.crypto.provenance import (
 )
 from nhi.crypto.spiffe import spiffe_id, trust_domain_of, validate_spiffe_id
 from nhi.crypto.static_secrets import DEFAULT_CHARSET, Charset, generate_secret
+from nhi.crypto.validity import next_expiry, still_valid, trusted_since
 from nhi.models.duration import rfc3339
 
 __all__ = [
@@ -76,6 +79,8 @@ __all__ = [
     "cert_pem",
     "cert_summary",
     "chain_pem",
+    "crl_entries",
+    "crl_number",
     "crl_pem",
     "dns_names_of",
     "fingerprint_sha256",
@@ -89,6 +94,7 @@ __all__ = [
     "load_crl",
     "load_private_key",
     "new_provenance_key",
+    "next_expiry",
     "parse_key_algorithm",
     "parse_serial_hex",
     "private_key_pem",
@@ -101,7 +107,9 @@ __all__ = [
     "signing_hash",
     "spiffe_id",
     "spiffe_id_of",
+    "still_valid",
     "trust_domain_of",
+    "trusted_since",
     "validate_spiffe_id",
     "verify_chain",
     "verify_crl",

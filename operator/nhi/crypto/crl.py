@@ -1,4 +1,4 @@
-"""Certificate revocation lists: building, PEM, and signature-checked revocation lookup."""
+"""Certificate revocation lists: building, PEM, reading, and signature-checked revocation lookup."""
 
 from __future__ import annotations
 
@@ -119,6 +119,27 @@ def load_crl(pem: bytes | str) -> x509.CertificateRevocationList:
         return x509.load_pem_x509_crl(bytes(data))
     except (ValueError, UnsupportedAlgorithm):
         raise CryptoError("invalid CRL PEM") from None
+
+
+def crl_entries(crl: x509.CertificateRevocationList) -> list[RevokedSerial]:
+    """The entries of a CRL as :class:`RevokedSerial` values (reason kept)."""
+    out = []
+    for revoked in crl:
+        reason: x509.ReasonFlags | None = None
+        try:
+            reason = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        except x509.ExtensionNotFound:
+            reason = None
+        out.append(RevokedSerial(revoked.serial_number, revoked.revocation_date_utc, reason))
+    return out
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    """The CRLNumber extension of a CRL (0 without one)."""
+    try:
+        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        return 0
 
 
 def verify_crl(crl: x509.CertificateRevocationList, ca_cert: x509.Certificate) -> None:

@@ -1,9 +1,10 @@
 """kopf handlers for IdentityIssuer and ClusterIdentityIssuer: turn events into queued work.
 
-The issuers have their own work queue in :class:`nhi.reconcilers.issuer.IssuerService`
-(``runtime.get().issuers``). A CA Secret an issuer reads is re-checked on its watch event
-(the runtime watches every Secret's metadata, never its data), and in any case on a timer:
-every 10 s while the issuer is not Ready, every minute when it is.
+The issuers have their own work queue, in the issuer controller
+(:mod:`nhi.reconcilers.issuers.controller`, reached through ``runtime.get().issuers``). A CA
+Secret an issuer reads is re-checked on its watch event (the runtime watches every Secret's
+metadata, never its data), and in any case on a timer: every 10 s while the issuer is not
+Ready, every minute when it is.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import kopf
 from nhi.handlers import runtime
 from nhi.k8s.client import ApiError
 from nhi.models.issuer import CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerKey
-from nhi.reconcilers.issuer import CLUSTER_ISSUER_INDEX, ISSUER_INDEX, IssuerService
-from nhi.reconcilers.provenance import ProvenanceError
+from nhi.reconcilers.issuers import CLUSTER_ISSUER_INDEX, ISSUER_INDEX, IssuerService
+from nhi.reconcilers.issuers.provenance import ProvenanceError
 
 GROUP, VERSION = "nhi.dev", "v1alpha1"
 
@@ -90,7 +91,7 @@ async def start_issuers(logger: kopf.Logger, **_: Any) -> None:
     global _started
     _started = _service()
     # Made now rather than at the first publication: ConfigMaps created before the key may
-    # be adopted as an earlier version's (nhi.builders.issuer.configmap_origin).
+    # be adopted as an earlier version's (nhi.policies.provenance.configmap_origin).
     try:
         await _started.provenance.get()
     except (ApiError, ProvenanceError) as err:

@@ -41,7 +41,7 @@ from nhi.models.meta import (
 from nhi.models.policy import IdentityPolicy
 from nhi.models.workload import WORKLOAD_KINDS, Workload, workload_from_body
 from nhi.reconcilers.identity import IdentityReconciler
-from nhi.reconcilers.issuer import IssuerService
+from nhi.reconcilers.issuers import IssuerService
 from nhi.reconcilers.workqueue import WorkQueue
 from nhi.settings import current as current_settings
 

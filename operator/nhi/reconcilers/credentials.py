@@ -27,7 +27,7 @@ from nhi.models.meta import RENEW_ANNOTATION, Reason
 from nhi.policies import rotation
 from nhi.policies.ownership import Claim, OwnershipConflict
 from nhi.reconcilers.issuance import Minter
-from nhi.reconcilers.issuer import IssuerNotReady, IssuerService, Signer
+from nhi.reconcilers.issuers import IssuerNotReady, IssuerService, Signer
 from nhi.reconcilers.owned import OwnedWriter
 
 log = logging.getLogger("nhi.reconcilers.credentials")

@@ -56,7 +56,7 @@ from nhi.reconcilers.identity_plan import (
 )
 from nhi.reconcilers.identity_revocation import Revoker
 from nhi.reconcilers.identity_status import StatusWriter
-from nhi.reconcilers.issuer import IssuerService
+from nhi.reconcilers.issuers import IssuerService
 from nhi.reconcilers.owned import OwnedWriter
 
 log = logging.getLogger("nhi.reconcilers.identity")

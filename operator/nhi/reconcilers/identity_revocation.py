@@ -29,7 +29,7 @@ from nhi.policies.revocation import (
     WORKLOAD_DELETED,
 )
 from nhi.reconcilers.identity_plan import Outcome, event_ref, owned_children
-from nhi.reconcilers.issuer import IssuerNotReady, IssuerService
+from nhi.reconcilers.issuers import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter
 
 log = logging.getLogger("nhi.reconcilers.identity")

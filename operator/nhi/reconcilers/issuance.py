@@ -22,7 +22,7 @@ from nhi.models.duration import parse_time
 from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.issued import Issued
 from nhi.policies import rotation
-from nhi.reconcilers.issuer import Signer
+from nhi.reconcilers.issuers import Signer
 from nhi.reconcilers.owned import OwnedWriter, uid_of
 
 

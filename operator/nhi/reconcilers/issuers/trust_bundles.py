@@ -3,9 +3,10 @@
 Every issuer publishes into the ConfigMap its ``spec.trustBundle.configMapName`` names (by
 default all into ``nhi-trust-bundle``), in each namespace where identities use it. So the
 content of one ConfigMap is the merge of the bundles of several issuers
-(:func:`nhi.builders.issuer.merge_bundles`); the :class:`IssuerService` says which issuers
-and what each one contributes now (gather), the merge is pure (decide), and the ConfigMap is
-written only when it differs (apply). It is deleted when no issuer is left in it.
+(:func:`nhi.builders.trust_bundle.merge_bundles`); the issuers' side
+(:mod:`nhi.reconcilers.issuers.distribution`) says which issuers and what each one
+contributes now (gather), the merge is pure (decide), and the ConfigMap is written only when
+it differs (apply). It is deleted when no issuer is left in it.
 
 The operator writes or deletes only a ConfigMap it created: it creates it with a POST (which
 fails when the name is taken), tags it with a provenance tag bound to the UID the API server
@@ -24,16 +25,14 @@ from typing import Any
 
 from cryptography import x509
 
-from nhi.builders.issuer import (
-    CA_CRT,
+from nhi.builders.ca_secret import CA_CRT
+from nhi.builders.issuer import configmap_text
+from nhi.builders.trust_bundle import (
     TRUST_BUNDLE_PURPOSE,
     MergedBundle,
-    Origin,
     build_trust_bundle,
     bundle_certificates,
     bundle_sources,
-    configmap_origin,
-    configmap_text,
     is_legacy_bundle,
     legacy_bundle_source,
     merge_bundles,
@@ -43,9 +42,11 @@ from nhi.crypto import fingerprint_sha256, load_cert_chain
 from nhi.k8s.client import Api, ApiError, Forbidden, NotFound
 from nhi.models.issuer import ISSUER_LABEL, PROVENANCE_ANNOTATION, SOURCES_ANNOTATION
 from nhi.models.meta import MANAGED_SELECTOR
-from nhi.reconcilers.provenance import Provenance, ProvenanceKeys
+from nhi.policies.provenance import Origin, configmap_origin
+from nhi.reconcilers.issuers.provenance import Provenance, ProvenanceKeys
 from nhi.reconcilers.workqueue import WorkQueue
 
+# The logger name these log lines have always carried (docs/observability.md).
 log = logging.getLogger("nhi.reconcilers.trust_bundles")
 
 BundleKey = tuple[str, str]  # (namespace, ConfigMap name)

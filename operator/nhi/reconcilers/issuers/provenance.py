@@ -21,6 +21,7 @@ from nhi.k8s.client import Api, Conflict
 from nhi.models.duration import parse_time
 from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
 
+# The logger name these log lines have always carried (docs/observability.md).
 log = logging.getLogger("nhi.reconcilers.provenance")
 
 KEY_SECRET = "nhi-provenance-key"  # noqa: S105 - a name, not a secret

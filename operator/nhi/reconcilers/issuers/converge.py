@@ -1,0 +1,96 @@
+"""From an issuer's spec to the signer identities use: CA material, checked, and a current CRL.
+
+The issuer's CA source (:mod:`.sources`) makes or loads the CA; the CA is checked once here
+(:class:`nhi.crypto.PreparedIssuer`), the CRL is kept current by the CRL publisher, and the
+Ready message and next due time are composed. Called by the issuer controller with the
+issuer's lock held.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography import x509
+
+from nhi.crypto import CryptoError, PreparedIssuer, chain_pem, fingerprint_sha256
+from nhi.models.duration import rfc3339
+from nhi.models.issuer import Issuer, IssuerKey, IssuerReason
+from nhi.reconcilers.issuers.crl import CrlPublisher
+from nhi.reconcilers.issuers.signers import IssuerNotReady, Signer
+from nhi.reconcilers.issuers.sources import CASources
+from nhi.reconcilers.issuers.status import IssuerOutcome
+
+
+class Converger:
+    def __init__(self, sources: CASources, crl: CrlPublisher) -> None:
+        self.sources = sources
+        self.crl = crl
+
+    def field(self, issuer: Issuer) -> str:
+        """The spec field named when the issuer's CA cannot be made as specified."""
+        return self.sources.of(issuer).field
+
+    def forget(self, key: IssuerKey) -> None:
+        self.sources.forget(key)
+        self.crl.forget(key)
+
+    async def converge(
+        self,
+        issuer: Issuer,
+        body: Mapping[str, Any],
+        now: dt.datetime,
+        current: x509.Certificate | None,
+    ) -> tuple[IssuerOutcome, Signer | None]:
+        """The outcome, and the signer when the issuer is Ready (``current``: its CA so far).
+
+        CryptoError when the crypto layer refuses the spec; ApiError when a request failed.
+        """
+        loaded = await self.sources.of(issuer).load(issuer, body, now, current)
+        if isinstance(loaded, IssuerOutcome):
+            return loaded, None
+        material = loaded.material
+        try:
+            ca = PreparedIssuer(material.cert, material.key, now)
+        except CryptoError as err:
+            return _not_ready(
+                IssuerReason.CA_SECRET_INVALID, f"the CA cannot sign: {err}", material.cert
+            ), None
+        signer = Signer(
+            kind=issuer.kind,
+            name=issuer.name,
+            namespace=issuer.namespace,
+            trust_domain=issuer.trust_domain,
+            ca=ca,
+            chain=material.chain,
+            bundle_pem=chain_pem(material.roots),
+        )
+        try:
+            published, _ = await self.crl.publish(issuer, signer, now)
+        except IssuerNotReady as err:
+            return _not_ready(err.reason, err.message, material.cert), None
+        dues = [
+            d for d in (loaded.due, published.resign_at, material.cert.not_valid_after_utc) if d
+        ]
+        message = (
+            f"CA {material.cert.subject.rfc4514_string()} ({fingerprint_sha256(material.cert)}) "
+            f"valid until {rfc3339(material.cert.not_valid_after_utc)}"
+        )
+        if loaded.note:
+            message = f"{message}; {loaded.note}"
+        outcome = IssuerOutcome(
+            True,
+            IssuerReason.CA_READY,
+            message,
+            cert=material.cert,
+            crl_number=published.number,
+            revoked_count=len(published.entries),
+            next_due=min(dues),
+        )
+        return outcome, signer
+
+
+def _not_ready(reason: str, message: str, cert: x509.Certificate) -> IssuerOutcome:
+    """The CA was read but cannot serve: Stalled until its Secret or spec changes."""
+    return IssuerOutcome(False, reason, message, stalled=True, retry=True, cert=cert)

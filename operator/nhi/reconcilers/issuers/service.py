@@ -1,0 +1,145 @@
+"""One object for the rest of the operator: the issuer parts, built and wired together.
+
+The runtime builds one :class:`IssuerService`; the issuer handlers feed it watch events, and
+identities ask it for signers, trust bundles and revocations. Each call goes to the part
+that owns the state concerned; this class keeps none of its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
+
+from nhi.k8s.client import Api
+from nhi.k8s.events import EventRecorder
+from nhi.models.issuer import IssuerKey
+from nhi.reconcilers.issuers.controller import (
+    RESYNC_INTERVAL,
+    RETRY_INTERVAL,
+    IssuerController,
+    key_of,
+)
+from nhi.reconcilers.issuers.crl import CrlPublisher
+from nhi.reconcilers.issuers.distribution import TrustBundleDistribution
+from nhi.reconcilers.issuers.provenance import ProvenanceKeys
+from nhi.reconcilers.issuers.signers import Signer
+from nhi.reconcilers.issuers.sources import CASources, SecretWatch
+from nhi.reconcilers.issuers.status import IssuerOutcome
+
+
+class IssuerService:
+    def __init__(
+        self,
+        api: Api,
+        events: EventRecorder,
+        operator_namespace: str,
+        clock: Callable[[], dt.datetime],
+        *,
+        workers: int = 4,
+        retry_interval: float = RETRY_INTERVAL,
+        resync_interval: float = RESYNC_INTERVAL,
+        namespaces: Sequence[str] = (),
+    ) -> None:
+        secrets = SecretWatch()
+        self.provenance = ProvenanceKeys(api, operator_namespace)
+        crl = CrlPublisher(
+            api, self.provenance, operator_namespace, issuers=lambda: self.controller.issuers()
+        )
+        # ``namespaces``: those the operator serves (empty: all). A namespace-scoped install
+        # may not list ConfigMaps cluster-wide; it lists these instead (globs are skipped).
+        self.distribution = TrustBundleDistribution(
+            api,
+            self.provenance,
+            clock,
+            loaded=lambda key: self.controller.loaded(key),
+            operator_namespace=operator_namespace,
+            namespaces=namespaces,
+        )
+        self.controller = IssuerController(
+            api,
+            events,
+            clock,
+            sources=CASources(api, events, operator_namespace, secrets),
+            crl=crl,
+            distribution=self.distribution,
+            secrets=secrets,
+            workers=workers,
+            retry_interval=retry_interval,
+            resync_interval=resync_interval,
+        )
+        self.signers = self.controller.signers
+        self.queue = self.controller.queue
+        self.bundles = self.distribution.bundles
+
+    # ------------------------------------------------------------------ wiring
+
+    @property
+    def on_change(self) -> Callable[[IssuerKey], None]:
+        """Called with an issuer's key when its signing material or readiness changed."""
+        return self.controller.on_change
+
+    @on_change.setter
+    def on_change(self, callback: Callable[[IssuerKey], None]) -> None:
+        self.controller.on_change = callback
+
+    @property
+    def users(self) -> Callable[[str], Collection[IssuerKey]] | None:
+        """The issuers the identities of a namespace use (the runtime's index of them)."""
+        return self.distribution.users
+
+    @users.setter
+    def users(self, users: Callable[[str], Collection[IssuerKey]] | None) -> None:
+        self.distribution.users = users
+
+    def start(self) -> None:
+        self.controller.start()
+        self.distribution.start()
+
+    async def stop(self) -> None:
+        await self.controller.stop()
+        await self.distribution.stop()
+
+    # ------------------------------------------------------------------ watch input
+
+    def capture(self, kwargs: Mapping[str, Any]) -> None:
+        self.controller.index.capture(kwargs)
+
+    def observed(self, event_type: str, body: Mapping[str, Any]) -> None:
+        self.controller.observed(event_type, body)
+
+    def watches_secret(self, namespace: str | None, name: str | None) -> bool:
+        return self.controller.watches_secret(namespace, name)
+
+    def secret_changed(self, namespace: str | None, name: str | None, version: str) -> None:
+        self.controller.secret_changed(namespace, name, version)
+
+    def forget(self, key: IssuerKey) -> None:
+        self.controller.forget(key)
+
+    async def reconcile(self, body: Mapping[str, Any]) -> IssuerOutcome | None:
+        """Converge one issuer from ``body`` now, write its status and plan its next look."""
+        key = key_of(body)
+        result = await self.controller.reconcile_body(body)
+        self.controller.requeue(key, result)
+        return result.outcome
+
+    async def cleanup(self, body: Mapping[str, Any]) -> list[str]:
+        return await self.controller.cleanup(body)
+
+    # ------------------------------------------------------------------ identity-facing
+
+    async def signer(self, kind: str, name: str, identity_namespace: str) -> Signer:
+        return await self.signers.signer(kind, name, identity_namespace)
+
+    async def publish_trust_bundle(self, signer: Signer, namespace: str) -> None:
+        await self.distribution.publish(signer, namespace)
+
+    async def revoke(self, signer: Signer, serials: Sequence[tuple[int, dt.datetime]]) -> None:
+        await self.controller.revoke(signer, serials)
+
+    def unused(self, namespace: str) -> None:
+        self.distribution.unused(namespace)
+
+    def sweep_bundles(self) -> None:
+        self.distribution.sweep()
