@@ -83,10 +83,6 @@ def compute_status(
     return status
 
 
-def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    return any(old.get(k) != v for k, v in new.items())
-
-
 def event_ref(issuer: Issuer) -> dict[str, Any]:
     """Enough of an issuer's body to post an Event about it."""
     meta: dict[str, Any] = {"name": issuer.name, "uid": issuer.uid}
@@ -117,7 +113,7 @@ class StatusWriter:
         if crl is not None and outcome.crl_number is None:
             outcome.crl_number, outcome.revoked_count = crl
         status = compute_status(old, generation, outcome, self.clock())
-        if status_changed(old, status):
+        if cond.status_changed(old, status):
             try:
                 await self.api.patch(
                     kind, namespace, name, {"status": status}, subresource="status"
