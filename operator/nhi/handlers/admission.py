@@ -27,6 +27,7 @@ from typing import Any, cast
 import aiohttp.web
 import kopf
 
+from nhi import GROUP, VERSION
 from nhi.builders.webhook import build_configuration, client_config
 from nhi.crypto.serving import ServingMaterial
 from nhi.handlers import runtime
@@ -44,7 +45,7 @@ from nhi.settings import current as current_settings
 
 log = logging.getLogger("nhi.handlers.admission")
 
-GROUP, VERSION = "nhi.dev", "v1alpha1"
+
 #: The kopf handler id, and the URL path the API server posts to.
 WEBHOOK_ID = "validate-machineidentity"
 #: Longest pause between two looks at the certificate Secret (another replica may renew it).

@@ -13,13 +13,12 @@ from typing import Any
 
 import kopf
 
+from nhi import GROUP, VERSION
 from nhi.handlers import runtime
 from nhi.k8s.client import ApiError
 from nhi.models.issuer import CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerKey
 from nhi.reconcilers.issuers import CLUSTER_ISSUER_INDEX, ISSUER_INDEX, IssuerService
 from nhi.reconcilers.issuers.provenance import ProvenanceError
-
-GROUP, VERSION = "nhi.dev", "v1alpha1"
 
 _started: IssuerService | None = None
 
