@@ -148,6 +148,12 @@ def test_root_secret_of_a_namespaced_issuer_is_owned_by_it() -> None:
     assert owner["kind"] == "IdentityIssuer"
     assert owner["uid"] == "uid-1"
     assert "previous.crt" not in secret["data"]
+    assert owned_by(secret, issuer)
+    # Its labels alone, which anyone who may edit Secrets there can set, prove nothing.
+    decoy = {"metadata": {**secret["metadata"], "ownerReferences": []}}
+    assert not owned_by(decoy, issuer)
+    other = {**owner, "uid": "uid-2"}
+    assert not owned_by({"metadata": {**secret["metadata"], "ownerReferences": [other]}}, issuer)
 
 
 def test_parse_root_secret_rejects_a_mismatched_key() -> None:

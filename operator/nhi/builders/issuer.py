@@ -78,9 +78,23 @@ def issuer_selector(issuer: Issuer) -> str:
 
 
 def owned_by(obj: Mapping[str, Any] | None, issuer: Issuer) -> bool:
-    """True when ``obj`` carries the labels of objects this issuer created."""
-    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
-    return all(labels.get(k) == v for k, v in issuer_labels(issuer).items())
+    """True when ``obj`` was created for this issuer.
+
+    A namespaced issuer's objects live where its writers may edit objects too, so labels
+    prove nothing there: they must carry its controller ownerReference (by UID). A
+    ClusterIdentityIssuer's live in the operator's namespace, which only administrators
+    write, and carry its labels.
+    """
+    meta = (obj or {}).get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if not all(labels.get(k) == v for k, v in issuer_labels(issuer).items()):
+        return False
+    if issuer.cluster_scoped or not issuer.uid:
+        return True
+    return any(
+        ref.get("controller") and ref.get("uid") == issuer.uid
+        for ref in meta.get("ownerReferences") or ()
+    )
 
 
 def owner_references(issuer: Issuer) -> list[dict[str, Any]]:
