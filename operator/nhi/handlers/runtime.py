@@ -1,13 +1,13 @@
 """The operator's shared state: API client, watch caches, work queue, reconcilers.
 
-Created once at start-up. The watch caches are :class:`nhi.k8s.informer.Informer` s: the
+Created once at start-up. The watch caches are :class:`nhi.runtime.informer.Informer` s: the
 operator's RBAC children are listed and watched with a server-side label selector; Secrets
 (metadata only) and ServiceAccounts in one watch each, the operator's own kept as children,
 any other reduced to what is needed of it; other context (workloads, namespaces, policies)
 as reduced values or metadata only. No reconcile runs before every cache has its first
 listing, so a restart sees every child that exists and re-creates nothing. MachineIdentities
 have such a cache too (not kopf: its per-object workers held every listed identity at once);
-with peering, :class:`nhi.k8s.peering.PeeringGate` holds the reconciles of a standby replica
+with peering, :class:`nhi.runtime.peering.PeeringGate` holds the reconciles of a standby replica
 by kopf's own rule.
 """
 
@@ -23,11 +23,8 @@ from typing import Any
 
 from nhi import IDENTITY_FINALIZER, metrics
 from nhi.builders.rbac import ChildKey
-from nhi.k8s.cache import WriteOverlay, slim
 from nhi.k8s.client import Api, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
-from nhi.k8s.informer import Informer, Key, scopes
-from nhi.k8s.peering import PeeringGate
 from nhi.models.duration import utcnow
 from nhi.models.identity import LabelSelector, MachineIdentity, Spec
 from nhi.models.issuer import IssuerKey, issuer_key
@@ -42,7 +39,10 @@ from nhi.models.policy import IdentityPolicy
 from nhi.models.workload import WORKLOAD_KINDS, Workload, workload_from_body
 from nhi.reconcilers.identity import IdentityReconciler
 from nhi.reconcilers.issuers import IssuerService
-from nhi.reconcilers.workqueue import WorkQueue
+from nhi.runtime.informer import Informer, Key, scopes
+from nhi.runtime.overlay import WriteOverlay, slim
+from nhi.runtime.peering import PeeringGate
+from nhi.runtime.queue import WorkQueue
 from nhi.settings import current as current_settings
 
 log = logging.getLogger("nhi.runtime")

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from nhi.k8s import cache
-from nhi.k8s.cache import MAX_AGE, WriteOverlay
+from nhi.runtime import overlay as cache
+from nhi.runtime.overlay import MAX_AGE, WriteOverlay
 
 pytestmark = pytest.mark.unit
 
