@@ -31,7 +31,7 @@ from nhi import GROUP, VERSION
 from nhi.builders.webhook import build_configuration, client_config
 from nhi.crypto.serving import ServingMaterial
 from nhi.handlers import runtime
-from nhi.models.duration import parse_duration, utcnow
+from nhi.models.duration import parse_duration
 from nhi.policies.webhook import renewal_time, serving_hosts
 from nhi.reconcilers.policy import (
     AdmissionResult,
@@ -207,12 +207,13 @@ class AdmissionServer:
         )
 
     def certificates(self) -> WebhookCertificates:
+        rt = runtime.get()
         return WebhookCertificates(
-            runtime.get().api,
+            rt.api,
             self.settings.operator_namespace,
             self.settings.webhook_secret,
             self.hosts,
-            utcnow,
+            rt.clock.now,
             cert_ttl=self.cert_ttl,
         )
 
@@ -220,7 +221,7 @@ class AdmissionServer:
         s = self.settings
         cfg = client_config(
             material,
-            utcnow(),
+            runtime.get().clock.now(),
             WEBHOOK_ID,
             host=s.webhook_host,
             port=s.webhook_port,
@@ -274,7 +275,7 @@ class AdmissionServer:
             await self._publish(certs, configuration)
             yield cast(kopf.WebhookClientConfig, configuration["webhooks"][0]["clientConfig"])
             while True:
-                due = (renewal_time(material.cert) - utcnow()).total_seconds()
+                due = (renewal_time(material.cert) - certs.clock()).total_seconds()
                 await asyncio.sleep(min(max(due, 1.0), MAX_CHECK_INTERVAL))
                 fresh = await self._material(certs)
                 if fresh.serial != material.serial:
@@ -343,19 +344,19 @@ _status_task: asyncio.Task[None] | None = None
 
 async def _status_loop(interval: float) -> None:
     rt = runtime.get()
-    writer = PolicyStatusWriter(rt.api, utcnow)
+    writer = PolicyStatusWriter(rt.api, rt.clock.now)
     while True:
         await asyncio.sleep(interval)
         if not rt.synced.is_set():
             continue  # the watch caches are still listing
         try:
-            policy_bodies = rt.policy_bodies()
+            policy_bodies = rt.view.policy_bodies()
             if not policy_bodies:
                 # Nothing to write: do not parse (or keep parsed) every identity for nothing.
                 writer.forget()
                 continue
-            identity_bodies = rt.identity_bodies()
-            await writer.sync(policy_bodies, identity_bodies, rt.namespace_labels)
+            identity_bodies = rt.view.identity_bodies()
+            await writer.sync(policy_bodies, identity_bodies, rt.view.namespace_labels)
         except Exception as err:
             log.warning("could not update the IdentityPolicy status", extra={"error": str(err)})
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nhi.k8s.client import Api
+from nhi.runtime.clock import SystemClock
 from nhi.runtime.informer import Informer, Key, scopes
 
 log = logging.getLogger("nhi.peering")
@@ -36,7 +37,7 @@ def own_identity() -> str:
     pod = os.environ.get("POD_ID")
     if pod:
         return pod
-    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+    now = SystemClock().now().strftime("%Y%m%d%H%M%S")
     return f"{getpass.getuser()}@{socket.gethostname()}/{now}/{secrets.token_hex(3)}"
 
 
@@ -83,8 +84,8 @@ class PeeringGate:
         namespaces: tuple[str, ...],
         identity: str,
         priority: int,
+        clock: Callable[[], dt.datetime],
         on_active: Callable[[], None] | None = None,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.enabled = enabled
         self.name = name

@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 
-from nhi.handlers.runtime import (
-    Runtime,
-    _entry_version,
-    _secret_entry,
-    _service_account_entry,
-)
+from nhi.handlers.entries import entry_version as _entry_version
+from nhi.handlers.entries import secret_entry as _secret_entry
+from nhi.handlers.entries import service_account_entry as _service_account_entry
+from nhi.handlers.runtime import Runtime
 from nhi.k8s.client import Api, Connection
 from nhi.models.workload import Workload
 from tests.unit.factories import NAMESPACE, make_body
@@ -33,15 +31,15 @@ def rt() -> Iterator[Runtime]:
 
 
 def queued(rt: Runtime) -> set[tuple[str, str]]:
-    out = set(rt.queue._queued)
-    rt.queue._queued.clear()
+    out = set(rt.controller.queue._queued)
+    rt.controller.queue._queued.clear()
     return out
 
 
 def observed(rt: Runtime, name: str, rv: int, **kw: Any) -> dict[str, Any]:
     body = make_body(name=name, **kw)
     body["metadata"]["resourceVersion"] = str(rv)
-    rt.identity_observed(body)
+    rt.view.identity_observed(body)
     return body
 
 
@@ -55,12 +53,12 @@ def test_a_workload_re_checks_only_the_identities_it_concerns(rt: Runtime) -> No
     observed(rt, "unrelated", 3, workloads={"selector": {"matchLabels": {"app": "db"}}})
     observed(rt, "invalid", 4, credentials=[{"name": "x", "type": "Nope"}])
     queued(rt)
-    rt.requeue_for(NAMESPACE, [workload(template_labels={"app": "web"})])
+    rt.view.requeue_for(NAMESPACE, [workload(template_labels={"app": "web"})])
     assert queued(rt) == {(NAMESPACE, "by-selector"), (NAMESPACE, "invalid")}
-    rt.requeue_for(NAMESPACE, [workload(service_account="web-sa")])
+    rt.view.requeue_for(NAMESPACE, [workload(service_account="web-sa")])
     assert queued(rt) == {(NAMESPACE, "by-account"), (NAMESPACE, "invalid")}
     # Another namespace's workload touches none of them.
-    rt.requeue_for("elsewhere", [workload(template_labels={"app": "web"})])
+    rt.view.requeue_for("elsewhere", [workload(template_labels={"app": "web"})])
     assert queued(rt) == set()
 
 
@@ -70,8 +68,8 @@ def test_the_echo_of_our_own_write_is_not_reconciled_again(rt: Runtime) -> None:
     assert queued(rt) == {key}
     # The reconcile wrote the status (rv 12) and saw the same spec and metadata.
     written = {**body, "metadata": {**body["metadata"], "resourceVersion": "12"}}
-    rt.identity_written(written)
-    rt._echoes[key] = 12
+    rt.view.identity_written(written)
+    rt.view.store._echoes[key] = 12
     observed(rt, "app", 11)  # an older state (e.g. our finalizer patch) arriving late
     observed(rt, "app", 12)  # our status write
     assert queued(rt) == set()
@@ -82,9 +80,9 @@ def test_the_echo_of_our_own_write_is_not_reconciled_again(rt: Runtime) -> None:
 
 def test_a_deleted_identity_is_forgotten(rt: Runtime) -> None:
     body = observed(rt, "app", 5)
-    rt.identity_observed(body, deleted=True)
-    assert rt.identity_body((NAMESPACE, "app")) is None
-    assert rt.by_namespace[NAMESPACE] == set()
+    rt.view.identity_observed(body, deleted=True)
+    assert rt.view.identity_body((NAMESPACE, "app")) is None
+    assert rt.view.by_namespace[NAMESPACE] == set()
 
 
 def x509(issuer: str, kind: str = "ClusterIdentityIssuer") -> dict[str, Any]:
@@ -102,17 +100,17 @@ def test_the_issuers_a_namespace_uses_are_counted(rt: Runtime) -> None:
     mesh, local = ("ClusterIdentityIssuer", "", "mesh"), ("IdentityIssuer", NAMESPACE, "local")
     observed(rt, "a", 1, credentials=[x509("mesh"), x509("local", "IdentityIssuer")])
     observed(rt, "b", 2, credentials=[x509("mesh")])
-    assert set(rt.issuers_used(NAMESPACE)) == {mesh, local}
-    assert set(rt.issuers_used("elsewhere")) == set()
+    assert set(rt.view.issuers_used(NAMESPACE)) == {mesh, local}
+    assert set(rt.view.issuers_used("elsewhere")) == set()
     # "a" stops using both: mesh is still used by "b", local by nobody.
     observed(rt, "a", 3, generation=2, credentials=[])
-    assert set(rt.issuers_used(NAMESPACE)) == {mesh}
+    assert set(rt.view.issuers_used(NAMESPACE)) == {mesh}
     assert dropped == [NAMESPACE]
     # An invalid spec keeps the issuers it had.
     observed(rt, "b", 4, generation=2, credentials=[{"name": "x", "type": "Nope"}])
-    assert set(rt.issuers_used(NAMESPACE)) == {mesh}
-    rt.identity_observed(make_body(name="b"), deleted=True)
-    assert set(rt.issuers_used(NAMESPACE)) == set()
+    assert set(rt.view.issuers_used(NAMESPACE)) == {mesh}
+    rt.view.identity_observed(make_body(name="b"), deleted=True)
+    assert set(rt.view.issuers_used(NAMESPACE)) == set()
     assert dropped == [NAMESPACE, NAMESPACE]
 
 
@@ -145,18 +143,18 @@ def test_one_secret_watch_feeds_the_children_and_the_issuers(rt: Runtime) -> Non
     other = meta_object("Secret", "ca", 8, {"team": "a"})
     cred_entry, other_entry = _secret_entry(cred), _secret_entry(other)
     assert other_entry == "8"
-    rt._secret_changed((NAMESPACE, "app-token"), None, cred_entry)
-    rt._secret_changed((NAMESPACE, "ca"), None, other_entry)
-    children = rt.children_of(NAMESPACE, "app")
+    rt.view._secret_changed((NAMESPACE, "app-token"), None, cred_entry)
+    rt.view._secret_changed((NAMESPACE, "ca"), None, other_entry)
+    children = rt.view.children_of(NAMESPACE, "app")
     assert [(k.kind, k.name) for k in children] == [("Secret", "app-token")]
     assert queued(rt) == {(NAMESPACE, "app")}
     # A Secret that loses the operator's labels is no longer a child.
-    rt._secret_changed(
+    rt.view._secret_changed(
         (NAMESPACE, "app-token"),
         cred_entry,
         _secret_entry({**cred, "metadata": {**cred["metadata"], "labels": {}}}),
     )
-    assert rt.children_of(NAMESPACE, "app") == {}
+    assert rt.view.children_of(NAMESPACE, "app") == {}
     assert queued(rt) == {(NAMESPACE, "app")}
     # The issuers compare resourceVersions: a child's entry yields its version too.
     assert _entry_version(cred_entry) == "7"
@@ -168,15 +166,15 @@ def test_one_service_account_watch_feeds_the_children_and_the_name_check(rt: Run
     rt.synced.set()
     mine = meta_object("ServiceAccount", "app", 3, CHILD, automountServiceAccountToken=False)
     foreign = meta_object("ServiceAccount", "web", 4, {"team": "a"})
-    rt._sa_changed((NAMESPACE, "app"), None, _service_account_entry(mine))
-    rt._sa_changed((NAMESPACE, "web"), None, _service_account_entry(foreign))
-    (child,) = rt.children_of(NAMESPACE, "app").values()
+    rt.view._sa_changed((NAMESPACE, "app"), None, _service_account_entry(mine))
+    rt.view._sa_changed((NAMESPACE, "web"), None, _service_account_entry(foreign))
+    (child,) = rt.view.children_of(NAMESPACE, "app").values()
     assert child["automountServiceAccountToken"] is False
-    assert (rt.service_account(NAMESPACE, "app") or {})["metadata"]["labels"] == CHILD
-    web = rt.service_account(NAMESPACE, "web") or {}
+    assert (rt.view.service_account(NAMESPACE, "app") or {})["metadata"]["labels"] == CHILD
+    web = rt.view.service_account(NAMESPACE, "web") or {}
     assert web["metadata"]["labels"] == {"team": "a"}
     assert (web["metadata"]["namespace"], web["metadata"]["name"]) == (NAMESPACE, "web")
     assert queued(rt) == {(NAMESPACE, "app")}
-    rt._sa_changed((NAMESPACE, "web"), _service_account_entry(foreign), None)
-    assert rt.service_account(NAMESPACE, "web") is None
+    rt.view._sa_changed((NAMESPACE, "web"), _service_account_entry(foreign), None)
+    assert rt.view.service_account(NAMESPACE, "web") is None
     assert queued(rt) == set()
