@@ -323,9 +323,6 @@ class IdentityCache:
         """Every identity as last seen (parsed anew: the caller may keep or change them)."""
         return self.store.bodies()
 
-    def policy_bodies(self) -> list[dict[str, Any]]:
-        return list(self._policies.values())
-
     def policy_keys(self) -> list[Key]:
         return list(self._policies)
 

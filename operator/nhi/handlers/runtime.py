@@ -7,6 +7,8 @@ Created once at start-up (:func:`get`), from :mod:`nhi.runtime`'s parts and one 
   has its first listing, so a restart sees every child that exists and re-creates nothing;
 - the MachineIdentity controller: its finalizer, then :class:`IdentityReconciler`; with
   peering, the :class:`~nhi.runtime.peering.PeeringGate` holds it on a standby replica;
+- the IdentityPolicy status controller (:mod:`nhi.handlers.policy_status`), when the
+  operator watches every namespace;
 - the issuer service, whose queue kopf's issuer handlers feed (:mod:`nhi.handlers.issuer`).
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 
 from nhi import IDENTITY_FINALIZER, metrics
 from nhi.handlers.identity_cache import IdentityCache
+from nhi.handlers.policy_status import PolicyStatus
 from nhi.k8s.client import Api, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
 from nhi.reconcilers.identity import IdentityReconciler
@@ -91,6 +94,15 @@ class Runtime:
         self.identities = IdentityReconciler(
             api, self.view, self.events, self.issuers, self.clock.now
         )
+        # A namespace-scoped operator sees only some identities: its counts would fight with
+        # another installation's, so only a cluster-wide operator writes the policies' status.
+        self.policy_status = (
+            PolicyStatus(
+                api, self.view, self.clock, settings.policy_status_interval, self.caches.synced
+            )
+            if not settings.namespaces and settings.policy_status_interval > 0
+            else None
+        )
 
     @property
     def synced(self) -> asyncio.Event:
@@ -104,12 +116,18 @@ class Runtime:
         if self.caches.informers:
             return
         self.view.watch(self.caches)
+        if self.policy_status is not None:
+            self.policy_status.watch(self.caches)
         self.caches.start(on_synced=self.issuers.sweep_bundles)
         self.gate.start()
         self.controller.start()
+        if self.policy_status is not None:
+            self.policy_status.controller.start()
 
     async def stop(self) -> None:
         await self.controller.stop()
+        if self.policy_status is not None:
+            await self.policy_status.controller.stop()
         await self.gate.stop()
         await self.caches.stop()
         # Events still being posted in the background: give them a moment before the client goes.
