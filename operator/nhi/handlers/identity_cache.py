@@ -30,7 +30,7 @@ from nhi.models.workload import WORKLOAD_KINDS, Workload
 from nhi.reconcilers.issuers import IssuerService
 from nhi.runtime.caches import WatchCaches
 from nhi.runtime.controller import Controller
-from nhi.runtime.informer import Key
+from nhi.runtime.informer import Key, OnChange
 from nhi.runtime.overlay import WriteOverlay
 from nhi.runtime.store import ObjectStore, OwnerIndex, Seen, keep_in, unpack, without_managed_fields
 
@@ -151,7 +151,7 @@ class IdentityCache:
 
     # ------------------------------------------------------------------ watch events
 
-    def _child_changer(self, kind: str) -> Any:
+    def _child_changer(self, kind: str) -> OnChange:
         def changed(key: Key, old: str | None, new: str | None) -> None:
             owners = self.children.changed(kind, key, old, new)
             if self.synced.is_set():

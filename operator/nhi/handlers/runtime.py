@@ -49,7 +49,7 @@ class Runtime:
         settings = current_settings()
         self.api = api
         self.clock: Clock = clock or SystemClock()
-        self.events = EventRecorder(api)
+        self.events = EventRecorder(api, clock=self.clock.now)
         self.overlay = WriteOverlay(self.clock.monotonic)
         self.caches = WatchCaches(api, self.clock, settings.namespaces)
         self.issuers = IssuerService(
