@@ -10,8 +10,8 @@ from typing import Any
 from bench.env import Env, gather_limited
 from bench.manifests import is_ready
 from nhi.k8s.client import NotFound, path_for
-from nhi.k8s.informer import METADATA_LIST, METADATA_WATCH
 from nhi.models.meta import CREDENTIAL_LABEL
+from nhi.runtime.informer import METADATA_LIST, METADATA_WATCH
 
 FINGERPRINT = "nhi.dev/fingerprint"
 

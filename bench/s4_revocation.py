@@ -148,7 +148,7 @@ async def run(env: Env, n: int, interval: float) -> Result:
     res.notes.append(
         "A workload's event re-queues only the identities of its namespace whose selector "
         "matches it (before or after the change) or whose ServiceAccount it runs as "
-        "(nhi.handlers.runtime.Runtime.requeue_for); reconciles_per_workload_* count "
+        "(nhi.handlers.identity_cache.IdentityCache.requeue_for); reconciles_per_workload_* count "
         "the reconciles per workload with all N identities in one namespace."
     )
     gone = [secret_gone[nm] - deleted[nm] for nm in names if nm in secret_gone]

@@ -54,7 +54,8 @@ class Settings:
     webhook_cert_ttl: str = field(
         default_factory=lambda: os.environ.get("NHI_WEBHOOK_CERT_TTL", "720h")
     )
-    #: Seconds between two recomputations of the IdentityPolicies' status.
+    #: How long after a MachineIdentity or namespace changed the IdentityPolicies' status is
+    #: recomputed (changes meanwhile fold into the same run); 0 disables the status.
     policy_status_interval: float = field(
         default_factory=lambda: float(os.environ.get("NHI_POLICY_STATUS_INTERVAL", "5"))
     )

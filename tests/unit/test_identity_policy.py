@@ -11,7 +11,8 @@ from nhi.models.identity import MachineIdentity, Spec, SpecError
 from nhi.models.policy import IdentityPolicy
 from nhi.policies import identity_policy as ip
 from nhi.policies.cluster import check_cluster_permissions
-from nhi.reconcilers.policy import AdmissionReviewer, Requester, compute_policy_status
+from nhi.reconcilers.policy import AdmissionReviewer, Requester
+from nhi.reconcilers.policy_status import compute_policy_status
 from tests.unit.factories import NAMESPACE, T0, credential, make_body, make_identity, rule
 
 pytestmark = pytest.mark.unit
@@ -528,7 +529,7 @@ def test_needs_review_skips_metadata_only_updates_and_deletions() -> None:
 
 
 async def test_status_writer_patches_only_what_changed() -> None:
-    from nhi.reconcilers.policy import PolicyStatusWriter
+    from nhi.reconcilers.policy_status import PolicyStatusWriter
 
     class Recorder:
         def __init__(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from nhi.k8s.client import ApiError
-from nhi.k8s.informer import METADATA_LIST, Gone, Informer, scopes
+from nhi.runtime.informer import METADATA_LIST, Gone, Informer, scopes
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from nhi.k8s.client import Api, Connection
-from nhi.k8s.peering import PeeringGate, blockers, own_identity
+from nhi.runtime.peering import PeeringGate, blockers, own_identity
 
 pytestmark = pytest.mark.unit
 

@@ -1,182 +1,167 @@
-"""How watch events reach the work queue: which identities a change re-checks."""
+"""The MachineIdentity controller's reconcile: its finalizer first, the clean-up before the
+identity goes, and the reconciler's outcome turned into the next look."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from nhi.handlers.runtime import (
-    Runtime,
-    _entry_version,
-    _secret_entry,
-    _service_account_entry,
-)
-from nhi.k8s.client import Api, Connection
-from nhi.models.workload import Workload
-from tests.unit.factories import NAMESPACE, make_body
+from nhi import IDENTITY_FINALIZER
+from nhi.handlers.runtime import WAITING_RECHECK, Runtime
+from nhi.k8s.client import Api, Connection, NotFound
+from nhi.reconcilers.identity_plan import Outcome
+from nhi.runtime.clock import ManualClock
+from nhi.runtime.controller import Result
+from tests.unit.factories import NAMESPACE, T0, make_body
 
 pytestmark = pytest.mark.unit
 
+KEY = (NAMESPACE, "app")
+
+
+class FakeApi(Api):
+    def __init__(self) -> None:
+        super().__init__(Connection("https://127.0.0.1:1", False, {}))
+        self.patches: list[list[dict[str, Any]]] = []
+        self.current: dict[str, Any] = {}  # what a patch returns
+        self.gone = False
+
+    async def patch(self, kind: str, namespace: Any, name: str, body: Any, **kw: Any) -> Any:
+        assert (kind, namespace, name) == ("MachineIdentity", *KEY)
+        assert kw["content_type"] == "application/json-patch+json"
+        if self.gone:
+            raise NotFound(404, "NotFound", "")
+        self.patches.append(body)
+        return self.current
+
+
+class FakeReconciler:
+    def __init__(self) -> None:
+        self.reconciled: list[dict[str, Any]] = []
+        self.cleaned: list[dict[str, Any]] = []
+        self.outcome = Outcome(ready=True, reason="Ready", message="ready")
+
+    async def reconcile(self, body: dict[str, Any]) -> Outcome:
+        self.reconciled.append(body)
+        return self.outcome
+
+    async def cleanup(self, body: dict[str, Any]) -> list[str]:
+        self.cleaned.append(body)
+        return ["Role/app"]
+
 
 @pytest.fixture
-def rt() -> Iterator[Runtime]:
+def env() -> Iterator[tuple[Runtime, FakeApi, FakeReconciler]]:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        yield Runtime(Api(Connection("https://127.0.0.1:1", False, {})))
+        api = FakeApi()
+        rt = Runtime(api, clock=ManualClock(T0))
+        rec = FakeReconciler()
+        rt.identities = rec  # type: ignore[assignment]
+        yield rt, api, rec
     finally:
         asyncio.set_event_loop(None)
         loop.close()
 
 
-def queued(rt: Runtime) -> set[tuple[str, str]]:
-    out = set(rt.queue._queued)
-    rt.queue._queued.clear()
-    return out
-
-
-def observed(rt: Runtime, name: str, rv: int, **kw: Any) -> dict[str, Any]:
-    body = make_body(name=name, **kw)
-    body["metadata"]["resourceVersion"] = str(rv)
-    rt.identity_observed(body)
+def observe(rt: Runtime, rv: int, finalizers: list[str], deleting: bool = False) -> dict[str, Any]:
+    body = make_body(name="app")
+    meta = body["metadata"]
+    meta.update(resourceVersion=str(rv), finalizers=finalizers)
+    if deleting:
+        meta["deletionTimestamp"] = "2030-01-01T00:00:00Z"
+    rt.view.identity_observed(body)
     return body
 
 
-def workload(**kw: Any) -> Workload:
-    return Workload(kind="Deployment", namespace=NAMESPACE, name="web", **kw)
+def run(rt: Runtime) -> Result:
+    return asyncio.get_event_loop().run_until_complete(rt.reconcile(KEY))
 
 
-def test_a_workload_re_checks_only_the_identities_it_concerns(rt: Runtime) -> None:
-    observed(rt, "by-selector", 1, workloads={"selector": {"matchLabels": {"app": "web"}}})
-    observed(rt, "by-account", 2, serviceAccount={"name": "web-sa"})
-    observed(rt, "unrelated", 3, workloads={"selector": {"matchLabels": {"app": "db"}}})
-    observed(rt, "invalid", 4, credentials=[{"name": "x", "type": "Nope"}])
-    queued(rt)
-    rt.requeue_for(NAMESPACE, [workload(template_labels={"app": "web"})])
-    assert queued(rt) == {(NAMESPACE, "by-selector"), (NAMESPACE, "invalid")}
-    rt.requeue_for(NAMESPACE, [workload(service_account="web-sa")])
-    assert queued(rt) == {(NAMESPACE, "by-account"), (NAMESPACE, "invalid")}
-    # Another namespace's workload touches none of them.
-    rt.requeue_for("elsewhere", [workload(template_labels={"app": "web"})])
-    assert queued(rt) == set()
-
-
-def test_the_echo_of_our_own_write_is_not_reconciled_again(rt: Runtime) -> None:
-    key = (NAMESPACE, "app")
-    body = observed(rt, "app", 10)
-    assert queued(rt) == {key}
-    # The reconcile wrote the status (rv 12) and saw the same spec and metadata.
-    written = {**body, "metadata": {**body["metadata"], "resourceVersion": "12"}}
-    rt.identity_written(written)
-    rt._echoes[key] = 12
-    observed(rt, "app", 11)  # an older state (e.g. our finalizer patch) arriving late
-    observed(rt, "app", 12)  # our status write
-    assert queued(rt) == set()
-    # Anything after it is someone else's change.
-    observed(rt, "app", 13, annotations={"nhi.dev/revoke": "true"})
-    assert queued(rt) == {key}
-
-
-def test_a_deleted_identity_is_forgotten(rt: Runtime) -> None:
-    body = observed(rt, "app", 5)
-    rt.identity_observed(body, deleted=True)
-    assert rt.identity_body((NAMESPACE, "app")) is None
-    assert rt.by_namespace[NAMESPACE] == set()
-
-
-def x509(issuer: str, kind: str = "ClusterIdentityIssuer") -> dict[str, Any]:
-    return {
-        "name": f"mtls-{issuer}",
-        "type": "X509",
-        "ttl": "1h",
-        "issuerRef": {"kind": kind, "name": issuer},
+def test_the_finalizer_comes_first_then_the_reconcile(
+    env: tuple[Runtime, FakeApi, FakeReconciler],
+) -> None:
+    rt, api, rec = env
+    body = observe(rt, 1, ["other.io/keep"])
+    api.current = dict(body)
+    api.current["metadata"] = {
+        **body["metadata"],
+        "resourceVersion": "2",
+        "finalizers": ["other.io/keep", IDENTITY_FINALIZER],
+        "managedFields": [{"manager": "nhi-operator"}],
     }
+    assert run(rt) == Result()
+    assert api.patches == [
+        [
+            {"op": "test", "path": "/metadata/finalizers", "value": ["other.io/keep"]},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": IDENTITY_FINALIZER},
+        ]
+    ]
+    (seen,) = rec.reconciled
+    assert seen["metadata"]["finalizers"] == ["other.io/keep", IDENTITY_FINALIZER]
+    assert "managedFields" not in seen["metadata"]
+    # Until the watch catches up, the store reads the patched identity.
+    assert (rt.view.identity_body(KEY) or {})["metadata"]["resourceVersion"] == "2"
 
 
-def test_the_issuers_a_namespace_uses_are_counted(rt: Runtime) -> None:
-    dropped: list[str] = []
-    rt.issuers.unused = dropped.append  # type: ignore[method-assign]
-    mesh, local = ("ClusterIdentityIssuer", "", "mesh"), ("IdentityIssuer", NAMESPACE, "local")
-    observed(rt, "a", 1, credentials=[x509("mesh"), x509("local", "IdentityIssuer")])
-    observed(rt, "b", 2, credentials=[x509("mesh")])
-    assert set(rt.issuers_used(NAMESPACE)) == {mesh, local}
-    assert set(rt.issuers_used("elsewhere")) == set()
-    # "a" stops using both: mesh is still used by "b", local by nobody.
-    observed(rt, "a", 3, generation=2, credentials=[])
-    assert set(rt.issuers_used(NAMESPACE)) == {mesh}
-    assert dropped == [NAMESPACE]
-    # An invalid spec keeps the issuers it had.
-    observed(rt, "b", 4, generation=2, credentials=[{"name": "x", "type": "Nope"}])
-    assert set(rt.issuers_used(NAMESPACE)) == {mesh}
-    rt.identity_observed(make_body(name="b"), deleted=True)
-    assert set(rt.issuers_used(NAMESPACE)) == set()
-    assert dropped == [NAMESPACE, NAMESPACE]
+def test_a_gone_identity_is_not_reconciled(env: tuple[Runtime, FakeApi, FakeReconciler]) -> None:
+    rt, api, rec = env
+    assert run(rt) == Result()
+    observe(rt, 1, [])
+    api.gone = True
+    assert run(rt) == Result()
+    assert rec.reconciled == []
 
 
-def meta_object(
-    kind: str, name: str, rv: int, labels: dict[str, str], **extra: Any
-) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "resourceVersion": str(rv),
-            "labels": labels,
-        },
-        **extra,
-    }
+def test_a_deleted_identity_is_cleaned_up_before_it_goes(
+    env: tuple[Runtime, FakeApi, FakeReconciler],
+) -> None:
+    rt, api, rec = env
+    observe(rt, 1, ["other.io/keep", IDENTITY_FINALIZER], deleting=True)
+    assert run(rt) == Result()
+    assert len(rec.cleaned) == 1 and rec.reconciled == []
+    assert api.patches == [
+        [
+            {"op": "test", "path": "/metadata/finalizers/1", "value": IDENTITY_FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/1"},
+        ]
+    ]
+    # Being deleted without our finalizer: nothing to do.
+    observe(rt, 2, ["other.io/keep"], deleting=True)
+    run(rt)
+    assert len(rec.cleaned) == 1 and len(api.patches) == 1
 
 
-CHILD = {
-    "app.kubernetes.io/managed-by": "nhi-operator",
-    "nhi.dev/identity": "app",
-}
-
-
-def test_one_secret_watch_feeds_the_children_and_the_issuers(rt: Runtime) -> None:
-    """Credential Secrets are the identity's children; any other Secret is only a version
-    for the issuers; neither keeps a Secret's data."""
-    rt.synced.set()
-    cred = meta_object("Secret", "app-token", 7, {**CHILD, "nhi.dev/credential": "api"})
-    other = meta_object("Secret", "ca", 8, {"team": "a"})
-    cred_entry, other_entry = _secret_entry(cred), _secret_entry(other)
-    assert other_entry == "8"
-    rt._secret_changed((NAMESPACE, "app-token"), None, cred_entry)
-    rt._secret_changed((NAMESPACE, "ca"), None, other_entry)
-    children = rt.children_of(NAMESPACE, "app")
-    assert [(k.kind, k.name) for k in children] == [("Secret", "app-token")]
-    assert queued(rt) == {(NAMESPACE, "app")}
-    # A Secret that loses the operator's labels is no longer a child.
-    rt._secret_changed(
-        (NAMESPACE, "app-token"),
-        cred_entry,
-        _secret_entry({**cred, "metadata": {**cred["metadata"], "labels": {}}}),
-    )
-    assert rt.children_of(NAMESPACE, "app") == {}
-    assert queued(rt) == {(NAMESPACE, "app")}
-    # The issuers compare resourceVersions: a child's entry yields its version too.
-    assert _entry_version(cred_entry) == "7"
-    assert _entry_version(other_entry) == "8"
-    assert _entry_version(None) == ""
-
-
-def test_one_service_account_watch_feeds_the_children_and_the_name_check(rt: Runtime) -> None:
-    rt.synced.set()
-    mine = meta_object("ServiceAccount", "app", 3, CHILD, automountServiceAccountToken=False)
-    foreign = meta_object("ServiceAccount", "web", 4, {"team": "a"})
-    rt._sa_changed((NAMESPACE, "app"), None, _service_account_entry(mine))
-    rt._sa_changed((NAMESPACE, "web"), None, _service_account_entry(foreign))
-    (child,) = rt.children_of(NAMESPACE, "app").values()
-    assert child["automountServiceAccountToken"] is False
-    assert (rt.service_account(NAMESPACE, "app") or {})["metadata"]["labels"] == CHILD
-    web = rt.service_account(NAMESPACE, "web") or {}
-    assert web["metadata"]["labels"] == {"team": "a"}
-    assert (web["metadata"]["namespace"], web["metadata"]["name"]) == (NAMESPACE, "web")
-    assert queued(rt) == {(NAMESPACE, "app")}
-    rt._sa_changed((NAMESPACE, "web"), _service_account_entry(foreign), None)
-    assert rt.service_account(NAMESPACE, "web") is None
-    assert queued(rt) == set()
+@pytest.mark.parametrize(
+    ("outcome", "result"),
+    [
+        (Outcome(ready=True, reason="Ready", message=""), Result()),
+        (
+            Outcome(
+                ready=True,
+                reason="Ready",
+                message="",
+                next_check=T0 + dt.timedelta(minutes=5),
+            ),
+            Result(requeue_at=T0 + dt.timedelta(minutes=5)),
+        ),
+        (
+            Outcome(ready=False, reason="IssuerNotReady", message=""),
+            Result(requeue_after=WAITING_RECHECK),
+        ),
+        (Outcome(ready=False, reason="InvalidSpec", message="", stalled=True), Result()),
+        (Outcome(ready=False, reason="Revoked", message="", settled=True), Result()),
+    ],
+)
+def test_the_outcome_plans_the_next_look(
+    env: tuple[Runtime, FakeApi, FakeReconciler], outcome: Outcome, result: Result
+) -> None:
+    rt, _, rec = env
+    observe(rt, 1, [IDENTITY_FINALIZER])
+    rec.outcome = outcome
+    assert run(rt) == result

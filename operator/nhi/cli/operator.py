@@ -11,8 +11,8 @@ from typing import Any, cast
 
 from nhi import __version__
 from nhi import logging as nhi_logging
-from nhi.k8s.peering import own_identity
 from nhi.models.duration import parse_duration
+from nhi.runtime.peering import own_identity
 from nhi.settings import Settings, set_current
 
 

@@ -7,14 +7,13 @@
   (:mod:`nhi.reconcilers.webhook`), renews it in place without closing the listening socket,
   and writes the ValidatingWebhookConfiguration itself (kopf's managed mode would set
   ``timeoutSeconds: 30``, ``failurePolicy: Fail`` and no namespaceSelector).
-- A background task recomputes every IdentityPolicy's status every few seconds from the
-  operator's watch caches (no API request unless a status changed).
+
+The IdentityPolicies' status is a controller of its own: :mod:`nhi.handlers.policy_status`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -31,14 +30,9 @@ from nhi import GROUP, VERSION
 from nhi.builders.webhook import build_configuration, client_config
 from nhi.crypto.serving import ServingMaterial
 from nhi.handlers import runtime
-from nhi.models.duration import parse_duration, utcnow
+from nhi.models.duration import parse_duration
 from nhi.policies.webhook import renewal_time, serving_hosts
-from nhi.reconcilers.policy import (
-    AdmissionResult,
-    AdmissionReviewer,
-    PolicyStatusWriter,
-    needs_review,
-)
+from nhi.reconcilers.policy import AdmissionResult, AdmissionReviewer, needs_review
 from nhi.reconcilers.webhook import WebhookCertificates
 from nhi.settings import Settings
 from nhi.settings import current as current_settings
@@ -207,12 +201,13 @@ class AdmissionServer:
         )
 
     def certificates(self) -> WebhookCertificates:
+        rt = runtime.get()
         return WebhookCertificates(
-            runtime.get().api,
+            rt.api,
             self.settings.operator_namespace,
             self.settings.webhook_secret,
             self.hosts,
-            utcnow,
+            rt.clock.now,
             cert_ttl=self.cert_ttl,
         )
 
@@ -220,7 +215,7 @@ class AdmissionServer:
         s = self.settings
         cfg = client_config(
             material,
-            utcnow(),
+            runtime.get().clock.now(),
             WEBHOOK_ID,
             host=s.webhook_host,
             port=s.webhook_port,
@@ -274,7 +269,7 @@ class AdmissionServer:
             await self._publish(certs, configuration)
             yield cast(kopf.WebhookClientConfig, configuration["webhooks"][0]["clientConfig"])
             while True:
-                due = (renewal_time(material.cert) - utcnow()).total_seconds()
+                due = (renewal_time(material.cert) - certs.clock()).total_seconds()
                 await asyncio.sleep(min(max(due, 1.0), MAX_CHECK_INTERVAL))
                 fresh = await self._material(certs)
                 if fresh.serial != material.serial:
@@ -336,50 +331,9 @@ async def _serve(fn: kopf.WebhookFn, request: aiohttp.web.Request) -> aiohttp.we
     return aiohttp.web.json_response(response)
 
 
-# ------------------------------------------------------------------------------ status
-
-_status_task: asyncio.Task[None] | None = None
-
-
-async def _status_loop(interval: float) -> None:
-    rt = runtime.get()
-    writer = PolicyStatusWriter(rt.api, utcnow)
-    while True:
-        await asyncio.sleep(interval)
-        if not rt.synced.is_set():
-            continue  # the watch caches are still listing
-        try:
-            policy_bodies = rt.policy_bodies()
-            if not policy_bodies:
-                # Nothing to write: do not parse (or keep parsed) every identity for nothing.
-                writer.forget()
-                continue
-            identity_bodies = rt.identity_bodies()
-            await writer.sync(policy_bodies, identity_bodies, rt.namespace_labels)
-        except Exception as err:
-            log.warning("could not update the IdentityPolicy status", extra={"error": str(err)})
-
-
 @kopf.on.startup(id="nhi_admission_startup")
 async def configure_admission(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global _status_task
     ours = current_settings()
     if ours.webhook_enabled:
         settings.admission.server = AdmissionServer(ours)
         settings.admission.managed = None  # written by AdmissionServer, see above
-    # A namespace-scoped operator sees only some identities: its counts would fight with
-    # another installation's, so only a cluster-wide operator writes the policies' status.
-    if not ours.namespaces and ours.policy_status_interval > 0:
-        _status_task = asyncio.create_task(
-            _status_loop(ours.policy_status_interval), name="nhi-policy-status"
-        )
-
-
-@kopf.on.cleanup(id="nhi_admission_cleanup")
-async def stop_admission(**_: Any) -> None:
-    global _status_task
-    task, _status_task = _status_task, None
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -35,18 +33,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.lifetime = ours.peering_lifetime
     settings.peering.mandatory = ours.peering
     settings.peering.standalone = not ours.peering
-    rt = runtime.get()
-    rt.start_informers()
-    rt.queue.start()
+    runtime.get().start()
 
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
-    rt = runtime.get()
-    await rt.queue.stop()
-    await rt.stop_informers()
-    # Events still being posted in the background: give them a moment before the client goes.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(rt.events.drain(), timeout=5)
-    await rt.api.close()
+    await runtime.get().stop()
     runtime.set_runtime(None)

@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from nhi.k8s.client import Api, ApiError
@@ -52,8 +52,11 @@ class EventRecorder:
         namespace_fallback: str = "default",
         concurrency: int = CONCURRENCY,
         backlog: int = BACKLOG,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.api = api
+        #: Stamps an Event built without a ``now`` of its own.
+        self.clock = clock
         self.namespace_fallback = namespace_fallback
         self.backlog = backlog
         self._slots = asyncio.Semaphore(concurrency)
@@ -69,7 +72,7 @@ class EventRecorder:
         now: dt.datetime | None = None,
     ) -> dict[str, Any]:
         """The Event about ``body``, stamped ``now`` (the moment of the change), unsent."""
-        now = now or dt.datetime.now(dt.UTC)
+        now = now or self.clock()
         ref = involved(body)
         namespace = ref.get("namespace") or self.namespace_fallback
         return {

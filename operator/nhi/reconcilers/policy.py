@@ -1,28 +1,25 @@
-"""IdentityPolicy enforcement with I/O: admission reviews and the policies' status.
+"""IdentityPolicy enforcement with I/O: admission reviews.
 
-- :class:`AdmissionReviewer` decides an admission request for a MachineIdentity: the policy
-  checks of :mod:`nhi.policies.identity_policy` (Deny refuses, Warn admits with a warning)
-  and the holder-of-permissions check: whoever writes an identity must hold every permission
-  it grants (SubjectAccessReview with the requester's user, groups, uid and extra), unless a
-  policy selecting the namespace sets ``delegatePermissions: true``.
-- :func:`compute_policy_status` (pure) and :class:`PolicyStatusWriter` keep each policy's
-  ``identitiesCovered``, ``identitiesViolating`` and conditions up to date.
+:class:`AdmissionReviewer` decides an admission request for a MachineIdentity: the policy
+checks of :mod:`nhi.policies.identity_policy` (Deny refuses, Warn admits with a warning) and
+the holder-of-permissions check: whoever writes an identity must hold every permission it
+grants (SubjectAccessReview with the requester's user, groups, uid and extra), unless a
+policy selecting the namespace sets ``delegatePermissions: true``. The policies' status is
+:mod:`nhi.reconcilers.policy_status`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from nhi.builders.rbac import desired_keys, field_for
-from nhi.k8s.client import Api, ApiError, NotFound, path_for
-from nhi.models import conditions as cond
+from nhi.k8s.client import Api, path_for
 from nhi.models.identity import MachineIdentity, SpecError
-from nhi.models.meta import ADOPT_ANNOTATION, Reason
+from nhi.models.meta import ADOPT_ANNOTATION
 from nhi.models.policy import IdentityPolicy
 from nhi.policies.cluster import check_cluster_permissions
 from nhi.policies.identity_policy import (
@@ -30,7 +27,6 @@ from nhi.policies.identity_policy import (
     adopt_added,
     adoption_checks,
     check_adoption,
-    check_policy,
     delegates_permissions,
     denials,
     evaluate,
@@ -51,9 +47,6 @@ REVIEW_CONCURRENCY = 32
 MAX_ACCESS_CHECKS = 1000
 #: How many missing permissions a denial lists before "and N more".
 LISTED = 5
-
-# Policy condition reasons.
-EVALUATED = "Evaluated"
 
 
 # ------------------------------------------------------------------------------ admission
@@ -367,136 +360,3 @@ class AdmissionReviewer:
             "POST", path_for("SubjectAccessReview"), body=body, kind="SubjectAccessReview"
         )
         return bool((result.get("status") or {}).get("allowed"))
-
-
-# ------------------------------------------------------------------------------ status
-
-
-def compute_policy_status(
-    body: Mapping[str, Any],
-    identities: Iterable[MachineIdentity | None],
-    namespaces: Iterable[str],
-    namespace_labels: Callable[[str], Mapping[str, str]],
-    now: dt.datetime,
-) -> dict[str, Any]:
-    """Pure: the status of one IdentityPolicy.
-
-    ``identities`` yields the parsed identities (None for one whose spec cannot be parsed;
-    it counts as covered, not as violating) and ``namespaces`` their namespaces, in the same
-    order.
-    """
-    meta = body.get("metadata") or {}
-    gen = int(meta.get("generation") or 0)
-    old = body.get("status") or {}
-    conds: Sequence[Mapping[str, Any]] = old.get("conditions") or []
-    try:
-        policy = IdentityPolicy.from_body(body)
-    except SpecError as err:
-        message = f"the policy cannot be enforced: {err}"
-        conds = cond.set_condition(
-            conds, cond.READY, cond.FALSE, Reason.INVALID_SPEC, message, gen, now
-        )
-        conds = cond.set_condition(
-            conds, cond.RECONCILING, cond.FALSE, Reason.INVALID_SPEC, message, gen, now
-        )
-        conds = cond.set_condition(
-            conds, cond.STALLED, cond.TRUE, Reason.INVALID_SPEC, message, gen, now
-        )
-        return {"observedGeneration": gen, "conditions": conds}
-    covered = violating = 0
-    labels_cache: dict[str, Mapping[str, str]] = {}
-    for identity, ns in zip(identities, namespaces, strict=True):
-        if ns not in labels_cache:
-            labels_cache[ns] = namespace_labels(ns)
-        if not policy.selects(labels_cache[ns]):
-            continue
-        covered += 1
-        if identity is not None and check_policy(identity, policy):
-            violating += 1
-    message = (
-        f"covers {covered} MachineIdentit{'y' if covered == 1 else 'ies'}; "
-        f"{violating} break{'s' if violating == 1 else ''} the policy "
-        f"(enforcement {policy.enforcement})"
-    )
-    conds = cond.set_condition(conds, cond.READY, cond.TRUE, EVALUATED, message, gen, now)
-    conds = cond.set_condition(
-        conds, cond.RECONCILING, cond.FALSE, EVALUATED, "nothing pending", gen, now
-    )
-    conds = cond.set_condition(conds, cond.STALLED, cond.FALSE, EVALUATED, "no error", gen, now)
-    return {
-        "observedGeneration": gen,
-        "identitiesCovered": covered,
-        "identitiesViolating": violating,
-        "conditions": conds,
-    }
-
-
-class PolicyStatusWriter:
-    """Recomputes every policy's status from the watch caches; patches only what changed.
-
-    Parsed identities are cached by (namespace, name, resourceVersion), so a pass over
-    thousands of unchanged identities parses none of them again.
-    """
-
-    def __init__(self, api: Api, clock: Callable[[], dt.datetime]) -> None:
-        self.api = api
-        self.clock = clock
-        self._parsed: dict[tuple[str, str], tuple[str, MachineIdentity | None]] = {}
-
-    def forget(self) -> None:
-        """Drop the parsed identities (no policy left to compute a status for)."""
-        self._parsed.clear()
-
-    def parse(self, body: Mapping[str, Any]) -> MachineIdentity | None:
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-        version = str(meta.get("resourceVersion") or meta.get("generation") or "")
-        hit = self._parsed.get(key)
-        if hit is not None and hit[0] == version and version:
-            return hit[1]
-        try:
-            identity: MachineIdentity | None = MachineIdentity.from_body(body)
-        except SpecError:
-            identity = None
-        self._parsed[key] = (version, identity)
-        return identity
-
-    async def sync(
-        self,
-        policy_bodies: Sequence[Mapping[str, Any]],
-        identity_bodies: Sequence[Mapping[str, Any]],
-        namespace_labels: Callable[[str], Mapping[str, str]],
-    ) -> int:
-        """One pass over every policy; returns how many statuses were patched."""
-        live = [
-            b for b in identity_bodies if not (b.get("metadata") or {}).get("deletionTimestamp")
-        ]
-        parsed = [self.parse(b) for b in live]
-        spaces = [str((b.get("metadata") or {}).get("namespace", "")) for b in live]
-        keep = {
-            (ns, str((b.get("metadata") or {}).get("name", "")))
-            for b, ns in zip(live, spaces, strict=True)
-        }
-        for key in list(self._parsed):
-            if key not in keep:
-                del self._parsed[key]
-        patched = 0
-        now = self.clock()
-        for body in policy_bodies:
-            status = compute_policy_status(body, parsed, spaces, namespace_labels, now)
-            if not cond.status_changed(body.get("status") or {}, status):
-                continue
-            name = str((body.get("metadata") or {}).get("name", ""))
-            try:
-                await self.api.patch(
-                    "IdentityPolicy", None, name, {"status": status}, subresource="status"
-                )
-                patched += 1
-            except NotFound:
-                continue  # deleted since the cache saw it
-            except ApiError as err:
-                log.warning(
-                    "could not write the IdentityPolicy status",
-                    extra={"policy": name, "error": str(err)},
-                )
-        return patched

@@ -49,7 +49,7 @@ from nhi.reconcilers.issuers.signers import (
 )
 from nhi.reconcilers.issuers.sources import CASources, SecretWatch
 from nhi.reconcilers.issuers.status import IssuerOutcome, Result, StatusWriter, event_ref
-from nhi.reconcilers.workqueue import WorkQueue
+from nhi.runtime.queue import WorkQueue
 
 # The logger name the issuer's log lines have always carried (docs/observability.md).
 log = logging.getLogger("nhi.reconcilers.issuer")

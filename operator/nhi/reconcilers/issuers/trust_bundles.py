@@ -44,7 +44,7 @@ from nhi.models.issuer import ISSUER_LABEL, PROVENANCE_ANNOTATION, SOURCES_ANNOT
 from nhi.models.meta import MANAGED_SELECTOR
 from nhi.policies.provenance import Origin, configmap_origin
 from nhi.reconcilers.issuers.provenance import Provenance, ProvenanceKeys
-from nhi.reconcilers.workqueue import WorkQueue
+from nhi.runtime.queue import WorkQueue
 
 # The logger name these log lines have always carried (docs/observability.md).
 log = logging.getLogger("nhi.reconcilers.trust_bundles")

@@ -3,13 +3,12 @@ reconcile in that gap neither issues a credential twice nor re-creates what it j
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from nhi.k8s import cache
-from nhi.k8s.cache import MAX_AGE, WriteOverlay
+from nhi.runtime import overlay as cache
+from nhi.runtime.overlay import MAX_AGE, WriteOverlay
 
 pytestmark = pytest.mark.unit
 
@@ -26,10 +25,8 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(cache, "time", SimpleNamespace(monotonic=fake.monotonic))
-    return fake
+def clock() -> Clock:
+    return Clock()
 
 
 def secret(
@@ -57,8 +54,8 @@ def rv_of(resolved: tuple[bool, dict[str, Any] | None]) -> str | None:
     return None if obj is None else str(obj["metadata"]["resourceVersion"])
 
 
-def written(rv: int, **kwargs: Any) -> WriteOverlay:
-    overlay = WriteOverlay()
+def written(rv: int, clock: Clock | None = None, **kwargs: Any) -> WriteOverlay:
+    overlay = WriteOverlay(clock.monotonic) if clock is not None else WriteOverlay()
     overlay.written(secret(rv, **kwargs))
     return overlay
 
@@ -221,8 +218,8 @@ def test_a_delete_after_a_write_replaces_the_write() -> None:
     [(0.0, False), (MAX_AGE - 0.5, False), (MAX_AGE, False), (MAX_AGE + 0.5, True)],
 )
 def test_entries_expire(clock: Clock, age: float, expired: bool) -> None:
-    overlay = written(10)
-    tombstones = WriteOverlay()
+    overlay = written(10, clock)
+    tombstones = WriteOverlay(clock.monotonic)
     tombstones.deleted(*KEY)
     clock.now += age
     cached = secret(5)  # the watch never caught up (someone else changed the object)
@@ -236,7 +233,7 @@ def test_entries_expire(clock: Clock, age: float, expired: bool) -> None:
 
 
 def test_a_new_write_restarts_the_clock(clock: Clock) -> None:
-    overlay = written(10)
+    overlay = written(10, clock)
     clock.now += MAX_AGE - 1
     overlay.written(secret(11))
     clock.now += MAX_AGE - 1

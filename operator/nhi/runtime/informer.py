@@ -3,7 +3,8 @@
 An :class:`Informer` lists a resource (paginated, optionally with a server-side label
 selector, optionally as metadata only), then watches it from the list's resourceVersion with
 bookmarks, and keeps a reduced value per object (``transform``). It calls ``on_change(key,
-old, new)`` for every object whose value changed (None: absent), on the first listing too.
+old, new)`` for every object whose value changed (None: absent), on the first listing too,
+and then every consumer added with :meth:`Informer.subscribe`.
 When the watch's resourceVersion is too old (410 Gone) or the connection fails, it lists
 again and reports only the differences.
 
@@ -58,8 +59,10 @@ class Informer:
         on_change: OnChange | None = None,
         namespaces: Sequence[str] = (),
         list_slots: asyncio.Semaphore | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
+        self._monotonic = monotonic
         #: Shared by the informers of one operator: how many may list at the same time.
         self.list_slots = list_slots
         self.kind = kind
@@ -68,6 +71,7 @@ class Informer:
         self.metadata_only = metadata_only
         self.transform: Transform = transform or (lambda obj: obj)
         self.on_change = on_change
+        self._subscribers: list[OnChange] = []
         #: Glob patterns of namespaces to keep (client-side); empty: all.
         self.patterns = tuple(namespaces)
         self.objects: dict[Key, Any] = {}
@@ -75,6 +79,13 @@ class Informer:
         self.resource_version = ""
         self.lists = 0
         self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, on_change: OnChange) -> None:
+        """Tell ``on_change`` too about every change (after :attr:`on_change`)."""
+        self._subscribers.append(on_change)
+
+    def _listened(self) -> bool:
+        return self.on_change is not None or bool(self._subscribers)
 
     @property
     def name(self) -> str:
@@ -136,7 +147,7 @@ class Informer:
             await self._relist()
 
     async def _relist(self) -> None:
-        started = time.monotonic()
+        started = self._monotonic()
         params = {**self._params(), "limit": str(PAGE_SIZE)}
         fresh: dict[Key, Any] = {}
         path = path_for(self.kind, self.namespace)
@@ -157,7 +168,7 @@ class Informer:
             params["continue"] = str(meta["continue"])
         old, self.objects = self.objects, fresh
         self.lists += 1
-        if self.on_change is not None:
+        if self._listened():
             for key, value in fresh.items():
                 before = old.get(key)
                 if before != value:
@@ -171,7 +182,7 @@ class Informer:
                 extra={
                     "resource": self.name,
                     "objects": len(fresh),
-                    "seconds": round(time.monotonic() - started, 3),
+                    "seconds": round(self._monotonic() - started, 3),
                 },
             )
         self.synced.set()
@@ -220,14 +231,20 @@ class Informer:
             self.objects.pop(key, None)
         else:
             self.objects[key] = value
-        if self.on_change is not None and (before is not None or value is not None):
+        listened = self.on_change is not None or self._subscribers
+        if listened and (before is not None or value is not None):
             if kind == "DELETED" or before != value:
                 self._report(key, before, value)
 
     def _report(self, key: Key, old: Any, new: Any) -> None:
-        assert self.on_change is not None
+        if self.on_change is not None:
+            self._tell(self.on_change, key, old, new)
+        for consumer in self._subscribers:
+            self._tell(consumer, key, old, new)
+
+    def _tell(self, consumer: OnChange, key: Key, old: Any, new: Any) -> None:
         try:
-            self.on_change(key, old, new)
+            consumer(key, old, new)
         except Exception:  # a consumer's bug must not stop the watch
             log.exception("a watch-cache consumer failed", extra={"resource": self.name})
 

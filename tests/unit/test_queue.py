@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from nhi.reconcilers.workqueue import WorkQueue
+from nhi.runtime.queue import WorkQueue
 
 pytestmark = pytest.mark.unit
 

@@ -9,7 +9,7 @@ catches up with it (an object with the same or a newer resourceVersion arrives).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 #: After this long an entry is dropped even if the watch never showed it (e.g. someone else
@@ -42,7 +42,8 @@ def _rv(obj: Mapping[str, Any] | None) -> int:
 class WriteOverlay:
     """The operator's own recent writes, until the watch cache has caught up with them."""
 
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
         self._objects: dict[ChildId, dict[str, Any] | None] = {}  # None: deleted by us
         self._when: dict[ChildId, float] = {}
 
@@ -50,12 +51,12 @@ class WriteOverlay:
         meta = obj.get("metadata") or {}
         key = (str(obj.get("kind")), str(meta.get("namespace", "")), str(meta.get("name")))
         self._objects[key] = slim(str(obj.get("kind")), obj)
-        self._when[key] = time.monotonic()
+        self._when[key] = self._monotonic()
 
     def deleted(self, kind: str, namespace: str, name: str) -> None:
         key = (kind, namespace, name)
         self._objects[key] = None
-        self._when[key] = time.monotonic()
+        self._when[key] = self._monotonic()
 
     def _drop(self, key: ChildId) -> None:
         self._objects.pop(key, None)
@@ -88,7 +89,7 @@ class WriteOverlay:
         """(found in overlay, object to use). Drops entries the cache has caught up with."""
         if key not in self._objects:
             return False, cached
-        if time.monotonic() - self._when.get(key, 0.0) > MAX_AGE:
+        if self._monotonic() - self._when.get(key, 0.0) > MAX_AGE:
             self._drop(key)
             return False, cached
         mine = self._objects[key]

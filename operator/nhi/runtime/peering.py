@@ -1,11 +1,11 @@
-"""Which replica reconciles identities: kopf's peering rule, read from kopf's peering objects.
+"""Which replica reconciles: kopf's peering rule, read from kopf's peering objects.
 
 With ``--peering`` several replicas run and one is active. kopf decides that for its own
 handlers (the issuers) from a ``ClusterKopfPeering`` (or a ``KopfPeering`` per served
 namespace) whose ``status`` maps each replica's identity to its priority and when it was last
-seen. The operator's MachineIdentities do not go through kopf (their watch cache is one of the
-operator's own, see :mod:`nhi.handlers.runtime`), so :class:`PeeringGate` applies kopf's rule
-to the same objects: a replica is active while no other live replica has a priority as high as
+seen. The operator's own controllers do not go through kopf (their watch caches are
+:mod:`nhi.runtime.informer` s), so :class:`PeeringGate` applies kopf's rule to the same
+objects: a replica is active while no other live replica has a priority as high as
 its own. The operator gives kopf its identity, so both read the same entry as "us".
 """
 
@@ -22,7 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from nhi.k8s.client import Api
-from nhi.k8s.informer import Informer, Key, scopes
+from nhi.runtime.clock import SystemClock
+from nhi.runtime.informer import Informer, Key, scopes
 
 log = logging.getLogger("nhi.peering")
 
@@ -36,7 +37,7 @@ def own_identity() -> str:
     pod = os.environ.get("POD_ID")
     if pod:
         return pod
-    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+    now = SystemClock().now().strftime("%Y%m%d%H%M%S")
     return f"{getpass.getuser()}@{socket.gethostname()}/{now}/{secrets.token_hex(3)}"
 
 
@@ -83,8 +84,8 @@ class PeeringGate:
         namespaces: tuple[str, ...],
         identity: str,
         priority: int,
+        clock: Callable[[], dt.datetime],
         on_active: Callable[[], None] | None = None,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.enabled = enabled
         self.name = name
