@@ -49,6 +49,7 @@ from nhi.reconcilers.issuers.signers import (
 )
 from nhi.reconcilers.issuers.sources import CASources, SecretWatch
 from nhi.reconcilers.issuers.status import IssuerOutcome, Result, StatusWriter, event_ref
+from nhi.runtime.locks import KeyedLocks
 from nhi.runtime.queue import WorkQueue
 
 # The logger name the issuer's log lines have always carried (docs/observability.md).
@@ -117,7 +118,7 @@ class IssuerController:
         self.converger = Converger(sources, crl)
         self.status = StatusWriter(api, events, clock)
         self._states: dict[IssuerKey, _State] = {}
-        self._locks: dict[IssuerKey, asyncio.Lock] = {}
+        self._lock: KeyedLocks[IssuerKey] = KeyedLocks()
         self._running: set[IssuerKey] = set()
         self._waiters: dict[IssuerKey, list[asyncio.Future[None]]] = {}
 
@@ -133,12 +134,6 @@ class IssuerController:
             self._release(
                 key, IssuerNotReady(IssuerReason.API_ERROR, "the operator is shutting down")
             )
-
-    def _lock(self, key: IssuerKey) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     def issuers(self) -> list[Issuer]:
         """The issuers reconciled so far with a valid spec, in the order first seen."""
@@ -179,7 +174,7 @@ class IssuerController:
         """The issuer is gone: drop what is kept about it and tell the identities."""
         self.secrets.track(key, set())
         self._states.pop(key, None)
-        self._locks.pop(key, None)
+        self._lock.forget(key)
         self.queue.forget(key)
         kind, namespace, name = key
         for gauge in (metrics.issuer_ready, metrics.issuer_ca_expiration):

@@ -16,7 +16,6 @@ name without the tag is left exactly as it is and reported (:class:`BundleConfli
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -44,6 +43,7 @@ from nhi.models.issuer import ISSUER_LABEL, PROVENANCE_ANNOTATION, SOURCES_ANNOT
 from nhi.models.meta import MANAGED_SELECTOR
 from nhi.policies.provenance import Origin, configmap_origin
 from nhi.reconcilers.issuers.provenance import Provenance, ProvenanceKeys
+from nhi.runtime.locks import KeyedLocks
 from nhi.runtime.queue import WorkQueue
 
 # The logger name these log lines have always carried (docs/observability.md).
@@ -131,7 +131,7 @@ class TrustBundles:
         self.synced: Callable[[], bool] = lambda: True
         self.queue: WorkQueue[BundleKey] = WorkQueue(self._process, workers=workers)
         self._written: dict[BundleKey, _Written] = {}
-        self._locks: dict[BundleKey, asyncio.Lock] = {}
+        self._lock: KeyedLocks[BundleKey] = KeyedLocks()
         self._reported: dict[BundleKey, str] = {}  # foreign ConfigMap -> its uid, logged once
 
     def start(self) -> None:
@@ -217,12 +217,6 @@ class TrustBundles:
         return out
 
     # ------------------------------------------------------------------ sync
-
-    def _lock(self, key: BundleKey) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     async def sync(
         self, namespace: str, name: str, used: frozenset[SourceKey] = frozenset()
