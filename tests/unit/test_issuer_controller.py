@@ -91,3 +91,37 @@ async def test_waiting_identities_are_released_when_the_controller_stops() -> No
     with pytest.raises(IssuerNotReady) as err:
         await asyncio.wait_for(waiting, 5)
     assert err.value.reason == "ApiError"
+
+
+async def test_a_cluster_issuer_is_finalized_by_its_controller() -> None:
+    svc, api, _, _ = make_service()
+    api.put(issuer_body())
+    await svc.controller.reconcile(MESH)
+    stored = api.objects[MESH]
+    assert stored["metadata"]["finalizers"] == ["nhi.dev/finalizer"]
+    assert ("Secret", OPNS, "nhi-issuer-mesh") in api.objects
+    # Deleted: the root Secret and the CRL go first, then the finalizer.
+    stored["metadata"]["deletionTimestamp"] = "2030-01-15T12:00:00Z"
+    gone = await svc.controller.reconcile(MESH)
+    assert (gone.outcome, gone.requeue_at) == (None, None)
+    assert ("Secret", OPNS, "nhi-issuer-mesh") not in api.objects
+    assert api.objects[MESH]["metadata"]["finalizers"] == []
+    # A namespaced issuer gets none: the garbage collector removes what it owns.
+    api.put(named("local", kind="IdentityIssuer", namespace="team-a"))
+    local = ("IdentityIssuer", "team-a", "local")
+    await svc.controller.reconcile(local)
+    assert not api.objects[local]["metadata"].get("finalizers")
+
+
+async def test_only_a_change_of_spec_or_finalizers_queues_a_settled_issuer() -> None:
+    svc, api, _, _ = make_service()
+    api.put(issuer_body())
+    await svc.controller.reconcile(MESH)
+    changed = svc.controller.changed("ClusterIdentityIssuer")
+    body = api.objects[MESH]
+    status_only = {**body, "status": {"conditions": []}}
+    changed(("", "mesh"), body, status_only)
+    assert svc.queue.pending() == 0  # its own status patch: nothing to do
+    edited = {**body, "metadata": {**body["metadata"], "generation": 2}}
+    changed(("", "mesh"), body, edited)
+    assert svc.queue.pending() == 1

@@ -138,6 +138,10 @@ class FakeApi:
         obj = self.objects.get(self._key(kind, namespace, name))
         if obj is None:
             raise NotFound(404, "NotFound", "not found")
+        if isinstance(patch, list):  # a finalizer's JSON patch (nhi.runtime.finalizers)
+            _json_patch_finalizers(obj, patch)
+            self._bump(obj)
+            return copy.deepcopy(obj)
         status = obj.setdefault("status", {})
         for k, v in patch["status"].items():
             if v is None:
@@ -174,12 +178,34 @@ class FakeApi:
         return True
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
+def _json_patch_finalizers(obj: dict[str, Any], ops: list[dict[str, Any]]) -> None:
+    """Apply the test/add/remove operations on metadata.finalizers the runtime sends."""
+    meta = obj["metadata"]
+    for op in ops:
+        path = op["path"].removeprefix("/metadata/finalizers")
+        current = meta.get("finalizers") or []
+        if op["op"] == "test":
+            got = current if not path else current[int(path[1:])]
+            if got != op["value"]:
+                raise Conflict(422, "Invalid", "the test operation failed")
+        elif op["op"] == "add":
+            meta["finalizers"] = [*current, op["value"]] if path == "/-" else list(op["value"])
+        elif op["op"] == "remove":
+            del current[int(path[1:])]
+            meta["finalizers"] = current
 
-    def __call__(self) -> dt.datetime:
-        return self.now
+
+class Clock:
+    """The operator's clock (nhi.runtime.clock.Clock), set by assigning ``at``."""
+
+    def __init__(self) -> None:
+        self.at = START
+
+    def now(self) -> dt.datetime:
+        return self.at
+
+    def monotonic(self) -> float:
+        return (self.at - START).total_seconds()
 
 
 MESH = ("ClusterIdentityIssuer", "", "mesh")
@@ -333,12 +359,12 @@ async def test_root_rotates_with_a_third_left_and_the_old_root_stays_trusted() -
     await svc.publish_trust_bundle(first, "team-b")
     changes.clear()
 
-    clock.now = START + 19 * DAY  # 11 of 30 days left: keep
+    clock.at = START + 19 * DAY  # 11 of 30 days left: keep
     assert (await reconcile(svc, api, issuer_body())).ready
     assert (await svc.signer("ClusterIdentityIssuer", "mesh", "ns")).ca_cert == first.ca_cert
 
     number = status_of(api)["crlNumber"]
-    clock.now = START + 21 * DAY  # 9 of 30 days left: rotate
+    clock.at = START + 21 * DAY  # 9 of 30 days left: rotate
     outcome = await reconcile(svc, api, issuer_body())
     assert outcome.ready
     second = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
@@ -361,7 +387,7 @@ async def test_root_rotates_with_a_third_left_and_the_old_root_stays_trusted() -
     assert first.ca_cert in load_cert_chain(second.bundle_pem)
 
     # When the old root expires it leaves the bundle and the Secret.
-    clock.now = first.ca_cert.not_valid_after_utc + dt.timedelta(seconds=1)
+    clock.at = first.ca_cert.not_valid_after_utc + dt.timedelta(seconds=1)
     assert (await reconcile(svc, api, issuer_body())).ready
     third = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
     assert third.ca_cert == second.ca_cert
@@ -382,7 +408,7 @@ async def test_spec_changes_to_the_root_apply_at_the_next_rotation() -> None:
     assert outcome.ready
     assert "apply at the next rotation" in outcome.message
     assert (await svc.signer("ClusterIdentityIssuer", "mesh", "ns")).ca_cert == first.ca_cert
-    clock.now = START + 21 * DAY
+    clock.at = START + 21 * DAY
     await reconcile(svc, api, body)
     rotated = await svc.signer("ClusterIdentityIssuer", "mesh", "ns")
     assert type(rotated.ca_key).__name__ == "Ed25519PrivateKey"
@@ -548,7 +574,7 @@ async def test_published_namespaces_are_rebuilt_after_a_restart() -> None:
     # A new process: nothing in memory, the objects are still there.
     fresh = IssuerService(cast(Api, api), EventRecorder(cast(Api, api)), OPNS, clock)
     fresh.users = lambda ns: {MESH} if ns == "team-a" else set()
-    clock.now = START + 21 * DAY
+    clock.at = START + 21 * DAY
     stored = api.objects[("ClusterIdentityIssuer", "", "mesh")]
     assert (await fresh.reconcile(copy.deepcopy(stored))) is not None
     rotated = await fresh.signer("ClusterIdentityIssuer", "mesh", "team-a")
@@ -632,14 +658,14 @@ async def test_crl_is_re_signed_before_its_next_update() -> None:
     body = issuer_body(selfSigned={"ttl": "720h"}, crl={"validity": "24h"})
     first = await reconcile(svc, api, body)
     assert first.next_due == START + dt.timedelta(hours=16)
-    clock.now = START + dt.timedelta(hours=15)
+    clock.at = START + dt.timedelta(hours=15)
     await reconcile(svc, api, body)
     assert status_of(api)["crlNumber"] == 1
-    clock.now = START + dt.timedelta(hours=17)
+    clock.at = START + dt.timedelta(hours=17)
     await reconcile(svc, api, body)
     assert status_of(api)["crlNumber"] == 2
     crl = load_crl(api.objects[("ConfigMap", OPNS, CRL)]["data"]["ca.crl"])
-    assert crl.next_update_utc == clock.now.replace(microsecond=0) + DAY
+    assert crl.next_update_utc == clock.at.replace(microsecond=0) + DAY
 
 
 async def test_cleanup_removes_a_cluster_issuers_objects() -> None:
@@ -702,7 +728,7 @@ async def test_namespace_scoped_install_lists_the_namespaces_it_serves() -> None
     fake = cast(Api, scoped)
     fresh = IssuerService(fake, EventRecorder(fake), OPNS, clock, namespaces=["team-a", "team-*"])
     fresh.users = lambda ns: {MESH} if ns == "team-a" else set()
-    clock.now = START + 21 * DAY
+    clock.at = START + 21 * DAY
     await fresh.reconcile(copy.deepcopy(api.objects[("ClusterIdentityIssuer", "", "mesh")]))
     rotated = await fresh.signer("ClusterIdentityIssuer", "mesh", "team-a")
     fresh.sweep_bundles()
@@ -761,7 +787,7 @@ async def test_a_rotation_keeps_the_other_issuers_roots_in_the_bundle() -> None:
     signers = await three_issuers(svc, api)
     for signer in signers.values():
         await svc.publish_trust_bundle(signer, "team-a")
-    clock.now = START + 21 * DAY
+    clock.at = START + 21 * DAY
     await reconcile(svc, api, named("mesh"))
     await drain(svc)
     rotated = await svc.signer("ClusterIdentityIssuer", "mesh", "team-a")
@@ -783,7 +809,7 @@ async def test_roots_leave_the_bundle_with_their_issuer_or_its_last_user() -> No
         await svc.publish_trust_bundle(signer, "team-a")
     # The namespaced issuer is deleted (no finalizer: the watch says so afterwards).
     local = api.objects.pop(("IdentityIssuer", "team-a", "local"))
-    svc.observed("DELETED", local)
+    svc.controller.changed("IdentityIssuer")(("team-a", "local"), local, None)
     await drain(svc)
     assert set(bundle_roots(api, "team-a")) == {signers["mesh"].ca_cert, signers["edge"].ca_cert}
     # The last identity using edge in team-a stops using it.
@@ -968,7 +994,7 @@ async def test_an_issuer_not_ready_after_a_restart_keeps_its_roots() -> None:
         copy.deepcopy(api.objects[("ClusterIdentityIssuer", "", "mesh")])
     )
     assert outcome is not None and outcome.reason == "CASecretNotFound"
-    clock.now = START + 21 * DAY  # edge rotates: the bundle is written again
+    clock.at = START + 21 * DAY  # edge rotates: the bundle is written again
     await fresh.reconcile(copy.deepcopy(api.objects[("ClusterIdentityIssuer", "", "edge")]))
     fresh.sweep_bundles()
     await drain(fresh)

@@ -119,7 +119,6 @@ async def _review(
     old: Mapping[str, Any] | None = kwargs.get("old")
     new: Mapping[str, Any] | None = kwargs.get("new")
     operation: str | None = kwargs.get("operation")
-    runtime.get().issuers.capture(kwargs)
     new_body: Mapping[str, Any] | None = dict(new) if new is not None else None
     old_body: Mapping[str, Any] | None = dict(old) if old is not None else None
     if not needs_review(operation or "", new_body, old_body):

@@ -9,7 +9,9 @@ Created once at start-up (:func:`get`), from :mod:`nhi.runtime`'s parts and one 
   peering, the :class:`~nhi.runtime.peering.PeeringGate` holds it on a standby replica;
 - the IdentityPolicy status controller (:mod:`nhi.handlers.policy_status`), when the
   operator watches every namespace;
-- the issuer service, whose queue kopf's issuer handlers feed (:mod:`nhi.handlers.issuer`).
+- the issuer controller (:class:`~nhi.reconcilers.issuers.IssuerService`), fed by the
+  watch caches of IdentityIssuers and ClusterIdentityIssuers, held like the others until the
+  caches are listed and while this replica is a standby.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Runtime:
             api,
             self.events,
             operator_namespace=settings.operator_namespace,
-            clock=self.clock.now,
+            clock=self.clock,
             namespaces=settings.namespaces,
         )
         #: Open while this replica may reconcile (always, without peering).
@@ -116,16 +118,19 @@ class Runtime:
         if self.caches.informers:
             return
         self.view.watch(self.caches)
+        self.issuers.watch(self.caches, ready=self.caches.synced, active=self.gate.active)
         if self.policy_status is not None:
             self.policy_status.watch(self.caches)
         self.caches.start(on_synced=self.issuers.sweep_bundles)
         self.gate.start()
+        self.issuers.start()
         self.controller.start()
         if self.policy_status is not None:
             self.policy_status.controller.start()
 
     async def stop(self) -> None:
         await self.controller.stop()
+        await self.issuers.stop()
         if self.policy_status is not None:
             await self.policy_status.controller.stop()
         await self.gate.stop()
@@ -139,6 +144,7 @@ class Runtime:
         """This replica became the active one: look at every identity (as kopf would, on
         resuming, by listing again)."""
         self.controller.requeue(self.view.store.keys())
+        self.issuers.requeue_all()
 
     # ------------------------------------------------------------------ MachineIdentity
 

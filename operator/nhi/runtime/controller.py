@@ -104,6 +104,14 @@ class Controller(Generic[K]):
         for informer in informers:
             informer.subscribe(changed)
 
+    def gate(
+        self, *, ready: asyncio.Event | None = None, active: asyncio.Event | None = None
+    ) -> None:
+        """Hold reconciles until ``ready`` and while ``active`` is clear (for a controller
+        built before the caches and the peering gate it waits for)."""
+        self._ready = ready
+        self._active = active
+
     # ------------------------------------------------------------------ running
 
     def start(self) -> None:

@@ -16,8 +16,9 @@ JSON_PATCH = "application/json-patch+json"
 Patch = list[dict[str, Any]]
 
 
-def _finalizers(body: Mapping[str, Any]) -> list[str]:
-    return list((body.get("metadata") or {}).get("finalizers") or ())
+def names(body: Mapping[str, Any] | None) -> list[str]:
+    """The object's finalizers (none for None: an object that is gone)."""
+    return list(((body or {}).get("metadata") or {}).get("finalizers") or ())
 
 
 def deleting(body: Mapping[str, Any]) -> bool:
@@ -31,7 +32,7 @@ def has(body: Mapping[str, Any], finalizer: str) -> bool:
 
 def add(body: Mapping[str, Any], finalizer: str) -> Patch:
     """The patch that appends ``finalizer``, provided the list is still the one seen."""
-    finalizers = _finalizers(body)
+    finalizers = names(body)
     if not finalizers:
         return [{"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
     return [
@@ -45,7 +46,7 @@ def remove(body: Mapping[str, Any], finalizer: str) -> Patch:
 
     Raises ValueError when the body does not hold it.
     """
-    index = _finalizers(body).index(finalizer)
+    index = names(body).index(finalizer)
     return [
         {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
         {"op": "remove", "path": f"/metadata/finalizers/{index}"},

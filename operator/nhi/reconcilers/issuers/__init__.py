@@ -2,9 +2,10 @@
 
 Split by the state each part owns:
 
-- :mod:`.controller`: the issuer work queue, one reconcile per issuer (``reconcile(key)``
-  returns when to look again), the issuer's lock and its status (:mod:`.status`); issuer
-  bodies come from kopf's indexes (:mod:`.index`).
+- :mod:`.controller`: one reconcile per issuer (``reconcile(key)`` returns when to look
+  again), run by a :class:`nhi.runtime.controller.Controller` like every kind, the issuer's
+  lock, the ClusterIdentityIssuer finalizer and the status (:mod:`.status`); issuer bodies
+  come from the runtime's watch caches (:mod:`.index`).
 - :mod:`.sources`: one CA source strategy per kind of ``spec`` (selfSigned keeps the last
   root to restore it; ca reads a Secret); :mod:`.converge` turns its material into a signer.
 - :mod:`.crl`: each issuer's CRL ConfigMap and what this process published last.
@@ -23,14 +24,11 @@ and fingerprints only.
 from __future__ import annotations
 
 from nhi.models.issuer import IssuerKey
-from nhi.reconcilers.issuers.index import CLUSTER_ISSUER_INDEX, ISSUER_INDEX
 from nhi.reconcilers.issuers.service import IssuerService
 from nhi.reconcilers.issuers.signers import IssuerNotReady, Signer
 from nhi.reconcilers.issuers.status import IssuerOutcome, Result, compute_status
 
 __all__ = [
-    "CLUSTER_ISSUER_INDEX",
-    "ISSUER_INDEX",
     "IssuerKey",
     "IssuerNotReady",
     "IssuerOutcome",

@@ -5,7 +5,9 @@
 (decide in :mod:`nhi.policies.ca`, apply only if changed), the result is installed for
 identities (:class:`SignerCache`) and trust bundles (:class:`TrustBundleDistribution`), and
 the status is patched only when it changed. It returns when to look again
-(:class:`Result`); the controller's own queue drives it today.
+(:class:`Result`). A :class:`~nhi.runtime.controller.Controller` drives it, as every kind:
+the runtime's watch caches of the issuers queue a key (:meth:`IssuerController.changed`),
+and a ClusterIdentityIssuer being deleted is finalized here (:meth:`IssuerController.cleanup`).
 
 Everything that changes an issuer's published state (a reconcile, a revocation, the clean-up
 of a deleted ClusterIdentityIssuer) runs under that issuer's lock, here. Identities never
@@ -23,13 +25,14 @@ from typing import Any
 
 from cryptography import x509
 
-from nhi import metrics
+from nhi import FINALIZER, metrics
 from nhi.builders.issuer import crl_summary
 from nhi.crypto import CryptoError, RevokedSerial, load_cert_chain, serial_hex
-from nhi.k8s.client import Api, ApiError
+from nhi.k8s.client import Api, ApiError, NotFound
 from nhi.k8s.events import EventRecorder
 from nhi.models.identity import SpecError
 from nhi.models.issuer import (
+    CLUSTER_ISSUER_KIND,
     Issuer,
     IssuerKey,
     IssuerReason,
@@ -49,17 +52,20 @@ from nhi.reconcilers.issuers.signers import (
 )
 from nhi.reconcilers.issuers.sources import CASources, SecretWatch
 from nhi.reconcilers.issuers.status import IssuerOutcome, Result, StatusWriter, event_ref
+from nhi.runtime import finalizers
+from nhi.runtime.clock import Clock
+from nhi.runtime.controller import Controller
+from nhi.runtime.controller import Result as Next
+from nhi.runtime.informer import Key
 from nhi.runtime.locks import KeyedLocks
-from nhi.runtime.queue import WorkQueue
 
 # The logger name the issuer's log lines have always carried (docs/observability.md).
 log = logging.getLogger("nhi.reconcilers.issuer")
 
+#: Seconds between checks of an issuer that waits for something outside (its CA Secret).
 RETRY_INTERVAL = 10.0
-"""Seconds between checks of an issuer that waits for something outside (its CA Secret)."""
-
+#: Seconds between checks of a Ready issuer (a changed CA Secret, a deleted CRL).
 RESYNC_INTERVAL = 60.0
-"""Seconds between checks of a Ready issuer (a changed CA Secret, a deleted CRL)."""
 
 
 @dataclass
@@ -86,7 +92,7 @@ class IssuerController:
         self,
         api: Api,
         events: EventRecorder,
-        clock: Callable[[], dt.datetime],
+        clock: Clock,
         *,
         sources: CASources,
         crl: CrlPublisher,
@@ -98,7 +104,7 @@ class IssuerController:
     ) -> None:
         self.api = api
         self.events = events
-        self.clock = clock
+        self.clock = clock.now
         self.sources = sources
         self.crl = crl
         self.distribution = distribution
@@ -108,15 +114,16 @@ class IssuerController:
         #: Called with the issuer's key whenever its signing material or readiness changed,
         #: so identities that use it can be re-queued.
         self.on_change: Callable[[IssuerKey], None] = lambda key: None
-        self.queue: WorkQueue[IssuerKey] = WorkQueue(
-            self._process, workers=workers, on_retry=_count_failure
+        self.controller: Controller[IssuerKey] = Controller(
+            "IdentityIssuer", self._run, clock=clock, workers=workers, on_error=_count_failure
         )
+        self.queue = self.controller.queue
         self.index = IssuerIndex(api)
         self.signers = SignerCache(
-            clock, prepare=self.prepare, absent=self.index.absent, look_again=self.queue.add
+            clock.now, prepare=self.prepare, absent=self.index.absent, look_again=self.queue.add
         )
         self.converger = Converger(sources, crl)
-        self.status = StatusWriter(api, events, clock)
+        self.status = StatusWriter(api, events, clock.now)
         self._states: dict[IssuerKey, _State] = {}
         self._lock: KeyedLocks[IssuerKey] = KeyedLocks()
         self._running: set[IssuerKey] = set()
@@ -125,10 +132,10 @@ class IssuerController:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self.queue.start()
+        self.controller.start()
 
     async def stop(self) -> None:
-        await self.queue.stop()
+        await self.controller.stop()
         self._running.clear()
         for key in list(self._waiters):
             self._release(
@@ -141,25 +148,31 @@ class IssuerController:
 
     # ------------------------------------------------------------------ watch input
 
-    def observed(self, event_type: str, body: Mapping[str, Any]) -> None:
-        """An issuer event: queue it, unless only its status or metadata changed."""
-        key = key_of(body)
-        if event_type == "DELETED":
-            self.forget(key)
-            return
-        meta = body.get("metadata") or {}
-        state = self._states.get(key)
-        generation = int(meta.get("generation") or 0)
-        if (
-            state is not None
-            and not meta.get("deletionTimestamp")
-            and state.generation == generation
-            and self.signers.settled(key)
-        ):
-            return  # our own status patch, a finalizer, a label: nothing to reconcile
-        # A new generation is someone's edit: it runs now, even if the last run failed.
-        edited = state is not None and state.generation != generation
-        self.queue.add(key, fresh=edited)
+    def changed(self, kind: str) -> Callable[[Key, Any, Any], None]:
+        """The watch cache's consumer for issuers of ``kind``: a change queues the issuer,
+        unless only its status or metadata changed (our own status patch, a label)."""
+
+        def changed(key: Key, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+            ikey = issuer_key(kind, key[1], key[0] or None)
+            if new is None:
+                self.forget(ikey)
+                return
+            meta = new.get("metadata") or {}
+            state = self._states.get(ikey)
+            generation = int(meta.get("generation") or 0)
+            if (
+                state is not None
+                and not meta.get("deletionTimestamp")
+                and state.generation == generation
+                and self.signers.settled(ikey)
+                and finalizers.names(old) == finalizers.names(new)
+            ):
+                return
+            # A new generation is someone's edit: it runs now, even if the last run failed.
+            edited = state is not None and state.generation != generation
+            self.queue.add(ikey, fresh=edited)
+
+        return changed
 
     def watches_secret(self, namespace: str | None, name: str | None) -> bool:
         """True for a Secret an issuer reads (its CA Secret, or its self-signed root)."""
@@ -175,7 +188,7 @@ class IssuerController:
         self.secrets.track(key, set())
         self._states.pop(key, None)
         self._lock.forget(key)
-        self.queue.forget(key)
+        self.controller.forget(key)
         kind, namespace, name = key
         for gauge in (metrics.issuer_ready, metrics.issuer_ca_expiration):
             try:
@@ -248,7 +261,8 @@ class IssuerController:
 
     # ------------------------------------------------------------------ work queue
 
-    async def _process(self, key: IssuerKey) -> None:
+    async def _run(self, key: IssuerKey) -> Next:
+        """One run of the controller: reconcile, release who waits for it, plan the next."""
         self._running.add(key)
         try:
             result = await self.reconcile(key)
@@ -257,19 +271,26 @@ class IssuerController:
             self._release(key, err)
             raise
         self._running.discard(key)
-        self.requeue(key, result)
         self._release(key, None)
+        return self.next_look(result)
+
+    def next_look(self, result: Result) -> Next:
+        """The controller's plan for ``result``: a retry keeps the failure backoff."""
+        if result.requeue_at is None:
+            return Next()
+        if result.retry:
+            return Next(requeue_after=max(0.0, (result.requeue_at - self.clock()).total_seconds()))
+        return Next(requeue_at=result.requeue_at)
 
     def requeue(self, key: IssuerKey, result: Result) -> None:
-        """Plan the next look at ``key`` that ``result`` asks for."""
-        if result.requeue_at is None:
-            return
-        delay = (result.requeue_at - self.clock()).total_seconds()
-        if result.retry:
-            self.queue.add_after(key, delay)
-        else:
+        """Plan the next look at ``key`` that ``result`` asks for (a run outside the queue)."""
+        plan = self.next_look(result)
+        if plan.requeue_at is not None:
+            delay = (plan.requeue_at - self.clock()).total_seconds()
             # A due time already past backs off (schedule_next) rather than spinning.
             self.queue.schedule_next(key, delay)
+        elif plan.requeue_after is not None:
+            self.queue.add_after(key, plan.requeue_after)
 
     # ------------------------------------------------------------------ reconcile
 
@@ -279,9 +300,33 @@ class IssuerController:
         if body is None:
             self.forget(key)
             return Result()
-        if (body.get("metadata") or {}).get("deletionTimestamp"):
+        if finalizers.deleting(body):
+            if finalizers.has(body, FINALIZER):
+                await self.cleanup(body)
+                await self._patch(key, finalizers.remove(body, FINALIZER))
             return Result()
+        if key[0] == CLUSTER_ISSUER_KIND and not finalizers.has(body, FINALIZER):
+            # Its root Secret, CRL and trust bundles live outside any namespace it could own:
+            # hold its deletion until they are removed. (A namespaced issuer's objects carry
+            # an owner reference: the garbage collector removes them.)
+            written = await self._patch(key, finalizers.add(body, FINALIZER))
+            if written is None:
+                return Result()
+            body = written
         return await self.reconcile_body(body)
+
+    async def _patch(self, key: IssuerKey, patch: finalizers.Patch) -> dict[str, Any] | None:
+        """A finalizer patch of the issuer; None when it is gone. A refusal is raised: the
+        queue retries with its backoff, or the change's own watch event runs it again."""
+        kind, namespace, name = key
+        try:
+            written = await self.api.patch(
+                kind, namespace or None, name, patch, content_type=finalizers.JSON_PATCH
+            )
+        except NotFound:
+            return None
+        written.setdefault("kind", kind)
+        return written
 
     async def reconcile_body(self, body: Mapping[str, Any]) -> Result:
         """Converge one issuer from ``body`` and write its status."""

@@ -1,19 +1,20 @@
 """One object for the rest of the operator: the issuer parts, built and wired together.
 
-The runtime builds one :class:`IssuerService`; the issuer handlers feed it watch events, and
+The runtime builds one :class:`IssuerService` and hands it its watch caches (:meth:`watch`);
 identities ask it for signers, trust bundles and revocations. Each call goes to the part
 that owns the state concerned; this class keeps none of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from nhi.k8s.client import Api
 from nhi.k8s.events import EventRecorder
-from nhi.models.issuer import IssuerKey
+from nhi.models.issuer import CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerKey
 from nhi.reconcilers.issuers.controller import (
     RESYNC_INTERVAL,
     RETRY_INTERVAL,
@@ -26,6 +27,9 @@ from nhi.reconcilers.issuers.provenance import ProvenanceKeys
 from nhi.reconcilers.issuers.signers import Signer
 from nhi.reconcilers.issuers.sources import CASources, SecretWatch
 from nhi.reconcilers.issuers.status import IssuerOutcome
+from nhi.runtime.caches import WatchCaches
+from nhi.runtime.clock import Clock
+from nhi.runtime.store import without_managed_fields
 
 
 class IssuerService:
@@ -34,7 +38,7 @@ class IssuerService:
         api: Api,
         events: EventRecorder,
         operator_namespace: str,
-        clock: Callable[[], dt.datetime],
+        clock: Clock,
         *,
         workers: int = 4,
         retry_interval: float = RETRY_INTERVAL,
@@ -51,7 +55,7 @@ class IssuerService:
         self.distribution = TrustBundleDistribution(
             api,
             self.provenance,
-            clock,
+            clock.now,
             loaded=lambda key: self.controller.loaded(key),
             operator_namespace=operator_namespace,
             namespaces=namespaces,
@@ -102,11 +106,24 @@ class IssuerService:
 
     # ------------------------------------------------------------------ watch input
 
-    def capture(self, kwargs: Mapping[str, Any]) -> None:
-        self.controller.index.capture(kwargs)
-
-    def observed(self, event_type: str, body: Mapping[str, Any]) -> None:
-        self.controller.observed(event_type, body)
+    def watch(
+        self,
+        caches: WatchCaches,
+        *,
+        ready: asyncio.Event | None = None,
+        active: asyncio.Event | None = None,
+    ) -> None:
+        """List and watch the issuers in ``caches``; reconcile them once ``ready`` (the caches
+        are listed) and while ``active`` (this replica leads)."""
+        for kind, namespaced in ((ISSUER_KIND, True), (CLUSTER_ISSUER_KIND, False)):
+            informers = caches.add(
+                kind,
+                namespaced=namespaced,
+                transform=_entry(kind),
+                on_change=self.controller.changed(kind),
+            )
+            self.controller.index.watch(informers)
+        self.controller.controller.gate(ready=ready, active=active)
 
     def watches_secret(self, namespace: str | None, name: str | None) -> bool:
         return self.controller.watches_secret(namespace, name)
@@ -116,6 +133,13 @@ class IssuerService:
 
     def forget(self, key: IssuerKey) -> None:
         self.controller.forget(key)
+
+    def requeue_all(self) -> None:
+        """Look at every listed issuer (this replica became the active one)."""
+        for informers in self.controller.index.informers.values():
+            for informer in informers:
+                for body in list(informer.objects.values()):
+                    self.queue.add(key_of(body))
 
     async def reconcile(self, body: Mapping[str, Any]) -> IssuerOutcome | None:
         """Converge one issuer from ``body`` now, write its status and plan its next look."""
@@ -143,3 +167,14 @@ class IssuerService:
 
     def sweep_bundles(self) -> None:
         self.distribution.sweep()
+
+
+def _entry(kind: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """What the watch cache keeps of an issuer: its body (they are few), with its kind."""
+
+    def entry(obj: Mapping[str, Any]) -> dict[str, Any]:
+        body = without_managed_fields(obj)
+        body["kind"] = kind
+        return body
+
+    return entry
