@@ -833,7 +833,7 @@ async def test_the_bundle_waits_until_every_identity_is_known(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(trust_bundles, "NOT_SYNCED_DELAY", 0.01)
-    svc, api, _, _ = make_service()
+    svc, api, clock, _ = make_service()
     signers = await three_issuers(svc, api)
     users = {MESH}
     svc.users = lambda ns: set(users)
@@ -847,12 +847,15 @@ async def test_the_bundle_waits_until_every_identity_is_known(
     svc.sweep_bundles()
     svc.bundles.start()
     try:
-        await asyncio.sleep(0.05)
+        for _ in range(5):  # a few of its looks, none of which may write
+            clock.at += dt.timedelta(seconds=0.01)
+            await asyncio.sleep(0.01)
         assert api.calls == []  # nothing before every identity is known
         synced = True
         for _ in range(200):
             if len(bundle_roots(api, "team-a")) == 2:
                 break
+            clock.at += dt.timedelta(seconds=0.01)  # the queue's delays run on this clock
             await asyncio.sleep(0.01)
     finally:
         await svc.bundles.stop()

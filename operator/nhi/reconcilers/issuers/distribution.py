@@ -8,7 +8,6 @@ rotation, an expired previous root, a renamed bundle, an issuer gone or no longe
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from cryptography import x509
@@ -24,6 +23,7 @@ from nhi.reconcilers.issuers.trust_bundles import (
     Contributions,
     TrustBundles,
 )
+from nhi.runtime.clock import Clock
 
 
 class TrustBundleDistribution:
@@ -31,7 +31,7 @@ class TrustBundleDistribution:
         self,
         api: Api,
         provenance: ProvenanceKeys,
-        clock: Callable[[], dt.datetime],
+        clock: Clock,
         loaded: Callable[[IssuerKey], Awaitable[Issuer]],
         *,
         operator_namespace: str,

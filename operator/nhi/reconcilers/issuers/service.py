@@ -55,7 +55,7 @@ class IssuerService:
         self.distribution = TrustBundleDistribution(
             api,
             self.provenance,
-            clock.now,
+            clock,
             loaded=lambda key: self.controller.loaded(key),
             operator_namespace=operator_namespace,
             namespaces=namespaces,

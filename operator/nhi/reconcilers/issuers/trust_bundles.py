@@ -43,6 +43,7 @@ from nhi.models.issuer import ISSUER_LABEL, PROVENANCE_ANNOTATION, SOURCES_ANNOT
 from nhi.models.meta import MANAGED_SELECTOR
 from nhi.policies.provenance import Origin, configmap_origin
 from nhi.reconcilers.issuers.provenance import Provenance, ProvenanceKeys
+from nhi.runtime.clock import Clock
 from nhi.runtime.locks import KeyedLocks
 from nhi.runtime.queue import WorkQueue
 
@@ -112,7 +113,7 @@ class TrustBundles:
         self,
         api: Api,
         provenance: ProvenanceKeys,
-        clock: Callable[[], dt.datetime],
+        clock: Clock,
         contributions: Callable[[str, str, frozenset[SourceKey]], Awaitable[Contributions]],
         *,
         operator_namespace: str,
@@ -121,7 +122,7 @@ class TrustBundles:
     ) -> None:
         self.api = api
         self.provenance = provenance
-        self.clock = clock
+        self.clock = clock.now
         #: (namespace, name, issuers certainly in use) -> what the issuers give now.
         self.contributions = contributions
         self.operator_namespace = operator_namespace
@@ -129,7 +130,9 @@ class TrustBundles:
         #: False until the identities are all known: a bundle computed from half of them
         #: would drop roots still in use (and put them back a moment later).
         self.synced: Callable[[], bool] = lambda: True
-        self.queue: WorkQueue[BundleKey] = WorkQueue(self._process, workers=workers)
+        self.queue: WorkQueue[BundleKey] = WorkQueue(
+            self._process, workers=workers, monotonic=clock.monotonic
+        )
         self._written: dict[BundleKey, _Written] = {}
         self._lock: KeyedLocks[BundleKey] = KeyedLocks()
         self._reported: dict[BundleKey, str] = {}  # foreign ConfigMap -> its uid, logged once
