@@ -193,7 +193,7 @@ def decide(
     elif observed.auto_approver is not None:
         approved_by = observed.auto_approver
     if not approved_by:
-        if st.phase in (GrantPhase.ACTIVE, GrantPhase.APPROVED):
+        if st.phase in (GrantPhase.ACTIVE, GrantPhase.APPROVED) or st.activated_at is not None:
             return _waiting(
                 GrantReason.WITHDRAWN,
                 "the approval was withdrawn (the grant's terms changed): it needs a new one",
