@@ -10,6 +10,8 @@ API server (the admission policies of manifests/base/accessgrantpolicy.yaml).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,3 +302,82 @@ def test_a_grant_never_takes_over_a_foreign_role(team: Cluster, namespace: str) 
     assert not can_delete_pvcs(cluster, namespace)
     cluster.kubectl("delete", "accessgrant", "pvc-cleanup", "-n", namespace, "--timeout=30s")
     assert cluster.get("role", "nhi-grant-pvc-cleanup", namespace) is not None
+
+
+def test_a_policy_approves_read_only_grants_and_bounds_the_others(
+    team: Cluster, namespace: str
+) -> None:
+    cluster = team
+    k = cluster.kubectl
+    k("label", "namespace", namespace, f"grants-policy={namespace}")
+    k("create", "role", "cm-reader", "-n", namespace, "--verb=get,list", "--resource=configmaps")
+    k("create", "rolebinding", "alice-cm", "-n", namespace, "--role=cm-reader",
+      f"--user={REQUESTER}")  # fmt: skip
+    policy = {
+        "apiVersion": "nhi.dev/v1alpha1",
+        "kind": "IdentityPolicy",
+        "metadata": {"name": f"grants-{namespace}"},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"grants-policy": namespace}},
+            "requireOwner": False,
+            "grants": {"maxDuration": "2h", "autoApprove": {"maxDuration": "30m"}},
+        },
+    }
+    k("apply", "--server-side", "-f", "-", input=json.dumps(policy))
+    try:
+        read = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+        request(cluster, namespace, "read", rules=[read], duration="15m")
+        grant = wait_phase(cluster, namespace, "read", "Active")
+        assert grant["status"]["approvedBy"] == f"IdentityPolicy/grants-{namespace}"
+        proc = k("auth", "can-i", "list", "configmaps", "-n", namespace,
+                 f"--as=system:serviceaccount:{namespace}:app", check=False)  # fmt: skip
+        assert proc.stdout.strip() == "yes"
+
+        # Deleting PVCs is not read-only: it waits for a person.
+        request(cluster, namespace, "write", duration="15m")
+        wait_phase(cluster, namespace, "write", "Pending")
+        assert not can_delete_pvcs(cluster, namespace)
+        # Longer than the policy allows: refused, even when a person approves it.
+        request(cluster, namespace, "long", duration="3h")
+        assert decide(cluster, namespace, "long", APPROVER).returncode == 0
+        wait_for(
+            lambda: (
+                "grants.maxDuration (2h)"
+                in str((cluster.get("accessgrant", "long", namespace) or {}).get("status"))
+            ),
+            timeout=30,
+            message="the long grant refused by the policy",
+        )
+        assert not can_delete_pvcs(cluster, namespace)
+    finally:
+        k("delete", "identitypolicy", f"grants-{namespace}", "--ignore-not-found")
+
+
+def test_the_cli_approves_lists_shows_and_revokes(team: Cluster, namespace: str) -> None:
+    """``nhi grant`` runs as the kubeconfig's user (the cluster admin here): the admin may
+    approve alice's grant, and may not approve one the admin asked for."""
+    cluster = team
+
+    def nhi(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "nhi.cli.main", *args, "-n", namespace]
+        return subprocess.run(cmd, capture_output=True, text=True, env=cluster.env(), timeout=60)
+
+    request(cluster, namespace)
+    admins = grant_body(namespace, "admins-own")
+    cluster.kubectl("create", "-f", "-", input=json.dumps(admins))
+    own = nhi("grant", "approve", "admins-own")
+    assert own.returncode == 1 and "separation of duties" in own.stderr, own.stderr
+    approved = nhi("grant", "approve", "pvc-cleanup", "-m", "ticket 42")
+    assert approved.returncode == 0, approved.stderr
+    wait_phase(cluster, namespace, "pvc-cleanup", "Active")
+    listed = nhi("grant", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "pvc-cleanup" in listed.stdout and "Active" in listed.stdout
+    shown = json.loads(nhi("grant", "show", "pvc-cleanup", "-o", "json").stdout)
+    assert shown["requester"] == REQUESTER and shown["phase"] == "Active"
+    assert shown["approvedBy"] == "nhi-admin"
+    assert nhi("grant", "revoke", "pvc-cleanup").returncode == 0
+    wait_phase(cluster, namespace, "pvc-cleanup", "Revoked")
+    assert not can_delete_pvcs(cluster, namespace)
+    missing = nhi("grant", "show", "nope")
+    assert missing.returncode == 1 and 'accessgrant "nope" not found' in missing.stderr
