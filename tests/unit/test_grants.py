@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nhi.builders.grants import build_children, controlled_by_grant
+from nhi.builders.grants import build_children
 from nhi.models.fields import SpecError
 from nhi.models.grant import AccessGrant, GrantPhase, GrantReason
 from nhi.models.policy import IdentityPolicy
@@ -21,6 +21,7 @@ from nhi.policies.grants import (
     requester_checks,
     violations,
 )
+from nhi.policies.ownership import controlled_by_grant
 
 pytestmark = pytest.mark.unit
 

@@ -4,14 +4,12 @@ UID is the proof the operator needs before it updates or deletes one)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from nhi import API_VERSION
 from nhi.builders.rbac import differs as differs
 from nhi.models.grant import GRANT_LABEL, KIND, AccessGrant
 from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
-from nhi.policies.ownership import controller_ref
 
 RBAC_API = "rbac.authorization.k8s.io/v1"
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -85,14 +83,3 @@ def build_children(grant: AccessGrant, service_account: str) -> list[dict[str, A
             }
         )
     return out
-
-
-def controlled_by_grant(obj: Mapping[str, Any] | None, uid: str) -> bool:
-    """Whether the AccessGrant with ``uid`` controls ``obj`` (labels prove nothing)."""
-    ref = controller_ref(obj)
-    if ref is None or not uid:
-        return False
-    group = str(ref.get("apiVersion", "")).partition("/")[0]
-    return (
-        ref.get("kind") == KIND and group == API_VERSION.partition("/")[0] and ref.get("uid") == uid
-    )

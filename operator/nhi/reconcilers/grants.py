@@ -16,13 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nhi import metrics
-from nhi.builders.grants import (
-    build_children,
-    controlled_by_grant,
-    differs,
-    ref_binding_name,
-    role_name,
-)
+from nhi.builders.grants import build_children, differs, ref_binding_name, role_name
 from nhi.k8s.client import Api, ApiError, Conflict, NotFound, path_for
 from nhi.k8s.events import EventRecorder
 from nhi.models.conditions import set_condition, status_changed
@@ -33,7 +27,7 @@ from nhi.models.identity import MachineIdentity
 from nhi.models.policy import IdentityPolicy
 from nhi.policies import grants as rules
 from nhi.policies.access import AccessCheck
-from nhi.policies.ownership import describe_owner
+from nhi.policies.ownership import controlled_by_grant, describe_owner
 
 log = logging.getLogger("nhi.reconcilers.grants")
 
