@@ -225,12 +225,20 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], Observed, dt.timedelta, d
         {"phase": "Approved", "grant_access": False, "next_look": T0 + HOUR},
     ),
     (
-        "startAt passed: active from now",
+        "approved after startAt: active from the approval",
         {**APPROVED, "startAt": at(-HOUR)},
         {},
         OK,
         0 * MIN,
         {"phase": "Active", "activated_at": T0},
+    ),
+    (
+        "scheduled and approved before: the window opens at startAt exactly",
+        {**APPROVED, "startAt": at(-2 * MIN)},
+        {"phase": "Approved", "approvedBy": "bob", "approvedAt": at(-HOUR)},
+        OK,
+        0 * MIN,
+        {"phase": "Active", "activated_at": T0 - 2 * MIN, "expires_at": T0 + 58 * MIN},
     ),
     (
         "the approval was withdrawn (terms edited) while active",

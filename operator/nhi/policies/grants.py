@@ -215,6 +215,10 @@ def decide(
             approved_at=approved_at,
             next_look=grant.start_at,
         )
+    if start is None and grant.start_at is not None:
+        # Scheduled: the window opens at startAt (or at the approval, if that came later),
+        # so grants scheduled together end together, however long activating them takes.
+        start = max(grant.start_at, approved_at)
     # A start recorded in the future (another replica's clock) never lengthens the window.
     start = min(start or now, now)
     expires = start + grant.duration
