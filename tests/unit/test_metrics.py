@@ -51,6 +51,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_reconcile_errors": ("counter", ("kind",)),
     "nhi_issuer_ready_status": ("gauge", ("kind", "namespace", "issuer")),
     "nhi_issuer_ca_expiration_timestamp_seconds": ("gauge", ("kind", "namespace", "issuer")),
+    "nhi_access_grant_active_seconds": ("counter", ("namespace",)),
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # Series Prometheus itself provides, which dashboards may use.
