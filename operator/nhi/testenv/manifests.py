@@ -91,7 +91,12 @@ def install_grant_policies(kubectl: Kubectl, timeout: float = 60.0, prefix: str 
         )
         if proc.returncode == 0 and json.loads(proc.stdout)["spec"].get("requester"):
             return time.monotonic() - started
-        if proc.returncode != 0 and "ServiceUnavailable" not in proc.stderr:
+        # For a moment the validating policy may answer before the mutating one records
+        # the requester: that refusal is one more reason to ask again.
+        waiting = ("ServiceUnavailable" in proc.stderr) or (
+            "spec.requester: must be" in proc.stderr
+        )
+        if proc.returncode != 0 and not waiting:
             raise ControlPlaneError(f"probing the AccessGrant policies: {proc.stderr.strip()}")
         if time.monotonic() - started > timeout:
             raise ControlPlaneError(
