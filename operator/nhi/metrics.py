@@ -414,6 +414,53 @@ grant_active_seconds = Counter(
     registry=REGISTRY,
 )
 
+# Usage from the API server's audit events (nhi.handlers.usage, nhi.reconcilers.usage).
+USAGE_BATCH_RESULTS = (
+    "accepted",
+    "unauthenticated",
+    "too_large",
+    "malformed",
+    "unsupported_media_type",
+)
+usage_batches = Counter(
+    "nhi_usage_batches",
+    "Audit event batches posted to the usage endpoint, by result.",
+    ("result",),
+    registry=REGISTRY,
+)
+for _result in USAGE_BATCH_RESULTS:
+    usage_batches.labels(_result)
+usage_events = Counter(
+    "nhi_usage_events",
+    "Audit events of ServiceAccounts counted as usage (replayed ones excluded).",
+    registry=REGISTRY,
+)
+usage_replayed_events = Counter(
+    "nhi_usage_replayed_events",
+    "Audit events received again (same auditID) and not counted twice.",
+    registry=REGISTRY,
+)
+usage_denied_requests = Counter(
+    "nhi_usage_denied_requests",
+    "Requests of ServiceAccounts the API server's authorizer refused, by namespace.",
+    ("namespace",),
+    registry=REGISTRY,
+)
+usage_flushes = Counter(
+    "nhi_usage_flushes",
+    "Writes of usage ConfigMaps, by result.",
+    ("result",),
+    registry=REGISTRY,
+)
+for _result in RESULTS:
+    usage_flushes.labels(_result)
+unused_rules = Gauge(
+    "nhi_identity_unused_rules",
+    "Declared rules of a MachineIdentity not used for the configured time.",
+    ("namespace", "identity"),
+    registry=REGISTRY,
+)
+
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the pod IP
     start_http_server(port, addr=addr, registry=REGISTRY)

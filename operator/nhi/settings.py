@@ -67,6 +67,45 @@ class Settings:
         default_factory=lambda: os.environ.get("NHI_GRANT_RETENTION", "24h")
     )
 
+    # Usage from the API server's audit webhook (disabled when the port is 0): docs/usage.md.
+    usage_port: int = field(default_factory=lambda: int(os.environ.get("NHI_USAGE_PORT", "0")))
+    usage_address: str = field(
+        default_factory=lambda: os.environ.get("NHI_USAGE_ADDRESS", "0.0.0.0")  # noqa: S104
+    )
+    usage_tls_cert_file: str = field(
+        default_factory=lambda: os.environ.get("NHI_USAGE_TLS_CERT_FILE", "")
+    )
+    usage_tls_key_file: str = field(
+        default_factory=lambda: os.environ.get("NHI_USAGE_TLS_KEY_FILE", "")
+    )
+    #: The CA that signed the API server's audit client certificate; empty: no certificates.
+    usage_client_ca_file: str = field(
+        default_factory=lambda: os.environ.get("NHI_USAGE_CLIENT_CA_FILE", "")
+    )
+    #: Common names a client certificate must carry (comma-separated); empty: any the CA signed.
+    usage_client_names: str = field(
+        default_factory=lambda: os.environ.get("NHI_USAGE_CLIENT_NAMES", "")
+    )
+    #: A Secret in the operator's namespace whose ``token`` key is the accepted bearer token.
+    usage_token_secret: str = field(
+        default_factory=lambda: os.environ.get("NHI_USAGE_TOKEN_SECRET", "")
+    )
+    usage_max_body: int = field(
+        default_factory=lambda: int(os.environ.get("NHI_USAGE_MAX_BODY", str(4 * 1024 * 1024)))
+    )
+    #: Seconds between two writes of the usage ConfigMaps: what a restart may lose.
+    usage_flush_interval: float = field(
+        default_factory=lambda: float(os.environ.get("NHI_USAGE_FLUSH_INTERVAL", "60"))
+    )
+    #: Unused this long, a declared rule is reported (a duration).
+    usage_unused_after: str = field(
+        default_factory=lambda: os.environ.get("NHI_USAGE_UNUSED_AFTER", "720h")
+    )
+
+    @property
+    def usage_enabled(self) -> bool:
+        return self.usage_port > 0
+
     @property
     def webhook_enabled(self) -> bool:
         return self.webhook_port > 0

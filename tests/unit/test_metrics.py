@@ -52,6 +52,12 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_issuer_ready_status": ("gauge", ("kind", "namespace", "issuer")),
     "nhi_issuer_ca_expiration_timestamp_seconds": ("gauge", ("kind", "namespace", "issuer")),
     "nhi_access_grant_active_seconds": ("counter", ("namespace",)),
+    "nhi_usage_batches": ("counter", ("result",)),
+    "nhi_usage_events": ("counter", ()),
+    "nhi_usage_replayed_events": ("counter", ()),
+    "nhi_usage_denied_requests": ("counter", ("namespace",)),
+    "nhi_usage_flushes": ("counter", ("result",)),
+    "nhi_identity_unused_rules": ("gauge", ("namespace", "identity")),
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # Series Prometheus itself provides, which dashboards may use.

@@ -137,6 +137,71 @@ def _webhook_options(p: argparse.ArgumentParser, s: Settings) -> None:
     )
 
 
+def _usage_options(p: argparse.ArgumentParser, s: Settings) -> None:
+    u = p.add_argument_group(
+        "usage",
+        "Usage from kube-apiserver's audit webhook backend (off unless --usage-port is set): "
+        "an HTTPS endpoint at /audit taking audit.k8s.io/v1 EventList batches, authenticated "
+        "by a client certificate or a bearer token. See docs/usage.md.",
+    )
+    u.add_argument(
+        "--usage-port",
+        type=int,
+        default=s.usage_port,
+        help="serve the usage endpoint on this port, 0 to disable (default %(default)s)",
+    )
+    u.add_argument(
+        "--usage-address",
+        default=s.usage_address,
+        help="address to listen on (default %(default)s)",
+    )
+    u.add_argument(
+        "--usage-tls-cert-file",
+        default=s.usage_tls_cert_file,
+        help="the endpoint's serving certificate (PEM)",
+    )
+    u.add_argument(
+        "--usage-tls-key-file",
+        default=s.usage_tls_key_file,
+        help="the serving certificate's key (PEM)",
+    )
+    u.add_argument(
+        "--usage-client-ca-file",
+        default=s.usage_client_ca_file,
+        help="accept client certificates signed by this CA (PEM)",
+    )
+    u.add_argument(
+        "--usage-client-names",
+        default=s.usage_client_names,
+        help="comma-separated common names a client certificate must carry "
+        "(default: any the CA signed)",
+    )
+    u.add_argument(
+        "--usage-token-secret",
+        default=s.usage_token_secret,
+        help="accept the bearer token in the key `token` of this Secret in the "
+        "operator's namespace",
+    )
+    u.add_argument(
+        "--usage-max-body",
+        type=int,
+        default=s.usage_max_body,
+        help="largest batch accepted, in bytes (default %(default)s)",
+    )
+    u.add_argument(
+        "--usage-flush-interval",
+        type=float,
+        default=s.usage_flush_interval,
+        help="seconds between writes of the usage ConfigMaps: what a restart may "
+        "lose (default %(default)s)",
+    )
+    u.add_argument(
+        "--usage-unused-after",
+        default=s.usage_unused_after,
+        help="report a declared rule unused for this long (default %(default)s)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nhi-operator",
@@ -148,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_options(p, s)
     _peering_options(p, s)
     _webhook_options(p, s)
+    _usage_options(p, s)
     p.add_argument(
         "--policy-status-interval",
         type=float,
@@ -156,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"nhi-operator {__version__}")
     return p
+
+
+USAGE_OPTIONS = (
+    "port", "address", "tls_cert_file", "tls_key_file", "client_ca_file", "client_names",
+    "token_secret", "max_body", "flush_interval", "unused_after",
+)  # fmt: skip
 
 
 def _settings(a: argparse.Namespace) -> Settings:
@@ -184,6 +256,7 @@ def _settings(a: argparse.Namespace) -> Settings:
         webhook_secret=a.webhook_secret,
         webhook_cert_ttl=a.webhook_cert_ttl,
         policy_status_interval=a.policy_status_interval,
+        **{f"usage_{k}": getattr(a, f"usage_{k}") for k in USAGE_OPTIONS},
     )
 
 
@@ -194,6 +267,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parse_duration(a.webhook_cert_ttl)
     except ValueError as err:
         p.error(f"--webhook-cert-ttl: {err}")
+    try:
+        parse_duration(a.usage_unused_after)
+    except ValueError as err:
+        p.error(f"--usage-unused-after: {err}")
+    if a.usage_port and not (a.usage_tls_cert_file and a.usage_tls_key_file):
+        p.error("--usage-port needs --usage-tls-cert-file and --usage-tls-key-file")
+    if a.usage_port and not (a.usage_client_ca_file or a.usage_token_secret):
+        p.error("--usage-port needs --usage-client-ca-file or --usage-token-secret")
     return _settings(a)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
 from nhi import FINALIZER
-from nhi.handlers import runtime
+from nhi.handlers import runtime, usage
 from nhi.settings import current as current_settings
 
 
@@ -34,9 +35,17 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.mandatory = ours.peering
     settings.peering.standalone = not ours.peering
     runtime.get().start()
+    _tasks.add(asyncio.create_task(usage.start(), name="nhi-usage-start"))
+
+
+_tasks: set[asyncio.Task[None]] = set()
 
 
 @kopf.on.cleanup()
 async def shutdown(**_: Any) -> None:
+    for task in _tasks:
+        task.cancel()
+    _tasks.clear()
+    await usage.stop()  # persists what was counted since the last flush
     await runtime.get().stop()
     runtime.set_runtime(None)

@@ -1,0 +1,289 @@
+"""Usage per ServiceAccount, kept in memory, persisted in ConfigMaps, weighed against the
+declared rules of each MachineIdentity.
+
+- :meth:`UsageStore.ingest` counts a parsed batch in one step (no ``await`` inside, so a batch
+  is applied whole or not at all) and skips events whose auditID it already counted. The IDs
+  are remembered in memory only: a batch is acknowledged long before it is persisted, so a
+  batch the API server sends again after a restart was never persisted, and counting it then
+  is right.
+- :meth:`UsageStore.flush` writes one ConfigMap per ServiceAccount that changed, in the
+  operator's namespace (tenants cannot edit or erase the evidence of their own use), named by a
+  hash of ``namespace/name`` and labelled with both (the key the inventory joins on). Run every
+  ``flush_interval`` (60 s by default): a restart loses at most that much usage.
+- :meth:`UsageStore.assess` writes ``status.usage`` and the UnusedPermissions condition of
+  every MachineIdentity whose rules' verdict changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from nhi import metrics
+from nhi.k8s.client import Api, ApiError, NotFound
+from nhi.models import conditions as cond
+from nhi.models.identity import MachineIdentity
+from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
+from nhi.models.usage import AuditError, Observation, UsageBook, book_from_json, book_to_json
+from nhi.policies import usage as policy
+
+log = logging.getLogger("nhi.usage")
+
+USAGE_LABEL = "nhi.dev/usage"
+SA_NAMESPACE_ANNOTATION = "nhi.dev/serviceaccount-namespace"
+SA_NAME_ANNOTATION = "nhi.dev/serviceaccount-name"
+STATE_CONFIGMAP = "nhi-usage-state"
+DATA_KEY = "usage.json"
+#: How many auditIDs are remembered to recognise a replayed batch.
+SEEN_IDS = 200_000
+
+BookKey = tuple[str, str]  # the ServiceAccount's (namespace, name)
+
+
+def configmap_name(namespace: str, service_account: str) -> str:
+    digest = hashlib.sha256(f"{namespace}/{service_account}".encode()).hexdigest()[:20]
+    return f"nhi-usage-{digest}"
+
+
+def build_configmap(book: UsageBook, operator_namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": configmap_name(book.namespace, book.service_account),
+            "namespace": operator_namespace,
+            "labels": {MANAGED_BY_KEY: MANAGED_BY, USAGE_LABEL: "serviceaccount"},
+            "annotations": {
+                SA_NAMESPACE_ANNOTATION: book.namespace,
+                SA_NAME_ANNOTATION: book.service_account,
+            },
+        },
+        "data": {DATA_KEY: json.dumps(book_to_json(book), separators=(",", ":"))},
+    }
+
+
+def book_of(configmap: Mapping[str, Any]) -> UsageBook | None:
+    """The book a usage ConfigMap holds; None if it is not one (or not one we can read)."""
+    labels = (configmap.get("metadata") or {}).get("labels") or {}
+    if labels.get(USAGE_LABEL) != "serviceaccount" or labels.get(MANAGED_BY_KEY) != MANAGED_BY:
+        return None
+    try:
+        return book_from_json(json.loads((configmap.get("data") or {}).get(DATA_KEY) or "null"))
+    except (AuditError, ValueError):
+        return None
+
+
+class UsageStore:
+    def __init__(
+        self,
+        api: Api,
+        operator_namespace: str,
+        clock: Callable[[], dt.datetime],
+        *,
+        unused_after: dt.timedelta = policy.DEFAULT_UNUSED_AFTER,
+        flush_interval: float = 60.0,
+    ) -> None:
+        self.api = api
+        self.namespace = operator_namespace
+        self.clock = clock
+        self.unused_after = unused_after
+        self.flush_interval = flush_interval
+        self.books: dict[BookKey, UsageBook] = {}
+        self.dirty: set[BookKey] = set()
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        #: Since when usage is observed (kept in a ConfigMap across restarts).
+        self.since: dt.datetime = clock()
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ ingestion
+
+    def ingest(self, observations: Sequence[Observation]) -> tuple[int, int]:
+        """Count a whole batch; returns (counted, replayed). Synchronous on purpose."""
+        counted = replayed = 0
+        for obs in observations:
+            if obs.audit_id in self.seen:
+                replayed += 1
+                continue
+            self.seen[obs.audit_id] = None
+            if len(self.seen) > SEEN_IDS:
+                self.seen.popitem(last=False)
+            key = (obs.namespace, obs.service_account)
+            book = self.books.get(key)
+            if book is None:
+                book = self.books[key] = UsageBook(*key)
+            book.record(obs)
+            self.dirty.add(key)
+            counted += 1
+            if obs.denied:
+                metrics.usage_denied_requests.labels(obs.namespace).inc()
+            else:
+                metrics.usage_events.inc()
+        metrics.usage_replayed_events.inc(replayed)
+        return counted, replayed
+
+    # ------------------------------------------------------------------ persistence
+
+    async def load(self) -> None:
+        """Read back every persisted book and the time observation began."""
+        state = await self.api.get("ConfigMap", self.namespace, STATE_CONFIGMAP)
+        if state is None:
+            since = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+            await self.api.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {
+                        "name": STATE_CONFIGMAP,
+                        "namespace": self.namespace,
+                        "labels": {MANAGED_BY_KEY: MANAGED_BY, USAGE_LABEL: "state"},
+                    },
+                    "data": {"since": since},
+                }
+            )
+        else:
+            since = str((state.get("data") or {}).get("since") or "")
+        try:
+            self.since = dt.datetime.fromisoformat(since)
+        except ValueError:
+            self.since = self.clock()
+        async for cm in self.api.iterate(
+            "ConfigMap", self.namespace, label_selector=f"{USAGE_LABEL}=serviceaccount"
+        ):
+            book = book_of(cm)
+            if book is None:
+                continue
+            key = (book.namespace, book.service_account)
+            fresh = self.books.get(key)
+            if fresh is not None:  # counted while loading: add the persisted counts
+                fresh.merge(book)
+            else:
+                self.books[key] = book
+        log.info("loaded usage", extra={"serviceAccounts": len(self.books)})
+
+    async def flush(self) -> int:
+        """Persist every book that changed since the last flush; returns how many."""
+        keys, self.dirty = self.dirty, set()
+        written = 0
+        for key in sorted(keys):
+            book = self.books.get(key)
+            if book is None:
+                continue
+            try:
+                await self.api.apply(build_configmap(book, self.namespace))
+            except ApiError as err:
+                self.dirty.add(key)
+                metrics.usage_flushes.labels("failure").inc()
+                log.error(
+                    "could not persist usage",
+                    extra={"serviceAccount": f"{key[0]}/{key[1]}", "error": str(err)},
+                )
+                continue
+            metrics.usage_flushes.labels("success").inc()
+            written += 1
+        return written
+
+    # ------------------------------------------------------------------ verdicts
+
+    def observed_since(self, identity: MachineIdentity) -> dt.datetime:
+        created = self.since
+        if identity.creation_timestamp:
+            try:
+                created = dt.datetime.fromisoformat(identity.creation_timestamp)
+            except ValueError:
+                pass
+        return max(created, self.since)
+
+    def verdict(
+        self, identity: MachineIdentity, now: dt.datetime
+    ) -> tuple[dict[str, object], list[cond.Condition]]:
+        """The identity's ``status.usage`` and conditions (pure once the book is read)."""
+        spec = identity.spec
+        book = self.books.get((identity.namespace, spec.service_account))
+        entries = book.entries if book is not None else {}
+        uses = policy.rule_uses(spec.rules, spec.cluster_rules, identity.namespace, entries)
+        since = self.observed_since(identity)
+        stale = policy.unused(uses, since, now, self.unused_after)
+        status, reason, message = policy.unused_condition(stale, self.unused_after)
+        conds = cond.set_condition(
+            identity.status.get("conditions") or [],
+            policy.UNUSED_PERMISSIONS,
+            status,
+            reason,
+            message,
+            identity.generation,
+            now,
+        )
+        metrics.unused_rules.labels(identity.namespace, identity.name).set(len(stale))
+        return policy.usage_status(uses, stale, since, self.unused_after), conds
+
+    async def assess(self, bodies: Iterable[Mapping[str, Any]]) -> int:
+        """Write status.usage and the condition where they changed; returns how many."""
+        now = self.clock()
+        changed = 0
+        for body in bodies:
+            try:
+                identity = MachineIdentity.from_body(body)
+            except Exception:  # noqa: S112 - an invalid spec: its own reconcile reports it
+                continue
+            if identity.deleting:
+                continue
+            usage, conds = self.verdict(identity, now)
+            old = identity.status
+            if _same(old.get("usage"), usage) and old.get("conditions") == conds:
+                continue
+            patch = {
+                "metadata": {"resourceVersion": body["metadata"].get("resourceVersion")},
+                "status": {"usage": usage, "conditions": conds},
+            }
+            try:
+                await self.api.patch(
+                    "MachineIdentity", identity.namespace, identity.name, patch,
+                    subresource="status",
+                )  # fmt: skip
+            except NotFound:
+                continue
+            except ApiError as err:  # a conflict: the next pass sees the newer body
+                log.debug("usage status not written", extra={"error": str(err)})
+                continue
+            changed += 1
+        return changed
+
+    # ------------------------------------------------------------------ loop
+
+    def start(self, identities: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        self._task = asyncio.create_task(self._run(identities), name="nhi-usage-flush")
+
+    async def _run(self, identities: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+                await self.assess(list(identities()))
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.error("usage pass failed", extra={"error": repr(err)})
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:
+            await self.flush()
+        except Exception as err:
+            log.error("could not persist usage at shut-down", extra={"error": repr(err)})
+
+
+def _same(old: Any, new: Mapping[str, object]) -> bool:
+    """status.usage unchanged, comparing through JSON (the API server's form)."""
+    return bool(json.loads(json.dumps(new)) == old)

@@ -1,0 +1,164 @@
+"""The usage endpoint's answers and the store behind it, with a fake API (unit: the real
+endpoint over TLS with the API server's certificate is tests/integration/test_usage.py).
+
+Refused before the body is read when unauthenticated; 413 over the size limit; 400 naming
+the field for a malformed batch, with nothing of it counted; a replayed batch not counted
+twice; the persisted ConfigMap read back into the same usage; the unused-rule verdict in
+status and the condition."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from nhi import metrics
+from nhi.handlers.usage import UsageEndpoint
+from nhi.models.usage import Access, parse_event_list
+from nhi.policies.usage import UNUSED_PERMISSIONS
+from nhi.reconcilers.usage import UsageStore, book_of, build_configmap, configmap_name
+from nhi.settings import Settings
+from tests.unit.factories import make_body, rule
+from tests.unit.test_usage import batch, event
+
+pytestmark = pytest.mark.unit
+
+NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+TOKEN = "s3cret-token-value"
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {
+            ("Secret", "nhi-system", "audit-token"): {
+                "data": {"token": base64.b64encode(TOKEN.encode()).decode()}
+            }
+        }
+        self.patches: list[tuple[str, str, Any]] = []
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, namespace, name))
+
+    async def apply(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+        meta = obj["metadata"]
+        self.objects[(obj["kind"], meta.get("namespace"), meta["name"])] = obj
+        return obj
+
+    async def iterate(self, kind: str, namespace: str | None, **_: Any) -> AsyncIterator[Any]:
+        for (k, ns, _name), obj in list(self.objects.items()):
+            if k == kind and ns == namespace:
+                yield obj
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: Any, **_: Any) -> Any:
+        self.patches.append((namespace, name, patch))
+        return {}
+
+
+def store(api: FakeApi, **kw: Any) -> UsageStore:
+    return UsageStore(api, "nhi-system", lambda: NOW, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[tuple[TestClient[Any, Any], UsageStore]]:
+    api = FakeApi()
+    s = store(api)
+    settings = Settings(usage_token_secret="audit-token", usage_max_body=64 * 1024)
+    endpoint = UsageEndpoint(settings, s)
+    async with TestClient(TestServer(endpoint.app())) as c:
+        yield c, s
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def counted(result: str) -> float:
+    return metrics.REGISTRY.get_sample_value("nhi_usage_batches_total", {"result": result}) or 0
+
+
+async def test_a_batch_is_counted_once_even_when_posted_again(client: Any) -> None:
+    c, s = client
+    body = json.dumps(batch(event(), event(auditID="a-2", verb="list")))
+    before = counted("accepted")
+    for expected in ({"counted": 2, "replayed": 0}, {"counted": 0, "replayed": 2}):
+        resp = await c.post("/audit", data=body, headers=auth())
+        assert resp.status == 200 and await resp.json() == expected
+    book = s.books[("team", "billing")]
+    assert book.entries[Access("", "configmaps", "", "team", "settings", "get")].count == 1
+    assert counted("accepted") == before + 2
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}]
+)
+async def test_an_unauthenticated_post_is_refused_and_counts_nothing(
+    client: Any, headers: dict[str, str]
+) -> None:
+    c, s = client
+    before = counted("unauthenticated")
+    resp = await c.post("/audit", data=json.dumps(batch(event())), headers=headers)
+    assert resp.status == 401
+    assert s.books == {} and counted("unauthenticated") == before + 1
+    assert TOKEN not in await resp.text()
+
+
+async def test_malformed_and_oversized_batches_get_clear_errors_and_count_nothing(
+    client: Any,
+) -> None:
+    c, s = client
+    half_bad = json.dumps(batch(event(), event(auditID="a-2", stageTimestamp="soon")))
+    resp = await c.post("/audit", data=half_bad, headers=auth())
+    assert resp.status == 400 and "items[1]" in (await resp.json())["message"]
+    resp = await c.post("/audit", data=half_bad[:50], headers=auth())
+    assert resp.status == 400 and "not valid JSON" in (await resp.json())["message"]
+    huge = json.dumps(batch(*(event(auditID=str(i)) for i in range(200))))
+    resp = await c.post("/audit", data=huge, headers=auth())
+    assert resp.status == 413
+    resp = await c.post("/audit", data="x", headers={**auth(), "Content-Type": "text/plain"})
+    assert resp.status == 415
+    assert s.books == {}
+
+
+async def test_persisted_usage_is_read_back_and_merged_with_what_arrived_meanwhile() -> None:
+    api = FakeApi()
+    first = store(api)
+    first.ingest(parse_event_list(batch(event())))
+    assert await first.flush() == 1 and await first.flush() == 0
+    cm = api.objects[("ConfigMap", "nhi-system", configmap_name("team", "billing"))]
+    assert cm["metadata"]["annotations"]["nhi.dev/serviceaccount-name"] == "billing"
+    assert book_of(cm) == first.books[("team", "billing")]
+    second = store(api)
+    second.ingest(parse_event_list(batch(event(auditID="later"))))
+    await second.load()
+    (seen,) = second.books[("team", "billing")].entries.values()
+    assert seen.count == 2
+    assert (
+        book_of({**build_configmap(second.books[("team", "billing")], "x"), "metadata": {}}) is None
+    )
+
+
+async def test_an_unused_rule_is_in_status_and_the_condition() -> None:
+    api = FakeApi()
+    s = store(api, unused_after=dt.timedelta(days=30))
+    s.since = NOW - dt.timedelta(days=31)
+    s.ingest(parse_event_list(batch(event(stageTimestamp="2026-12-01T11:00:00Z"))))
+    body = make_body(
+        namespace="team",
+        serviceAccount={"name": "billing"},
+        permissions={"rules": [rule(verbs=("get",)), rule(resources=("secrets",))]},
+    )
+    body["metadata"]["creationTimestamp"] = "2026-10-01T00:00:00Z"
+    assert await s.assess([body]) == 1
+    (_, _, patch) = api.patches[0]
+    usage = patch["status"]["usage"]
+    assert usage["unusedRules"] == ["spec.permissions.rules[1]"]
+    assert usage["rules"][0]["lastUsed"] == "2026-12-01T11:00:00Z"
+    (c,) = [c for c in patch["status"]["conditions"] if c["type"] == UNUSED_PERMISSIONS]
+    assert c["status"] == "True" and "rules[1]" in c["message"]
+    body["status"] = patch["status"]
+    assert await s.assess([body]) == 0  # unchanged: not written again
