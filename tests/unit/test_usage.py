@@ -302,3 +302,15 @@ def test_rightsize_never_widens_and_covers_every_use_the_spec_allowed(
         for a in accesses:
             if policy.in_scope(field, "team", a) and any(policy.rule_allows(r, a) for r in old):
                 assert any(policy.rule_allows(r, a) for r in new), (field, a)
+
+
+def test_the_shortest_unused_after_of_the_selecting_policies_applies() -> None:
+    from tests.unit.factories import make_policy
+
+    week = make_policy("week", unusedAfter="168h", namespaceSelector={"matchLabels": {"t": "a"}})
+    day = make_policy("day", unusedAfter="24h", namespaceSelector={"matchLabels": {"t": "b"}})
+    silent = make_policy("silent")
+    default = dt.timedelta(days=30)
+    assert policy.unused_window([week, day, silent], {"t": "a"}, default) == dt.timedelta(days=7)
+    assert policy.unused_window([week, day], {"t": "c"}, default) == default
+    assert week.unused_after == dt.timedelta(days=7) and silent.unused_after is None

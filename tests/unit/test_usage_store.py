@@ -162,3 +162,26 @@ async def test_an_unused_rule_is_in_status_and_the_condition() -> None:
     assert c["status"] == "True" and "rules[1]" in c["message"]
     body["status"] = patch["status"]
     assert await s.assess([body]) == 0  # unchanged: not written again
+
+
+def test_the_rightsize_diff_drops_the_unused_rule_and_keeps_role_refs() -> None:
+    from nhi.cli.rightsize import diff
+    from nhi.models.identity import MachineIdentity
+    from nhi.models.usage import UsageBook
+
+    permissions = {
+        "rules": [rule(verbs=("get", "list")), rule(resources=("services",), verbs=("list",))],
+        "roleRefs": [{"kind": "ClusterRole", "name": "view"}],
+    }
+    body = make_body(namespace="team", serviceAccount={"name": "billing"}, permissions=permissions)
+    book = UsageBook("team", "billing")
+    for obs in parse_event_list(batch(event())):
+        book.record(obs)
+    text = diff(MachineIdentity.from_body(body), permissions, book)
+    removed = [line for line in text.splitlines() if line.startswith("-")]
+    added = [line for line in text.splitlines() if line.startswith("+")]
+    assert any("services" in line for line in removed)
+    assert any("- settings" in line for line in added)
+    assert not any("services" in line or "view" in line for line in added)
+    assert "roleRefs" in text and not any("view" in line for line in removed)
+    assert diff(MachineIdentity.from_body(body), permissions, UsageBook("team", "billing")) != ""

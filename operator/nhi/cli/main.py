@@ -1,7 +1,7 @@
 """``nhi``: the user's command line for nhi-operator.
 
 Commands: ``status``, ``renew``, ``revoke``, ``inspect secret``, ``history``, ``grant``,
-``version``.
+``rightsize``, ``version``.
 See docs/cli.md. Every problem (no kubeconfig, not found, forbidden, unreachable API server)
 is reported as one line on stderr with exit status 1, never as a traceback.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -119,6 +120,12 @@ def cmd_grant(args: argparse.Namespace) -> int:
         return _run(args, grants.revoke, args.name)
     decision = "Approved" if args.action == "approve" else "Denied"
     return _run(args, grants.decide, args.name, decision, args.message or "")
+
+
+def cmd_rightsize(args: argparse.Namespace) -> int:
+    from nhi.cli import rightsize
+
+    return _run(args, rightsize.rightsize, args.name, args.operator_namespace)
 
 
 # ------------------------------------------------------------------------------- parser
@@ -255,6 +262,26 @@ def _add_grant(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     g.set_defaults(func=cmd_grant)
 
 
+def _add_rightsize(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    r = sub.add_parser(
+        "rightsize",
+        parents=[common],
+        help="the smallest permissions covering an identity's observed use, as a diff",
+        description="Print, as a unified diff against spec.permissions, the smallest rules "
+        "and clusterRules covering what the identity's ServiceAccount was seen doing (from the "
+        "API server's audit events, docs/usage.md). Never wider than declared; roleRefs are "
+        "kept as they are.",
+    )
+    r.add_argument("name", metavar="NAME", help="the MachineIdentity")
+    _namespace_options(r)
+    r.add_argument(
+        "--operator-namespace",
+        default=os.environ.get("NHI_NAMESPACE", "nhi-system"),
+        help="where the operator keeps the usage records (default %(default)s)",
+    )
+    r.set_defaults(func=cmd_rightsize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nhi", description="Inspect and operate nhi-operator's machine identities."
@@ -264,7 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_status, _add_renew, _add_revoke, _add_inspect, _add_history, _add_grant):
+    for add in (
+        _add_status,
+        _add_renew,
+        _add_revoke,
+        _add_inspect,
+        _add_history,
+        _add_grant,
+        _add_rightsize,
+    ):
         add(sub, common)
     ver = sub.add_parser("version", parents=[common], help="print the version")
     ver.set_defaults(func=cmd_version)

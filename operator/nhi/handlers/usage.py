@@ -184,7 +184,7 @@ async def start() -> None:
         except Exception as err:
             log.error("could not load the persisted usage; retrying", extra={"error": repr(err)})
             await asyncio.sleep(5)
-    store.start(rt.view.identity_bodies)
+    store.start(rt.view)
 
 
 async def stop() -> None:

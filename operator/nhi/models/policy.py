@@ -75,6 +75,8 @@ class IdentityPolicy:
     #: ``adoption.allowDefaultServiceAccount``: ... even the namespace's ``default`` one.
     allow_default_adoption: bool = False
     grants: GrantLimits = GrantLimits()
+    #: ``unusedAfter``: how long a declared rule may go unused before it is reported.
+    unused_after: dt.timedelta | None = None
     uid: str = ""
     generation: int = 0
 
@@ -115,6 +117,11 @@ class IdentityPolicy:
             allow_adoption=bool(adoption.get("allowed", True)),
             allow_default_adoption=bool(adoption.get("allowDefaultServiceAccount", False)),
             grants=_grants(as_object(spec.get("grants"), "spec.grants")),
+            unused_after=(
+                as_duration(spec["unusedAfter"], "spec.unusedAfter")
+                if spec.get("unusedAfter") is not None
+                else None
+            ),
             uid=str(meta.get("uid", "")),
             generation=int(meta.get("generation") or 0),
         )

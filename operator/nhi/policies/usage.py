@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nhi.models.identity import PolicyRule
+from nhi.models.policy import IdentityPolicy
 from nhi.models.usage import ANY_NAME, Access, Seen
 
 #: Unused for this long, a rule is reported (settable per IdentityPolicy and per operator).
@@ -98,6 +99,17 @@ def rule_uses(
                 )
             )
     return out
+
+
+def unused_window(
+    policies: Iterable[IdentityPolicy],
+    namespace_labels: Mapping[str, str],
+    default: dt.timedelta = DEFAULT_UNUSED_AFTER,
+) -> dt.timedelta:
+    """How long a rule may go unused: the shortest ``unusedAfter`` of the policies selecting
+    the identity's namespace, else ``default``."""
+    windows = [p.unused_after for p in policies if p.unused_after and p.selects(namespace_labels)]
+    return min(windows, default=default)
 
 
 def unused(
@@ -201,7 +213,12 @@ def usage_status(
     return {
         "observedSince": _time(observed_since),
         "unusedAfterSeconds": int(after.total_seconds()),
-        "rules": [{"path": u.path, "lastUsed": _time(u.last_used), "count": u.count} for u in uses],
+        # lastUsed is left out, not null, when never used: the API server drops a null.
+        "rules": [
+            {"path": u.path, "count": u.count}
+            | ({"lastUsed": _time(u.last_used)} if u.last_used else {})
+            for u in uses
+        ],
         "unusedRules": [u.path for u in stale],
     }
 

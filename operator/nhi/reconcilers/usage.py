@@ -23,13 +23,14 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from nhi import metrics
-from nhi.k8s.client import Api, ApiError, NotFound
+from nhi.k8s.client import Api, ApiError, Conflict, NotFound
 from nhi.models import conditions as cond
 from nhi.models.identity import MachineIdentity
 from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
+from nhi.models.policy import IdentityPolicy
 from nhi.models.usage import AuditError, Observation, UsageBook, book_from_json, book_to_json
 from nhi.policies import usage as policy
 
@@ -44,6 +45,18 @@ DATA_KEY = "usage.json"
 SEEN_IDS = 200_000
 
 BookKey = tuple[str, str]  # the ServiceAccount's (namespace, name)
+
+
+class PolicyScope(Protocol):
+    def policies(self) -> Sequence[IdentityPolicy]: ...
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
+
+
+class IdentityScope(PolicyScope, Protocol):
+    """What the store reads of the identity cache (nhi.handlers.identity_cache)."""
+
+    def identity_bodies(self) -> list[dict[str, Any]]: ...
 
 
 def configmap_name(namespace: str, service_account: str) -> str:
@@ -200,16 +213,17 @@ class UsageStore:
         return max(created, self.since)
 
     def verdict(
-        self, identity: MachineIdentity, now: dt.datetime
+        self, identity: MachineIdentity, now: dt.datetime, after: dt.timedelta | None = None
     ) -> tuple[dict[str, object], list[cond.Condition]]:
         """The identity's ``status.usage`` and conditions (pure once the book is read)."""
+        after = after or self.unused_after
         spec = identity.spec
         book = self.books.get((identity.namespace, spec.service_account))
         entries = book.entries if book is not None else {}
         uses = policy.rule_uses(spec.rules, spec.cluster_rules, identity.namespace, entries)
         since = self.observed_since(identity)
-        stale = policy.unused(uses, since, now, self.unused_after)
-        status, reason, message = policy.unused_condition(stale, self.unused_after)
+        stale = policy.unused(uses, since, now, after)
+        status, reason, message = policy.unused_condition(stale, after)
         conds = cond.set_condition(
             identity.status.get("conditions") or [],
             policy.UNUSED_PERMISSIONS,
@@ -220,20 +234,33 @@ class UsageStore:
             now,
         )
         metrics.unused_rules.labels(identity.namespace, identity.name).set(len(stale))
-        return policy.usage_status(uses, stale, since, self.unused_after), conds
+        return policy.usage_status(uses, stale, since, after), conds
 
-    async def assess(self, bodies: Iterable[Mapping[str, Any]]) -> int:
-        """Write status.usage and the condition where they changed; returns how many."""
+    async def assess(
+        self, bodies: Iterable[Mapping[str, Any]], scope: PolicyScope | None = None
+    ) -> int:
+        """Write status.usage and the condition where they changed; returns how many.
+
+        ``scope``: the IdentityPolicies and a namespace's labels, for their ``unusedAfter``."""
         now = self.clock()
+        policies = list(scope.policies()) if scope is not None else []
         changed = 0
         for body in bodies:
             try:
                 identity = MachineIdentity.from_body(body)
-            except Exception:  # noqa: S112 - an invalid spec: its own reconcile reports it
+            except Exception as err:  # an invalid spec: its own reconcile reports it
+                log.debug("usage status skipped", extra={"error": repr(err)})
                 continue
             if identity.deleting:
                 continue
-            usage, conds = self.verdict(identity, now)
+            after = (
+                policy.unused_window(
+                    policies, scope.namespace_labels(identity.namespace), self.unused_after
+                )
+                if scope is not None and policies
+                else None
+            )
+            usage, conds = self.verdict(identity, now, after)
             old = identity.status
             if _same(old.get("usage"), usage) and old.get("conditions") == conds:
                 continue
@@ -246,25 +273,29 @@ class UsageStore:
                     "MachineIdentity", identity.namespace, identity.name, patch,
                     subresource="status",
                 )  # fmt: skip
-            except NotFound:
+            except (NotFound, Conflict):  # gone, or changed: the next pass sees the newer body
                 continue
-            except ApiError as err:  # a conflict: the next pass sees the newer body
-                log.debug("usage status not written", extra={"error": str(err)})
+            except ApiError as err:
+                log.error(
+                    "could not write the usage status",
+                    extra={"namespace": identity.namespace, "identity": identity.name,
+                           "error": str(err)},
+                )  # fmt: skip
                 continue
             changed += 1
         return changed
 
     # ------------------------------------------------------------------ loop
 
-    def start(self, identities: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
-        self._task = asyncio.create_task(self._run(identities), name="nhi-usage-flush")
+    def start(self, scope: IdentityScope) -> None:
+        self._task = asyncio.create_task(self._run(scope), name="nhi-usage-flush")
 
-    async def _run(self, identities: Callable[[], Iterable[Mapping[str, Any]]]) -> None:
+    async def _run(self, scope: IdentityScope) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
-                await self.assess(list(identities()))
+                await self.assess(scope.identity_bodies(), scope)
             except asyncio.CancelledError:
                 raise
             except Exception as err:

@@ -85,7 +85,7 @@ def _install(cp: ControlPlane) -> None:
 
 
 def _start_operator(
-    kubeconfig: Path, health_port: int, metrics_port: int, webhook_port: int
+    kubeconfig: Path, health_port: int, metrics_port: int, webhook_port: int, usage: list[str]
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
@@ -99,6 +99,8 @@ def _start_operator(
             f"--metrics-port={metrics_port}",
             f"--webhook-port={webhook_port}",
             "--webhook-host=127.0.0.1",
+            # kube-apiserver's audit webhook posts here: usage per identity (docs/usage.md).
+            *usage,
         ],
         env=dict(os.environ, KUBECONFIG=str(kubeconfig)),
         start_new_session=True,
@@ -139,7 +141,9 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
             _install(cp)
             # Free ports, so a second `make run` or a test run beside it never collides.
             health_port, metrics_port, webhook_port = free_port(), free_port(), free_port()
-            operator = _start_operator(kubeconfig, health_port, metrics_port, webhook_port)
+            operator = _start_operator(
+                kubeconfig, health_port, metrics_port, webhook_port, cp.usage_args()
+            )
             if not _became_healthy(operator, health_port):
                 print("nhi-operator did not become healthy", file=sys.stderr)
                 return 1

@@ -58,6 +58,10 @@ rules:
 """
 
 
+#: The common name of the client certificate kube-apiserver presents to the usage endpoint.
+AUDIT_CLIENT_NAME = "kube-apiserver-audit"
+
+
 def build_binaries() -> Path:
     """Build or reuse the control-plane binaries; return the directory holding them."""
     override = os.environ.get("NHI_CONTROLPLANE_BIN")
@@ -91,6 +95,9 @@ class ControlPlane:
     verbose: bool = False
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     server: str = ""
+    #: Where kube-apiserver's audit webhook posts its batches: the operator's usage endpoint
+    #: (see usage_args), listening there once an operator runs with those arguments.
+    audit_webhook_port: int = 0
     _own_work_dir: bool = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -142,6 +149,7 @@ class ControlPlane:
         pki.issue("admin", "nhi-admin", org="system:masters")
         pki.issue("controller-manager", "system:kube-controller-manager")
         (self.work_dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
+        self._write_audit_webhook(pki)
 
         try:
             self._start_etcd()
@@ -174,6 +182,35 @@ class ControlPlane:
                     proc.wait(timeout=5)
         if self._own_work_dir and self.work_dir is not None and not os.environ.get("NHI_KEEP"):
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # ---------------------------------------------------------------- audit webhook
+
+    def _write_audit_webhook(self, pki: Pki) -> None:
+        """The usage endpoint's serving certificate, kube-apiserver's client certificate for
+        it, and the kubeconfig of the audit webhook backend pointing at it."""
+        assert self.work_dir is not None
+        if not self.audit_webhook_port:
+            self.audit_webhook_port = free_port()
+        pki.issue("usage-server", "nhi-usage", server=True)
+        pki.issue("audit-webhook", AUDIT_CLIENT_NAME)
+        write_kubeconfig(
+            self.work_dir / "audit-webhook.kubeconfig",
+            f"https://127.0.0.1:{self.audit_webhook_port}/audit",
+            self.pki_dir,
+            "audit-webhook",
+        )
+
+    def usage_args(self) -> list[str]:
+        """The operator's arguments that make it the endpoint kube-apiserver sends to."""
+        pki = self.pki_dir
+        return [
+            f"--usage-port={self.audit_webhook_port}",
+            "--usage-address=127.0.0.1",
+            f"--usage-tls-cert-file={pki / 'usage-server.crt'}",
+            f"--usage-tls-key-file={pki / 'usage-server.key'}",
+            f"--usage-client-ca-file={pki / 'ca.crt'}",
+            f"--usage-client-names={AUDIT_CLIENT_NAME}",
+        ]
 
     # ---------------------------------------------------------------- processes
 
@@ -246,6 +283,14 @@ class ControlPlane:
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-maxsize=100",
                 "--audit-log-maxbackup=2",
+                # The same events, in batches, to the operator's usage endpoint. Batch mode never
+                # blocks a request: while no operator listens, batches are retried, then dropped.
+                f"--audit-webhook-config-file={self.work_dir / 'audit-webhook.kubeconfig'}"
+                if self.work_dir
+                else "",
+                "--audit-webhook-mode=batch",
+                "--audit-webhook-batch-max-wait=1s",
+                "--audit-webhook-initial-backoff=1s",
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
                 "--max-requests-inflight=1600",

@@ -1,0 +1,255 @@
+"""Usage from the real kube-apiserver's audit webhook: requests made with an identity's issued
+token are recorded, an unused rule is reported and dropped by ``nhi rightsize``, a restart
+loses no more than the flush interval, and the endpoint refuses what it must.
+
+The module runs its own operator, restricted (``--namespace``) to namespaces created here, in
+an operator namespace of its own, with the usage endpoint where the local control plane's
+audit webhook backend posts (``ControlPlane.usage_args``). Usage is written every
+FLUSH seconds and a rule is unused after UNUSED_AFTER, so the tests take seconds, not days.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, Cluster, OperatorProcess, start_operator, wait_for
+
+pytestmark = pytest.mark.integration
+
+FLUSH = 2
+UNUSED_AFTER = 25
+CM_READ = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
+SVC_LIST = {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}
+
+
+class Usage:
+    def __init__(
+        self,
+        cluster: Cluster,
+        op: OperatorProcess,
+        op_ns: str,
+        pool: list[str],
+        env: dict[str, str],
+    ) -> None:
+        self.cluster, self.op, self.op_ns, self.pool, self.env = cluster, op, op_ns, pool, env
+        self.cp = cluster.control_plane
+
+    def restart(self, log: Path) -> None:
+        """Start the operator again, same arguments and environment (its namespace)."""
+        new = start_operator(self.cluster, log, *self.op.args, env=self.env)
+        self.op.proc, self.op.log_path, self.op.metrics_port = (
+            new.proc,
+            new.log_path,
+            new.metrics_port,
+        )
+
+    def api(self, token: str, path: str) -> int:
+        """A request to the API server as a workload makes it, with the given token."""
+        ctx = ssl.create_default_context(cafile=str(self.cp.pki_dir / "ca.crt"))
+        req = urllib.request.Request(
+            self.cp.server + path, headers={"Authorization": f"Bearer {token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
+
+    def post(
+        self, body: bytes, cert: str | None = "audit-webhook", token: str = ""
+    ) -> tuple[int, str]:
+        """A POST to the usage endpoint, with one of the control plane's client certificates."""
+        ctx = ssl.create_default_context(cafile=str(self.cp.pki_dir / "ca.crt"))
+        if cert:
+            ctx.load_cert_chain(
+                str(self.cp.pki_dir / f"{cert}.crt"), str(self.cp.pki_dir / f"{cert}.key")
+            )
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        url = f"https://127.0.0.1:{self.cp.audit_webhook_port}/audit"
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as err:
+            return int(err.code), err.read().decode()
+
+    def book(self, namespace: str, sa: str) -> dict[str, Any] | None:
+        out = self.cluster.kubectl(
+            "get", "configmap", "-n", self.op_ns, "-l", "nhi.dev/usage=serviceaccount", "-o", "json"
+        )
+        for cm in json.loads(out.stdout)["items"]:
+            data = json.loads(cm["data"]["usage.json"])
+            if data["serviceAccount"] == {"namespace": namespace, "name": sa}:
+                return dict(data)
+        return None
+
+    def count(self, namespace: str, sa: str, resource: str, name: str, verb: str) -> int:
+        book = self.book(namespace, sa) or {"entries": []}
+        return sum(
+            row[8] for row in book["entries"] if (row[1], row[4], row[5]) == (resource, name, verb)
+        )
+
+    def page(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.op.metrics_port}/metrics", timeout=5
+        ) as r:
+            return str(r.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sample of ``name`` with exactly these labels; 0 when there is none."""
+        for family in text_string_to_metric_families(self.page()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
+
+
+@pytest.fixture(scope="module")
+def usage(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Usage]:
+    cluster = crds
+    if cluster.control_plane is None:
+        pytest.skip("needs the local control plane, whose audit webhook posts to the operator")
+    suffix = uuid.uuid4().hex[:6]
+    op_ns = f"nhi-usage-{suffix}"
+    pool = [f"usage-{suffix}-{i}" for i in range(4)]
+    for ns in [op_ns, *pool]:
+        cluster.kubectl("create", "namespace", ns)
+    args = [*cluster.control_plane.usage_args(), f"--usage-flush-interval={FLUSH}"]
+    args += [f"--usage-unused-after={UNUSED_AFTER}s", "--policy-status-interval=0"]
+    for ns in pool:
+        args += ["--namespace", ns]
+    log = tmp_path_factory.mktemp("usage") / "operator.log"
+    env = {**cluster.env(), "NHI_NAMESPACE": op_ns}
+    op = start_operator(cluster, log, *args, env=env)
+    try:
+        yield Usage(cluster, op, op_ns, pool, env)
+    finally:
+        op.stop()
+        for ns in [op_ns, *pool]:
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def issued_token(u: Usage, ns: str, name: str, rules: list[dict[str, Any]]) -> str:
+    u.cluster.apply(
+        {
+            "apiVersion": "nhi.dev/v1alpha1",
+            "kind": "MachineIdentity",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "owner": "team-a",
+                "permissions": {"rules": rules},
+                "credentials": [{"name": "api", "type": "ServiceAccountToken", "ttl": "1h"}],
+            },
+        }
+    )
+
+    def token() -> str | None:
+        secret = u.cluster.get("secret", f"{name}.api", ns)
+        raw = ((secret or {}).get("data") or {}).get("token")
+        return base64.b64decode(raw).decode() if raw else None
+
+    return wait_for(token, timeout=60, message="the issued token")
+
+
+def test_use_is_recorded_an_unused_rule_reported_and_rightsize_drops_it(usage: Usage) -> None:
+    u, ns = usage, usage.pool[0]
+    token = issued_token(u, ns, "app", [CM_READ, SVC_LIST])
+    u.cluster.kubectl("create", "configmap", "settings", "-n", ns)
+    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps/settings") == 200,
+             timeout=30, message="the token to read the ConfigMap (RBAC in place)")  # fmt: skip
+    for _ in range(3):
+        assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200
+    # Refused by RBAC: counted as a denial, not as use.
+    assert u.api(token, f"/api/v1/namespaces/{ns}/secrets") == 403
+
+    wait_for(lambda: u.count(ns, "app", "configmaps", "", "list") >= 3, timeout=30,
+             message="the three lists recorded")  # fmt: skip
+    book = u.book(ns, "app")
+    assert book is not None
+    assert u.count(ns, "app", "configmaps", "settings", "get") >= 1
+    assert not [r for r in book["entries"] if r[1] == "secrets"]
+    (cred,) = [c for c in book["credentials"]]
+    assert cred[0].startswith("JTI=") and token not in json.dumps(book)
+    assert u.metric("nhi_usage_denied_requests_total", namespace=ns) >= 1
+
+    def reported() -> dict[str, Any] | None:
+        # The workload keeps using rules[0] meanwhile: only rules[1] goes unused.
+        assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps/settings") == 200
+        obj = u.cluster.get("machineidentity", "app", ns) or {}
+        st = (obj.get("status") or {}).get("usage") or {}
+        return obj if st.get("unusedRules") == ["spec.permissions.rules[1]"] else None
+
+    obj = wait_for(
+        reported, timeout=UNUSED_AFTER + 30, interval=1, message="rules[1] reported unused"
+    )
+    (cond,) = [c for c in obj["status"]["conditions"] if c["type"] == "UnusedPermissions"]
+    assert cond["status"] == "True" and "rules[1]" in cond["message"]
+    assert obj["status"]["usage"]["rules"][0]["lastUsed"] is not None
+    assert u.metric("nhi_identity_unused_rules", namespace=ns, identity="app") == 1
+
+    cli = [sys.executable, "-m", "nhi.cli.main", "rightsize", "app", "-n", ns]
+    out = subprocess.run(
+        [*cli, "--operator-namespace", u.op_ns],
+        env=u.cluster.env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    removed = [line for line in out.stdout.splitlines() if line.startswith("-  ")]
+    added = [line for line in out.stdout.splitlines() if line.startswith("+  ")]
+    assert any("services" in line for line in removed), out.stdout
+    assert not any("services" in line for line in added), out.stdout
+    assert any("settings" in line for line in added), out.stdout  # narrowed to the name used
+
+
+def test_a_restart_keeps_what_was_flushed(usage: Usage, tmp_path: Path) -> None:
+    u, ns = usage, usage.pool[1]
+    token = issued_token(u, ns, "worker", [CM_READ])
+    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
+             message="the token to list ConfigMaps")  # fmt: skip
+    for _ in range(4):
+        u.api(token, f"/api/v1/namespaces/{ns}/configmaps")
+    wait_for(lambda: u.count(ns, "worker", "configmaps", "", "list") >= 5, timeout=30,
+             message="five lists persisted")  # fmt: skip
+    before = u.count(ns, "worker", "configmaps", "", "list")
+    # The hardest stop: nothing is flushed on the way out.
+    u.op.stop(signal.SIGKILL)
+    u.restart(tmp_path / "restarted.log")
+    assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200
+    wait_for(lambda: u.count(ns, "worker", "configmaps", "", "list") >= before + 1, timeout=60,
+             message="the count after the restart to start from the persisted one")  # fmt: skip
+
+
+def test_unauthenticated_malformed_and_oversized_posts_are_refused(usage: Usage) -> None:
+    u = usage
+    good = json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": []}).encode()
+    before = u.metric("nhi_usage_batches_total", result="unauthenticated")
+    assert u.post(good, cert=None)[0] == 401
+    assert u.post(good, cert=None, token="guessed")[0] == 401
+    # Signed by the same CA, but not the API server's audit certificate.
+    assert u.post(good, cert="admin")[0] == 401
+    assert u.metric("nhi_usage_batches_total", result="unauthenticated") == before + 3
+    status, text = u.post(good[:20])
+    assert status == 400 and "not valid JSON" in text
+    bad = {"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": [{"auditID": 1}]}
+    status, text = u.post(json.dumps(bad).encode())
+    assert status == 400 and "items[0].auditID" in text
+    status, _ = u.post(b'{"items": [' + b'"x",' * (3 * 1024 * 1024) + b'"x"]}')
+    assert status == 413
+    assert u.post(good)[0] == 200
+    assert u.op.proc.poll() is None
+    assert (ROOT / "manifests" / "audit" / "audit-policy.yaml").exists()
