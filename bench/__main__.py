@@ -2,7 +2,7 @@
 
 Starts its own local control plane (nhi.testenv.ControlPlane), applies crds/, runs the
 scenarios and writes RESULTS.md and results.json next to each other. Order: 6 (pure
-cryptography, nothing else running); the floors of 1 and 3 (no operator running); then one
+cryptography, nothing else running); 11 (audit event ingestion, pure as well); the floors of 1 and 3 (no operator running); then one
 operator process for the operator side of 1 and 3, for 4 and for 5 (idle); then 2, which
 restarts it. 7 (cert-manager probe) runs in the background from the start.
 """
@@ -36,6 +36,7 @@ from bench import (
     s6_crypto,
     s7_certmanager,
     s10_grants,
+    s11_usage,
 )
 from bench.env import ROOT, Env, load_average, machine_info, source_tree
 from bench.result import Result
@@ -55,7 +56,7 @@ SIZES: dict[str, dict[str, float]] = {
     },
 }
 ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n10": 500}
-ORDER = ["6", "1", "3", "4", "5", "10", "2", "7"]
+ORDER = ["6", "11", "1", "3", "4", "5", "10", "2", "7"]
 CLUSTER = {"1", "2", "3", "4", "5", "10"}
 
 
@@ -186,6 +187,11 @@ async def main_async(args: argparse.Namespace) -> int:
         results["6"] = await guarded(
             "6", "Cryptography per issuance", lambda: asyncio.to_thread(s6_crypto.run, runs, small)
         )
+    if "11" in selected:
+        results["11"] = await guarded(
+            "11", "Usage: audit event batches ingested",
+            lambda: asyncio.to_thread(s11_usage.run, runs, small),
+        )  # fmt: skip
     cluster_ids = [s for s in selected if s in CLUSTER]
     if cluster_ids:
         from nhi.testenv import ControlPlane

@@ -185,3 +185,15 @@ def test_the_rightsize_diff_drops_the_unused_rule_and_keeps_role_refs() -> None:
     assert not any("services" in line or "view" in line for line in added)
     assert "roleRefs" in text and not any("view" in line for line in removed)
     assert diff(MachineIdentity.from_body(body), permissions, UsageBook("team", "billing")) != ""
+
+
+def test_the_replay_window_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nhi.reconcilers import usage as store_module
+
+    monkeypatch.setattr(store_module, "SEEN_IDS", 3)
+    s = store(FakeApi())
+    events = [parse_event_list(batch(event(auditID=f"id-{i}")))[0] for i in range(4)]
+    assert s.ingest(events) == (4, 0)
+    assert s.ingest(events[1:]) == (0, 3)  # the last three are remembered
+    assert s.ingest(events[:1]) == (1, 0)  # the oldest was forgotten
+    assert len(s.seen) == len(s.order) == 3

@@ -11,7 +11,9 @@ at most :data:`MAX_ENTRIES` accesses and :data:`MAX_CREDENTIALS` credentials.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +41,7 @@ class AuditError(ValueError):
     """The batch is not an audit.k8s.io/v1 EventList; the message says where."""
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Access:
     """One kind of request: what, where and how."""
 
@@ -56,7 +58,7 @@ class Access:
         return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """One answered request of a ServiceAccount."""
 
@@ -70,7 +72,7 @@ class Observation:
     denied: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Seen:
     first: int  # epoch seconds
     last: int
@@ -82,7 +84,7 @@ class Seen:
         self.count += count
 
 
-@dataclass
+@dataclass(slots=True)
 class CredentialUse:
     pod: str
     seen: Seen
@@ -109,7 +111,7 @@ class UsageBook:
         if access not in self.entries and len(self.entries) >= MAX_ENTRIES:
             # Full: keep the evidence of use, coarser (any name), rather than forget it.
             self.folded += 1
-            access = Access(**{**access.__dict__, "name": ANY_NAME}) if access.name else access
+            access = dataclasses.replace(access, name=ANY_NAME) if access.name else access
             if access not in self.entries:
                 oldest = min(self.entries, key=lambda a: self.entries[a].last)
                 del self.entries[oldest]
@@ -143,7 +145,7 @@ class UsageBook:
                 mine.last = max(mine.last, seen.last)
         for cid, use in other.credentials.items():
             if cid not in self.credentials:
-                self.credentials[cid] = CredentialUse(use.pod, Seen(**use.seen.__dict__))
+                self.credentials[cid] = CredentialUse(use.pod, dataclasses.replace(use.seen))
         self.folded += other.folded
         self.denied += other.denied
 
@@ -204,13 +206,14 @@ def parse_event(event: Any, where: str) -> Observation | None:
     extra = _object(user.get("extra"), f"{where}.user.extra")
     annotations = _object(ev.get("annotations"), f"{where}.annotations")
     at = _timestamp(ev.get("stageTimestamp") or ev.get("requestReceivedTimestamp"), where)
+    # Interned: the same few groups, resources, verbs and namespaces recur in every book.
     access = Access(
-        api_group=_text(ref.get("apiGroup"), f"{where}.objectRef.apiGroup"),
-        resource=_text(ref.get("resource"), f"{where}.objectRef.resource"),
-        subresource=_text(ref.get("subresource"), f"{where}.objectRef.subresource"),
-        namespace=_text(ref.get("namespace"), f"{where}.objectRef.namespace"),
+        api_group=sys.intern(_text(ref.get("apiGroup"), f"{where}.objectRef.apiGroup")),
+        resource=sys.intern(_text(ref.get("resource"), f"{where}.objectRef.resource")),
+        subresource=sys.intern(_text(ref.get("subresource"), f"{where}.objectRef.subresource")),
+        namespace=sys.intern(_text(ref.get("namespace"), f"{where}.objectRef.namespace")),
         name=_text(ref.get("name"), f"{where}.objectRef.name"),
-        verb=verb,
+        verb=sys.intern(verb),
     )
     return Observation(
         audit_id=audit_id,

@@ -21,7 +21,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -109,7 +109,10 @@ class UsageStore:
         self.flush_interval = flush_interval
         self.books: dict[BookKey, UsageBook] = {}
         self.dirty: set[BookKey] = set()
-        self.seen: OrderedDict[str, None] = OrderedDict()
+        #: Hashes of the auditIDs counted (in this process: the hash is per process), oldest
+        #: first in ``order``: 200,000 of them take about 15 MB, as strings about 45.
+        self.seen: set[int] = set()
+        self.order: deque[int] = deque()
         #: Since when usage is observed (kept in a ConfigMap across restarts).
         self.since: dt.datetime = clock()
         self._task: asyncio.Task[None] | None = None
@@ -120,12 +123,14 @@ class UsageStore:
         """Count a whole batch; returns (counted, replayed). Synchronous on purpose."""
         counted = replayed = 0
         for obs in observations:
-            if obs.audit_id in self.seen:
+            audit = hash(obs.audit_id)
+            if audit in self.seen:
                 replayed += 1
                 continue
-            self.seen[obs.audit_id] = None
-            if len(self.seen) > SEEN_IDS:
-                self.seen.popitem(last=False)
+            self.seen.add(audit)
+            self.order.append(audit)
+            if len(self.order) > SEEN_IDS:
+                self.seen.discard(self.order.popleft())
             key = (obs.namespace, obs.service_account)
             book = self.books.get(key)
             if book is None:
