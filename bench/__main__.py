@@ -2,9 +2,10 @@
 
 Starts its own local control plane (nhi.testenv.ControlPlane), applies crds/, runs the
 scenarios and writes RESULTS.md and results.json next to each other. Order: 6 (pure
-cryptography, nothing else running); 11 (audit event ingestion, pure as well); the floors of 1 and 3 (no operator running); then one
-operator process for the operator side of 1 and 3, for 4 and for 5 (idle); then 2, which
-restarts it. 7 (cert-manager probe) runs in the background from the start.
+cryptography, nothing else running); 11 (audit event ingestion, pure as well); the floors of
+1 and 3 (no operator running); then one operator process for the operator side of 1 and 3,
+for 4 and for 5 (idle); then 2, which restarts it. 7 (cert-manager probe) runs in the
+background from the start.
 """
 
 from __future__ import annotations
