@@ -446,6 +446,13 @@ usage_denied_requests = Counter(
     ("namespace",),
     registry=REGISTRY,
 )
+usage_new_behaviours = Counter(
+    "nhi_usage_new_behaviours",
+    "Requests of a ServiceAccount of the namespace with a verb and resource it never used "
+    "before, after its learning window.",
+    ("namespace",),
+    registry=REGISTRY,
+)
 usage_flushes = Counter(
     "nhi_usage_flushes",
     "Writes of usage ConfigMaps, by result.",

@@ -102,6 +102,11 @@ class Settings:
         default_factory=lambda: os.environ.get("NHI_USAGE_UNUSED_AFTER", "720h")
     )
 
+    #: How long a ServiceAccount's behaviour is learnt before a new one is reported.
+    usage_learning_window: str = field(
+        default_factory=lambda: os.environ.get("NHI_USAGE_LEARNING_WINDOW", "168h")
+    )
+
     @property
     def usage_enabled(self) -> bool:
         return self.usage_port > 0

@@ -16,6 +16,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 FLUSH = 2
 UNUSED_AFTER = 25
+LEARNING = 15
 CM_READ = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
 SVC_LIST = {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}
 
@@ -132,6 +134,7 @@ def usage(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[U
         cluster.kubectl("create", "namespace", ns)
     args = [*cluster.control_plane.usage_args(), f"--usage-flush-interval={FLUSH}"]
     args += [f"--usage-unused-after={UNUSED_AFTER}s", "--policy-status-interval=0"]
+    args += [f"--usage-learning-window={LEARNING}s"]
     for ns in pool:
         args += ["--namespace", ns]
     log = tmp_path_factory.mktemp("usage") / "operator.log"
@@ -232,6 +235,33 @@ def test_a_restart_keeps_what_was_flushed(usage: Usage, tmp_path: Path) -> None:
     assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200
     wait_for(lambda: u.count(ns, "worker", "configmaps", "", "list") >= before + 1, timeout=60,
              message="the count after the restart to start from the persisted one")  # fmt: skip
+
+
+def test_a_new_behaviour_after_the_learning_window_is_an_event_and_a_metric(usage: Usage) -> None:
+    u, ns = usage, usage.pool[2]
+    token = issued_token(u, ns, "reporter", [{**CM_READ, "verbs": ["get", "list", "watch"]}])
+    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
+             message="the token to list ConfigMaps")  # fmt: skip
+    first = time.monotonic()
+
+    def new_behaviour() -> list[dict[str, Any]]:
+        out = u.cluster.kubectl("get", "events", "-n", ns, "-o", "json")
+        return [e for e in json.loads(out.stdout)["items"] if e["reason"] == "NewBehaviour"]
+
+    # Still learning: a new verb is learnt, not reported.
+    assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps/missing") == 404
+    time.sleep(max(0.0, LEARNING + 2 - (time.monotonic() - first)))
+    assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps?watch=false&limit=1") == 200
+    assert new_behaviour() == []  # list and get were both learnt within the window
+    before = u.metric("nhi_usage_new_behaviours_total", namespace=ns)
+    # A verb it never used: watch, past the window.
+    assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps?watch=true&timeoutSeconds=1") == 200
+    (event,) = wait_for(new_behaviour, timeout=30, message="the NewBehaviour Event")
+    assert event["involvedObject"]["kind"] == "MachineIdentity"
+    assert event["involvedObject"]["name"] == "reporter" and event["type"] == "Warning"
+    assert "used watch on core/configmaps" in event["message"] and "JTI=" in event["message"]
+    assert token not in event["message"]
+    assert u.metric("nhi_usage_new_behaviours_total", namespace=ns) == before + 1
 
 
 def test_unauthenticated_malformed_and_oversized_posts_are_refused(usage: Usage) -> None:

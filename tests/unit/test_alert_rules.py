@@ -37,6 +37,8 @@ EXPECTED_ALERTS = {
     "NHIIssuerCAExpiringSoon",
     "NHIOperatorDown",
     "NHIAccessGrantOverdue",
+    "NHIMachineIdentityNewBehaviour",
+    "NHIMachineIdentityDenialsRising",
 }
 
 

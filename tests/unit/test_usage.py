@@ -314,3 +314,17 @@ def test_the_shortest_unused_after_of_the_selecting_policies_applies() -> None:
     assert policy.unused_window([week, day, silent], {"t": "a"}, default) == dt.timedelta(days=7)
     assert policy.unused_window([week, day], {"t": "c"}, default) == default
     assert week.unused_after == dt.timedelta(days=7) and silent.unused_after is None
+
+
+def test_request_and_response_bodies_are_never_kept_whatever_level_arrives() -> None:
+    secret = "c3VwZXItc2VjcmV0LXZhbHVl"
+    full = event(
+        level="RequestResponse",
+        requestObject={"kind": "Secret", "data": {"password": secret}},
+        responseObject={"kind": "Secret", "data": {"password": secret}},
+    )
+    book = UsageBook("team", "billing")
+    for obs in parse_event_list(batch(full)):
+        book.record(obs)
+        assert secret not in repr(obs)
+    assert book.entries and secret not in json.dumps(book_to_json(book))

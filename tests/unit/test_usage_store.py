@@ -197,3 +197,58 @@ def test_the_replay_window_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.ingest(events[1:]) == (0, 3)  # the last three are remembered
     assert s.ingest(events[:1]) == (1, 0)  # the oldest was forgotten
     assert len(s.seen) == len(s.order) == 3
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.posted: list[tuple[dict[str, Any], str, str, str]] = []
+
+    def post(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        self.posted.append((body, type_, reason, message))
+
+
+def test_a_new_behaviour_after_the_learning_window_is_an_event_and_a_metric() -> None:
+    rec = Recorder()
+    s = store(FakeApi(), learning_window=dt.timedelta(days=7), events=rec)  # type: ignore[arg-type]
+    first = "2026-11-01T00:00:00Z"
+    s.ingest(parse_event_list(batch(event(stageTimestamp=first))))
+    # Within the window: learnt, not reported.
+    s.ingest(parse_event_list(batch(event(auditID="2", verb="list", stageTimestamp=first))))
+    assert s.novelties == []
+    before = (
+        metrics.REGISTRY.get_sample_value("nhi_usage_new_behaviours_total", {"namespace": "team"})
+        or 0
+    )
+    later = "2026-11-09T00:00:00Z"
+    known = event(auditID="3", stageTimestamp=later, objectRef={"resource": "configmaps",
+                  "namespace": "team", "name": "other"})  # fmt: skip
+    new = event(auditID="4", verb="delete", stageTimestamp=later)
+    s.ingest(parse_event_list(batch(known, new)))
+    assert [o.audit_id for o in s.novelties] == ["4"]
+    after = metrics.REGISTRY.get_sample_value(
+        "nhi_usage_new_behaviours_total", {"namespace": "team"}
+    )
+    assert after == before + 1
+    managed = make_body(name="billing-id", namespace="team", serviceAccount={"name": "billing"})
+    assert s.report_novelties([managed]) == 1 and s.novelties == []
+    ((about, type_, reason, message),) = rec.posted
+    assert about["metadata"]["name"] == "billing-id" and (type_, reason) == (
+        "Warning",
+        "NewBehaviour",
+    )
+    assert "used delete on core/configmaps" in message and "JTI=abc" in message
+    # Unmanaged: the Event is about the ServiceAccount.
+    s.ingest(parse_event_list(batch(event(auditID="5", verb="patch", stageTimestamp=later))))
+    s.report_novelties([])
+    assert rec.posted[-1][0]["kind"] == "ServiceAccount"
+
+
+def test_the_learning_window_survives_persistence() -> None:
+    from nhi.models.usage import UsageBook, book_from_json, book_to_json
+
+    book = UsageBook("team", "billing")
+    (obs,) = parse_event_list(batch(event()))
+    assert book.record(obs) is True and book.record(obs) is False
+    again = book_from_json(json.loads(json.dumps(book_to_json(book))))
+    assert again.since == book.since > 0
+    assert again.behaviours == {("", "configmaps", "get")}

@@ -200,6 +200,12 @@ def _usage_options(p: argparse.ArgumentParser, s: Settings) -> None:
         default=s.usage_unused_after,
         help="report a declared rule unused for this long (default %(default)s)",
     )
+    u.add_argument(
+        "--usage-learning-window",
+        default=s.usage_learning_window,
+        help="after this long since a ServiceAccount was first seen, a verb and resource it "
+        "never used raise a NewBehaviour Event and metric (default %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 USAGE_OPTIONS = (
     "port", "address", "tls_cert_file", "tls_key_file", "client_ca_file", "client_names",
-    "token_secret", "max_body", "flush_interval", "unused_after",
+    "token_secret", "max_body", "flush_interval", "unused_after", "learning_window",
 )  # fmt: skip
 
 
@@ -267,10 +273,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parse_duration(a.webhook_cert_ttl)
     except ValueError as err:
         p.error(f"--webhook-cert-ttl: {err}")
-    try:
-        parse_duration(a.usage_unused_after)
-    except ValueError as err:
-        p.error(f"--usage-unused-after: {err}")
+    for flag in ("unused_after", "learning_window"):
+        try:
+            parse_duration(getattr(a, f"usage_{flag}"))
+        except ValueError as err:
+            p.error(f"--usage-{flag.replace('_', '-')}: {err}")
     if a.usage_port and not (a.usage_tls_cert_file and a.usage_tls_key_file):
         p.error("--usage-port needs --usage-tls-cert-file and --usage-tls-key-file")
     if a.usage_port and not (a.usage_client_ca_file or a.usage_token_secret):

@@ -174,6 +174,8 @@ async def start() -> None:
         rt.clock.now,
         unused_after=parse_duration(settings.usage_unused_after),
         flush_interval=settings.usage_flush_interval,
+        learning_window=parse_duration(settings.usage_learning_window),
+        events=rt.events,
     )
     _endpoint = UsageEndpoint(settings, store)
     await _endpoint.start()  # events counted while loading are merged, see UsageStore.load

@@ -57,6 +57,14 @@ class Access:
         """The resource as an RBAC rule names it (``pods/log``)."""
         return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
 
+    @property
+    def behaviour(self) -> Behaviour:
+        """What kind of request, wherever and on whatever object."""
+        return (self.api_group, self.rbac_resource, self.verb)
+
+
+Behaviour = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
 
 @dataclass(frozen=True, slots=True)
 class Observation:
@@ -101,12 +109,29 @@ class UsageBook:
     #: Accesses whose name was folded to ANY_NAME, or dropped, because the book was full.
     folded: int = 0
     denied: int = 0
+    #: When the ServiceAccount was first seen (epoch seconds; 0: never): its learning window
+    #: starts there.
+    since: int = 0
+    #: Every (group, resource, verb) it was ever seen using: its behaviour (derived from the
+    #: entries; kept when an entry is folded or dropped).
+    behaviours: set[Behaviour] = field(default_factory=set)
 
-    def record(self, obs: Observation) -> None:
+    def record(self, obs: Observation) -> bool:
+        """Count one observation; True when it is a behaviour never seen before (a verb on a
+        group and resource this ServiceAccount never used)."""
         at = int(obs.at.timestamp())
         if obs.denied:
             self.denied += 1
-            return
+            return False
+        self.since = min(self.since, at) if self.since else at
+        behaviour = obs.access.behaviour
+        novel = behaviour not in self.behaviours
+        if novel:
+            self.behaviours.add(behaviour)
+        self._count(obs, at)
+        return novel
+
+    def _count(self, obs: Observation, at: int) -> None:
         access = obs.access
         if access not in self.entries and len(self.entries) >= MAX_ENTRIES:
             # Full: keep the evidence of use, coarser (any name), rather than forget it.
@@ -148,6 +173,9 @@ class UsageBook:
                 self.credentials[cid] = CredentialUse(use.pod, dataclasses.replace(use.seen))
         self.folded += other.folded
         self.denied += other.denied
+        if other.since and (not self.since or other.since < self.since):
+            self.since = other.since
+        self.behaviours |= other.behaviours
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -279,6 +307,7 @@ def book_to_json(book: UsageBook) -> dict[str, Any]:
         ],
         "folded": book.folded,
         "denied": book.denied,
+        "since": book.since,
     }
 
 
@@ -297,11 +326,13 @@ def book_from_json(data: Any) -> UsageBook:
         _text(sa.get("name"), "usage.serviceAccount.name", required=True),
         folded=_int(body.get("folded", 0), "usage.folded"),
         denied=_int(body.get("denied", 0), "usage.denied"),
+        since=_int(body.get("since", 0), "usage.since"),
     )
     for i, row in enumerate(_rows(body.get("entries"), 9, "usage.entries")):
         where = f"usage.entries[{i}]"
         access = Access(*(_text(v, where, required=True) for v in row[:6]))
         book.entries[access] = Seen(*(_int(v, where) for v in row[6:]))
+        book.behaviours.add(access.behaviour)
     for i, row in enumerate(_rows(body.get("credentials"), 5, "usage.credentials")):
         where = f"usage.credentials[{i}]"
         seen = Seen(*(_int(v, where) for v in row[2:]))

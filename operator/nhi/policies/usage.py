@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from nhi.models.identity import PolicyRule
 from nhi.models.policy import IdentityPolicy
-from nhi.models.usage import ANY_NAME, Access, Seen
+from nhi.models.usage import ANY_NAME, Access, Observation, Seen
 
 #: Unused for this long, a rule is reported (settable per IdentityPolicy and per operator).
 DEFAULT_UNUSED_AFTER = dt.timedelta(days=30)
@@ -123,6 +123,38 @@ def unused(
         if now - reference >= after:
             out.append(use)
     return out
+
+
+# ------------------------------------------------------------------------------ behaviour
+
+#: How long a ServiceAccount's behaviour is learnt before a new one is reported.
+DEFAULT_LEARNING_WINDOW = dt.timedelta(days=7)
+NEW_BEHAVIOUR = "NewBehaviour"
+
+
+def after_learning(since: int, at: dt.datetime, window: dt.timedelta) -> bool:
+    """Is ``at`` past the learning window of a ServiceAccount first seen at ``since``?"""
+    return since > 0 and at.timestamp() - since >= window.total_seconds()
+
+
+def behaviour_message(obs: Observation, window: dt.timedelta) -> str:
+    a = obs.access
+    group = a.api_group or "core"
+    where = f" in namespace {a.namespace}" if a.namespace else " (cluster-scoped)"
+    cred = f", credential {obs.credential_id}" if obs.credential_id else ""
+    pod = f", pod {obs.pod}" if obs.pod else ""
+    return (
+        f"ServiceAccount {obs.namespace}/{obs.service_account} used {a.verb} on "
+        f"{group}/{a.rbac_resource}{where} for the first time, after a learning window of "
+        f"{_span(window)}{cred}{pod}"
+    )
+
+
+def _span(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} days"
+    return f"{seconds} seconds"
 
 
 # ------------------------------------------------------------------------------ right-sizing

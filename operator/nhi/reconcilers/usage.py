@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from nhi import metrics
 from nhi.k8s.client import Api, ApiError, Conflict, NotFound
+from nhi.k8s.events import EventRecorder
 from nhi.models import conditions as cond
 from nhi.models.identity import MachineIdentity
 from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
@@ -43,6 +44,8 @@ STATE_CONFIGMAP = "nhi-usage-state"
 DATA_KEY = "usage.json"
 #: How many auditIDs are remembered to recognise a replayed batch.
 SEEN_IDS = 200_000
+#: Most new behaviours reported as Events per pass (all are counted in the metric).
+MAX_NOVELTIES = 100
 
 BookKey = tuple[str, str]  # the ServiceAccount's (namespace, name)
 
@@ -101,12 +104,18 @@ class UsageStore:
         *,
         unused_after: dt.timedelta = policy.DEFAULT_UNUSED_AFTER,
         flush_interval: float = 60.0,
+        learning_window: dt.timedelta = policy.DEFAULT_LEARNING_WINDOW,
+        events: EventRecorder | None = None,
     ) -> None:
         self.api = api
         self.namespace = operator_namespace
         self.clock = clock
         self.unused_after = unused_after
         self.flush_interval = flush_interval
+        self.learning_window = learning_window
+        self.events = events
+        #: New behaviours seen since the last pass, reported as Events by it (bounded).
+        self.novelties: list[Observation] = []
         self.books: dict[BookKey, UsageBook] = {}
         self.dirty: set[BookKey] = set()
         #: Hashes of the auditIDs counted (in this process: the hash is per process), oldest
@@ -135,7 +144,10 @@ class UsageStore:
             book = self.books.get(key)
             if book is None:
                 book = self.books[key] = UsageBook(*key)
-            book.record(obs)
+            if book.record(obs) and policy.after_learning(book.since, obs.at, self.learning_window):
+                metrics.usage_new_behaviours.labels(obs.namespace).inc()
+                if len(self.novelties) < MAX_NOVELTIES:
+                    self.novelties.append(obs)
             self.dirty.add(key)
             counted += 1
             if obs.denied:
@@ -290,6 +302,35 @@ class UsageStore:
             changed += 1
         return changed
 
+    def report_novelties(self, bodies: Iterable[Mapping[str, Any]]) -> int:
+        """A Warning Event for each new behaviour: on the MachineIdentity that manages the
+        ServiceAccount, else on the ServiceAccount. Returns how many were posted."""
+        novelties, self.novelties = self.novelties, []
+        if self.events is None or not novelties:
+            return 0
+        managers: dict[BookKey, Mapping[str, Any]] = {}
+        for body in bodies:
+            meta = body.get("metadata") or {}
+            sa = ((body.get("spec") or {}).get("serviceAccount") or {}).get("name") or meta.get(
+                "name"
+            )
+            managers[(str(meta.get("namespace", "")), str(sa))] = body
+        for obs in novelties:
+            about = managers.get((obs.namespace, obs.service_account)) or {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"namespace": obs.namespace, "name": obs.service_account},
+            }
+            message = policy.behaviour_message(obs, self.learning_window)
+            self.events.post(about, "Warning", policy.NEW_BEHAVIOUR, message)
+            log.warning(
+                "a ServiceAccount did something new",
+                extra={"serviceAccount": f"{obs.namespace}/{obs.service_account}",
+                       "verb": obs.access.verb, "resource": obs.access.rbac_resource,
+                       "group": obs.access.api_group},
+            )  # fmt: skip
+        return len(novelties)
+
     # ------------------------------------------------------------------ loop
 
     def start(self, scope: IdentityScope) -> None:
@@ -300,7 +341,9 @@ class UsageStore:
             await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
-                await self.assess(scope.identity_bodies(), scope)
+                bodies = scope.identity_bodies()
+                self.report_novelties(bodies)
+                await self.assess(bodies, scope)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
