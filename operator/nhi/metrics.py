@@ -453,6 +453,13 @@ usage_new_behaviours = Counter(
     ("namespace",),
     registry=REGISTRY,
 )
+usage_person_minted_tokens = Counter(
+    "nhi_usage_person_minted_tokens",
+    "Tokens of ServiceAccounts of the namespace minted by a person (kubectl create token) and "
+    "then used, each counted once.",
+    ("namespace",),
+    registry=REGISTRY,
+)
 usage_flushes = Counter(
     "nhi_usage_flushes",
     "Writes of usage ConfigMaps, by result.",

@@ -264,6 +264,37 @@ def test_a_new_behaviour_after_the_learning_window_is_an_event_and_a_metric(usag
     assert u.metric("nhi_usage_new_behaviours_total", namespace=ns) == before + 1
 
 
+def test_a_token_a_person_minted_and_used_is_reported_and_the_operators_own_are_not(
+    usage: Usage,
+) -> None:
+    u, ns = usage, usage.pool[3]
+    issued = issued_token(u, ns, "lineage", [CM_READ])
+    wait_for(lambda: u.api(issued, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
+             message="the issued token to list ConfigMaps")  # fmt: skip
+    # alice may mint tokens of the identity's ServiceAccount, and does (kubectl create token).
+    u.cluster.kubectl("create", "role", "mint", "-n", ns, "--verb=create",
+                      "--resource=serviceaccounts/token")  # fmt: skip
+    u.cluster.kubectl("create", "rolebinding", "mint", "-n", ns, "--role=mint", "--user=alice")
+    minted = u.cluster.kubectl("create", "token", "lineage", "-n", ns, as_user="alice")
+    token = minted.stdout.strip()
+    assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200
+
+    def findings() -> list[dict[str, Any]]:
+        out = u.cluster.kubectl("get", "events", "-n", ns, "-o", "json")
+        return [e for e in json.loads(out.stdout)["items"] if e["reason"] == "TokenMintedByPerson"]
+
+    (event,) = wait_for(findings, timeout=30, message="the TokenMintedByPerson Event")
+    assert event["involvedObject"]["kind"] == "MachineIdentity"
+    assert event["involvedObject"]["name"] == "lineage"
+    assert "minted by alice" in event["message"] and "JTI=" in event["message"]
+    assert token not in event["message"] and issued not in event["message"]
+    assert u.metric("nhi_usage_person_minted_tokens_total", namespace=ns) == 1
+    # The token the operator issued (minted by the operator itself) is no finding.
+    assert u.api(issued, f"/api/v1/namespaces/{ns}/configmaps") == 200
+    time.sleep(FLUSH * 2)
+    assert len(findings()) == 1
+
+
 def test_unauthenticated_malformed_and_oversized_posts_are_refused(usage: Usage) -> None:
     u = usage
     good = json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": []}).encode()

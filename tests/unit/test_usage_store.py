@@ -54,6 +54,10 @@ class FakeApi:
             if k == kind and ns == namespace:
                 yield obj
 
+    async def request(self, method: str, path: str, **_: Any) -> Any:
+        assert (method, path) == ("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews")
+        return {"status": {"userInfo": {"username": "nhi-operator"}}}
+
     async def patch(self, kind: str, namespace: str, name: str, patch: Any, **_: Any) -> Any:
         self.patches.append((namespace, name, patch))
         return {}
@@ -135,6 +139,7 @@ async def test_persisted_usage_is_read_back_and_merged_with_what_arrived_meanwhi
     second = store(api)
     second.ingest(parse_event_list(batch(event(auditID="later"))))
     await second.load()
+    assert second.own_users == {"nhi-operator"}  # its own tokens are not a person's
     (seen,) = second.books[("team", "billing")].entries.values()
     assert seen.count == 2
     assert (
@@ -252,3 +257,80 @@ def test_the_learning_window_survives_persistence() -> None:
     again = book_from_json(json.loads(json.dumps(book_to_json(book))))
     assert again.since == book.since > 0
     assert again.behaviours == {("", "configmaps", "get")}
+
+
+def mint_event(
+    audit_id: str, by: dict[str, Any], cid: str = "JTI=abc", **kw: Any
+) -> dict[str, Any]:
+    """kubectl create token billing -n team, as the API server audits it."""
+    return event(
+        auditID=audit_id,
+        verb="create",
+        user=by,
+        objectRef={"resource": "serviceaccounts", "subresource": "token", "namespace": "team",
+                   "name": "billing", "apiVersion": "v1"},
+        annotations={"authentication.kubernetes.io/issued-credential-id": cid},
+        sourceIPs=["192.0.2.7"],
+        userAgent="kubectl/v1.37.2",
+        **kw,
+    )  # fmt: skip
+
+
+def test_a_token_minted_by_a_person_and_used_is_reported_once_naming_who_and_where() -> None:
+    from nhi.models.usage import parse_batch
+
+    rec = Recorder()
+    s = store(FakeApi(), events=rec)  # type: ignore[arg-type]
+    s.own_users = {"nhi-operator"}
+    minted = parse_batch(batch(mint_event("m1", {"username": "alice"})))
+    assert [m.minted_by for m in minted.mints] == ["alice"] and minted.observations == []
+    before = (
+        metrics.REGISTRY.get_sample_value(
+            "nhi_usage_person_minted_tokens_total", {"namespace": "team"}
+        )
+        or 0
+    )
+    used = parse_batch(batch(*minted_items(), event(auditID="u1"), event(auditID="u2")))
+    s.ingest(used.observations, used.mints)
+    assert len(s.human_uses) == 1  # once per credential
+    assert (
+        metrics.REGISTRY.get_sample_value(
+            "nhi_usage_person_minted_tokens_total", {"namespace": "team"}
+        )
+        == before + 1
+    )
+    s.report_novelties([])
+    ((about, _, reason, message),) = rec.posted
+    assert (about["kind"], reason) == ("ServiceAccount", "TokenMintedByPerson")
+    assert "minted by alice from 192.0.2.7 (kubectl/v1.37.2)" in message and "JTI=abc" in message
+
+
+def minted_items() -> list[dict[str, Any]]:
+    return [mint_event("m1", {"username": "alice"})]
+
+
+@pytest.mark.parametrize(
+    "by",
+    [
+        {"username": "system:kube-controller-manager"},
+        {"username": "system:node:worker-1"},
+        {"username": "system:serviceaccount:ci:deployer"},
+        {"username": "nhi-operator"},
+    ],
+)
+def test_tokens_minted_by_the_cluster_or_the_operator_are_not_a_finding(by: dict[str, Any]) -> None:
+    from nhi.models.usage import parse_batch
+
+    s = store(FakeApi())
+    s.own_users = {"nhi-operator"}
+    b = parse_batch(batch(mint_event("m1", by), event(auditID="u1")))
+    s.ingest(b.observations, b.mints)
+    assert s.human_uses == []
+
+
+def test_an_impersonated_minter_is_the_one_named() -> None:
+    from nhi.models.usage import parse_batch
+
+    b = parse_batch(batch(mint_event("m1", {"username": "nhi-operator"},
+                                     impersonatedUser={"username": "mallory"})))  # fmt: skip
+    assert b.mints[0].minted_by == "mallory" and b.mints[0].by_person

@@ -25,7 +25,7 @@ import aiohttp.web
 from nhi import metrics
 from nhi.handlers import runtime
 from nhi.models.duration import parse_duration
-from nhi.models.usage import AuditError, parse_event_list
+from nhi.models.usage import AuditError, parse_batch
 from nhi.reconcilers.usage import UsageStore
 from nhi.settings import Settings
 from nhi.settings import current as current_settings
@@ -138,11 +138,11 @@ class UsageEndpoint:
         except aiohttp.web.HTTPRequestEntityTooLarge:
             return _refuse("too_large", 413, f"the body is larger than {limit} bytes")
         try:
-            observations = parse_event_list(json.loads(raw))
+            batch = parse_batch(json.loads(raw))
         except (ValueError, RecursionError) as err:  # AuditError is a ValueError
             reason = str(err) if isinstance(err, AuditError) else "the body is not valid JSON"
             return _refuse("malformed", 400, reason)
-        counted, replayed = self.store.ingest(observations)
+        counted, replayed = self.store.ingest(batch.observations, batch.mints)
         metrics.usage_batches.labels("accepted").inc()
         return aiohttp.web.json_response({"counted": counted, "replayed": replayed})
 

@@ -35,6 +35,7 @@ ANY_NAME = "*"
 EXTRA_CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
 EXTRA_POD_NAME = "authentication.kubernetes.io/pod-name"
 DECISION_ANNOTATION = "authorization.k8s.io/decision"
+ISSUED_CREDENTIAL_ID = "authentication.kubernetes.io/issued-credential-id"
 
 
 class AuditError(ValueError):
@@ -78,6 +79,32 @@ class Observation:
     credential_id: str = ""
     pod: str = ""
     denied: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Mint:
+    """A ServiceAccount token minted by a TokenRequest: where a credential came from."""
+
+    credential_id: str
+    namespace: str  # the ServiceAccount's
+    service_account: str
+    #: Who asked (the impersonated user when the request impersonated one).
+    minted_by: str
+    at: dt.datetime
+    source_ip: str = ""
+    user_agent: str = ""
+
+    @property
+    def by_person(self) -> bool:
+        """Minted by a person (kubectl create token), not by a component of the cluster: no
+        ``system:`` user (nodes, controllers, ServiceAccounts) asked for it."""
+        return bool(self.minted_by) and not self.minted_by.startswith("system:")
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    observations: list[Observation]
+    mints: list[Mint]
 
 
 @dataclass(slots=True)
@@ -219,6 +246,34 @@ def _timestamp(value: Any, where: str) -> dt.datetime:
 
 def parse_event(event: Any, where: str) -> Observation | None:
     """One event; None when it is not an answered resource request of a ServiceAccount."""
+    return parse_one(event, where)[0]
+
+
+def _mint(
+    ev: Mapping[str, Any], ref: Mapping[str, Any], user: Mapping[str, Any], where: str
+) -> Mint | None:
+    """The token a TokenRequest minted, if the event is one (its issued credential ID)."""
+    annotations = _object(ev.get("annotations"), f"{where}.annotations")
+    cid = _text(annotations.get(ISSUED_CREDENTIAL_ID), f"{where}.annotations")
+    if not cid or ref.get("resource") != "serviceaccounts" or ref.get("subresource") != "token":
+        return None
+    impersonated = _object(ev.get("impersonatedUser"), f"{where}.impersonatedUser")
+    ips = ev.get("sourceIPs")
+    return Mint(
+        credential_id=cid,
+        namespace=_text(ref.get("namespace"), f"{where}.objectRef.namespace"),
+        service_account=_text(ref.get("name"), f"{where}.objectRef.name"),
+        minted_by=_text(
+            impersonated.get("username") or user.get("username"), f"{where}.user.username"
+        ),
+        at=_timestamp(ev.get("stageTimestamp") or ev.get("requestReceivedTimestamp"), where),
+        source_ip=_text(ips[0], f"{where}.sourceIPs[0]") if isinstance(ips, list) and ips else "",
+        user_agent=_text(ev.get("userAgent"), f"{where}.userAgent")[:128],
+    )
+
+
+def parse_one(event: Any, where: str) -> tuple[Observation | None, Mint | None]:
+    """One event: the request of a ServiceAccount it records, and the token it minted."""
     ev = _object(event, where)
     audit_id = _text(ev.get("auditID"), f"{where}.auditID", required=True)
     stage = _text(ev.get("stage"), f"{where}.stage")
@@ -226,11 +281,14 @@ def parse_event(event: Any, where: str) -> Observation | None:
     username = _text(user.get("username"), f"{where}.user.username")
     verb = _text(ev.get("verb"), f"{where}.verb")
     ref = _object(ev.get("objectRef"), f"{where}.objectRef")
-    if stage != COUNTED_STAGE or not username.startswith(SA_PREFIX) or not ref:
-        return None
+    if stage != COUNTED_STAGE or not ref:
+        return None, None
+    mint = _mint(ev, ref, user, where) if verb == "create" else None
+    if not username.startswith(SA_PREFIX):
+        return None, mint
     namespace, _, name = username.removeprefix(SA_PREFIX).partition(":")
     if not namespace or not name:
-        return None
+        return None, mint
     extra = _object(user.get("extra"), f"{where}.user.extra")
     annotations = _object(ev.get("annotations"), f"{where}.annotations")
     at = _timestamp(ev.get("stageTimestamp") or ev.get("requestReceivedTimestamp"), where)
@@ -243,7 +301,7 @@ def parse_event(event: Any, where: str) -> Observation | None:
         name=_text(ref.get("name"), f"{where}.objectRef.name"),
         verb=sys.intern(verb),
     )
-    return Observation(
+    obs = Observation(
         audit_id=audit_id,
         namespace=namespace,
         service_account=name,
@@ -253,27 +311,35 @@ def parse_event(event: Any, where: str) -> Observation | None:
         pod=_first(extra, EXTRA_POD_NAME, f"{where}.user.extra"),
         denied=annotations.get(DECISION_ANNOTATION) == "forbid",
     )
+    return obs, mint
 
 
 def parse_event_list(data: Any) -> list[Observation]:
-    """Every counted observation of a decoded EventList; :class:`AuditError` if any part of
-    it is malformed (then nothing of it is counted)."""
+    """Every counted observation of a decoded EventList (see :func:`parse_batch`)."""
+    return parse_batch(data).observations
+
+
+def parse_batch(data: Any) -> Batch:
+    """Every counted observation and minted token of a decoded EventList;
+    :class:`AuditError` if any part of it is malformed (then nothing of it is counted)."""
     body = _object(data, "body")
     if body.get("apiVersion") != AUDIT_API_VERSION or body.get("kind") != "EventList":
         raise AuditError(f"body: expected kind EventList of apiVersion {AUDIT_API_VERSION}")
     items = body.get("items")
     if items is None:
-        return []
+        return Batch([], [])
     if not isinstance(items, list):
         raise AuditError("items: expected a list")
     if len(items) > MAX_BATCH_EVENTS:
         raise AuditError(f"items: more than {MAX_BATCH_EVENTS} events in one batch")
-    out = []
+    out, mints = [], []
     for i, item in enumerate(items):
-        obs = parse_event(item, f"items[{i}]")
+        obs, mint = parse_one(item, f"items[{i}]")
         if obs is not None:
             out.append(obs)
-    return out
+        if mint is not None:
+            mints.append(mint)
+    return Batch(out, mints)
 
 
 # ------------------------------------------------------------------------------ persistence

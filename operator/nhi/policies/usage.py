@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from nhi.models.identity import PolicyRule
 from nhi.models.policy import IdentityPolicy
-from nhi.models.usage import ANY_NAME, Access, Observation, Seen
+from nhi.models.usage import ANY_NAME, Access, Mint, Observation, Seen
 
 #: Unused for this long, a rule is reported (settable per IdentityPolicy and per operator).
 DEFAULT_UNUSED_AFTER = dt.timedelta(days=30)
@@ -147,6 +147,19 @@ def behaviour_message(obs: Observation, window: dt.timedelta) -> str:
         f"ServiceAccount {obs.namespace}/{obs.service_account} used {a.verb} on "
         f"{group}/{a.rbac_resource}{where} for the first time, after a learning window of "
         f"{_span(window)}{cred}{pod}"
+    )
+
+
+TOKEN_MINTED_BY_PERSON = "TokenMintedByPerson"  # noqa: S105 - an Event reason
+
+
+def person_minted_message(obs: Observation, mint: Mint) -> str:
+    where = f" from {mint.source_ip}" if mint.source_ip else ""
+    agent = f" ({mint.user_agent})" if mint.user_agent else ""
+    return (
+        f"a token of ServiceAccount {obs.namespace}/{obs.service_account} minted by "
+        f"{mint.minted_by}{where}{agent} at {_time(mint.at)} was used: credential "
+        f"{obs.credential_id}; a machine identity's token in a person's hands"
     )
 
 

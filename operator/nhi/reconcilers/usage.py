@@ -32,7 +32,7 @@ from nhi.models import conditions as cond
 from nhi.models.identity import MachineIdentity
 from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
 from nhi.models.policy import IdentityPolicy
-from nhi.models.usage import AuditError, Observation, UsageBook, book_from_json, book_to_json
+from nhi.models.usage import AuditError, Mint, Observation, UsageBook, book_from_json, book_to_json
 from nhi.policies import usage as policy
 
 log = logging.getLogger("nhi.usage")
@@ -46,6 +46,8 @@ DATA_KEY = "usage.json"
 SEEN_IDS = 200_000
 #: Most new behaviours reported as Events per pass (all are counted in the metric).
 MAX_NOVELTIES = 100
+#: Most minted tokens remembered (their lineage: who minted them, when, from where).
+MAX_MINTS = 50_000
 
 BookKey = tuple[str, str]  # the ServiceAccount's (namespace, name)
 
@@ -116,6 +118,13 @@ class UsageStore:
         self.events = events
         #: New behaviours seen since the last pass, reported as Events by it (bounded).
         self.novelties: list[Observation] = []
+        #: Tokens minted by a TokenRequest, by credential ID (the oldest forgotten first).
+        self.mints: dict[str, Mint] = {}
+        #: The operator's own user names: the tokens it mints are not a person's.
+        self.own_users: set[str] = set()
+        #: Uses of tokens minted by a person since the last pass, reported as Events by it.
+        self.human_uses: list[tuple[Observation, Mint]] = []
+        self._reported: set[str] = set()
         self.books: dict[BookKey, UsageBook] = {}
         self.dirty: set[BookKey] = set()
         #: Hashes of the auditIDs counted (in this process: the hash is per process), oldest
@@ -128,8 +137,14 @@ class UsageStore:
 
     # ------------------------------------------------------------------ ingestion
 
-    def ingest(self, observations: Sequence[Observation]) -> tuple[int, int]:
+    def ingest(
+        self, observations: Sequence[Observation], mints: Sequence[Mint] = ()
+    ) -> tuple[int, int]:
         """Count a whole batch; returns (counted, replayed). Synchronous on purpose."""
+        for mint in mints:
+            self.mints[mint.credential_id] = mint
+            if len(self.mints) > MAX_MINTS:
+                del self.mints[next(iter(self.mints))]
         counted = replayed = 0
         for obs in observations:
             audit = hash(obs.audit_id)
@@ -150,6 +165,8 @@ class UsageStore:
                     self.novelties.append(obs)
             self.dirty.add(key)
             counted += 1
+            if obs.credential_id:
+                self._lineage(obs)
             if obs.denied:
                 metrics.usage_denied_requests.labels(obs.namespace).inc()
             else:
@@ -157,10 +174,41 @@ class UsageStore:
         metrics.usage_replayed_events.inc(replayed)
         return counted, replayed
 
+    def _lineage(self, obs: Observation) -> None:
+        """A token a person minted, used: a finding, once per credential."""
+        mint = self.mints.get(obs.credential_id)
+        if mint is None or not mint.by_person or mint.minted_by in self.own_users:
+            return
+        if obs.credential_id in self._reported:
+            return
+        self._reported.add(obs.credential_id)
+        if len(self._reported) > MAX_MINTS:
+            self._reported.clear()  # at worst a credential is reported once more
+        metrics.usage_person_minted_tokens.labels(obs.namespace).inc()
+        if len(self.human_uses) < MAX_NOVELTIES:
+            self.human_uses.append((obs, mint))
+
     # ------------------------------------------------------------------ persistence
+
+    async def whoami(self) -> None:
+        """The operator's own user name (a SelfSubjectReview): tokens it mints are not a
+        person's. Without an answer, its tokens may be reported as minted by a person."""
+        try:
+            review = await self.api.request(
+                "POST",
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+            )
+            name = ((review.get("status") or {}).get("userInfo") or {}).get("username")
+        except ApiError as err:
+            log.error("could not tell who the operator is", extra={"error": str(err)})
+            return
+        if name:
+            self.own_users.add(str(name))
 
     async def load(self) -> None:
         """Read back every persisted book and the time observation began."""
+        await self.whoami()
         state = await self.api.get("ConfigMap", self.namespace, STATE_CONFIGMAP)
         if state is None:
             since = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -306,21 +354,21 @@ class UsageStore:
         """A Warning Event for each new behaviour: on the MachineIdentity that manages the
         ServiceAccount, else on the ServiceAccount. Returns how many were posted."""
         novelties, self.novelties = self.novelties, []
-        if self.events is None or not novelties:
+        human, self.human_uses = self.human_uses, []
+        if self.events is None or not (novelties or human):
             return 0
-        managers: dict[BookKey, Mapping[str, Any]] = {}
-        for body in bodies:
-            meta = body.get("metadata") or {}
-            sa = ((body.get("spec") or {}).get("serviceAccount") or {}).get("name") or meta.get(
-                "name"
-            )
-            managers[(str(meta.get("namespace", "")), str(sa))] = body
+        managers = _managers(bodies)
+        for obs, mint in human:
+            about = _about(managers, obs)
+            message = policy.person_minted_message(obs, mint)
+            self.events.post(about, "Warning", policy.TOKEN_MINTED_BY_PERSON, message)
+            log.warning(
+                "a token minted by a person was used",
+                extra={"serviceAccount": f"{obs.namespace}/{obs.service_account}",
+                       "credential": obs.credential_id, "mintedBy": mint.minted_by},
+            )  # fmt: skip
         for obs in novelties:
-            about = managers.get((obs.namespace, obs.service_account)) or {
-                "apiVersion": "v1",
-                "kind": "ServiceAccount",
-                "metadata": {"namespace": obs.namespace, "name": obs.service_account},
-            }
+            about = _about(managers, obs)
             message = policy.behaviour_message(obs, self.learning_window)
             self.events.post(about, "Warning", policy.NEW_BEHAVIOUR, message)
             log.warning(
@@ -329,7 +377,7 @@ class UsageStore:
                        "verb": obs.access.verb, "resource": obs.access.rbac_resource,
                        "group": obs.access.api_group},
             )  # fmt: skip
-        return len(novelties)
+        return len(novelties) + len(human)
 
     # ------------------------------------------------------------------ loop
 
@@ -361,6 +409,25 @@ class UsageStore:
             await self.flush()
         except Exception as err:
             log.error("could not persist usage at shut-down", extra={"error": repr(err)})
+
+
+def _managers(bodies: Iterable[Mapping[str, Any]]) -> dict[BookKey, Mapping[str, Any]]:
+    """The MachineIdentity managing each ServiceAccount."""
+    out: dict[BookKey, Mapping[str, Any]] = {}
+    for body in bodies:
+        meta = body.get("metadata") or {}
+        sa = ((body.get("spec") or {}).get("serviceAccount") or {}).get("name") or meta.get("name")
+        out[(str(meta.get("namespace", "")), str(sa))] = body
+    return out
+
+
+def _about(managers: Mapping[BookKey, Mapping[str, Any]], obs: Observation) -> Mapping[str, Any]:
+    """What an Event about the ServiceAccount's use is posted on: its identity, or itself."""
+    return managers.get((obs.namespace, obs.service_account)) or {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"namespace": obs.namespace, "name": obs.service_account},
+    }
 
 
 def _same(old: Any, new: Mapping[str, object]) -> bool:
