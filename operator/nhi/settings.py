@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from nhi.models.inventory_config import InventoryConfig
+
 
 def _env_bool(name: str, default: bool) -> bool:
     return os.environ.get(name, str(default)).lower() in ("1", "true", "yes", "on")
@@ -59,6 +61,21 @@ class Settings:
     policy_status_interval: float = field(
         default_factory=lambda: float(os.environ.get("NHI_POLICY_STATUS_INTERVAL", "5"))
     )
+
+    #: Discovery and inventory of every ServiceAccount, its bindings, legacy tokens and TLS
+    #: Secrets (off: nothing is watched nor written for it).
+    discovery: bool = field(default_factory=lambda: _env_bool("NHI_DISCOVERY", False))
+    #: The namespaces discovered (globs); empty: every namespace.
+    discovery_namespaces: list[str] = field(
+        default_factory=lambda: [
+            n for n in os.environ.get("NHI_DISCOVERY_NAMESPACES", "").split(",") if n.strip()
+        ]
+    )
+    #: How long after a change the inventory is computed again (changes meanwhile fold in).
+    discovery_interval: float = field(
+        default_factory=lambda: float(os.environ.get("NHI_DISCOVERY_INTERVAL", "2"))
+    )
+    inventory: InventoryConfig = field(default_factory=InventoryConfig)
 
     @property
     def webhook_enabled(self) -> bool:

@@ -7,9 +7,9 @@ import datetime as dt
 
 import pytest
 
-from nhi.models.inventory import Meta, TlsSecretInfo
+from nhi.models.inventory import Finding, Meta, TlsSecretInfo
 from nhi.models.inventory_config import Exemption, InventoryConfig
-from nhi.policies.findings import Finding, evaluate
+from nhi.policies.findings import evaluate
 from nhi.policies.inventory import build
 from nhi.policies.kpis import compute
 from tests.unit.inventory_factories import (

@@ -51,6 +51,14 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_reconcile_errors": ("counter", ("kind",)),
     "nhi_issuer_ready_status": ("gauge", ("kind", "namespace", "issuer")),
     "nhi_issuer_ca_expiration_timestamp_seconds": ("gauge", ("kind", "namespace", "issuer")),
+    "nhi_inventory_identities": ("gauge", ("namespace", "state")),
+    "nhi_inventory_objects": ("gauge", ("kind",)),
+    "nhi_inventory_findings": ("gauge", ("namespace", "risk", "severity")),
+    "nhi_inventory_credentials": ("gauge", ("age",)),
+    "nhi_inventory_coverage_ratio": ("gauge", ()),
+    "nhi_inventory_owner_coverage_ratio": ("gauge", ()),
+    "nhi_inventory_last_run_timestamp_seconds": ("gauge", ()),
+    "nhi_inventory_findings_detected": ("counter", ("risk", "severity")),
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # Series Prometheus itself provides, which dashboards may use.

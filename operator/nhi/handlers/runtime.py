@@ -9,6 +9,8 @@ Created once at start-up (:func:`get`), from :mod:`nhi.runtime`'s parts and one 
   peering, the :class:`~nhi.runtime.peering.PeeringGate` holds it on a standby replica;
 - the IdentityPolicy status controller (:mod:`nhi.handlers.policy_status`), when the
   operator watches every namespace;
+- the inventory controller (:mod:`nhi.handlers.inventory`), with ``--discovery`` only:
+  watch caches of its own over the namespaces discovered, the MachineIdentities from ours;
 - the issuer controller (:class:`~nhi.reconcilers.issuers.IssuerService`), fed by the
   watch caches of IdentityIssuers and ClusterIdentityIssuers, held like the others until the
   caches are listed and while this replica is a standby.
@@ -24,6 +26,7 @@ from typing import Any
 
 from nhi import IDENTITY_FINALIZER, metrics
 from nhi.handlers.identity_cache import IdentityCache
+from nhi.handlers.inventory import Discovery
 from nhi.handlers.policy_status import PolicyStatus
 from nhi.k8s.client import Api, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
@@ -106,6 +109,21 @@ class Runtime:
             else None
         )
 
+        self.discovery = (
+            Discovery(
+                api,
+                self.clock,
+                namespaces=settings.discovery_namespaces,
+                config=settings.inventory,
+                interval=settings.discovery_interval,
+                provenance=self.issuers.provenance,
+                identities_ready=self.caches.synced,
+                active=self.gate.active,
+            )
+            if settings.discovery
+            else None
+        )
+
     @property
     def synced(self) -> asyncio.Event:
         """Set once every watch cache has its first listing."""
@@ -121,18 +139,24 @@ class Runtime:
         self.issuers.watch(self.caches, ready=self.caches.synced, active=self.gate.active)
         if self.policy_status is not None:
             self.policy_status.watch(self.caches)
+        if self.discovery is not None:
+            self.discovery.watch(self.caches)
         self.caches.start(on_synced=self.issuers.sweep_bundles)
         self.gate.start()
         self.issuers.start()
         self.controller.start()
         if self.policy_status is not None:
             self.policy_status.controller.start()
+        if self.discovery is not None:
+            self.discovery.start()
 
     async def stop(self) -> None:
         await self.controller.stop()
         await self.issuers.stop()
         if self.policy_status is not None:
             await self.policy_status.controller.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
         await self.gate.stop()
         await self.caches.stop()
         # Events still being posted in the background: give them a moment before the client goes.

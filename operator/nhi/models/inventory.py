@@ -64,6 +64,27 @@ class ObjectRef:
         return f"{self.kind}/{where}{self.name}"
 
 
+@dataclass(frozen=True, order=True)
+class Finding:
+    rule: str
+    risk: str
+    severity: str
+    namespace: str  # "" for the cluster's report
+    objects: tuple[ObjectRef, ...]
+    message: str
+    fix: str
+    #: The subject's labels, for exemptions.
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def subject(self) -> ObjectRef:
+        return self.objects[0]
+
+    @property
+    def title(self) -> str:
+        return RISKS[self.risk]
+
+
 def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
     meta = body.get("metadata")
     return meta if isinstance(meta, Mapping) else {}

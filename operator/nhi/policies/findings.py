@@ -11,9 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 
-from nhi.models.inventory import RISKS, ObjectRef, Rule
+from nhi.models.inventory import Finding, ObjectRef, Rule
 from nhi.models.inventory_config import InventoryConfig
 from nhi.policies.inventory import Grant, Identity, Inventory, grants_of, missing_subjects
 
@@ -24,27 +23,6 @@ READ_VERBS = ("get", "list", "watch", "*")
 #: (resource, verbs) granting a way around the identity's own permissions.
 SENSITIVE = (("pods/exec", ("create", "get", "*")), ("serviceaccounts/token", ("create", "*")))
 NODE_PROXY = ("nodes/proxy", ("get", "create", "*"))
-
-
-@dataclass(frozen=True, order=True)
-class Finding:
-    rule: str
-    risk: str
-    severity: str
-    namespace: str  # "" for the cluster's report
-    objects: tuple[ObjectRef, ...]
-    message: str
-    fix: str
-    #: The subject's labels, for exemptions.
-    labels: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def subject(self) -> ObjectRef:
-        return self.objects[0]
-
-    @property
-    def title(self) -> str:
-        return RISKS[self.risk]
 
 
 # ---------------------------------------------------------------------------------- NHI1

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from nhi.policies.findings import Finding
+from nhi.models.inventory import Finding
 from nhi.policies.inventory import UNKNOWN, Inventory
 
 #: Credential age buckets, in days (upper bounds; the last one is open).

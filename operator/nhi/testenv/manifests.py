@@ -1,5 +1,6 @@
-"""What the local control plane installs from the repository: the CRDs, and the admission
-policies the chart installs by default (the finalizer and authority policies).
+"""What the local control plane installs from the repository: the CRDs (and the PolicyReport
+CRDs the inventory writes, when the cluster has none), and the admission policies the chart
+installs by default (the finalizer and authority policies).
 
 Each install waits until the API server acts on what was applied. ``kubectl`` is
 :meth:`ControlPlane.kubectl <nhi.testenv.controlplane.ControlPlane.kubectl>`.
@@ -57,6 +58,22 @@ def install_crds(kubectl: Kubectl) -> None:
         "-l",
         "app.kubernetes.io/part-of=nhi-operator",
     )
+
+
+#: The PolicyReport CRDs installed when the cluster has none (hack/crds).
+REPORT_CRDS = ("policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io")
+
+
+def install_report_crds(kubectl: Kubectl) -> bool:
+    """Install the policy working group's report CRDs (wgpolicyk8s.io/v1alpha2) from
+    hack/crds unless the cluster has them; wait until they are Established. Returns whether
+    they were installed here."""
+    have = kubectl("get", "crd", *REPORT_CRDS, "-o", "name", check=False)
+    if have.returncode == 0 and len(have.stdout.split()) == len(REPORT_CRDS):
+        return False
+    kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "hack" / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", *REPORT_CRDS)
+    return True
 
 
 def install_authority_policy(kubectl: Kubectl, timeout: float = 60.0, name: str = "") -> float:
