@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -163,6 +165,29 @@ def test_an_unused_service_account_then_used(
     assert "Fix:" in result["message"]
     crds.apply(deployment(ns, "worker", "idle"))
     goes(crds, ns, finding)
+    # The report was patched, not dropped: the worker's automounted token is still reported.
+    assert ("automounted-token-without-permissions", f"ServiceAccount/{ns}/idle") in findings(
+        crds, ns
+    )
+
+
+def test_the_cli_lists_the_same_inventory(crds: Cluster, ns: str) -> None:
+    crds.apply(sa(ns, "ci", owner="team-ci"))
+    crds.apply(deployment(ns, "builder", "ci"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "nhi.cli.main", "inventory", "-n", ns, "-o", "json"],
+        env=crds.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = {i["name"]: i for i in json.loads(proc.stdout)}
+    assert data["ci"]["owner"] == "team-ci" and data["ci"]["workloads"] == [
+        f"Deployment/{ns}/builder"
+    ]
+    assert data["ci"]["state"] == "unmanaged"
 
 
 def test_a_binding_to_a_missing_service_account(
@@ -294,8 +319,15 @@ def test_default_used_by_two_deployments(
     crds.apply(deployment(ns, "two"))
     finding = ("default-service-account-used", f"ServiceAccount/{ns}/default")
     appears(crds, ns, finding)
-    [r] = [r for r in (report(crds, ns) or {})["results"] if r["rule"] == finding[0]]
-    assert {x["name"] for x in r["resources"]} >= {"one", "two"}
+
+    def both() -> bool:
+        results = (report(crds, ns) or {}).get("results") or []
+        [r] = [r for r in results if r["rule"] == finding[0]]
+        return {x["name"] for x in r["resources"]} >= {"one", "two"} and (
+            r["properties"]["severity"] == "medium"
+        )
+
+    wait_for(both, timeout=TIMEOUT, message="both deployments in the finding, medium")
     crds.apply(sa(ns, "one-sa"))
     crds.apply(sa(ns, "two-sa"))
     crds.apply(deployment(ns, "one", "one-sa"))

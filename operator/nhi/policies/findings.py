@@ -161,7 +161,9 @@ def automount_without_permissions(
     inv: Inventory, config: InventoryConfig, now: dt.datetime
 ) -> Iterator[Finding]:
     for ident in inv.identities:
-        if ident.grants or not ident.workloads:
+        # A group binding to every ServiceAccount (system:service-account-issuer-discovery)
+        # is no sign that this one needs the API.
+        if ident.direct_grants or not ident.workloads:
             continue
         mounted = _automounts(ident)
         if mounted:
@@ -172,7 +174,7 @@ def automount_without_permissions(
                 ident.namespace,
                 (ident.ref, *mounted),
                 f"{len(mounted)} workload(s) mount a token of {ident.ref}, which has no "
-                "permission granted: the token is only an attack surface",
+                "permission of its own: the token is only an attack surface",
                 "set automountServiceAccountToken: false on the ServiceAccount or the pod template",
                 ident.labels,
             )
