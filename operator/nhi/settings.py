@@ -73,7 +73,7 @@ class Settings:
     )
     #: How long after a change the inventory is computed again (changes meanwhile fold in).
     discovery_interval: float = field(
-        default_factory=lambda: float(os.environ.get("NHI_DISCOVERY_INTERVAL", "2"))
+        default_factory=lambda: float(os.environ.get("NHI_DISCOVERY_INTERVAL", "1"))
     )
     inventory: InventoryConfig = field(default_factory=InventoryConfig)
 

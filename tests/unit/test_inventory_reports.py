@@ -198,3 +198,30 @@ def test_the_next_look_is_when_an_unused_account_turns_unused() -> None:
     assert next_due(inv, c, T0) == T0 + dt.timedelta(hours=6)
     soon = build(observed(sas=[sa("app", "ci", created=T0 - 30 * DAY + dt.timedelta(hours=1))]), c)
     assert next_due(soon, c, T0) == T0 + dt.timedelta(hours=1)
+
+
+def test_a_namespace_whose_findings_did_not_change_is_not_built_again() -> None:
+    class Sink:
+        def __init__(self) -> None:
+            self.seen: list[dict[str, Any]] = []
+
+        async def sync(self, desired: dict[str, Any]) -> int:
+            self.seen.append(desired)
+            return 0
+
+    sink = Sink()
+    rec = InventoryReconciler(InventoryConfig(), lambda: T0, sink)  # type: ignore[arg-type]
+    a = observed(
+        sas=[sa("a", "default"), sa("b", "default")],
+        workloads=[deployment("a", "w"), deployment("b", "w")],
+    )
+    asyncio.run(rec.run(a))
+    b = observed(
+        sas=[sa("a", "default"), sa("b", "default")],
+        workloads=[deployment("a", "w"), deployment("b", "w"), deployment("b", "v")],
+    )
+    asyncio.run(rec.run(b))
+    first, second = sink.seen
+    assert second["a"] is first["a"]  # unchanged: the same body, not built again
+    assert second["b"] is not first["b"] and second["b"] != first["b"]
+    assert set(second) == {"a", "b", ""}

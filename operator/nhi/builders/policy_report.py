@@ -76,7 +76,8 @@ def build_report(
     namespace: str, findings: Iterable[Finding], first_seen: Mapping[str, dt.datetime]
 ) -> dict[str, Any]:
     """The report of ``namespace`` ("" for the cluster's) holding ``findings``."""
-    results = [result(f, first_seen[finding_key(f)]) for f in sorted(findings)]
+    ordered = sorted(findings, key=lambda f: (f.rule, f.message, finding_key(f)))
+    results = [result(f, first_seen[finding_key(f)]) for f in ordered]
     meta: dict[str, Any] = {
         "name": REPORT_NAME,
         "labels": {MANAGED_BY_KEY: MANAGED_BY, REPORT_LABEL: REPORT_KIND_VALUE},

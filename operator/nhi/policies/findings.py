@@ -392,29 +392,44 @@ RULE_FUNCTIONS: tuple[RuleFunction, ...] = (
 )
 
 
+def sort_key(f: Finding) -> tuple[str, str, str, str, tuple[str, ...]]:
+    """Findings in a stable order (cheaper than comparing the dataclasses field by field)."""
+    return (f.namespace, f.rule, f.message, f.severity, tuple(str(o) for o in f.objects))
+
+
 def evaluate(inv: Inventory, config: InventoryConfig, now: dt.datetime) -> tuple[Finding, ...]:
     """Every finding of the enabled rules, sorted, without exempted ones and (unless
     ``include_system``) without those whose subject is a system identity."""
     out = set()
+    system: dict[tuple[str, str], bool] = {}
+
+    def is_system(namespace: str, name: str) -> bool:
+        key = (namespace, name)
+        if key not in system:
+            system[key] = config.is_system(namespace, name)
+        return system[key]
+
     for rule in RULE_FUNCTIONS:
         for f in rule(inv, config, now):
             if not config.enabled(f.rule):
                 continue
             subject = f.subject
-            if config.exempt(f.rule, subject.namespace or f.namespace, subject.name, f.labels):
+            if config.exemptions and config.exempt(
+                f.rule, subject.namespace or f.namespace, subject.name, f.labels
+            ):
                 continue
-            if not config.include_system and _system(f, config):
+            if not config.include_system and _system(f, is_system):
                 continue
             out.add(f)
-    return tuple(sorted(out))
+    return tuple(sorted(out, key=sort_key))
 
 
-def _system(f: Finding, config: InventoryConfig) -> bool:
+def _system(f: Finding, is_system: Callable[[str, str], bool]) -> bool:
     """A finding about the platform's own: every ServiceAccount it names is a system one
     (or, without one, its namespace is a system namespace)."""
     sas = [o for o in f.objects if o.kind == "ServiceAccount"]
     if sas:
-        return all(config.is_system(o.namespace, o.name) for o in sas)
+        return all(is_system(o.namespace, o.name) for o in sas)
     if f.subject.kind == "Group":
         return False
-    return bool(f.namespace) and config.is_system(f.namespace, "")
+    return bool(f.namespace) and is_system(f.namespace, "")

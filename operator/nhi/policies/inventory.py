@@ -246,7 +246,7 @@ def build(observed: Observed, config: InventoryConfig) -> Inventory:
                 automount=sa.automount,
                 managed_by=mine.ref if mine is not None else None,
                 workloads=used_by,
-                grants=tuple(sorted(grants, key=lambda g: (g.binding, g.group))),
+                grants=tuple(sorted(grants, key=lambda g: (str(g.binding), g.group))),
                 tokens=tuple(sorted(tokens.get(key, ()), key=lambda t: t.meta.name)),
             )
         )

@@ -12,8 +12,9 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from nhi import metrics
 from nhi.builders.policy_report import build_report, by_report, finding_key
@@ -96,6 +97,9 @@ class InventoryReconciler:
         self.first_seen: dict[str, dt.datetime] = {}
         self.last: Outcome | None = None
         self._runs = 0
+        #: Each namespace's report as last built, with the findings it was built from: a
+        #: namespace whose findings did not change is not built again.
+        self._built: dict[str, tuple[frozenset[Finding], dict[str, Any]]] = {}
 
     async def run(self, observed: Observed) -> Outcome:
         started = time.monotonic()
@@ -109,8 +113,7 @@ class InventoryReconciler:
         if self.reports is not None:
             grouped = by_report(findings)
             grouped.setdefault("", [])  # the cluster's report always exists
-            desired = {ns: build_report(ns, fs, self.first_seen) for ns, fs in grouped.items()}
-            writes = await self.reports.sync(desired)
+            writes = await self.reports.sync(self._reports(grouped))
         self._runs += 1
         outcome = Outcome(inv, findings, kpis, new, writes, next_due(inv, self.config, now))
         self.last = outcome
@@ -125,6 +128,20 @@ class InventoryReconciler:
             },
         )
         return outcome
+
+    def _reports(self, grouped: Mapping[str, Sequence[Finding]]) -> dict[str, dict[str, Any]]:
+        out = {}
+        built: dict[str, tuple[frozenset[Finding], dict[str, Any]]] = {}
+        for ns, fs in grouped.items():
+            key = frozenset(fs)
+            cached = self._built.get(ns)
+            body = cached[1] if cached is not None and cached[0] == key else None
+            if body is None:
+                body = build_report(ns, fs, self.first_seen)
+            built[ns] = (key, body)
+            out[ns] = body
+        self._built = built
+        return out
 
     def _first_seen(self, findings: Sequence[Finding], now: dt.datetime) -> int:
         """Record new findings; count them (not on the first run: they are not new, the
