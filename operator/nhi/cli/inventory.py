@@ -18,6 +18,7 @@ from typing import Any
 from nhi.cli.render import dump, render_table
 from nhi.crypto.metadata import tls_secret_certificate
 from nhi.k8s.client import Api, path_for
+from nhi.models.discovered import Identity
 from nhi.models.duration import rfc3339
 from nhi.models.inventory import (
     SEVERITIES,
@@ -36,7 +37,7 @@ from nhi.models.inventory import (
 from nhi.models.inventory_config import InventoryConfig
 from nhi.models.workload import WORKLOAD_KINDS
 from nhi.policies.findings import evaluate
-from nhi.policies.inventory import Identity, Inventory, Observed, build
+from nhi.policies.inventory import Inventory, Observed, build
 from nhi.policies.kpis import Kpis, compute
 
 

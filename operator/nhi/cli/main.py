@@ -1,7 +1,7 @@
 """``nhi``: the user's command line for nhi-operator.
 
 Commands: ``status``, ``renew``, ``revoke``, ``inspect secret``, ``history``, ``inventory``,
-``report``, ``version``.
+``report``, ``adopt``, ``version``.
 See docs/cli.md. Every problem (no kubeconfig, not found, forbidden, unreachable API server)
 is reported as one line on stderr with exit status 1, never as a traceback.
 """
@@ -126,6 +126,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from nhi.cli import inventory
 
     return _run(args, inventory.report, args.risk, args.severity, args.output, args.config)
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from nhi.cli import adopt
+
+    return _run(args, adopt.adopt, args.target, args.owner, args.apply, args.output, args.config)
 
 
 # ------------------------------------------------------------------------------- parser
@@ -275,6 +281,25 @@ def _add_report(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     r.set_defaults(func=cmd_report)
 
 
+def _add_adopt(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    a = sub.add_parser(
+        "adopt",
+        parents=[common],
+        help="write a MachineIdentity that takes over an unmanaged ServiceAccount",
+        description="Print (or --apply) a MachineIdentity for an unmanaged ServiceAccount: "
+        "its current effective permissions as rules, clusterRules and roleRefs, a workload "
+        "selector matching the workloads that use it, the attributed owner, and the "
+        "nhi.dev/adopt annotation. The old bindings are left in place and listed.",
+    )
+    a.add_argument("target", metavar="serviceaccount/NAME")
+    _namespace_options(a)
+    a.add_argument("--owner", help="the owner (default: the attributed one)")
+    a.add_argument("--apply", action="store_true", help="apply it (server-side apply)")
+    a.add_argument("--config", help="the inventory's settings (the operator's YAML file)")
+    a.add_argument("-o", "--output", choices=STRUCTURED, default="yaml")
+    a.set_defaults(func=cmd_adopt)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nhi", description="Inspect and operate nhi-operator's machine identities."
@@ -292,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_history,
         _add_inventory,
         _add_report,
+        _add_adopt,
     ):
         add(sub, common)
     ver = sub.add_parser("version", parents=[common], help="print the version")

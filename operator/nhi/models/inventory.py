@@ -170,10 +170,23 @@ class WorkloadInfo:
     meta: Meta
     service_account: str = "default"
     automount: bool | None = None
+    #: The pod template's labels (what a MachineIdentity's workload selector matches).
+    template_labels: Labels = field(default_factory=dict)
 
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef(self.kind, self.meta.namespace, self.meta.name)
+
+
+def _template_labels(kind: str, body: Mapping[str, Any]) -> dict[str, str]:
+    spec = body.get("spec")
+    if kind == "Pod" or not isinstance(spec, Mapping):
+        return {}
+    if kind == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    template = spec.get("template") if isinstance(spec, Mapping) else None
+    meta = template.get("metadata") if isinstance(template, Mapping) else None
+    return _strings(meta.get("labels")) if isinstance(meta, Mapping) else {}
 
 
 def _pod_spec(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -200,13 +213,15 @@ def workload_from_body(kind: str, body: Mapping[str, Any]) -> WorkloadInfo | Non
         return None
     try:
         pod = _pod_spec(kind, body)
+        template = _template_labels(kind, body)
     except AttributeError:  # a template that is not an object
-        pod = {}
+        pod, template = {}, {}
     return WorkloadInfo(
         kind=kind,
         meta=meta_from_body(body),
         service_account=str(pod.get("serviceAccountName") or "default"),
         automount=_bool(pod.get("automountServiceAccountToken")),
+        template_labels=template,
     )
 
 

@@ -12,9 +12,10 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
+from nhi.models.discovered import Grant, Identity
 from nhi.models.inventory import Finding, ObjectRef, Rule
 from nhi.models.inventory_config import InventoryConfig
-from nhi.policies.inventory import Grant, Identity, Inventory, grants_of, missing_subjects
+from nhi.policies.inventory import Inventory, grants_of, missing_subjects
 
 #: Roles that give (nearly) everything.
 ADMIN_ROLES = {"cluster-admin": "critical", "admin": "high"}

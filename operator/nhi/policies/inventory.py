@@ -13,8 +13,8 @@ import fnmatch
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
+from nhi.models.discovered import UNKNOWN, Grant, Identity, SaKey, State
 from nhi.models.inventory import (
     ALL_SERVICE_ACCOUNTS,
     BindingInfo,
@@ -22,7 +22,6 @@ from nhi.models.inventory import (
     Meta,
     ObjectRef,
     RoleInfo,
-    Rule,
     ServiceAccountInfo,
     Subject,
     TlsSecretInfo,
@@ -31,11 +30,6 @@ from nhi.models.inventory import (
 )
 from nhi.models.inventory_config import InventoryConfig
 from nhi.models.meta import IDENTITY_LABEL
-
-State = Literal["managed", "system", "unmanaged"]
-STATES: tuple[State, ...] = ("managed", "system", "unmanaged")
-UNKNOWN = "unknown"
-SaKey = tuple[str, str]
 
 HELM_RELEASE = "meta.helm.sh/release-name"
 ARGO_INSTANCE = "argocd.argoproj.io/instance"
@@ -63,52 +57,6 @@ class Observed:
 
     def in_scope(self, namespace: str) -> bool:
         return not self.scope or any(fnmatch.fnmatchcase(namespace, p) for p in self.scope)
-
-
-@dataclass(frozen=True)
-class Grant:
-    """Permissions one binding gives an identity: ``rules`` in ``namespace`` ("": the
-    whole cluster), by ``binding`` to ``role``; ``group`` when by a group subject."""
-
-    binding: ObjectRef
-    role: ObjectRef
-    namespace: str
-    rules: tuple[Rule, ...]
-    role_found: bool = True
-    group: str = ""
-
-
-@dataclass(frozen=True)
-class Identity:
-    namespace: str
-    name: str
-    uid: str
-    created: dt.datetime | None
-    state: State
-    owner: str
-    owner_source: str
-    labels: Mapping[str, str]
-    automount: bool | None
-    managed_by: ObjectRef | None = None
-    workloads: tuple[WorkloadInfo, ...] = ()
-    grants: tuple[Grant, ...] = ()
-    tokens: tuple[TokenSecretInfo, ...] = ()
-
-    @property
-    def ref(self) -> ObjectRef:
-        return ObjectRef("ServiceAccount", self.namespace, self.name)
-
-    @property
-    def key(self) -> SaKey:
-        return (self.namespace, self.name)
-
-    @property
-    def direct_grants(self) -> tuple[Grant, ...]:
-        return tuple(g for g in self.grants if not g.group)
-
-    def permissions(self) -> list[tuple[str, Rule]]:
-        """Every rule it holds, with where it applies ("": cluster-wide)."""
-        return [(g.namespace, r) for g in self.grants for r in g.rules]
 
 
 @dataclass(frozen=True)

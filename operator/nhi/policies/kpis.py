@@ -8,8 +8,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from nhi.models.discovered import UNKNOWN
 from nhi.models.inventory import Finding
-from nhi.policies.inventory import UNKNOWN, Inventory
+from nhi.policies.inventory import Inventory
 
 #: Credential age buckets, in days (upper bounds; the last one is open).
 AGE_BUCKETS = (1, 7, 30, 90, 365)
