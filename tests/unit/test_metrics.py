@@ -645,6 +645,9 @@ def test_dashboard_shows_what_operators_need(path: Path) -> None:
     assert has("nhi_revocations_total", "by (reason)"), "revocations by reason"
     assert has("nhi_identity_ready_status", 'condition="Ready"', "== 0"), "not-ready identities"
     assert has("nhi_issuer_ca_expiration_timestamp_seconds", "- time()"), "issuer CA expiry"
+    assert has("nhi_inventory_findings", "by (risk)"), "governance: findings by OWASP risk"
+    assert has("nhi_inventory_coverage_ratio"), "governance: coverage"
+    assert has("nhi_inventory_owner_coverage_ratio"), "governance: owner coverage"
 
 
 SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")
