@@ -14,6 +14,7 @@ What exists is known from a label-selected, metadata-only watch of the reports
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -33,6 +34,8 @@ from nhi.reconcilers.issuers.provenance import Provenance, ProvenanceKeys
 log = logging.getLogger("nhi.inventory")
 
 JSON_PATCH = "application/json-patch+json"
+#: Report writes in flight at a time.
+WRITE_CONCURRENCY = 16
 
 
 def purpose(namespace: str) -> str:
@@ -83,32 +86,46 @@ class ReportWriter:
 
     async def sync(self, desired: Mapping[str, dict[str, Any]]) -> int:
         """Make the reports what ``desired`` says (by namespace); delete the operator's own
-        reports of namespaces no longer in it. Returns the writes made."""
+        reports of namespaces no longer in it. Returns the writes made. Up to
+        ``WRITE_CONCURRENCY`` requests at a time (a first run writes one per namespace)."""
         prov = await self.provenance.get()
-        writes = 0
-        for namespace, body in desired.items():
-            try:
-                writes += await self._write(namespace, body, prov)
-            except ApiError as err:
-                log.warning(
-                    "could not write the inventory report",
-                    extra={"namespace": namespace or "(cluster)", "error": str(err)[:300]},
-                )
-        for namespace, entry in list(self.existing.items()):
-            if namespace in desired or not self._ours(namespace, entry, prov):
-                continue
-            uid = str(entry["metadata"]["uid"])
-            try:
-                if await self.api.delete(
-                    kind_for(namespace), namespace or None, REPORT_NAME, uid=uid
-                ):
-                    writes += 1
-            except (Conflict, ApiError) as err:
-                log.warning(
-                    "could not delete the inventory report",
-                    extra={"namespace": namespace or "(cluster)", "error": str(err)[:300]},
-                )
-            self.existing.pop(namespace, None)
+        slots = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+        async def write(namespace: str, body: dict[str, Any]) -> int:
+            async with slots:
+                try:
+                    return await self._write(namespace, body, prov)
+                except ApiError as err:
+                    log.warning(
+                        "could not write the inventory report",
+                        extra={"namespace": namespace or "(cluster)", "error": str(err)[:300]},
+                    )
+                    return 0
+
+        async def delete(namespace: str, uid: str) -> int:
+            async with slots:
+                try:
+                    kind = kind_for(namespace)
+                    return int(await self.api.delete(kind, namespace or None, REPORT_NAME, uid=uid))
+                except ApiError as err:
+                    log.warning(
+                        "could not delete the inventory report",
+                        extra={"namespace": namespace or "(cluster)", "error": str(err)[:300]},
+                    )
+                    return 0
+                finally:
+                    self.existing.pop(namespace, None)
+
+        gone = [
+            (namespace, str(entry["metadata"]["uid"]))
+            for namespace, entry in self.existing.items()
+            if namespace not in desired and self._ours(namespace, entry, prov)
+        ]
+        done = await asyncio.gather(
+            *(write(ns, body) for ns, body in desired.items()),
+            *(delete(ns, uid) for ns, uid in gone),
+        )
+        writes = sum(done)
         self.writes += writes
         return writes
 
@@ -149,10 +166,10 @@ class ReportWriter:
                 or {}
             )
             return 1
+        if (entry["metadata"].get("annotations") or {}).get(RESULTS_HASH_ANNOTATION) == want:
+            return 0  # nothing to write (whoever's it is)
         if not self._ours(namespace, entry, prov):
             self._in_the_way(namespace, want)
-            return 0
-        if (entry["metadata"].get("annotations") or {}).get(RESULTS_HASH_ANNOTATION) == want:
             return 0
         uid = str(entry["metadata"]["uid"])
         patch = [
