@@ -3,9 +3,9 @@ finding appears in the namespace's PolicyReport (or the cluster's), and goes whe
 
 The operator runs with ``--discovery`` over the test's namespaces only (``inv-*``) and serves
 no MachineIdentity (``-n`` names a namespace that does not exist), so it runs beside the
-session operator without either acting on the other's objects. Its reports are created and
-patched with ``fieldValidation=Strict``: a report that exists fits its CRD; each one read is
-also checked again with a strict server-side dry run.
+operator the other tests share without either acting on the other's objects. Its reports
+are created and patched with ``fieldValidation=Strict``: a report that exists fits its CRD;
+each one read is also checked again with a strict server-side dry run.
 """
 
 from __future__ import annotations
