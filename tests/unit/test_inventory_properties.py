@@ -255,3 +255,17 @@ def test_system_findings_only_when_asked(obs: Observed) -> None:
     default = set(evaluate(build(obs, InventoryConfig()), InventoryConfig(), T0))
     wide = InventoryConfig(include_system=True)
     assert default <= set(evaluate(build(obs, wide), wide, T0))
+
+
+@given(
+    st.lists(st.text(alphabet="ab*?[]-/", max_size=5), max_size=4),
+    st.text(alphabet="ab-/", max_size=6),
+)
+@settings(max_examples=300)
+def test_compiled_globs_match_as_fnmatchcase_does(patterns: list[str], text: str) -> None:
+    import fnmatch
+
+    from nhi.models.inventory_config import globs
+
+    expected = any(fnmatch.fnmatchcase(text, p) for p in patterns)
+    assert globs(tuple(patterns))(text) == expected

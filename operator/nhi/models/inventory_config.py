@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-from collections.abc import Mapping
+import functools
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,11 +94,20 @@ class InventoryConfig:
         return any(e.covers(rule, namespace, name, labels) for e in self.exemptions)
 
     def is_system(self, namespace: str, name: str) -> bool:
-        if any(fnmatch.fnmatchcase(namespace, p) for p in self.system_namespaces):
+        if globs(self.system_namespaces)(namespace):
             return True
-        return any(
-            fnmatch.fnmatchcase(f"{namespace}/{name}", p) for p in self.system_service_accounts
+        return bool(self.system_service_accounts) and globs(self.system_service_accounts)(
+            f"{namespace}/{name}"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def globs(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """One compiled matcher for a set of globs (fnmatchcase semantics)."""
+    if not patterns:
+        return lambda _: False
+    rx = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    return lambda text: rx.match(text) is not None
 
 
 def _rules(value: Any, path: str) -> tuple[str, ...]:

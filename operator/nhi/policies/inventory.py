@@ -9,7 +9,6 @@ no clock (ages are computed by the rules, which take ``now``).
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from nhi.models.inventory import (
     TokenSecretInfo,
     WorkloadInfo,
 )
-from nhi.models.inventory_config import InventoryConfig
+from nhi.models.inventory_config import InventoryConfig, globs
 from nhi.models.meta import IDENTITY_LABEL
 
 HELM_RELEASE = "meta.helm.sh/release-name"
@@ -56,7 +55,7 @@ class Observed:
     scope: tuple[str, ...] = ()
 
     def in_scope(self, namespace: str) -> bool:
-        return not self.scope or any(fnmatch.fnmatchcase(namespace, p) for p in self.scope)
+        return not self.scope or globs(self.scope)(namespace)
 
 
 @dataclass(frozen=True)
