@@ -16,6 +16,7 @@ own watch starts once the PolicyReport CRDs are found; without them, only metric
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 
 from nhi.builders.policy_report import API_VERSION, REPORT_KIND_VALUE, REPORT_LABEL
 from nhi.crypto.metadata import tls_secret_certificate
-from nhi.k8s.client import Api, NotFound
+from nhi.k8s.client import Api, ApiError, NotFound
 from nhi.models.inventory import (
     TLS_TYPE,
     TOKEN_TYPE,
@@ -53,6 +54,8 @@ from nhi.runtime.store import unpack
 log = logging.getLogger("nhi.inventory")
 
 KEY: Key = ("", "inventory")
+#: How long a run waits for the reports' first listing before it goes on without them.
+REPORTS_WAIT = 30.0
 REPORT_SELECTOR = f"{REPORT_LABEL}={REPORT_KIND_VALUE}"
 
 
@@ -113,6 +116,7 @@ class Discovery:
         self.last_used: dict[Key, dt.datetime] = {}
         self._by: dict[str, list[Informer]] = {}
         self._reports_checked = False
+        self._reports_waited = False
 
     # ------------------------------------------------------------------ wiring
 
@@ -192,31 +196,48 @@ class Discovery:
 
     async def reconcile(self, key: Key) -> Result:
         await self.identities_ready.wait()
-        if not self._reports_checked:
-            await self._start_reports()
+        await self._reports()
         outcome = await self.reconciler.run(self.observed())
         return Result(requeue_at=outcome.next_due)
 
-    async def _start_reports(self) -> None:
-        """Watch the operator's reports, if the PolicyReport CRDs are installed."""
-        self._reports_checked = True
-        try:
-            await self.api.request("GET", f"/apis/{API_VERSION}")
-        except NotFound:
-            log.warning(
-                "the PolicyReport CRDs (wgpolicyk8s.io/v1alpha2) are not installed: the "
-                "inventory is exposed as metrics only"
-            )
+    async def _reports(self) -> None:
+        """Write reports once the operator's own are listed, if the PolicyReport CRDs are
+        installed. Never holds the inventory: without them (or while they cannot be listed,
+        RBAC missing), the run goes on with metrics only."""
+        if self.reconciler.reports is not None:
             return
-        for kind, namespaced in (("PolicyReport", True), ("ClusterPolicyReport", False)):
-            self.report_caches.add(
-                kind,
-                namespaced=namespaced,
-                label_selector=REPORT_SELECTOR,
-                metadata_only=True,
-                transform=report_entry,
-                on_change=self.writer.changed,
-            )
-        self.report_caches.start()
-        await self.report_caches.synced.wait()
+        if not self._reports_checked:
+            try:
+                await self.api.request("GET", f"/apis/{API_VERSION}")
+            except NotFound:
+                self._reports_checked = True
+                log.warning(
+                    "the PolicyReport CRDs (wgpolicyk8s.io/v1alpha2) are not installed: the "
+                    "inventory is exposed as metrics only"
+                )
+                return
+            except ApiError as err:  # asked again at the next run
+                log.warning("could not look for the PolicyReport CRDs", extra={"error": str(err)})
+                return
+            self._reports_checked = True
+            for kind, namespaced in (("PolicyReport", True), ("ClusterPolicyReport", False)):
+                self.report_caches.add(
+                    kind,
+                    namespaced=namespaced,
+                    label_selector=REPORT_SELECTOR,
+                    metadata_only=True,
+                    transform=report_entry,
+                    on_change=self.writer.changed,
+                )
+            self.report_caches.start()
+        if not self.report_caches.informers:
+            return
+        synced = self.report_caches.synced
+        if not synced.is_set() and not self._reports_waited:
+            self._reports_waited = True  # once: later runs do not wait for them
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(synced.wait()), REPORTS_WAIT)
+        if not synced.is_set():
+            log.warning("the operator's reports cannot be listed yet (RBAC?): none written")
+            return
         self.reconciler.reports = self.writer
