@@ -453,5 +453,23 @@ for _risk in FINDING_RISKS:
         findings_detected.labels(_risk, _severity)
 
 
+#: Governance KPIs of the operator's own identities (issue 17): how late a due renewal is
+#: rotated, how long after its last workload went an identity is revoked (grace included).
+KPI_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600)
+time_to_rotate = Histogram(
+    "nhi_credential_time_to_rotate_seconds",
+    "From a credential's planned renewal to its rotation, for rotations that were due.",
+    buckets=KPI_BUCKETS,
+    registry=REGISTRY,
+)
+time_to_revoke = Histogram(
+    "nhi_identity_time_to_revoke_seconds",
+    "From the last workload of an identity gone to the identity revoked (grace period "
+    "included), for revocations because the workloads were deleted.",
+    buckets=KPI_BUCKETS,
+    registry=REGISTRY,
+)
+
+
 def serve(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from the pod IP
     start_http_server(port, addr=addr, registry=REGISTRY)

@@ -59,6 +59,8 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_inventory_owner_coverage_ratio": ("gauge", ()),
     "nhi_inventory_last_run_timestamp_seconds": ("gauge", ()),
     "nhi_inventory_findings_detected": ("counter", ("risk", "severity")),
+    "nhi_credential_time_to_rotate_seconds": ("histogram", ()),
+    "nhi_identity_time_to_revoke_seconds": ("histogram", ()),
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # Series Prometheus itself provides, which dashboards may use.
