@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nhi.models.inventory import RISKS, Finding, ObjectRef
@@ -27,7 +27,7 @@ POLICY = "nhi-inventory"
 #: Marks the operator's reports (for its watch); what proves one is the provenance tag.
 REPORT_LABEL = "nhi.dev/report"
 REPORT_KIND_VALUE = "inventory"
-#: The hash of the results last written, so an unchanged report is not written again.
+#: The hash of the findings last written, so an unchanged report is not written again.
 RESULTS_HASH_ANNOTATION = "nhi.dev/results-hash"
 PROVENANCE_PURPOSE = "inventory-report"
 _REPORT_SEVERITY = {"critical": "high", "high": "high", "medium": "medium", "low": "low"}
@@ -65,23 +65,29 @@ def result(f: Finding, first_seen: dt.datetime) -> dict[str, Any]:
     }
 
 
-def results_hash(results: Sequence[Mapping[str, Any]]) -> str:
-    """What the report says, without the times: equal when nothing changed."""
-    stable = [{k: v for k, v in r.items() if k != "timestamp"} for r in results]
-    text = json.dumps(stable, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+def _ordered(findings: Iterable[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (f.rule, f.message, finding_key(f)))
+
+
+def findings_hash(findings: Iterable[Finding]) -> str:
+    """What a report says (its findings, without times), cheap to compute every run: equal
+    when nothing changed, so the report is neither built nor written again."""
+    digest = hashlib.sha256()
+    for f in _ordered(findings):
+        digest.update(f"{finding_key(f)}|{f.severity}|{f.risk}|{f.message}|{f.fix}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def build_report(
     namespace: str, findings: Iterable[Finding], first_seen: Mapping[str, dt.datetime]
 ) -> dict[str, Any]:
     """The report of ``namespace`` ("" for the cluster's) holding ``findings``."""
-    ordered = sorted(findings, key=lambda f: (f.rule, f.message, finding_key(f)))
+    ordered = _ordered(findings)
     results = [result(f, first_seen[finding_key(f)]) for f in ordered]
     meta: dict[str, Any] = {
         "name": REPORT_NAME,
         "labels": {MANAGED_BY_KEY: MANAGED_BY, REPORT_LABEL: REPORT_KIND_VALUE},
-        "annotations": {RESULTS_HASH_ANNOTATION: results_hash(results)},
+        "annotations": {RESULTS_HASH_ANNOTATION: findings_hash(ordered)},
     }
     if namespace:
         meta["namespace"] = namespace
@@ -105,3 +111,22 @@ def by_report(findings: Iterable[Finding]) -> dict[str, list[Finding]]:
     for f in findings:
         out.setdefault(f.namespace, []).append(f)
     return out
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """A report to be: its hash now, its body only if it must be written."""
+
+    namespace: str
+    hash: str
+    build: Callable[[], dict[str, Any]]
+
+
+def report_plan(
+    namespace: str, findings: Sequence[Finding], first_seen: Mapping[str, dt.datetime]
+) -> ReportPlan:
+    return ReportPlan(
+        namespace,
+        findings_hash(findings),
+        lambda: build_report(namespace, findings, first_seen),
+    )

@@ -14,10 +14,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from nhi import metrics
-from nhi.builders.policy_report import build_report, by_report, finding_key
+from nhi.builders.policy_report import ReportPlan, by_report, finding_key, report_plan
 from nhi.models.inventory import Finding
 from nhi.models.inventory_config import InventoryConfig
 from nhi.policies.findings import evaluate
@@ -95,11 +94,8 @@ class InventoryReconciler:
         self.reports = reports
         #: When each open finding was first seen (by this process).
         self.first_seen: dict[str, dt.datetime] = {}
-        self.last: Outcome | None = None
-        self._runs = 0
-        #: Each namespace's report as last built, with the findings it was built from: a
-        #: namespace whose findings did not change is not built again.
-        self._built: dict[str, tuple[frozenset[Finding], dict[str, Any]]] = {}
+        #: Runs so far (the last inventory is not kept between runs: it is rebuilt each time).
+        self.runs = 0
 
     async def run(self, observed: Observed) -> Outcome:
         started = time.monotonic()
@@ -114,9 +110,8 @@ class InventoryReconciler:
             grouped = by_report(findings)
             grouped.setdefault("", [])  # the cluster's report always exists
             writes = await self.reports.sync(self._reports(grouped))
-        self._runs += 1
+        self.runs += 1
         outcome = Outcome(inv, findings, kpis, new, writes, next_due(inv, self.config, now))
-        self.last = outcome
         log.info(
             "inventory computed",
             extra={
@@ -129,19 +124,9 @@ class InventoryReconciler:
         )
         return outcome
 
-    def _reports(self, grouped: Mapping[str, Sequence[Finding]]) -> dict[str, dict[str, Any]]:
-        out = {}
-        built: dict[str, tuple[frozenset[Finding], dict[str, Any]]] = {}
-        for ns, fs in grouped.items():
-            key = frozenset(fs)
-            cached = self._built.get(ns)
-            body = cached[1] if cached is not None and cached[0] == key else None
-            if body is None:
-                body = build_report(ns, fs, self.first_seen)
-            built[ns] = (key, body)
-            out[ns] = body
-        self._built = built
-        return out
+    def _reports(self, grouped: Mapping[str, Sequence[Finding]]) -> dict[str, ReportPlan]:
+        """Each report's hash; its body is built only if it must be written."""
+        return {ns: report_plan(ns, fs, self.first_seen) for ns, fs in grouped.items()}
 
     def _first_seen(self, findings: Sequence[Finding], now: dt.datetime) -> int:
         """Record new findings; count them (not on the first run: they are not new, the
@@ -152,7 +137,7 @@ class InventoryReconciler:
             self.first_seen[k] = now
         for k in self.first_seen.keys() - current.keys():
             del self.first_seen[k]
-        if self._runs == 0:
+        if self.runs == 0:
             return 0
         for f in new:
             metrics.findings_detected.labels(f.risk, f.severity).inc()

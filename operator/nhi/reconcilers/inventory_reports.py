@@ -24,6 +24,7 @@ from nhi.builders.policy_report import (
     PROVENANCE_PURPOSE,
     REPORT_NAME,
     RESULTS_HASH_ANNOTATION,
+    ReportPlan,
     kind_for,
 )
 from nhi.k8s.client import Api, ApiError, Conflict, NotFound, path_for
@@ -84,17 +85,17 @@ class ReportWriter:
     def _ours(self, namespace: str, entry: Mapping[str, Any], prov: Provenance) -> bool:
         return configmap_origin(entry, key=prov.key, purpose=purpose(namespace)) == "ours"
 
-    async def sync(self, desired: Mapping[str, dict[str, Any]]) -> int:
+    async def sync(self, desired: Mapping[str, ReportPlan]) -> int:
         """Make the reports what ``desired`` says (by namespace); delete the operator's own
         reports of namespaces no longer in it. Returns the writes made. Up to
         ``WRITE_CONCURRENCY`` requests at a time (a first run writes one per namespace)."""
         prov = await self.provenance.get()
         slots = asyncio.Semaphore(WRITE_CONCURRENCY)
 
-        async def write(namespace: str, body: dict[str, Any]) -> int:
+        async def write(namespace: str, plan: ReportPlan) -> int:
             async with slots:
                 try:
-                    return await self._write(namespace, body, prov)
+                    return await self._write(namespace, plan, prov)
                 except ApiError as err:
                     log.warning(
                         "could not write the inventory report",
@@ -122,20 +123,21 @@ class ReportWriter:
             if namespace not in desired and self._ours(namespace, entry, prov)
         ]
         done = await asyncio.gather(
-            *(write(ns, body) for ns, body in desired.items()),
+            *(write(ns, plan) for ns, plan in desired.items()),
             *(delete(ns, uid) for ns, uid in gone),
         )
         writes = sum(done)
         self.writes += writes
         return writes
 
-    async def _write(self, namespace: str, body: dict[str, Any], prov: Provenance) -> int:
-        want = body["metadata"]["annotations"][RESULTS_HASH_ANNOTATION]
+    async def _write(self, namespace: str, plan: ReportPlan, prov: Provenance) -> int:
+        want = plan.hash
         kind = kind_for(namespace)
         entry = self.existing.get(namespace)
         if entry is None:
             if self._blocked.get(namespace) == want:
                 return 0
+            body = plan.build()
             try:
                 # Strict: a field the installed CRD does not know is refused, not dropped.
                 created = await self.api.request(
@@ -171,6 +173,7 @@ class ReportWriter:
         if not self._ours(namespace, entry, prov):
             self._in_the_way(namespace, want)
             return 0
+        body = plan.build()
         uid = str(entry["metadata"]["uid"])
         patch = [
             {"op": "test", "path": "/metadata/uid", "value": uid},
