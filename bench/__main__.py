@@ -37,14 +37,25 @@ from bench import (
     s6_crypto,
     s7_certmanager,
     s8_inventory,
+    s10_grants,
 )
 from bench.env import ROOT, Env, load_average, machine_info, source_tree
 from bench.result import Result
 
 SIZES: dict[str, dict[str, float]] = {
-    # n1: scenario 1's N; m2: scenario 2's M; n3, n4: scenarios 3 and 4; idle: minutes.
-    "small": {"n1": 10, "m2": 30, "n3": 10, "n4": 5, "idle": 0.5, "interval4": 0.5, "n8": 5},
-    # The issue's sizes (ISSUE below): about 25 minutes on 2 cores.
+    # n1: scenario 1's N; m2: scenario 2's M; n3, n4, n10: scenarios 3, 4, 10; n8: scenario 8's
+    # namespaces; idle: minutes.
+    "small": {
+        "n1": 10,
+        "m2": 30,
+        "n3": 10,
+        "n4": 5,
+        "idle": 0.5,
+        "interval4": 0.5,
+        "n10": 20,
+        "n8": 5,
+    },
+    # The issue's sizes (ISSUE below): about 30 minutes on 2 cores.
     "full": {
         "n1": 1000,
         "m2": 5000,
@@ -52,12 +63,13 @@ SIZES: dict[str, dict[str, float]] = {
         "n4": 200,
         "idle": 5.0,
         "interval4": 0.25,
+        "n10": 500,
         "n8": 2000,
     },
 }
-ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n8": 2000}
-ORDER = ["6", "1", "3", "4", "5", "2", "8", "7"]
-CLUSTER = {"1", "2", "3", "4", "5", "8"}
+ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n10": 500, "n8": 2000}
+ORDER = ["6", "1", "3", "4", "5", "10", "2", "8", "7"]
+CLUSTER = {"1", "2", "3", "4", "5", "10", "8"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -251,6 +263,10 @@ async def main_async(args: argparse.Namespace) -> int:
                 ),
                 "2": ("Restart", lambda: s2_restart.run(env, m2, runs, small)),
                 "5": ("Idle cost", lambda: s5_idle.run(env, sizes["idle"])),
+                "10": (
+                    "AccessGrants expiring together",
+                    lambda: s10_grants.run(env, int(sizes["n10"]), small),
+                ),
                 "8": ("Inventory", lambda: s8_inventory.run(env, int(sizes["n8"]))),
             }
             try:

@@ -19,6 +19,7 @@ TITLES = {
     "6": "Scenario 6: cryptography per issuance",
     "7": "Scenario 7: cert-manager peer",
     "8": "Scenario 8: discovery and inventory",
+    "10": "Scenario 10: AccessGrants expiring in the same second",
 }
 
 

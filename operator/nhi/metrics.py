@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
@@ -356,103 +357,6 @@ issuer_ca_expiration = Gauge(
 )
 
 
-# ---------------------------------------------------------------------------------- inventory
-
-INVENTORY_IDENTITIES = Family(
-    "nhi_inventory_identities",
-    "gauge",
-    "ServiceAccounts discovered, by namespace and state (managed, system, unmanaged).",
-    ("namespace", "state"),
-)
-INVENTORY_OBJECTS = Family(
-    "nhi_inventory_objects",
-    "gauge",
-    "Objects discovered, by kind (workloads, legacy token and TLS Secrets, bindings).",
-    ("kind",),
-)
-INVENTORY_FINDINGS = Family(
-    "nhi_inventory_findings",
-    "gauge",
-    "Open inventory findings, by namespace (empty: cluster-wide), OWASP NHI risk and severity.",
-    ("namespace", "risk", "severity"),
-)
-INVENTORY_CREDENTIALS = Family(
-    "nhi_inventory_credentials",
-    "gauge",
-    "Discovered credentials (legacy tokens, TLS certificates) by age bucket (at most 1d, 7d, "
-    "30d, 90d, 365d, or older).",
-    ("age",),
-)
-INVENTORY_COVERAGE = Family(
-    "nhi_inventory_coverage_ratio",
-    "gauge",
-    "Share of the ServiceAccounts used by workloads (system ones excepted) that are managed.",
-    (),
-)
-INVENTORY_OWNER_COVERAGE = Family(
-    "nhi_inventory_owner_coverage_ratio",
-    "gauge",
-    "Share of the ServiceAccounts (system ones excepted) with a known owner.",
-    (),
-)
-INVENTORY_LAST_RUN = Family(
-    "nhi_inventory_last_run_timestamp_seconds",
-    "gauge",
-    "When the inventory and its findings were last computed (Unix time).",
-    (),
-)
-INVENTORY_FAMILIES = (
-    INVENTORY_IDENTITIES,
-    INVENTORY_OBJECTS,
-    INVENTORY_FINDINGS,
-    INVENTORY_CREDENTIALS,
-    INVENTORY_COVERAGE,
-    INVENTORY_OWNER_COVERAGE,
-    INVENTORY_LAST_RUN,
-)
-#: {family name: {label values: value}}, replaced as a whole by each inventory run.
-InventorySnapshot = Mapping[str, Mapping[tuple[str, ...], float]]
-
-
-class InventorySeries(Collector):
-    """The inventory's series: the counts of its last run (nothing before discovery runs)."""
-
-    def __init__(self) -> None:
-        self._snapshot: InventorySnapshot = {}
-
-    def update(self, snapshot: InventorySnapshot) -> None:
-        self._snapshot = snapshot  # one assignment: a scrape sees one run or the next
-
-    def describe(self) -> Iterable[Metric]:
-        return [family.empty() for family in INVENTORY_FAMILIES]
-
-    def collect(self) -> Iterable[Metric]:
-        snapshot = self._snapshot
-        out = []
-        for family in INVENTORY_FAMILIES:
-            metric = family.empty()
-            for labels, value in sorted((snapshot.get(family._name) or {}).items()):
-                metric.add_metric(labels, value)
-            out.append(metric)
-        return out
-
-
-INVENTORY = InventorySeries()
-REGISTRY.register(INVENTORY)
-FINDING_RISKS = ("NHI1", "NHI4", "NHI5", "NHI7", "NHI8", "NHI9")
-FINDING_SEVERITIES = ("critical", "high", "medium", "low", "info")
-findings_detected = Counter(
-    "nhi_inventory_findings_detected_total",
-    "Inventory findings seen for the first time since the operator started, by risk and "
-    "severity (the alert on new critical findings reads its increase).",
-    ("risk", "severity"),
-    registry=REGISTRY,
-)
-for _risk in FINDING_RISKS:
-    for _severity in FINDING_SEVERITIES:
-        findings_detected.labels(_risk, _severity)
-
-
 #: Governance KPIs of the operator's own identities (issue 17): how late a due renewal is
 #: rotated, how long after its last workload went an identity is revoked (grace included).
 KPI_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600)
@@ -467,6 +371,64 @@ time_to_revoke = Histogram(
     "From the last workload of an identity gone to the identity revoked (grace period "
     "included), for revocations because the workloads were deleted.",
     buckets=KPI_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+class GrantSeries(Collector):
+    """AccessGrants by namespace and phase, and the Active ones past their end, counted when
+    scraped from one small record per grant (updated from the event loop under ``_lock``)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[tuple[str, str], tuple[str, float | None]] = {}
+        self.clock = clock
+
+    def observe(self, namespace: str, name: str, phase: str, ends_at: float | None) -> None:
+        """The grant's phase, and when its window ends (epoch seconds) while it is Active."""
+        with self._lock:
+            self._records[(namespace, name)] = (_intern(phase), ends_at)
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._records.pop((namespace, name), None)
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            records = list(self._records.items())
+        now = self.clock()
+        phases = GaugeMetricFamily(
+            "nhi_access_grants",
+            "AccessGrants by namespace and phase.",
+            labels=("namespace", "phase"),
+        )
+        overdue = GaugeMetricFamily(
+            "nhi_access_grants_overdue",
+            "Active AccessGrants whose window ended more than 5 s ago: their permissions are "
+            "still in place.",
+            labels=("namespace",),
+        )
+        counts: dict[tuple[str, str], int] = {}
+        late: dict[str, int] = {}
+        for (namespace, _), (phase, ends_at) in records:
+            counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
+            if phase == "Active" and ends_at is not None and now > ends_at + 5:
+                late[namespace] = late.get(namespace, 0) + 1
+            else:
+                late.setdefault(namespace, 0)
+        for (namespace, phase), n in sorted(counts.items()):
+            phases.add_metric((namespace, phase), n)
+        for namespace, n in sorted(late.items()):
+            overdue.add_metric((namespace,), n)
+        return [phases, overdue]
+
+
+GRANTS = GrantSeries()
+REGISTRY.register(GRANTS)
+grant_active_seconds = Counter(
+    "nhi_access_grant_active_seconds",
+    "Seconds AccessGrants were Active, added when each one ends.",
+    ("namespace",),
     registry=REGISTRY,
 )
 

@@ -76,6 +76,12 @@ class Settings:
         default_factory=lambda: float(os.environ.get("NHI_DISCOVERY_INTERVAL", "1"))
     )
     inventory: InventoryConfig = field(default_factory=InventoryConfig)
+    #: Serve AccessGrants (just-in-time permissions); off for a cluster without their CRD.
+    access_grants: bool = field(default_factory=lambda: _env_bool("NHI_ACCESS_GRANTS", True))
+    #: How long an expired, revoked or denied AccessGrant is kept as the record (a duration).
+    grant_retention: str = field(
+        default_factory=lambda: os.environ.get("NHI_GRANT_RETENTION", "24h")
+    )
 
     @property
     def webhook_enabled(self) -> bool:

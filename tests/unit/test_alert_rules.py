@@ -37,6 +37,7 @@ EXPECTED_ALERTS = {
     "NHIIssuerCAExpiringSoon",
     "NHIOperatorDown",
     "NHIInventoryCriticalFinding",
+    "NHIAccessGrantOverdue",
 }
 
 

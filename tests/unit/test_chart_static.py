@@ -190,6 +190,16 @@ def test_kustomize_base_lists_every_crd_copy() -> None:
     assert listed == {f"crds/{p.name}" for p in (BASE / "crds").glob("*.yaml")}
 
 
+def test_chart_access_grant_policies_are_a_copy_of_the_base_file() -> None:
+    copy = CHART / "files" / "accessgrantpolicy.yaml"
+    base = BASE / "accessgrantpolicy.yaml"
+    assert copy.read_bytes() == base.read_bytes(), "run hack/sync-chart-crds.sh"
+    template = (CHART / "templates" / "accessgrantpolicy.yaml").read_text()
+    assert '.Files.Get "files/accessgrantpolicy.yaml"' in template
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    assert "accessgrantpolicy.yaml" in kustomization["resources"]
+
+
 def test_chart_prometheus_rule_file_is_a_copy_of_the_plain_rule_file() -> None:
     copy = CHART / "files" / "nhi-operator.rules.yaml"
     assert copy.read_bytes() == RULES_FILE.read_bytes(), (

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nhi import metrics
+from nhi import metrics_inventory as metrics
 from nhi.handlers.inventory import Discovery
 from nhi.k8s.client import Api as RealApi
 from nhi.k8s.client import ApiError, Connection, NotFound

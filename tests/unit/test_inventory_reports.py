@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nhi import metrics
+from nhi import metrics_inventory as metrics
 from nhi.builders.policy_report import (
     REPORT_NAME,
     RESULTS_HASH_ANNOTATION,

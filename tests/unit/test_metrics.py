@@ -27,7 +27,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nhi import metrics
+from nhi import metrics, metrics_inventory
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -61,6 +61,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_inventory_findings_detected": ("counter", ("risk", "severity")),
     "nhi_credential_time_to_rotate_seconds": ("histogram", ()),
     "nhi_identity_time_to_revoke_seconds": ("histogram", ()),
+    "nhi_access_grant_active_seconds": ("counter", ("namespace",)),
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # Series Prometheus itself provides, which dashboards may use.
@@ -70,7 +71,8 @@ PROMETHEUS_SERIES = {"ALERTS": ("alertname", "alertstate", "severity")}
 def _collectors() -> dict[str, Any]:
     return {
         getattr(m, "_name", ""): m
-        for m in vars(metrics).values()
+        for module in (metrics, metrics_inventory)
+        for m in vars(module).values()
         if hasattr(m, "_name") and hasattr(m, "_labelnames") and hasattr(m, "_type")
     }
 

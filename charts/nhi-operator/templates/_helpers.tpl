@@ -74,6 +74,15 @@ clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
 - apiGroups: ["nhi.dev"]
   resources: ["machineidentities/status"]
   verbs: ["patch"]
+# AccessGrants: watched; patched for the finalizer; deleted when their record's retention
+# ends; their status is written. Their Roles and RoleBindings are the roles/rolebindings
+# rules below.
+- apiGroups: ["nhi.dev"]
+  resources: ["accessgrants"]
+  verbs: ["list", "watch", "patch", "delete"]
+- apiGroups: ["nhi.dev"]
+  resources: ["accessgrants/status"]
+  verbs: ["patch"]
 # Namespaced issuers: watched; patched for kopf's finalizer and progress annotations, and
 # their status.
 - apiGroups: ["nhi.dev"]

@@ -1,7 +1,7 @@
 """``nhi``: the user's command line for nhi-operator.
 
-Commands: ``status``, ``renew``, ``revoke``, ``inspect secret``, ``history``, ``inventory``,
-``report``, ``adopt``, ``version``.
+Commands: ``status``, ``renew``, ``revoke``, ``inspect secret``, ``history``, ``grant``,
+``inventory``, ``report``, ``adopt``, ``version``.
 See docs/cli.md. Every problem (no kubeconfig, not found, forbidden, unreachable API server)
 is reported as one line on stderr with exit status 1, never as a traceback.
 """
@@ -132,6 +132,19 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     from nhi.cli import adopt
 
     return _run(args, adopt.adopt, args.target, args.owner, args.apply, args.output, args.config)
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    from nhi.cli import grants
+
+    if args.action == "list":
+        return _run(args, grants.list_grants, args.output)
+    if args.action == "show":
+        return _run(args, grants.show, args.name, args.output)
+    if args.action == "revoke":
+        return _run(args, grants.revoke, args.name)
+    decision = "Approved" if args.action == "approve" else "Denied"
+    return _run(args, grants.decide, args.name, decision, args.message or "")
 
 
 # ------------------------------------------------------------------------------- parser
@@ -300,6 +313,34 @@ def _add_adopt(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     a.set_defaults(func=cmd_adopt)
 
 
+def _add_grant(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    g = sub.add_parser(
+        "grant",
+        help="AccessGrants: list, show, approve, deny, revoke",
+        description="Just-in-time permissions for machine identities (docs/access-grants.md).",
+    )
+    gsub = g.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = gsub.add_parser("list", parents=[common], help="the grants of a namespace (or -A)")
+    _namespace_options(ls, all_namespaces=True)
+    ls.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
+    show = gsub.add_parser("show", parents=[common], help="one grant: what, who, when")
+    show.add_argument("name", metavar="NAME")
+    _namespace_options(show)
+    show.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
+    for action, text in (
+        ("approve", "approve a grant (you may not approve your own)"),
+        ("deny", "deny a grant"),
+    ):
+        d = gsub.add_parser(action, parents=[common], help=text)
+        d.add_argument("name", metavar="NAME")
+        d.add_argument("-m", "--message", help="words for the record")
+        _namespace_options(d)
+    r = gsub.add_parser("revoke", parents=[common], help="end a grant now")
+    r.add_argument("name", metavar="NAME")
+    _namespace_options(r)
+    g.set_defaults(func=cmd_grant)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nhi", description="Inspect and operate nhi-operator's machine identities."
@@ -315,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_revoke,
         _add_inspect,
         _add_history,
+        _add_grant,
         _add_inventory,
         _add_report,
         _add_adopt,

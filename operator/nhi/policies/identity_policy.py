@@ -207,7 +207,7 @@ def _forbid_wildcards(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
                 ("resources", rule.resources),
                 ("verbs", rule.verbs),
             ):
-                wild = [v for v in values if _is_wildcard(v)]
+                wild = [v for v in values if is_wildcard(v)]
                 if wild:
                     yield (
                         FORBID_WILDCARDS,
@@ -226,7 +226,7 @@ def _forbidden_rules(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
                     yield (
                         f"{FORBIDDEN_RULES}[{j}]",
                         f"spec.permissions.{key}[{i}]",
-                        f"grants {verb} on {_resource_name(group, resource)}, which the policy "
+                        f"grants {verb} on {resource_name(group, resource)}, which the policy "
                         f"forbids ({forbidden.describe()})",
                     )
 
@@ -279,11 +279,11 @@ _RULE_CHECKS: tuple[Callable[[Spec, IdentityPolicy], Iterator[_Finding]], ...] =
 )
 
 
-def _is_wildcard(value: str) -> bool:
+def is_wildcard(value: str) -> bool:
     return value == WILDCARD or value.startswith("*/") or value.endswith("/*")
 
 
-def _resource_name(group: str, resource: str) -> str:
+def resource_name(group: str, resource: str) -> str:
     return resource if not group else f"{resource}.{group}"
 
 

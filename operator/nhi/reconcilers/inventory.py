@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from nhi import metrics
+from nhi import metrics_inventory as metrics
 from nhi.builders.policy_report import ReportPlan, by_report, finding_key, report_plan
 from nhi.models.inventory import Finding
 from nhi.models.inventory_config import InventoryConfig

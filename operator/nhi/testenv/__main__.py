@@ -83,6 +83,7 @@ def _install(cp: ControlPlane) -> None:
     # at admission.
     cp.install_finalizer_policy()
     cp.install_authority_policy()
+    cp.install_grant_policies()
 
 
 def _start_operator(

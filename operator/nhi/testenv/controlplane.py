@@ -371,6 +371,10 @@ class ControlPlane:
         """:func:`nhi.testenv.manifests.install_authority_policy`: returns the seconds waited."""
         return manifests.install_authority_policy(self.kubectl, timeout, name)
 
+    def install_grant_policies(self, timeout: float = 60.0, prefix: str = "") -> float:
+        """:func:`nhi.testenv.manifests.install_grant_policies`: returns the seconds waited."""
+        return manifests.install_grant_policies(self.kubectl, timeout, prefix)
+
     def install_finalizer_policy(self, timeout: float = 60.0) -> float:
         """:func:`nhi.testenv.manifests.install_finalizer_policy`: returns the seconds waited."""
         return manifests.install_finalizer_policy(self.kubectl, timeout)

@@ -15,9 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
-from nhi.crypto import PreparedIssuer, PrivateKey, fingerprint_sha256
+from nhi.crypto import Certificate, PreparedIssuer, PrivateKey, fingerprint_sha256
 from nhi.models.duration import rfc3339
 from nhi.models.issuer import KINDS, IssuerKey, IssuerReason, issuer_key
 
@@ -38,11 +36,11 @@ class Signer:
     namespace: str  # the issuer's namespace ('' for ClusterIdentityIssuer)
     trust_domain: str
     ca: PreparedIssuer  # the CA certificate and key, checked once when loaded; signs leaves
-    chain: tuple[x509.Certificate, ...]  # intermediates between ca_cert and the root, if any
+    chain: tuple[Certificate, ...]  # intermediates between ca_cert and the root, if any
     bundle_pem: bytes  # every root a verifier should trust now (old + new during CA rotation)
 
     @property
-    def ca_cert(self) -> x509.Certificate:
+    def ca_cert(self) -> Certificate:
         return self.ca.cert
 
     @property

@@ -6,16 +6,15 @@ and reported as not supported yet (:class:`VaultNotSupported`).
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Mapping
-from typing import Any
-
-from cryptography import x509
-
 from nhi.k8s.client import Api
 from nhi.k8s.events import EventRecorder
 from nhi.models.issuer import Issuer, IssuerKey, IssuerReason, SelfSignedSource, VaultSource
-from nhi.reconcilers.issuers.sources.base import CASourceStrategy, Loaded, SecretWatch
+from nhi.reconcilers.issuers.sources.base import (
+    CASourceStrategy,
+    Loaded,
+    LoadRequest,
+    SecretWatch,
+)
 from nhi.reconcilers.issuers.sources.secret import SecretCA
 from nhi.reconcilers.issuers.sources.self_signed import SelfSignedCA
 from nhi.reconcilers.issuers.status import IssuerOutcome
@@ -23,6 +22,7 @@ from nhi.reconcilers.issuers.status import IssuerOutcome
 __all__ = [
     "CASourceStrategy",
     "CASources",
+    "LoadRequest",
     "Loaded",
     "SecretCA",
     "SecretWatch",
@@ -31,23 +31,11 @@ __all__ = [
 ]
 
 
-class VaultNotSupported:
+class VaultNotSupported(CASourceStrategy):
     field = "spec.vault"
 
-    def __init__(self, secrets: SecretWatch) -> None:
-        self.secrets = secrets
-
-    def forget(self, key: IssuerKey) -> None:
-        pass
-
-    async def load(
-        self,
-        issuer: Issuer,
-        body: Mapping[str, Any],
-        now: dt.datetime,
-        current: x509.Certificate | None,
-    ) -> Loaded | IssuerOutcome:
-        self.secrets.track(issuer.key, set())
+    async def load(self, req: LoadRequest) -> Loaded | IssuerOutcome:
+        self.secrets.track(req.issuer.key, set())
         return IssuerOutcome(
             False,
             IssuerReason.VAULT_NOT_SUPPORTED,
@@ -65,7 +53,7 @@ class CASources:
     ) -> None:
         self.self_signed = SelfSignedCA(api, events, operator_namespace, secrets)
         self.secret = SecretCA(api, events, operator_namespace, secrets)
-        self.vault = VaultNotSupported(secrets)
+        self.vault = VaultNotSupported(api, events, operator_namespace, secrets)
 
     def of(self, issuer: Issuer) -> CASourceStrategy:
         if isinstance(issuer.source, SelfSignedSource):
