@@ -131,8 +131,23 @@ def install_report_crds(kubectl: Kubectl) -> bool:
     if have.returncode == 0 and len(have.stdout.split()) == len(REPORT_CRDS):
         return False
     kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "hack" / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", *REPORT_CRDS)
-    return True
+    # Right after the apply a CRD may have no status yet, and kubectl wait then fails at once
+    # ("<nil> is of the type <nil>") instead of waiting: ask again until it answers.
+    deadline = time.monotonic() + 60
+    while True:
+        proc = kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=10s",
+            "crd",
+            *REPORT_CRDS,
+            check=False,
+        )
+        if proc.returncode == 0:
+            return True
+        if time.monotonic() > deadline:
+            raise ControlPlaneError(f"the PolicyReport CRDs were not Established: {proc.stderr}")
+        time.sleep(0.5)
 
 
 def install_authority_policy(kubectl: Kubectl, timeout: float = 60.0, name: str = "") -> float:
