@@ -36,14 +36,14 @@ from bench import (
     s5_idle,
     s6_crypto,
     s7_certmanager,
-    s8_inventory,
+    s9_inventory,
     s10_grants,
 )
 from bench.env import ROOT, Env, load_average, machine_info, source_tree
 from bench.result import Result
 
 SIZES: dict[str, dict[str, float]] = {
-    # n1: scenario 1's N; m2: scenario 2's M; n3, n4, n10: scenarios 3, 4, 10; n8: scenario 8's
+    # n1: scenario 1's N; m2: scenario 2's M; n3, n4, n10: scenarios 3, 4, 10; n9: scenario 9's
     # namespaces; idle: minutes.
     "small": {
         "n1": 10,
@@ -53,7 +53,7 @@ SIZES: dict[str, dict[str, float]] = {
         "idle": 0.5,
         "interval4": 0.5,
         "n10": 20,
-        "n8": 5,
+        "n9": 5,
     },
     # The issue's sizes (ISSUE below): about 30 minutes on 2 cores.
     "full": {
@@ -64,12 +64,12 @@ SIZES: dict[str, dict[str, float]] = {
         "idle": 5.0,
         "interval4": 0.25,
         "n10": 500,
-        "n8": 2000,
+        "n9": 2000,
     },
 }
-ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n10": 500, "n8": 2000}
-ORDER = ["6", "1", "3", "4", "5", "10", "2", "8", "7"]
-CLUSTER = {"1", "2", "3", "4", "5", "10", "8"}
+ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n10": 500, "n9": 2000}
+ORDER = ["6", "1", "3", "4", "5", "10", "2", "9", "7"]
+CLUSTER = {"1", "2", "3", "4", "5", "10", "9"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -82,7 +82,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--m2", type=int, help="scenario 2's M")
     p.add_argument("--n3", type=int, help="scenario 3's N")
     p.add_argument("--n4", type=int, help="scenario 4's N")
-    p.add_argument("--n8", type=int, help="scenario 8's namespaces (10 ServiceAccounts each)")
+    p.add_argument("--n9", type=int, help="scenario 9's namespaces (10 ServiceAccounts each)")
     p.add_argument("--idle-minutes", type=float, help="scenario 5's T")
     p.add_argument(
         "--profile",
@@ -149,7 +149,7 @@ async def guarded(res_id: str, title: str, fn: Callable[[], Awaitable[Result]]) 
 
 async def main_async(args: argparse.Namespace) -> int:
     sizes = dict(SIZES[args.scale])
-    for key, attr in (("n1", "n1"), ("m2", "m2"), ("n3", "n3"), ("n4", "n4"), ("n8", "n8")):
+    for key, attr in (("n1", "n1"), ("m2", "m2"), ("n3", "n3"), ("n4", "n4"), ("n9", "n9")):
         if getattr(args, attr):
             sizes[key] = getattr(args, attr)
     if args.idle_minutes is not None:
@@ -181,7 +181,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if scaled:
             meta["notes"].append(
                 f"Smaller than the issue's sizes: {', '.join(scaled)}. "
-                "`--n1 1000 --m2 5000 --n3 1000 --n4 200 --n8 2000` (the full scale) runs them."
+                "`--n1 1000 --m2 5000 --n3 1000 --n4 200 --n9 2000` (the full scale) runs them."
             )
 
     async def sample_load() -> None:
@@ -267,7 +267,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     "AccessGrants expiring together",
                     lambda: s10_grants.run(env, int(sizes["n10"]), small),
                 ),
-                "8": ("Inventory", lambda: s8_inventory.run(env, int(sizes["n8"]))),
+                "9": ("Inventory", lambda: s9_inventory.run(env, int(sizes["n9"]))),
             }
             try:
                 for sid in cluster_ids:

@@ -1,4 +1,4 @@
-"""Scenario 8: discovery and inventory at scale.
+"""Scenario 9: discovery and inventory at scale.
 
 A cluster with N namespaces, each with 10 ServiceAccounts, 10 RoleBindings (one per
 ServiceAccount), 25 Secrets (2.5 legacy token Secrets, 2.5 TLS Secrets and 20 Opaque ones on
@@ -119,7 +119,7 @@ async def _finding(env: Env, ns: str, rule: str, limit: float) -> float | None:
 
 
 async def run(env: Env, namespaces: int) -> Result:
-    res = Result("8", f"Inventory of {namespaces} namespaces")
+    res = Result("9", f"Inventory of {namespaces} namespaces")
     env.control_plane.install_report_crds()
     res.details["populate_seconds"] = round(await _populate(env, namespaces), 1)
     expected = namespaces * (SA_PER_NS + 1)  # and each namespace's default
@@ -196,5 +196,5 @@ async def run(env: Env, namespaces: int) -> Result:
     await env.api.delete("ClusterRoleBinding", None, f"{ns}-admin")
     await env.stop_operator()
     if namespaces < 2000:
-        res.notes.append("Smaller than the issue's 2,000 namespaces: --n8 2000 runs them.")
+        res.notes.append("Smaller than the issue's 2,000 namespaces: --n9 2000 runs them.")
     return res
