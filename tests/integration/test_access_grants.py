@@ -145,6 +145,17 @@ def wait_phase(cluster: Cluster, namespace: str, name: str, want: str, timeout: 
     return cluster.get("accessgrant", name, namespace)
 
 
+def wait_reason(cluster: Cluster, namespace: str, name: str, reason: str) -> None:
+    """Until the grant's Ready condition gives ``reason``."""
+
+    def found() -> bool:
+        obj = cluster.get("accessgrant", name, namespace) or {}
+        conditions = (obj.get("status") or {}).get("conditions") or [{}]
+        return bool(conditions[0].get("reason") == reason)
+
+    wait_for(found, timeout=30, message=f"AccessGrant {name} {reason}")
+
+
 def test_request_approve_expire_with_separation_of_duties(
     team: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:

@@ -26,7 +26,7 @@ from nhi.models.grant import AccessGrant, GrantPhase, GrantReason
 from nhi.models.identity import MachineIdentity
 from nhi.models.policy import IdentityPolicy
 from nhi.policies import grants as rules
-from nhi.policies.access import AccessCheck
+from nhi.policies.access import AccessCheck, missing_by_field
 from nhi.policies.ownership import controlled_by_grant, describe_owner
 
 log = logging.getLogger("nhi.reconcilers.grants")
@@ -148,10 +148,7 @@ class GrantReconciler:
                 return await self._allowed(grant, check)
 
         held = await asyncio.gather(*(one(c) for c in checks))
-        missing: dict[str, list[AccessCheck]] = {}
-        for check, ok in zip(checks, held, strict=True):
-            if not ok:
-                missing.setdefault(check.field, []).append(check)
+        missing = missing_by_field(checks, held)
         return [
             f"{field}: {grant.requester} may not grant "
             f"{', '.join(c.describe() for c in m[:5])}"
