@@ -4,8 +4,8 @@ Starts its own local control plane (nhi.testenv.ControlPlane), applies crds/, ru
 scenarios and writes RESULTS.md and results.json next to each other. Order: 6 (pure
 cryptography, nothing else running); 11 (audit event ingestion, pure as well); the floors of
 1 and 3 (no operator running); then one operator process for the operator side of 1 and 3,
-for 4 and for 5 (idle); then 2, which restarts it. 7 (cert-manager probe) runs in the
-background from the start.
+for 4 and for 5 (idle); then 2, which restarts it; 8 (discovery and inventory) with the
+identities scenario 2 left. 7 (cert-manager probe) runs in the background from the start.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from bench import (
     s5_idle,
     s6_crypto,
     s7_certmanager,
+    s9_inventory,
     s10_grants,
     s11_usage,
 )
@@ -43,8 +44,18 @@ from bench.env import ROOT, Env, load_average, machine_info, source_tree
 from bench.result import Result
 
 SIZES: dict[str, dict[str, float]] = {
-    # n1: scenario 1's N; m2: scenario 2's M; n3, n4, n10: scenarios 3, 4, 10; idle: minutes.
-    "small": {"n1": 10, "m2": 30, "n3": 10, "n4": 5, "idle": 0.5, "interval4": 0.5, "n10": 20},
+    # n1: scenario 1's N; m2: scenario 2's M; n3, n4, n10: scenarios 3, 4, 10; n9: scenario 9's
+    # namespaces; idle: minutes.
+    "small": {
+        "n1": 10,
+        "m2": 30,
+        "n3": 10,
+        "n4": 5,
+        "idle": 0.5,
+        "interval4": 0.5,
+        "n10": 20,
+        "n9": 5,
+    },
     # The issue's sizes (ISSUE below): about 30 minutes on 2 cores.
     "full": {
         "n1": 1000,
@@ -54,11 +65,12 @@ SIZES: dict[str, dict[str, float]] = {
         "idle": 5.0,
         "interval4": 0.25,
         "n10": 500,
+        "n9": 2000,
     },
 }
-ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n10": 500}
-ORDER = ["6", "11", "1", "3", "4", "5", "10", "2", "7"]
-CLUSTER = {"1", "2", "3", "4", "5", "10"}
+ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n10": 500, "n9": 2000}
+ORDER = ["6", "11", "1", "3", "4", "5", "10", "2", "9", "7"]
+CLUSTER = {"1", "2", "3", "4", "5", "10", "9"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -71,6 +83,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--m2", type=int, help="scenario 2's M")
     p.add_argument("--n3", type=int, help="scenario 3's N")
     p.add_argument("--n4", type=int, help="scenario 4's N")
+    p.add_argument("--n9", type=int, help="scenario 9's namespaces (10 ServiceAccounts each)")
     p.add_argument("--idle-minutes", type=float, help="scenario 5's T")
     p.add_argument(
         "--profile",
@@ -137,7 +150,7 @@ async def guarded(res_id: str, title: str, fn: Callable[[], Awaitable[Result]]) 
 
 async def main_async(args: argparse.Namespace) -> int:
     sizes = dict(SIZES[args.scale])
-    for key, attr in (("n1", "n1"), ("m2", "m2"), ("n3", "n3"), ("n4", "n4")):
+    for key, attr in (("n1", "n1"), ("m2", "m2"), ("n3", "n3"), ("n4", "n4"), ("n9", "n9")):
         if getattr(args, attr):
             sizes[key] = getattr(args, attr)
     if args.idle_minutes is not None:
@@ -169,7 +182,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if scaled:
             meta["notes"].append(
                 f"Smaller than the issue's sizes: {', '.join(scaled)}. "
-                "`--n1 1000 --m2 5000 --n3 1000 --n4 200` (the full scale) runs them."
+                "`--n1 1000 --m2 5000 --n3 1000 --n4 200 --n9 2000` (the full scale) runs them."
             )
 
     async def sample_load() -> None:
@@ -260,6 +273,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     "AccessGrants expiring together",
                     lambda: s10_grants.run(env, int(sizes["n10"]), small),
                 ),
+                "9": ("Inventory", lambda: s9_inventory.run(env, int(sizes["n9"]))),
             }
             try:
                 for sid in cluster_ids:

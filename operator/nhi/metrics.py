@@ -357,6 +357,24 @@ issuer_ca_expiration = Gauge(
 )
 
 
+#: Governance KPIs of the operator's own identities (issue 17): how late a due renewal is
+#: rotated, how long after its last workload went an identity is revoked (grace included).
+KPI_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600)
+time_to_rotate = Histogram(
+    "nhi_credential_time_to_rotate_seconds",
+    "From a credential's planned renewal to its rotation, for rotations that were due.",
+    buckets=KPI_BUCKETS,
+    registry=REGISTRY,
+)
+time_to_revoke = Histogram(
+    "nhi_identity_time_to_revoke_seconds",
+    "From the last workload of an identity gone to the identity revoked (grace period "
+    "included), for revocations because the workloads were deleted.",
+    buckets=KPI_BUCKETS,
+    registry=REGISTRY,
+)
+
+
 class GrantSeries(Collector):
     """AccessGrants by namespace and phase, and the Active ones past their end, counted when
     scraped from one small record per grant (updated from the event loop under ``_lock``)."""

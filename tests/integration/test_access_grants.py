@@ -145,6 +145,17 @@ def wait_phase(cluster: Cluster, namespace: str, name: str, want: str, timeout: 
     return cluster.get("accessgrant", name, namespace)
 
 
+def wait_reason(cluster: Cluster, namespace: str, name: str, reason: str) -> None:
+    """Until the grant's Ready condition gives ``reason``."""
+
+    def found() -> bool:
+        obj = cluster.get("accessgrant", name, namespace) or {}
+        conditions = (obj.get("status") or {}).get("conditions") or [{}]
+        return bool(conditions[0].get("reason") == reason)
+
+    wait_for(found, timeout=30, message=f"AccessGrant {name} {reason}")
+
+
 def test_request_approve_expire_with_separation_of_duties(
     team: Cluster, namespace: str, operator: OperatorProcess, tmp_path: Path
 ) -> None:
@@ -257,17 +268,7 @@ def test_a_requester_cannot_grant_what_she_does_not_hold(team: Cluster, namespac
     secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}
     request(cluster, namespace, rules=[secrets])
     assert decide(cluster, namespace, "pvc-cleanup", APPROVER).returncode == 0
-    wait_for(
-        lambda: (
-            (cluster.get("accessgrant", "pvc-cleanup", namespace) or {})
-            .get("status", {})
-            .get("conditions", [{}])[0]
-            .get("reason")
-            == "PrivilegeEscalation"
-        ),
-        timeout=30,
-        message="the grant refused as an escalation",
-    )
+    wait_reason(cluster, namespace, "pvc-cleanup", "PrivilegeEscalation")
     grant = cluster.get("accessgrant", "pvc-cleanup", namespace)
     message = grant["status"]["conditions"][0]["message"]
     assert "spec.rules[0]: alice may not grant get secrets" in message
@@ -286,17 +287,7 @@ def test_a_grant_never_takes_over_a_foreign_role(team: Cluster, namespace: str) 
     before = cluster.get("role", "nhi-grant-pvc-cleanup", namespace)
     request(cluster, namespace)
     assert decide(cluster, namespace, "pvc-cleanup", APPROVER).returncode == 0
-    wait_for(
-        lambda: (
-            (cluster.get("accessgrant", "pvc-cleanup", namespace) or {})
-            .get("status", {})
-            .get("conditions", [{}])[0]
-            .get("reason")
-            == "OwnershipConflict"
-        ),
-        timeout=30,
-        message="the grant refused for the foreign Role",
-    )
+    wait_reason(cluster, namespace, "pvc-cleanup", "OwnershipConflict")
     after = cluster.get("role", "nhi-grant-pvc-cleanup", namespace)
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert not can_delete_pvcs(cluster, namespace)

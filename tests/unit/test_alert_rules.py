@@ -36,6 +36,7 @@ EXPECTED_ALERTS = {
     "NHIIssuerNotReady",
     "NHIIssuerCAExpiringSoon",
     "NHIOperatorDown",
+    "NHIInventoryCriticalFinding",
     "NHIAccessGrantOverdue",
     "NHIMachineIdentityNewBehaviour",
     "NHIMachineIdentityDenialsRising",

@@ -233,3 +233,47 @@ out with rbac.clusterScopedGrants=false.
 {{- fail "metrics.port and operator.healthPort must differ" }}
 {{- end }}
 {{- end }}
+
+{{/*
+Discovery (discovery.enabled): read-only access to what the inventory lists, in the namespaces
+discovered (discoveryNamespacedRules) and cluster-wide (discoveryClusterRules), and the
+operator's own reports. manifests/components/discovery holds the same rules (a test compares
+them).
+*/}}
+{{- define "nhi-operator.discoveryNamespacedRules" -}}
+# Every ServiceAccount, and the legacy token and TLS Secrets (listed by type; kept as
+# metadata, a certificate's subject, issuer and validity: never a value).
+- apiGroups: [""]
+  resources: ["serviceaccounts", "secrets", "pods"]
+  verbs: ["list", "watch"]
+# The workloads that run as each ServiceAccount.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs", "cronjobs"]
+  verbs: ["list", "watch"]
+# Roles and RoleBindings: each identity's effective permissions.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["list", "watch"]
+# The namespace's PolicyReport: only the one the operator created (provenance tag) is ever
+# patched or deleted.
+- apiGroups: ["wgpolicyk8s.io"]
+  resources: ["policyreports"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+{{- end }}
+
+{{- define "nhi-operator.discoveryClusterRules" -}}
+# Namespace labels (owner keys, environments), ClusterRoles and ClusterRoleBindings.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles", "clusterrolebindings"]
+  verbs: ["list", "watch"]
+# The cluster's report: only the one the operator created is ever patched or deleted.
+- apiGroups: ["wgpolicyk8s.io"]
+  resources: ["clusterpolicyreports"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+{{- end }}

@@ -190,25 +190,19 @@ class _DenialIsNotAnError(logging.Filter):
 
 def register() -> None:
     logging.getLogger("kopf.objects").addFilter(_DenialIsNotAnError())
-    kopf.on.validate(
-        GROUP,
-        VERSION,
-        "machineidentities",
-        id=WEBHOOK_ID,
-        operations=["CREATE", "UPDATE"],
-        ignore_failures=True,
-        side_effects=False,
-    )(validate_identity)
+    handlers: list[tuple[str, str, Any]] = [("machineidentities", WEBHOOK_ID, validate_identity)]
     if current_settings().access_grants:
+        handlers.append(("accessgrants", GRANT_WEBHOOK_ID, validate_grant))
+    for plural, handler_id, fn in handlers:
         kopf.on.validate(
             GROUP,
             VERSION,
-            "accessgrants",
-            id=GRANT_WEBHOOK_ID,
+            plural,
+            id=handler_id,
             operations=["CREATE", "UPDATE"],
             ignore_failures=True,
             side_effects=False,
-        )(validate_grant)
+        )(fn)
 
 
 if current_settings().webhook_enabled:
@@ -264,32 +258,22 @@ class AdmissionServer:
 
     def configuration(self, material: ServingMaterial) -> dict[str, Any]:
         s = self.settings
-        cfg = client_config(
-            material,
-            runtime.get().clock.now(),
-            WEBHOOK_ID,
-            host=s.webhook_host,
-            port=s.webhook_port,
-            service=s.webhook_service,
-            service_namespace=s.operator_namespace,
-            service_port=s.webhook_service_port,
-        )
-        grants = (
-            client_config(
+
+        def reach(path: str) -> dict[str, Any]:
+            return client_config(
                 material,
                 runtime.get().clock.now(),
-                GRANT_WEBHOOK_ID,
+                path,
                 host=s.webhook_host,
                 port=s.webhook_port,
                 service=s.webhook_service,
                 service_namespace=s.operator_namespace,
                 service_port=s.webhook_service_port,
             )
-            if s.access_grants
-            else None
-        )
+
+        grants = reach(GRANT_WEBHOOK_ID) if s.access_grants else None
         return build_configuration(
-            s.webhook_configuration, cfg, s.namespaces, s.operator_namespace, grants
+            s.webhook_configuration, reach(WEBHOOK_ID), s.namespaces, s.operator_namespace, grants
         )
 
     async def _material(self, certs: WebhookCertificates) -> ServingMaterial:

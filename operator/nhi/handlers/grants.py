@@ -31,8 +31,9 @@ from nhi.runtime.store import without_managed_fields
 
 log = logging.getLogger("nhi.handlers.grants")
 
-#: Grants reconciled at the same time (500 expiring in the same second end together).
-WORKERS = 16
+#: Grants reconciled at the same time (500 expiring in the same second end together: the
+#: API server, not this process, is then the limit).
+WORKERS = 64
 CHILD_SELECTOR = f"{MANAGED_BY_KEY}={MANAGED_BY},{GRANT_LABEL}"
 CHILD_KINDS = ("Role", "RoleBinding")
 

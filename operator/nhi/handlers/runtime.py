@@ -9,6 +9,8 @@ Created once at start-up (:func:`get`), from :mod:`nhi.runtime`'s parts and one 
   peering, the :class:`~nhi.runtime.peering.PeeringGate` holds it on a standby replica;
 - the IdentityPolicy status controller (:mod:`nhi.handlers.policy_status`), when the
   operator watches every namespace;
+- the inventory controller (:mod:`nhi.handlers.inventory`), with ``--discovery`` only:
+  watch caches of its own over the namespaces discovered, the MachineIdentities from ours;
 - the issuer controller (:class:`~nhi.reconcilers.issuers.IssuerService`), fed by the
   watch caches of IdentityIssuers and ClusterIdentityIssuers, held like the others until the
   caches are listed and while this replica is a standby;
@@ -26,6 +28,7 @@ from typing import Any
 from nhi import IDENTITY_FINALIZER, metrics
 from nhi.handlers.grants import GrantController
 from nhi.handlers.identity_cache import IdentityCache
+from nhi.handlers.inventory import Discovery
 from nhi.handlers.policy_status import PolicyStatus
 from nhi.k8s.client import Api, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
@@ -109,6 +112,20 @@ class Runtime:
             else None
         )
 
+        self.discovery = (
+            Discovery(
+                api,
+                self.clock,
+                namespaces=settings.discovery_namespaces,
+                config=settings.inventory,
+                interval=settings.discovery_interval,
+                provenance=self.issuers.provenance,
+                identities_ready=self.caches.synced,
+                active=self.gate.active,
+            )
+            if settings.discovery
+            else None
+        )
         self.grants = (
             GrantController(
                 api,
@@ -138,6 +155,8 @@ class Runtime:
         self.issuers.watch(self.caches, ready=self.caches.synced, active=self.gate.active)
         if self.policy_status is not None:
             self.policy_status.watch(self.caches)
+        if self.discovery is not None:
+            self.discovery.watch(self.caches)
         if self.grants is not None:
             self.grants.watch(self.caches)
         self.caches.start(on_synced=self.issuers.sweep_bundles)
@@ -146,6 +165,8 @@ class Runtime:
         self.controller.start()
         if self.policy_status is not None:
             self.policy_status.controller.start()
+        if self.discovery is not None:
+            self.discovery.start()
         if self.grants is not None:
             self.grants.controller.start()
 
@@ -154,6 +175,8 @@ class Runtime:
         await self.issuers.stop()
         if self.policy_status is not None:
             await self.policy_status.controller.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self.grants is not None:
             await self.grants.controller.stop()
         await self.gate.stop()

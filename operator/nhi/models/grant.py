@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nhi.models.duration import parse_time
+from nhi.models.duration import parse_time, parse_time_or_none
 from nhi.models.fields import SpecError, as_duration, as_list, as_object
 from nhi.models.identity import PolicyRule, RoleRef, parse_role_refs, parse_rule
 
@@ -88,9 +88,9 @@ class GrantStatus:
         return cls(
             phase=str(status.get("phase") or ""),
             approved_by=str(status.get("approvedBy") or ""),
-            approved_at=_time_or_none(status.get("approvedAt")),
-            activated_at=_time_or_none(status.get("activatedAt")),
-            ended_at=_time_or_none(status.get("endedAt")),
+            approved_at=parse_time_or_none(status.get("approvedAt")),
+            activated_at=parse_time_or_none(status.get("activatedAt")),
+            ended_at=parse_time_or_none(status.get("endedAt")),
         )
 
 
@@ -181,12 +181,3 @@ def _approval(raw: Any) -> Approval | None:
         approver=str(approval.get("approver") or ""),
         message=str(approval.get("message") or ""),
     )
-
-
-def _time_or_none(value: Any) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        return parse_time(str(value))
-    except ValueError:
-        return None

@@ -15,13 +15,14 @@ from nhi.models.duration import rfc3339
 from nhi.models.grant import APPROVED, DENIED, AccessGrant, GrantPhase, GrantReason
 from nhi.models.identity import PolicyRule
 from nhi.models.policy import IdentityPolicy
-from nhi.policies.access import AccessCheck, rule_checks
+from nhi.policies.access import AccessCheck, bind_checks, rule_checks
 from nhi.policies.identity_policy import (
     forbidden_overlap,
     is_wildcard,
     resource_name,
     selecting,
     short_duration,
+    wildcard_findings,
 )
 
 #: How long an ended grant is kept as the record before the operator deletes it.
@@ -52,16 +53,9 @@ def violations(
 
 
 def _rule_findings(grant: AccessGrant, policy: IdentityPolicy) -> Iterable[tuple[str, str]]:
+    if policy.forbid_wildcards:
+        yield from wildcard_findings("spec.rules", grant.rules)
     for i, rule in enumerate(grant.rules):
-        if policy.forbid_wildcards:
-            for attr, values in (
-                ("apiGroups", rule.api_groups),
-                ("resources", rule.resources),
-                ("verbs", rule.verbs),
-            ):
-                wild = [v for v in values if is_wildcard(v)]
-                if wild:
-                    yield (f"spec.rules[{i}].{attr}", f"contains the wildcard {wild[0]!r}")
         for j, forbidden in enumerate(policy.forbidden_rules):
             hit = forbidden_overlap(rule, forbidden)
             if hit is not None:
@@ -113,17 +107,7 @@ def requester_checks(grant: AccessGrant) -> list[AccessCheck]:
             grant.namespace,
             rule.resource_names,
         )
-    checks += [
-        AccessCheck(
-            field=f"spec.roleRefs[{i}]",
-            verb="bind",
-            group="rbac.authorization.k8s.io",
-            resource="roles" if ref.kind == "Role" else "clusterroles",
-            name=ref.name,
-            namespace=grant.namespace,
-        )
-        for i, ref in enumerate(grant.role_refs)
-    ]
+    checks += bind_checks("spec.roleRefs", grant.role_refs, grant.namespace)
     return checks
 
 

@@ -26,7 +26,7 @@ from nhi.models.grant import AccessGrant, GrantPhase, GrantReason
 from nhi.models.identity import MachineIdentity
 from nhi.models.policy import IdentityPolicy
 from nhi.policies import grants as rules
-from nhi.policies.access import AccessCheck
+from nhi.policies.access import AccessCheck, missing_by_field
 from nhi.policies.ownership import controlled_by_grant, describe_owner
 
 log = logging.getLogger("nhi.reconcilers.grants")
@@ -148,10 +148,7 @@ class GrantReconciler:
                 return await self._allowed(grant, check)
 
         held = await asyncio.gather(*(one(c) for c in checks))
-        missing: dict[str, list[AccessCheck]] = {}
-        for check, ok in zip(checks, held, strict=True):
-            if not ok:
-                missing.setdefault(check.field, []).append(check)
+        missing = missing_by_field(checks, held)
         return [
             f"{field}: {grant.requester} may not grant "
             f"{', '.join(c.describe() for c in m[:5])}"
@@ -201,16 +198,24 @@ class GrantReconciler:
         return ""
 
     async def _remove(self, seen: Gathered, uid: str) -> None:
-        """Delete every child the grant controls (by UID; anything else is left alone)."""
+        """Delete every child the grant controls (by UID; anything else is left alone), all at
+        once: 500 grants ending in the same second must lose their permissions together."""
         namespace = str((seen.body.get("metadata") or {}).get("namespace", ""))
-        for (kind, name), obj in seen.children.items():
-            if not controlled_by_grant(obj, uid):
-                continue
+
+        async def one(kind: str, name: str, obj: Mapping[str, Any]) -> None:
             child_uid = str((obj.get("metadata") or {}).get("uid") or "") or None
             try:
                 await self.api.delete(kind, namespace, name, uid=child_uid)
             except NotFound:
                 pass
+
+        await asyncio.gather(
+            *(
+                one(kind, name, obj)
+                for (kind, name), obj in seen.children.items()
+                if controlled_by_grant(obj, uid)
+            )
+        )
 
     async def remove_all(self, seen: Gathered) -> None:
         """The grant is being deleted: its children go first."""

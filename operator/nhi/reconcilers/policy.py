@@ -22,6 +22,7 @@ from nhi.models.grant import AccessGrant
 from nhi.models.identity import MachineIdentity, SpecError
 from nhi.models.meta import ADOPT_ANNOTATION
 from nhi.models.policy import IdentityPolicy
+from nhi.policies.access import missing_by_field
 from nhi.policies.cluster import check_cluster_permissions
 from nhi.policies.grants import requester_checks
 from nhi.policies.grants import violations as grant_violations
@@ -252,10 +253,7 @@ class AdmissionReviewer:
             result.denied.append(f"spec.rules: more than {self.max_checks} permissions to check")
             return result
         held = await self._allowed_all(requester, checks, asyncio.Semaphore(self.concurrency))
-        missing: dict[str, list[AccessCheck]] = {}
-        for check, ok in zip(checks, held, strict=True):
-            if not ok:
-                missing.setdefault(check.field, []).append(check)
+        missing = missing_by_field(checks, held)
         result.denied += [self._escalation(requester, f, m) for f, m in missing.items()]
         return result
 
@@ -267,10 +265,7 @@ class AdmissionReviewer:
         if not checks:
             return []
         held = await self._allowed_all(requester, checks, asyncio.Semaphore(self.concurrency))
-        missing: dict[str, list[AccessCheck]] = {}
-        for check, ok in zip(checks, held, strict=True):
-            if not ok:
-                missing.setdefault(check.field, []).append(check)
+        missing = missing_by_field(checks, held)
         who = requester.username or "the requester"
         return [
             f"{field}: {who} may not {', '.join(c.describe() for c in m)}, so the operator "
@@ -329,10 +324,7 @@ class AdmissionReviewer:
             ]
         sem = asyncio.Semaphore(self.concurrency)
         held = await self._allowed_all(requester, [*checks, *binds], sem)
-        missing: dict[str, list[AccessCheck]] = {}
-        for check, ok in zip(checks, held[: len(checks)], strict=True):
-            if not ok:
-                missing.setdefault(check.field, []).append(check)
+        missing = missing_by_field(checks, held[: len(checks)])
         out = [self._escalation(requester, f, m) for f, m in missing.items()]
         for check, ok in zip(binds, held[len(checks) :], strict=True):
             if ok:

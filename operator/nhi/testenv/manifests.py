@@ -1,5 +1,6 @@
-"""What the local control plane installs from the repository: the CRDs, and the admission
-policies the chart installs by default (the finalizer, authority and AccessGrant policies).
+"""What the local control plane installs from the repository: the CRDs (and the PolicyReport
+CRDs the inventory writes, when the cluster has none), and the admission policies the chart
+installs by default (the finalizer, authority and AccessGrant policies).
 
 Each install waits until the API server acts on what was applied. ``kubectl`` is
 :meth:`ControlPlane.kubectl <nhi.testenv.controlplane.ControlPlane.kubectl>`.
@@ -116,6 +117,37 @@ def install_crds(kubectl: Kubectl) -> None:
         "-l",
         "app.kubernetes.io/part-of=nhi-operator",
     )
+
+
+#: The PolicyReport CRDs installed when the cluster has none (hack/crds).
+REPORT_CRDS = ("policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io")
+
+
+def install_report_crds(kubectl: Kubectl) -> bool:
+    """Install the policy working group's report CRDs (wgpolicyk8s.io/v1alpha2) from
+    hack/crds unless the cluster has them; wait until they are Established. Returns whether
+    they were installed here."""
+    have = kubectl("get", "crd", *REPORT_CRDS, "-o", "name", check=False)
+    if have.returncode == 0 and len(have.stdout.split()) == len(REPORT_CRDS):
+        return False
+    kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "hack" / "crds"))
+    # Right after the apply a CRD may have no status yet, and kubectl wait then fails at once
+    # ("<nil> is of the type <nil>") instead of waiting: ask again until it answers.
+    deadline = time.monotonic() + 60
+    while True:
+        proc = kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=10s",
+            "crd",
+            *REPORT_CRDS,
+            check=False,
+        )
+        if proc.returncode == 0:
+            return True
+        if time.monotonic() > deadline:
+            raise ControlPlaneError(f"the PolicyReport CRDs were not Established: {proc.stderr}")
+        time.sleep(0.5)
 
 
 def install_authority_policy(kubectl: Kubectl, timeout: float = 60.0, name: str = "") -> float:
