@@ -439,6 +439,7 @@ USAGE_BATCH_RESULTS = (
     "too_large",
     "malformed",
     "unsupported_media_type",
+    "standby",
 )
 usage_batches = Counter(
     "nhi_usage_batches",

@@ -132,6 +132,8 @@ async def test_persisted_usage_is_read_back_and_merged_with_what_arrived_meanwhi
     api = FakeApi()
     first = store(api)
     first.ingest(parse_event_list(batch(event())))
+    assert await first.flush() == 0  # not before the persisted usage is read back
+    await first.load()
     assert await first.flush() == 1 and await first.flush() == 0
     cm = api.objects[("ConfigMap", "nhi-system", configmap_name("team", "billing"))]
     assert cm["metadata"]["annotations"]["nhi.dev/serviceaccount-name"] == "billing"
@@ -334,3 +336,48 @@ def test_an_impersonated_minter_is_the_one_named() -> None:
     b = parse_batch(batch(mint_event("m1", {"username": "nhi-operator"},
                                      impersonatedUser={"username": "mallory"})))  # fmt: skip
     assert b.mints[0].minted_by == "mallory" and b.mints[0].by_person
+
+
+async def test_a_standby_replica_refuses_batches_and_reloads_when_it_becomes_active() -> None:
+    import asyncio
+
+    api = FakeApi()
+    s = store(api, flush_interval=0.05)
+    active = asyncio.Event()
+    settings = Settings(usage_token_secret="audit-token")
+    async with TestClient(TestServer(UsageEndpoint(settings, s).app())) as c:
+        s.start(_Scope(), active=active)  # type: ignore[arg-type]
+        resp = await c.post("/audit", data=json.dumps(batch(event())), headers=auth())
+        assert resp.status == 503 and s.books == {}
+        # The active replica persisted something meanwhile; this one takes over.
+        other = store(api)
+        await other.load()
+        other.ingest(parse_event_list(batch(event(auditID="elsewhere"))))
+        await other.flush()
+        active.set()
+        for _ in range(100):
+            if s.loaded:
+                break
+            await asyncio.sleep(0.02)
+        resp = await c.post("/audit", data=json.dumps(batch(event())), headers=auth())
+        assert resp.status == 200
+        (seen,) = s.books[("team", "billing")].entries.values()
+        assert seen.count == 2  # the persisted one and this one
+        active.clear()
+        for _ in range(100):
+            if not s.loaded:
+                break
+            await asyncio.sleep(0.02)
+        assert s.books == {}  # set aside: stale from now on
+        await s.stop()
+
+
+class _Scope:
+    def identity_bodies(self) -> list[dict[str, Any]]:
+        return []
+
+    def policies(self) -> list[Any]:
+        return []
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        return {}

@@ -12,7 +12,6 @@ never logged: a log line names the result and the peer, nothing of the events.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -142,6 +141,9 @@ class UsageEndpoint:
         except (ValueError, RecursionError) as err:  # AuditError is a ValueError
             reason = str(err) if isinstance(err, AuditError) else "the body is not valid JSON"
             return _refuse("malformed", 400, reason)
+        if not self.store.is_active():
+            # The API server retries the batch; through the Service it reaches the active one.
+            return _refuse("standby", 503, "this replica is a standby: retry")
         counted, replayed = self.store.ingest(batch.observations, batch.mints)
         metrics.usage_batches.labels("accepted").inc()
         return aiohttp.web.json_response({"counted": counted, "replayed": replayed})
@@ -178,15 +180,10 @@ async def start() -> None:
         events=rt.events,
     )
     _endpoint = UsageEndpoint(settings, store)
-    await _endpoint.start()  # events counted while loading are merged, see UsageStore.load
-    while True:
-        try:
-            await store.load()
-            break
-        except Exception as err:
-            log.error("could not load the persisted usage; retrying", extra={"error": repr(err)})
-            await asyncio.sleep(5)
-    store.start(rt.view)
+    # Loads the persisted usage first (events counted meanwhile are merged: UsageStore.load);
+    # with peering, only the active replica counts and writes.
+    store.start(rt.view, active=rt.gate.active)
+    await _endpoint.start()
 
 
 async def stop() -> None:

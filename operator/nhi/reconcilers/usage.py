@@ -46,6 +46,8 @@ DATA_KEY = "usage.json"
 SEEN_IDS = 200_000
 #: Most new behaviours reported as Events per pass (all are counted in the metric).
 MAX_NOVELTIES = 100
+#: Seconds between two attempts to read the persisted usage back.
+LOAD_RETRY = 2.0
 #: Most minted tokens remembered (their lineage: who minted them, when, from where).
 MAX_MINTS = 50_000
 
@@ -134,6 +136,10 @@ class UsageStore:
         #: Since when usage is observed (kept in a ConfigMap across restarts).
         self.since: dt.datetime = clock()
         self._task: asyncio.Task[None] | None = None
+        #: Set while this replica is the active one (peering); None: always active.
+        self.active: asyncio.Event | None = None
+        #: The persisted usage is read back: flushing before would overwrite it with less.
+        self.loaded = False
 
     # ------------------------------------------------------------------ ingestion
 
@@ -230,22 +236,29 @@ class UsageStore:
             self.since = dt.datetime.fromisoformat(since)
         except ValueError:
             self.since = self.clock()
+        persisted: list[UsageBook] = []
         async for cm in self.api.iterate(
             "ConfigMap", self.namespace, label_selector=f"{USAGE_LABEL}=serviceaccount"
         ):
             book = book_of(cm)
-            if book is None:
-                continue
+            if book is not None:
+                persisted.append(book)
+        # All read: merged in one step, so a failed read above merges nothing twice.
+        for book in persisted:
             key = (book.namespace, book.service_account)
             fresh = self.books.get(key)
             if fresh is not None:  # counted while loading: add the persisted counts
                 fresh.merge(book)
             else:
                 self.books[key] = book
+        self.loaded = True
         log.info("loaded usage", extra={"serviceAccounts": len(self.books)})
 
     async def flush(self) -> int:
-        """Persist every book that changed since the last flush; returns how many."""
+        """Persist every book that changed since the last flush; returns how many. Nothing
+        before the persisted books are loaded: that would overwrite them with less."""
+        if not self.loaded:
+            return 0
         keys, self.dirty = self.dirty, set()
         written = 0
         for key in sorted(keys):
@@ -381,21 +394,40 @@ class UsageStore:
 
     # ------------------------------------------------------------------ loop
 
-    def start(self, scope: IdentityScope) -> None:
+    def is_active(self) -> bool:
+        """May this replica count and write (always, without peering)?"""
+        return self.active is None or self.active.is_set()
+
+    def _forget(self) -> None:
+        """A standby keeps nothing: what it knew goes stale while the active replica counts;
+        it loads the persisted usage again when it becomes active."""
+        if self.loaded or self.books:
+            log.info("usage set aside: this replica is a standby")
+        self.books, self.dirty, self.loaded = {}, set(), False
+        self.seen, self.order = set(), deque()
+        self.novelties, self.human_uses = [], []
+
+    def start(self, scope: IdentityScope, active: asyncio.Event | None = None) -> None:
+        self.active = active
         self._task = asyncio.create_task(self._run(scope), name="nhi-usage-flush")
 
     async def _run(self, scope: IdentityScope) -> None:
         while True:
-            await asyncio.sleep(self.flush_interval)
             try:
-                await self.flush()
-                bodies = scope.identity_bodies()
-                self.report_novelties(bodies)
-                await self.assess(bodies, scope)
+                if not self.is_active():
+                    self._forget()
+                elif not self.loaded:
+                    await self.load()
+                else:
+                    await self.flush()
+                    bodies = scope.identity_bodies()
+                    self.report_novelties(bodies)
+                    await self.assess(bodies, scope)
             except asyncio.CancelledError:
                 raise
             except Exception as err:
                 log.error("usage pass failed", extra={"error": repr(err)})
+            await asyncio.sleep(self.flush_interval if self.loaded else LOAD_RETRY)
 
     async def stop(self) -> None:
         if self._task is not None:
