@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, Cluster, OperatorProcess, start_operator, wait_for
@@ -217,6 +218,35 @@ def test_use_is_recorded_an_unused_rule_reported_and_rightsize_drops_it(usage: U
     assert any("services" in line for line in removed), out.stdout
     assert not any("services" in line for line in added), out.stdout
     assert any("settings" in line for line in added), out.stdout  # narrowed to the name used
+
+
+def test_rightsize_of_an_unmanaged_service_account_prints_a_narrower_adoption(
+    usage: Usage,
+) -> None:
+    u, ns = usage, usage.pool[0]
+    u.cluster.kubectl("create", "serviceaccount", "legacy", "-n", ns)
+    u.cluster.kubectl("create", "role", "legacy", "-n", ns, "--verb=get,list",
+                      "--resource=configmaps,secrets")  # fmt: skip
+    u.cluster.kubectl("create", "rolebinding", "legacy", "-n", ns, "--role=legacy",
+                      f"--serviceaccount={ns}:legacy")  # fmt: skip
+    token = u.cluster.kubectl("create", "token", "legacy", "-n", ns).stdout.strip()
+    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
+             message="the legacy token to list ConfigMaps")  # fmt: skip
+    wait_for(lambda: u.count(ns, "legacy", "configmaps", "", "list") >= 1, timeout=30,
+             message="the legacy ServiceAccount's use recorded")  # fmt: skip
+    cli = [sys.executable, "-m", "nhi.cli.main", "rightsize", "legacy", "-n", ns]
+    out = subprocess.run(
+        [*cli, "--operator-namespace", u.op_ns],
+        env=u.cluster.env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    manifest = yaml.safe_load(out.stdout)
+    assert manifest["kind"] == "MachineIdentity"
+    assert manifest["metadata"]["annotations"] == {"nhi.dev/adopt": "true"}
+    # Held today: get and list on configmaps and secrets; used: list on configmaps.
+    assert manifest["spec"]["permissions"] == {
+        "rules": [{"verbs": ["list"], "apiGroups": [""], "resources": ["configmaps"]}]
+    }
 
 
 def test_a_restart_keeps_what_was_flushed(usage: Usage, tmp_path: Path) -> None:

@@ -381,3 +381,30 @@ class _Scope:
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         return {}
+
+
+def test_an_adoption_is_cut_down_to_the_observed_use() -> None:
+    from nhi.cli.rightsize import adoption
+    from nhi.models.usage import UsageBook
+
+    manifest = make_body(
+        name="billing",
+        namespace="team",
+        annotations={"nhi.dev/adopt": "true"},
+        serviceAccount={"name": "billing"},
+        permissions={
+            "rules": [rule(verbs=("get", "list")), rule(resources=("secrets",), verbs=("get",))],
+            "roleRefs": [{"kind": "ClusterRole", "name": "view"}],
+        },
+    )
+    book = UsageBook("team", "billing")
+    for obs in parse_event_list(batch(event())):
+        book.record(obs)
+    out = adoption(manifest, book)
+    assert out["spec"]["permissions"]["rules"] == [
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"],
+         "resourceNames": ["settings"]}
+    ]  # fmt: skip
+    assert out["spec"]["permissions"]["roleRefs"] == [{"kind": "ClusterRole", "name": "view"}]
+    assert out["metadata"]["annotations"] == {"nhi.dev/adopt": "true"}
+    assert manifest["spec"]["permissions"]["rules"][1]["resources"] == ["secrets"]  # untouched

@@ -1,5 +1,7 @@
 """``nhi rightsize NAME``: the smallest ``spec.permissions`` covering the observed use, as a
-unified diff against the spec (docs/usage.md).
+unified diff against the spec (docs/usage.md). For a ServiceAccount no MachineIdentity
+manages, the MachineIdentity that adopts it (``nhi adopt``'s), with its permissions cut down
+to the observed use.
 
 The usage is the operator's record of the identity's ServiceAccount (a ConfigMap in the
 operator's namespace, :mod:`nhi.reconcilers.usage`); the narrowing is
@@ -9,6 +11,7 @@ are: what they grant is defined elsewhere.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import json
 from collections.abc import Mapping, Sequence
@@ -18,6 +21,7 @@ import yaml
 
 from nhi.cli.errors import CliError
 from nhi.k8s.client import Api
+from nhi.models.discovered import UNKNOWN
 from nhi.models.identity import MachineIdentity, PolicyRule
 from nhi.models.usage import UsageBook
 from nhi.policies.usage import rightsize as narrow
@@ -56,14 +60,23 @@ def diff(identity: MachineIdentity, raw: Mapping[str, Any], book: UsageBook) -> 
     )
 
 
-async def rightsize(api: Api, namespace: str | None, name: str, operator_namespace: str) -> int:
-    if namespace is None:
-        raise CliError("rightsize needs a namespace: use -n NAMESPACE")
-    body = await api.get("MachineIdentity", namespace, name)
-    if body is None:
-        raise CliError(f"MachineIdentity {namespace}/{name} not found")
-    identity = MachineIdentity.from_body(body)
-    sa = identity.spec.service_account
+def adoption(manifest: dict[str, Any], book: UsageBook) -> dict[str, Any]:
+    """The adoption manifest with its rules and clusterRules cut down to the observed use."""
+    identity = MachineIdentity.from_body(manifest)
+    raw = (manifest.get("spec") or {}).get("permissions") or {}
+    rules, cluster = narrow(
+        identity.spec.rules, identity.spec.cluster_rules, identity.namespace, book.entries
+    )
+    out: dict[str, Any] = json.loads(json.dumps(manifest))
+    permissions = proposed(raw, rules, cluster)
+    if permissions:
+        out["spec"]["permissions"] = permissions
+    else:
+        out["spec"].pop("permissions", None)
+    return out
+
+
+async def _book(api: Api, operator_namespace: str, namespace: str, sa: str) -> UsageBook:
     cm = await api.get("ConfigMap", operator_namespace, configmap_name(namespace, sa))
     book = book_of(cm) if cm is not None else None
     if book is None or (book.namespace, book.service_account) != (namespace, sa):
@@ -71,6 +84,39 @@ async def rightsize(api: Api, namespace: str | None, name: str, operator_namespa
             f"no usage recorded for ServiceAccount {namespace}/{sa} in namespace "
             f"{operator_namespace}: is the operator's usage endpoint set up (docs/usage.md)?"
         )
+    return book
+
+
+async def _adopt(api: Api, namespace: str, name: str, operator_namespace: str) -> int:
+    """No MachineIdentity NAME: the right-sized one that adopts the ServiceAccount NAME."""
+    from nhi.builders.adoption import adoption_manifest
+    from nhi.cli.inventory import compute_all, gather, load_config
+    from nhi.cli.render import dump
+
+    now = dt.datetime.now(dt.UTC)
+    result = compute_all(await gather(api, namespace), load_config(None), now)
+    ident = result.inventory.by_key().get((namespace, name))
+    if ident is None or ident.state == "managed":
+        raise CliError(f"MachineIdentity {namespace}/{name} not found")
+    book = await _book(api, operator_namespace, namespace, name)
+    owner = ident.owner if ident.owner and ident.owner != UNKNOWN else "unknown"
+    manifest = adoption(adoption_manifest(ident, owner), book)
+    print(
+        f"# ServiceAccount {namespace}/{name} is not managed: the MachineIdentity that adopts it,"
+    )
+    print("# with only the permissions it was seen using (set spec.owner before applying)")
+    print(dump(manifest, "yaml"))
+    return 0
+
+
+async def rightsize(api: Api, namespace: str | None, name: str, operator_namespace: str) -> int:
+    if namespace is None:
+        raise CliError("rightsize needs a namespace: use -n NAMESPACE")
+    body = await api.get("MachineIdentity", namespace, name)
+    if body is None:
+        return await _adopt(api, namespace, name, operator_namespace)
+    identity = MachineIdentity.from_body(body)
+    book = await _book(api, operator_namespace, namespace, identity.spec.service_account)
     since = (identity.status.get("usage") or {}).get("observedSince")
     text = diff(identity, (body.get("spec") or {}).get("permissions") or {}, book)
     if not text:
