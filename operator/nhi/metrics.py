@@ -479,6 +479,11 @@ usage_person_minted_tokens = Counter(
     ("namespace",),
     registry=REGISTRY,
 )
+usage_log_lines_skipped = Counter(
+    "nhi_usage_log_lines_skipped",
+    "Lines of the audit log (--usage-audit-log) skipped: not an audit event, or too long.",
+    registry=REGISTRY,
+)
 usage_flushes = Counter(
     "nhi_usage_flushes",
     "Writes of usage ConfigMaps, by result.",

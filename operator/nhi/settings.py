@@ -123,9 +123,12 @@ class Settings:
         default_factory=lambda: os.environ.get("NHI_USAGE_LEARNING_WINDOW", "168h")
     )
 
+    #: Also read kube-apiserver's audit log (JSON lines) at this path; empty: no.
+    usage_audit_log: str = field(default_factory=lambda: os.environ.get("NHI_USAGE_AUDIT_LOG", ""))
+
     @property
     def usage_enabled(self) -> bool:
-        return self.usage_port > 0
+        return self.usage_port > 0 or bool(self.usage_audit_log)
 
     @property
     def webhook_enabled(self) -> bool:

@@ -325,6 +325,53 @@ def test_a_token_a_person_minted_and_used_is_reported_and_the_operators_own_are_
     assert len(findings()) == 1
 
 
+@pytest.fixture(scope="module")
+def log_source(usage: Usage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Usage]:
+    """A second operator reading the control plane's audit log file instead (its own
+    operator namespace, so its usage ConfigMaps are its own; its own namespace to serve)."""
+    cluster = usage.cluster
+    suffix = uuid.uuid4().hex[:6]
+    op_ns, ns = f"nhi-usage-log-{suffix}", f"usage-log-{suffix}"
+    for name in (op_ns, ns):
+        cluster.kubectl("create", "namespace", name)
+    args = [f"--usage-audit-log={cluster.control_plane.audit_log}"]
+    args += [f"--usage-flush-interval={FLUSH}", "--policy-status-interval=0", "--namespace", ns]
+    env = {**cluster.env(), "NHI_NAMESPACE": op_ns}
+    log = tmp_path_factory.mktemp("usage-log") / "operator.log"
+    op = start_operator(cluster, log, *args, env=env)
+    try:
+        yield Usage(cluster, op, op_ns, [ns], env)
+    finally:
+        op.stop()
+        for name in (op_ns, ns):
+            cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_the_audit_log_file_is_a_source_too_and_a_restart_goes_on_from_its_checkpoint(
+    log_source: Usage, tmp_path: Path
+) -> None:
+    u, ns = log_source, log_source.pool[0]
+    token = issued_token(u, ns, "tailed", [CM_READ])
+    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
+             message="the token to list ConfigMaps")  # fmt: skip
+    for _ in range(2):
+        u.api(token, f"/api/v1/namespaces/{ns}/configmaps")
+    wait_for(lambda: u.count(ns, "tailed", "configmaps", "", "list") >= 3, timeout=30,
+             message="the lists read from the audit log")  # fmt: skip
+    time.sleep(FLUSH * 3)  # the books and then the checkpoint written
+    before = u.count(ns, "tailed", "configmaps", "", "list")
+    state = u.cluster.get("configmap", "nhi-usage-state", u.op_ns) or {}
+    assert "logCheckpoint" in (state.get("data") or {})
+    u.op.stop(signal.SIGKILL)
+    u.restart(tmp_path / "restarted.log")
+    assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200
+    wait_for(lambda: u.count(ns, "tailed", "configmaps", "", "list") >= before + 1, timeout=60,
+             message="the request after the restart")  # fmt: skip
+    time.sleep(FLUSH * 2)
+    # Went on from the checkpoint: the file was not counted again from its start.
+    assert u.count(ns, "tailed", "configmaps", "", "list") == before + 1
+
+
 def test_unauthenticated_malformed_and_oversized_posts_are_refused(usage: Usage) -> None:
     u = usage
     good = json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": []}).encode()

@@ -206,6 +206,12 @@ def _usage_options(p: argparse.ArgumentParser, s: Settings) -> None:
         help="report a declared rule unused for this long (default %(default)s)",
     )
     u.add_argument(
+        "--usage-audit-log",
+        default=s.usage_audit_log,
+        help="also read kube-apiserver's audit log (JSON lines, --audit-log-path) at this "
+        "path, from where it stopped before a restart",
+    )
+    u.add_argument(
         "--usage-learning-window",
         default=s.usage_learning_window,
         help="after this long since a ServiceAccount was first seen, a verb and resource it "
@@ -278,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 USAGE_OPTIONS = (
     "port", "address", "tls_cert_file", "tls_key_file", "client_ca_file", "client_names",
-    "token_secret", "max_body", "flush_interval", "unused_after", "learning_window",
+    "token_secret", "max_body", "flush_interval", "unused_after", "learning_window", "audit_log",
 )  # fmt: skip
 
 

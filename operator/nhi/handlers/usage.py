@@ -26,6 +26,7 @@ from nhi.handlers import runtime
 from nhi.models.duration import parse_duration
 from nhi.models.usage import AuditError, parse_batch
 from nhi.reconcilers.usage import UsageStore
+from nhi.reconcilers.usage_log import AuditLogTail
 from nhi.settings import Settings
 from nhi.settings import current as current_settings
 
@@ -161,6 +162,7 @@ def _refuse(result: str, status: int, message: str) -> aiohttp.web.Response:
 # ------------------------------------------------------------------------------ wiring
 
 _endpoint: UsageEndpoint | None = None
+_tail: AuditLogTail | None = None
 
 
 async def start() -> None:
@@ -183,11 +185,19 @@ async def start() -> None:
     # Loads the persisted usage first (events counted meanwhile are merged: UsageStore.load);
     # with peering, only the active replica counts and writes.
     store.start(rt.view, active=rt.gate.active)
-    await _endpoint.start()
+    if settings.usage_audit_log:
+        global _tail
+        _tail = AuditLogTail(settings.usage_audit_log, store)
+        _tail.start()
+    if settings.usage_port:
+        await _endpoint.start()
 
 
 async def stop() -> None:
-    global _endpoint
+    global _endpoint, _tail
+    if _tail is not None:
+        await _tail.stop()
+        _tail = None
     if _endpoint is not None:
         await _endpoint.stop()
         await _endpoint.store.stop()

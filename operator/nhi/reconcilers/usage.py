@@ -41,6 +41,7 @@ USAGE_LABEL = "nhi.dev/usage"
 SA_NAMESPACE_ANNOTATION = "nhi.dev/serviceaccount-namespace"
 SA_NAME_ANNOTATION = "nhi.dev/serviceaccount-name"
 STATE_CONFIGMAP = "nhi-usage-state"
+LOG_CHECKPOINT = "logCheckpoint"
 DATA_KEY = "usage.json"
 #: How many auditIDs are remembered to recognise a replayed batch.
 SEEN_IDS = 200_000
@@ -140,6 +141,10 @@ class UsageStore:
         self.active: asyncio.Event | None = None
         #: The persisted usage is read back: flushing before would overwrite it with less.
         self.loaded = False
+        #: Where the file-tailing source stopped (nhi.reconcilers.usage_log), persisted with
+        #: the usage; and what was persisted last.
+        self.log_checkpoint = ""
+        self._log_checkpoint_written = ""
 
     # ------------------------------------------------------------------ ingestion
 
@@ -232,6 +237,8 @@ class UsageStore:
             )
         else:
             since = str((state.get("data") or {}).get("since") or "")
+            self.log_checkpoint = str((state.get("data") or {}).get(LOG_CHECKPOINT) or "")
+            self._log_checkpoint_written = self.log_checkpoint
         try:
             self.since = dt.datetime.fromisoformat(since)
         except ValueError:
@@ -277,7 +284,19 @@ class UsageStore:
                 continue
             metrics.usage_flushes.labels("success").inc()
             written += 1
+        await self._write_checkpoint()
         return written
+
+    async def _write_checkpoint(self) -> None:
+        """After the books: a crash between the two reads some lines again (at most one
+        flush interval); the other order would lose them."""
+        if self.log_checkpoint == self._log_checkpoint_written or self.dirty:
+            return
+        checkpoint = self.log_checkpoint
+        await self.api.patch(
+            "ConfigMap", self.namespace, STATE_CONFIGMAP, {"data": {LOG_CHECKPOINT: checkpoint}}
+        )
+        self._log_checkpoint_written = checkpoint
 
     # ------------------------------------------------------------------ verdicts
 
@@ -406,6 +425,7 @@ class UsageStore:
         self.books, self.dirty, self.loaded = {}, set(), False
         self.seen, self.order = set(), deque()
         self.novelties, self.human_uses = [], []
+        self.log_checkpoint = self._log_checkpoint_written = ""
 
     def start(self, scope: IdentityScope, active: asyncio.Event | None = None) -> None:
         self.active = active
