@@ -219,6 +219,17 @@ def test_use_is_recorded_an_unused_rule_reported_and_rightsize_drops_it(usage: U
     assert not any("services" in line for line in added), out.stdout
     assert any("settings" in line for line in added), out.stdout  # narrowed to the name used
 
+    # The same suggestion kept in status, for GitOps users.
+    u.cluster.kubectl("patch", "machineidentity", "app", "-n", ns, "--type=merge",
+                      "-p", '{"spec": {"permissions": {"rightsizing": "Suggest"}}}')  # fmt: skip
+
+    def suggestion() -> dict[str, Any] | None:
+        obj = u.cluster.get("machineidentity", "app", ns) or {}
+        return ((obj.get("status") or {}).get("usage") or {}).get("suggestion")
+
+    suggested = wait_for(suggestion, timeout=30, message="status.usage.suggestion")
+    assert {r["resources"][0] for r in suggested["rules"]} == {"configmaps"}
+
 
 def test_rightsize_of_an_unmanaged_service_account_prints_a_narrower_adoption(
     usage: Usage,

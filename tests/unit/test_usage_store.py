@@ -408,3 +408,26 @@ def test_an_adoption_is_cut_down_to_the_observed_use() -> None:
     assert out["spec"]["permissions"]["roleRefs"] == [{"kind": "ClusterRole", "name": "view"}]
     assert out["metadata"]["annotations"] == {"nhi.dev/adopt": "true"}
     assert manifest["spec"]["permissions"]["rules"][1]["resources"] == ["secrets"]  # untouched
+
+
+async def test_rightsizing_suggest_keeps_the_smaller_permissions_in_status() -> None:
+    from nhi.models.fields import SpecError
+    from nhi.models.identity import MachineIdentity
+
+    api = FakeApi()
+    s = store(api)
+    s.ingest(parse_event_list(batch(event())))
+    permissions = {"rules": [rule(verbs=("get", "list")), rule(resources=("secrets",))]}
+    body = make_body(namespace="team", serviceAccount={"name": "billing"},
+                     permissions={**permissions, "rightsizing": "Suggest"})  # fmt: skip
+    usage, _ = s.verdict(MachineIdentity.from_body(body), NOW)
+    assert usage["suggestion"] == {
+        "rules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"],
+                   "resourceNames": ["settings"]}],
+        "clusterRules": [],
+    }  # fmt: skip
+    off = make_body(namespace="team", serviceAccount={"name": "billing"}, permissions=permissions)
+    assert "suggestion" not in s.verdict(MachineIdentity.from_body(off), NOW)[0]
+    bad = make_body(permissions={**permissions, "rightsizing": "Apply"})
+    with pytest.raises(SpecError, match=r"spec\.permissions\.rightsizing"):
+        MachineIdentity.from_body(bad)

@@ -54,6 +54,10 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 
 
+RIGHTSIZING_OFF = "Off"
+RIGHTSIZING_SUGGEST = "Suggest"
+
+
 @dataclass(frozen=True)
 class PolicyRule:
     api_groups: tuple[str, ...]
@@ -122,6 +126,8 @@ class Spec:
     valid_for: dt.timedelta | None = None
     on_workload_deletion: str = "Revoke"
     grace_period: dt.timedelta = DEFAULT_GRACE
+    #: ``permissions.rightsizing``: Suggest keeps the right-sized permissions in status.
+    rightsizing: str = RIGHTSIZING_OFF
 
     @property
     def wants_cluster_permissions(self) -> bool:
@@ -443,4 +449,12 @@ def parse_spec(
         valid_for=valid_for,
         on_workload_deletion=on_del,
         grace_period=grace,
+        rightsizing=_rightsizing(as_object(spec.get("permissions"), "spec.permissions")),
     )
+
+
+def _rightsizing(perms: Mapping[str, Any]) -> str:
+    value = perms.get("rightsizing", RIGHTSIZING_OFF)
+    if value not in (RIGHTSIZING_OFF, RIGHTSIZING_SUGGEST):
+        raise SpecError("spec.permissions.rightsizing", "must be Off or Suggest")
+    return str(value)

@@ -29,7 +29,7 @@ from nhi import metrics
 from nhi.k8s.client import Api, ApiError, Conflict, NotFound
 from nhi.k8s.events import EventRecorder
 from nhi.models import conditions as cond
-from nhi.models.identity import MachineIdentity
+from nhi.models.identity import RIGHTSIZING_SUGGEST, MachineIdentity
 from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
 from nhi.models.policy import IdentityPolicy
 from nhi.models.usage import AuditError, Mint, Observation, UsageBook, book_from_json, book_to_json
@@ -331,7 +331,16 @@ class UsageStore:
             now,
         )
         metrics.unused_rules.labels(identity.namespace, identity.name).set(len(stale))
-        return policy.usage_status(uses, stale, since, after), conds
+        usage = policy.usage_status(uses, stale, since, after)
+        if spec.rightsizing == RIGHTSIZING_SUGGEST:
+            rules, cluster = policy.rightsize(
+                spec.rules, spec.cluster_rules, identity.namespace, entries
+            )
+            usage["suggestion"] = {
+                "rules": [r.to_k8s() for r in rules],
+                "clusterRules": [r.to_k8s() for r in cluster],
+            }
+        return usage, conds
 
     async def assess(
         self, bodies: Iterable[Mapping[str, Any]], scope: PolicyScope | None = None
