@@ -484,6 +484,13 @@ usage_log_lines_skipped = Counter(
     "Lines of the audit log (--usage-audit-log) skipped: not an audit event, or too long.",
     registry=REGISTRY,
 )
+usage_tokens_outside_pod = Counter(
+    "nhi_usage_tokens_outside_pod",
+    "Uses of a pod-bound ServiceAccount token of the namespace from an address that is not "
+    "its pod's, each credential and address counted once.",
+    ("namespace",),
+    registry=REGISTRY,
+)
 usage_flushes = Counter(
     "nhi_usage_flushes",
     "Writes of usage ConfigMaps, by result.",

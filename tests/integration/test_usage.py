@@ -383,6 +383,38 @@ def test_the_audit_log_file_is_a_source_too_and_a_restart_goes_on_from_its_check
     assert u.count(ns, "tailed", "configmaps", "", "list") == before + 1
 
 
+def test_a_pod_bound_token_used_from_outside_its_pod_is_reported(usage: Usage) -> None:
+    u, ns = usage, usage.pool[1]
+    issued_token(u, ns, "podbound", [CM_READ])
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "podbound-0", "namespace": ns},
+        "spec": {"serviceAccountName": "podbound",
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }  # fmt: skip
+    u.cluster.apply(pod)
+    # No kubelet runs here: the pod's address is set as a kubelet would report it.
+    status = '{"status": {"podIP": "10.9.8.7", "podIPs": [{"ip": "10.9.8.7"}]}}'
+    u.cluster.kubectl("patch", "pod", "podbound-0", "-n", ns, "--subresource=status",
+                      "--type=merge", "-p", status)  # fmt: skip
+    token = u.cluster.kubectl("create", "token", "podbound", "-n", ns, "--bound-object-kind=Pod",
+                              "--bound-object-name=podbound-0").stdout.strip()  # fmt: skip
+    # This request comes from 127.0.0.1, not from the pod's 10.9.8.7: the token left its pod.
+    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
+             message="the pod-bound token to list ConfigMaps")  # fmt: skip
+
+    def findings() -> list[dict[str, Any]]:
+        out = u.cluster.kubectl("get", "events", "-n", ns, "-o", "json")
+        return [e for e in json.loads(out.stdout)["items"] if e["reason"] == "TokenUsedOutsidePod"]
+
+    (event,) = wait_for(findings, timeout=30, message="the TokenUsedOutsidePod Event")
+    assert event["involvedObject"]["name"] == "podbound"
+    assert "bound to pod podbound-0 was used from 127.0.0.1" in event["message"]
+    assert "10.9.8.7" in event["message"] and token not in event["message"]
+    assert u.metric("nhi_usage_tokens_outside_pod_total", namespace=ns) == 1
+
+
 def test_unauthenticated_malformed_and_oversized_posts_are_refused(usage: Usage) -> None:
     u = usage
     good = json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": []}).encode()

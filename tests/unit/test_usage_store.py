@@ -431,3 +431,31 @@ async def test_rightsizing_suggest_keeps_the_smaller_permissions_in_status() -> 
     bad = make_body(permissions={**permissions, "rightsizing": "Apply"})
     with pytest.raises(SpecError, match=r"spec\.permissions\.rightsizing"):
         MachineIdentity.from_body(bad)
+
+
+async def test_a_pod_bound_token_used_from_another_address_is_reported_once() -> None:
+    rec = Recorder()
+    api = FakeApi()
+    api.objects[("Pod", "team", "billing-0")] = {
+        "spec": {}, "status": {"podIP": "10.1.2.3", "podIPs": [{"ip": "10.1.2.3"}]},
+    }  # fmt: skip
+    s = store(api, events=rec)  # type: ignore[arg-type]
+    inside = event(auditID="in", sourceIPs=["10.1.2.3"])
+    outside = event(auditID="out", sourceIPs=["198.51.100.9"])
+    again = event(auditID="again", sourceIPs=["198.51.100.9"])
+    s.ingest(parse_event_list(batch(inside, outside, again)))
+    assert len(s.pod_uses) == 2  # one per credential and address
+    assert await s.check_pods({}) == 1
+    ((about, _, reason, message),) = rec.posted
+    assert (about["kind"], reason) == ("ServiceAccount", "TokenUsedOutsidePod")
+    assert "bound to pod billing-0 was used from 198.51.100.9" in message
+    s.ingest(parse_event_list(batch(event(auditID="later", sourceIPs=["198.51.100.9"]))))
+    assert s.pod_uses == {}  # checked already
+
+
+def test_pod_addresses_include_the_node_with_host_network() -> None:
+    from nhi.policies.usage import pod_addresses
+
+    pod = {"spec": {"hostNetwork": True}, "status": {"podIP": "10.0.0.5", "hostIP": "10.0.0.5"}}
+    assert pod_addresses(pod) == {"10.0.0.5"}
+    assert pod_addresses({"status": {}}) == set()

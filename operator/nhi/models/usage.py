@@ -79,6 +79,8 @@ class Observation:
     credential_id: str = ""
     pod: str = ""
     denied: bool = False
+    #: The request's source address (the first of sourceIPs).
+    source_ip: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +260,6 @@ def _mint(
     if not cid or ref.get("resource") != "serviceaccounts" or ref.get("subresource") != "token":
         return None
     impersonated = _object(ev.get("impersonatedUser"), f"{where}.impersonatedUser")
-    ips = ev.get("sourceIPs")
     return Mint(
         credential_id=cid,
         namespace=_text(ref.get("namespace"), f"{where}.objectRef.namespace"),
@@ -267,7 +268,7 @@ def _mint(
             impersonated.get("username") or user.get("username"), f"{where}.user.username"
         ),
         at=_timestamp(ev.get("stageTimestamp") or ev.get("requestReceivedTimestamp"), where),
-        source_ip=_text(ips[0], f"{where}.sourceIPs[0]") if isinstance(ips, list) and ips else "",
+        source_ip=_source_ip(ev, where),
         user_agent=_text(ev.get("userAgent"), f"{where}.userAgent")[:128],
     )
 
@@ -310,8 +311,14 @@ def parse_one(event: Any, where: str) -> tuple[Observation | None, Mint | None]:
         credential_id=_first(extra, EXTRA_CREDENTIAL_ID, f"{where}.user.extra"),
         pod=_first(extra, EXTRA_POD_NAME, f"{where}.user.extra"),
         denied=annotations.get(DECISION_ANNOTATION) == "forbid",
+        source_ip=_source_ip(ev, where),
     )
     return obs, mint
+
+
+def _source_ip(ev: Mapping[str, Any], where: str) -> str:
+    ips = ev.get("sourceIPs")
+    return _text(ips[0], f"{where}.sourceIPs[0]") if isinstance(ips, list) and ips else ""
 
 
 def parse_event_list(data: Any) -> list[Observation]:

@@ -13,6 +13,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from nhi.models.identity import PolicyRule
 from nhi.models.policy import IdentityPolicy
@@ -160,6 +161,39 @@ def person_minted_message(obs: Observation, mint: Mint) -> str:
         f"a token of ServiceAccount {obs.namespace}/{obs.service_account} minted by "
         f"{mint.minted_by}{where}{agent} at {_time(mint.at)} was used: credential "
         f"{obs.credential_id}; a machine identity's token in a person's hands"
+    )
+
+
+TOKEN_USED_OUTSIDE_POD = "TokenUsedOutsidePod"  # noqa: S105 - an Event reason
+
+
+def pod_addresses(pod: Mapping[str, Any]) -> set[str]:
+    """The addresses a pod's requests come from: its IPs, and its node's with hostNetwork."""
+    status = pod.get("status") or {}
+    ips = {str(status["podIP"])} if status.get("podIP") else set()
+    ips |= {
+        str(p["ip"]) for p in status.get("podIPs") or [] if isinstance(p, Mapping) and p.get("ip")
+    }
+    if (pod.get("spec") or {}).get("hostNetwork") and status.get("hostIP"):
+        ips.add(str(status["hostIP"]))
+    return ips
+
+
+def outside_pod(obs: Observation, pod: Mapping[str, Any] | None) -> bool:
+    """A token bound to a pod, used from an address that is not the pod's. Unknown (no pod,
+    no address yet, no source address): not reported."""
+    if pod is None or not obs.source_ip:
+        return False
+    ips = pod_addresses(pod)
+    return bool(ips) and obs.source_ip not in ips
+
+
+def outside_pod_message(obs: Observation, pod: Mapping[str, Any]) -> str:
+    return (
+        f"a token of ServiceAccount {obs.namespace}/{obs.service_account} bound to pod "
+        f"{obs.pod} was used from {obs.source_ip}, which is not the pod's address "
+        f"({', '.join(sorted(pod_addresses(pod)))}): credential {obs.credential_id}; the token "
+        "left its pod"
     )
 
 

@@ -34,6 +34,7 @@ from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
 from nhi.models.policy import IdentityPolicy
 from nhi.models.usage import AuditError, Mint, Observation, UsageBook, book_from_json, book_to_json
 from nhi.policies import usage as policy
+from nhi.reconcilers import usage_findings
 
 log = logging.getLogger("nhi.usage")
 
@@ -127,6 +128,9 @@ class UsageStore:
         self.own_users: set[str] = set()
         #: Uses of tokens minted by a person since the last pass, reported as Events by it.
         self.human_uses: list[tuple[Observation, Mint]] = []
+        #: Uses of pod-bound tokens from an address not yet checked against the pod's.
+        self.pod_uses: dict[tuple[str, str], Observation] = {}
+        self.pod_checked: set[tuple[str, str]] = set()
         self._reported: set[str] = set()
         self.books: dict[BookKey, UsageBook] = {}
         self.dirty: set[BookKey] = set()
@@ -178,12 +182,27 @@ class UsageStore:
             counted += 1
             if obs.credential_id:
                 self._lineage(obs)
+                self._pod_use(obs)
             if obs.denied:
                 metrics.usage_denied_requests.labels(obs.namespace).inc()
             else:
                 metrics.usage_events.inc()
         metrics.usage_replayed_events.inc(replayed)
         return counted, replayed
+
+    def _pod_use(self, obs: Observation) -> None:
+        """A pod-bound token used from an address: checked against the pod's once (per pass)."""
+        if not obs.pod or not obs.source_ip:
+            return
+        key = (obs.credential_id, obs.source_ip)
+        if key in self.pod_checked or key in self.pod_uses:
+            return
+        if len(self.pod_uses) < MAX_NOVELTIES:
+            self.pod_uses[key] = obs
+
+    async def check_pods(self, managers: Mapping[BookKey, Mapping[str, Any]]) -> int:
+        """See :func:`nhi.reconcilers.usage_findings.check_pods`."""
+        return await usage_findings.check_pods(self, managers)
 
     def _lineage(self, obs: Observation) -> None:
         """A token a person minted, used: a finding, once per credential."""
@@ -392,33 +411,8 @@ class UsageStore:
         return changed
 
     def report_novelties(self, bodies: Iterable[Mapping[str, Any]]) -> int:
-        """A Warning Event for each new behaviour: on the MachineIdentity that manages the
-        ServiceAccount, else on the ServiceAccount. Returns how many were posted."""
-        novelties, self.novelties = self.novelties, []
-        human, self.human_uses = self.human_uses, []
-        if self.events is None or not (novelties or human):
-            return 0
-        managers = _managers(bodies)
-        for obs, mint in human:
-            about = _about(managers, obs)
-            message = policy.person_minted_message(obs, mint)
-            self.events.post(about, "Warning", policy.TOKEN_MINTED_BY_PERSON, message)
-            log.warning(
-                "a token minted by a person was used",
-                extra={"serviceAccount": f"{obs.namespace}/{obs.service_account}",
-                       "credential": obs.credential_id, "mintedBy": mint.minted_by},
-            )  # fmt: skip
-        for obs in novelties:
-            about = _about(managers, obs)
-            message = policy.behaviour_message(obs, self.learning_window)
-            self.events.post(about, "Warning", policy.NEW_BEHAVIOUR, message)
-            log.warning(
-                "a ServiceAccount did something new",
-                extra={"serviceAccount": f"{obs.namespace}/{obs.service_account}",
-                       "verb": obs.access.verb, "resource": obs.access.rbac_resource,
-                       "group": obs.access.api_group},
-            )  # fmt: skip
-        return len(novelties) + len(human)
+        """See :func:`nhi.reconcilers.usage_findings.report`."""
+        return usage_findings.report(self, bodies)
 
     # ------------------------------------------------------------------ loop
 
@@ -433,7 +427,7 @@ class UsageStore:
             log.info("usage set aside: this replica is a standby")
         self.books, self.dirty, self.loaded = {}, set(), False
         self.seen, self.order = set(), deque()
-        self.novelties, self.human_uses = [], []
+        self.novelties, self.human_uses, self.pod_uses = [], [], {}
         self.log_checkpoint = self._log_checkpoint_written = ""
 
     def start(self, scope: IdentityScope, active: asyncio.Event | None = None) -> None:
@@ -451,6 +445,7 @@ class UsageStore:
                     await self.flush()
                     bodies = scope.identity_bodies()
                     self.report_novelties(bodies)
+                    await self.check_pods(usage_findings.managers_of(bodies))
                     await self.assess(bodies, scope)
             except asyncio.CancelledError:
                 raise
@@ -470,25 +465,6 @@ class UsageStore:
             await self.flush()
         except Exception as err:
             log.error("could not persist usage at shut-down", extra={"error": repr(err)})
-
-
-def _managers(bodies: Iterable[Mapping[str, Any]]) -> dict[BookKey, Mapping[str, Any]]:
-    """The MachineIdentity managing each ServiceAccount."""
-    out: dict[BookKey, Mapping[str, Any]] = {}
-    for body in bodies:
-        meta = body.get("metadata") or {}
-        sa = ((body.get("spec") or {}).get("serviceAccount") or {}).get("name") or meta.get("name")
-        out[(str(meta.get("namespace", "")), str(sa))] = body
-    return out
-
-
-def _about(managers: Mapping[BookKey, Mapping[str, Any]], obs: Observation) -> Mapping[str, Any]:
-    """What an Event about the ServiceAccount's use is posted on: its identity, or itself."""
-    return managers.get((obs.namespace, obs.service_account)) or {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": {"namespace": obs.namespace, "name": obs.service_account},
-    }
 
 
 def _same(old: Any, new: Mapping[str, object]) -> bool:
