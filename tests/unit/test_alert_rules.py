@@ -40,6 +40,7 @@ EXPECTED_ALERTS = {
     "NHIAccessGrantOverdue",
     "NHIMachineIdentityNewBehaviour",
     "NHIMachineIdentityDenialsRising",
+    "NHIMachineIdentityTokenMisused",
 }
 
 
