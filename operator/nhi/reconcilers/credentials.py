@@ -29,6 +29,7 @@ from nhi.policies.ownership import Claim, OwnershipConflict
 from nhi.reconcilers.issuance import Minter
 from nhi.reconcilers.issuers import IssuerNotReady, IssuerService, Signer
 from nhi.reconcilers.owned import OwnedWriter
+from nhi.vault import VaultError
 
 log = logging.getLogger("nhi.reconcilers.credentials")
 
@@ -293,6 +294,8 @@ def permanent(err: BaseException) -> bool:
     request the API server refuses as malformed or invalid (400, 422)."""
     if isinstance(err, crypto.CryptoError):
         return True
+    if isinstance(err, VaultError):
+        return not err.retryable  # Vault refused the request itself (its role forbids it)
     return isinstance(err, ApiError) and err.status in (400, 422)
 
 

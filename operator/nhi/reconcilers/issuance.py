@@ -22,7 +22,7 @@ from nhi.models.duration import parse_time
 from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.issued import Issued
 from nhi.policies import rotation
-from nhi.reconcilers.issuers import Signer
+from nhi.reconcilers.issuers import RemoteCA, Signer
 from nhi.reconcilers.owned import OwnedWriter, uid_of
 
 
@@ -84,15 +84,23 @@ class Minter:
     async def _issue_x509(self, job: _Issuance, signer: Signer) -> Issued:
         identity, cred = job.identity, job.cred
         key = crypto.generate_key(cred.key_algorithm)
-        cert = signer.ca.issue_leaf(
-            public_key=key.public_key(),
-            spiffe_id=crypto.spiffe_id(
-                signer.trust_domain, identity.namespace, identity.spec.service_account
-            ),
-            dns_names=cred.dns_names,
-            now=job.now,
-            ttl=cred.ttl,
+        spiffe_id = crypto.spiffe_id(
+            signer.trust_domain, identity.namespace, identity.spec.service_account
         )
+        chain = signer.chain
+        if isinstance(signer.ca, RemoteCA):
+            # Vault signs a CSR: the key never leaves the operator.
+            cert, chain = await signer.ca.signing.sign(
+                key, spiffe_id=spiffe_id, dns_names=cred.dns_names, ttl=cred.ttl
+            )
+        else:
+            cert = signer.ca.issue_leaf(
+                public_key=key.public_key(),
+                spiffe_id=spiffe_id,
+                dns_names=cred.dns_names,
+                now=job.now,
+                ttl=cred.ttl,
+            )
         issued = job.issued(
             cert.not_valid_before_utc,
             cert.not_valid_after_utc,
@@ -102,7 +110,7 @@ class Minter:
             ca_fingerprint=signer.ca.fingerprint,
         )
         data = {
-            "tls.crt": crypto.chain_pem([cert, *signer.chain]),
+            "tls.crt": crypto.chain_pem([cert, *chain]),
             "tls.key": crypto.private_key_pem(key),
             "ca.crt": signer.bundle_pem,
         }

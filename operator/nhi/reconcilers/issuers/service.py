@@ -46,6 +46,7 @@ class IssuerService:
         namespaces: Sequence[str] = (),
     ) -> None:
         secrets = SecretWatch()
+        self.sources = CASources(api, events, operator_namespace, secrets)
         self.provenance = ProvenanceKeys(api, operator_namespace)
         crl = CrlPublisher(
             api, self.provenance, operator_namespace, issuers=lambda: self.controller.issuers()
@@ -64,7 +65,7 @@ class IssuerService:
             api,
             events,
             clock,
-            sources=CASources(api, events, operator_namespace, secrets),
+            sources=self.sources,
             crl=crl,
             distribution=self.distribution,
             secrets=secrets,
@@ -103,6 +104,7 @@ class IssuerService:
     async def stop(self) -> None:
         await self.controller.stop()
         await self.distribution.stop()
+        self.sources.vault_pool.close()
 
     # ------------------------------------------------------------------ watch input
 

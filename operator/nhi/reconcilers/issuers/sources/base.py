@@ -17,6 +17,7 @@ from cryptography import x509
 
 from nhi.builders.ca_secret import CAMaterial
 from nhi.models.issuer import Issuer, IssuerKey
+from nhi.reconcilers.issuers.signers import RemoteCA
 from nhi.reconcilers.issuers.status import IssuerOutcome
 
 SecretRef = tuple[str, str]  # (namespace, name)
@@ -31,6 +32,18 @@ class Loaded:
     due: dt.datetime | None = None  # the next time the source must act (a rotation, expiry)
 
 
+@dataclass(frozen=True)
+class RemoteLoaded:
+    """A CA whose key stays on a server (Vault/OpenBao): it signs CSRs; its CRL is mirrored."""
+
+    ca: RemoteCA
+    chain: tuple[x509.Certificate, ...]  # intermediates sent with each leaf
+    roots: tuple[x509.Certificate, ...]
+    crl_pem: str  # the server's CRL, to mirror into the issuer's CRL ConfigMap
+    vault: dict[str, str]  # status.vault: address, crlURL, maxTTL
+    note: str = ""
+
+
 class CASourceStrategy(Protocol):
     """One kind of ``spec`` CA source (selfSigned, ca...)."""
 
@@ -43,7 +56,7 @@ class CASourceStrategy(Protocol):
         body: Mapping[str, Any],
         now: dt.datetime,
         current: x509.Certificate | None,
-    ) -> Loaded | IssuerOutcome:
+    ) -> Loaded | RemoteLoaded | IssuerOutcome:
         """The CA material of ``issuer`` now (``current``: the CA it signs with so far)."""
         ...
 
