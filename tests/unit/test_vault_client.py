@@ -131,7 +131,7 @@ async def test_kubernetes_login_is_done_once_and_again_after_a_403() -> None:
     tokens = iter(["t-1", "t-2"])
 
     class Auth:
-        class kubernetes:  # noqa: N801 - hvac's attribute name
+        class kubernetes:  # hvac's attribute name
             @staticmethod
             def login(role: str, jwt: str, mount_point: str) -> dict[str, Any]:
                 fake.logins += 1
