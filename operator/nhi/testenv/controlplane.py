@@ -163,7 +163,12 @@ class ControlPlane:
             raise
 
     def start_openbao(
-        self, operator_namespace: str = "nhi-system", service_account: str = "nhi-operator"
+        self,
+        operator_namespace: str = "nhi-system",
+        service_account: str = "nhi-operator",
+        *,
+        port: int | None = None,
+        tls: bool = True,
     ) -> OpenBao:
         """Start OpenBao beside the control plane (once), configured against it.
 
@@ -173,7 +178,7 @@ class ControlPlane:
         if self.openbao is not None:
             return self.openbao
         assert self.work_dir is not None, "control plane not started"
-        bao = OpenBao(self.work_dir / "openbao", free_port())
+        bao = OpenBao(self.work_dir / "openbao", port or free_port(), tls=tls)
         self.openbao = bao
         bao.start()
         self.kubectl("create", "namespace", operator_namespace, check=False)

@@ -86,6 +86,7 @@ class OpenBao:
 
     work_dir: Path
     port: int
+    tls: bool = True  # `make run` serves plain HTTP on loopback, so its sample is static
     root_token: str = field(default_factory=lambda: f"root-{secrets.token_hex(16)}")
     process: subprocess.Popen[bytes] | None = None
     unseal_key: str = ""
@@ -93,7 +94,7 @@ class OpenBao:
 
     @property
     def address(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def ca_file(self) -> Path:
@@ -122,8 +123,7 @@ class OpenBao:
                 bao_binary(),
                 "server",
                 "-dev",
-                "-dev-tls",
-                f"-dev-tls-cert-dir={self.work_dir / 'tls'}",
+                *(["-dev-tls", f"-dev-tls-cert-dir={self.work_dir / 'tls'}"] if self.tls else []),
                 "-dev-no-store-token",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
                 f"-dev-root-token-id={self.root_token}",
@@ -139,7 +139,7 @@ class OpenBao:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise OpenBaoError(f"bao exited with {self.process.returncode}\n{self.tail()}")
-            if self.ca_file.exists():
+            if self.ca_file.exists() or not self.tls:
                 with contextlib.suppress(OSError, OpenBaoError):
                     if self.request("GET", "sys/health", token=False).get("initialized"):
                         break
@@ -195,9 +195,8 @@ class OpenBao:
             req.add_header("X-Vault-Token", self.root_token)
         if data is not None:
             req.add_header("Content-Type", "application/json")
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
         try:
-            with urllib.request.urlopen(req, context=ctx, timeout=10) as answer:
+            with urllib.request.urlopen(req, context=self._ssl(), timeout=10) as answer:
                 raw = answer.read()
         except urllib.error.HTTPError as err:
             raise OpenBaoError(
@@ -209,9 +208,12 @@ class OpenBao:
 
     def text(self, path: str) -> str:
         """An unauthenticated text endpoint (a CA or CRL in PEM)."""
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        with urllib.request.urlopen(f"{self.address}/v1/{path}", context=ctx, timeout=10) as r:
+        url = f"{self.address}/v1/{path}"
+        with urllib.request.urlopen(url, context=self._ssl(), timeout=10) as r:
             return str(r.read().decode())
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.tls else None
 
     # ---------------------------------------------------------------- configuration
 
