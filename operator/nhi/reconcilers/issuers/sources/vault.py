@@ -324,7 +324,7 @@ class VaultCA:
                 issuer_address(issuer),
                 f"login (a token for ServiceAccount {namespace}/{auth.service_account})",
                 None,
-                f"the TokenRequest failed: {err.status}",
+                f"the TokenRequest answered HTTP {err.status}",
                 reason=VaultReason.AUTH_MATERIAL,
             ) from None
         return str(answer["status"]["token"])
