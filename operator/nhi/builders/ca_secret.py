@@ -15,19 +15,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-
 from nhi.crypto import (
+    Certificate,
     CryptoError,
     PrivateKey,
     key_algorithm_of,
     load_cert_chain,
     load_private_key,
     rfc3339,
-    serial_hex,
     still_valid,
 )
+from nhi.crypto.ca_checks import describe, is_ca, issued_by, may_sign_certs_and_crls, self_signed
 from nhi.crypto.keys import same_public_key
 from nhi.models.issuer import IssuerReason
 
@@ -39,7 +37,7 @@ CA_CRT = "ca.crt"
 class CAProblem(Exception):
     """CA material cannot be used: ``reason`` is an :class:`IssuerReason` constant."""
 
-    def __init__(self, reason: str, message: str, cert: x509.Certificate | None = None) -> None:
+    def __init__(self, reason: str, message: str, cert: Certificate | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -61,10 +59,10 @@ def secret_bytes(secret: Mapping[str, Any], key: str) -> bytes | None:
 class CAMaterial:
     """A usable CA: the signing certificate and key, intermediates up to the roots, roots."""
 
-    cert: x509.Certificate
+    cert: Certificate
     key: PrivateKey
-    chain: tuple[x509.Certificate, ...]
-    roots: tuple[x509.Certificate, ...]
+    chain: tuple[Certificate, ...]
+    roots: tuple[Certificate, ...]
 
 
 def secret_name(secret: Mapping[str, Any]) -> str:
@@ -72,45 +70,18 @@ def secret_name(secret: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def _describe(cert: x509.Certificate) -> str:
-    subject = cert.subject.rfc4514_string() or "<empty subject>"
-    return f"{subject} (serial {serial_hex(cert)})"
-
-
-def _self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
-        return False
-    return _issued_by(cert, cert)
-
-
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def check_ca(cert: x509.Certificate, key: PrivateKey, where: str, field: str = "tls.crt") -> None:
+def check_ca(cert: Certificate, key: PrivateKey, where: str, field: str = "tls.crt") -> None:
     """The rules every signing CA must meet; CAProblem names the Secret and the rule."""
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        bc = None
-    if bc is None or not bc.ca:
+    if not is_ca(cert):
         raise CAProblem(
             IssuerReason.CA_SECRET_INVALID,
-            f"Secret {where}: {field} {_describe(cert)} is not a CA certificate "
+            f"Secret {where}: {field} {describe(cert)} is not a CA certificate "
             f"(basicConstraints CA:TRUE is required)",
         )
-    try:
-        ku: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        ku = None
-    if ku is not None and not (ku.key_cert_sign and ku.crl_sign):
+    if not may_sign_certs_and_crls(cert):
         raise CAProblem(
             IssuerReason.CA_SECRET_INVALID,
-            f"Secret {where}: {field} {_describe(cert)} must allow the keyCertSign and cRLSign "
+            f"Secret {where}: {field} {describe(cert)} must allow the keyCertSign and cRLSign "
             f"key usages",
         )
     try:
@@ -120,23 +91,23 @@ def check_ca(cert: x509.Certificate, key: PrivateKey, where: str, field: str = "
     if not same_public_key(key, cert.public_key()):
         raise CAProblem(
             IssuerReason.CA_SECRET_INVALID,
-            f"Secret {where}: tls.key does not match the public key of {field} {_describe(cert)}",
+            f"Secret {where}: tls.key does not match the public key of {field} {describe(cert)}",
         )
 
 
-def check_validity(cert: x509.Certificate, where: str, now: dt.datetime) -> None:
+def check_validity(cert: Certificate, where: str, now: dt.datetime) -> None:
     """CAProblem unless ``cert`` is valid at ``now``."""
     if now >= cert.not_valid_after_utc:
         raise CAProblem(
             IssuerReason.CA_EXPIRED,
-            f"Secret {where}: tls.crt {_describe(cert)} expired at "
+            f"Secret {where}: tls.crt {describe(cert)} expired at "
             f"{rfc3339(cert.not_valid_after_utc)}; put a valid CA in the Secret",
             cert,
         )
     if now < cert.not_valid_before_utc:
         raise CAProblem(
             IssuerReason.CA_NOT_YET_VALID,
-            f"Secret {where}: tls.crt {_describe(cert)} is not valid before "
+            f"Secret {where}: tls.crt {describe(cert)} is not valid before "
             f"{rfc3339(cert.not_valid_before_utc)}",
             cert,
         )
@@ -165,14 +136,14 @@ def load_ca_secret(
 
     pool = [c for c in still_valid(extra, now) if c != cert]
     chain, top = _walk_up(cert, pool)
-    roots = [c for c in pool if _self_signed(c)]
-    if _self_signed(cert):
+    roots = [c for c in pool if self_signed(c)]
+    if self_signed(cert):
         roots.insert(0, cert)
-    if explicit_roots and not _self_signed(top) and roots:
+    if explicit_roots and not self_signed(top) and roots:
         raise CAProblem(
             IssuerReason.CA_SECRET_INVALID,
             f"Secret {where}: no certificate in tls.crt or ca.crt issued "
-            f"{_describe(top)}; ca.crt must hold the chain up to the root",
+            f"{describe(top)}; ca.crt must hold the chain up to the root",
         )
     anchors = still_valid(roots, now) or (top,)
     return CAMaterial(cert=cert, key=key, chain=tuple(chain), roots=anchors)
@@ -180,7 +151,7 @@ def load_ca_secret(
 
 def _read_ca_secret(
     secret: Mapping[str, Any], where: str
-) -> tuple[x509.Certificate, PrivateKey, list[x509.Certificate], bool]:
+) -> tuple[Certificate, PrivateKey, list[Certificate], bool]:
     """(the CA certificate, its key, the other certificates, whether ca.crt was given)."""
     cert_data, key_data = secret_bytes(secret, TLS_CRT), secret_bytes(secret, TLS_KEY)
     missing = [k for k, v in ((TLS_CRT, cert_data), (TLS_KEY, key_data)) if v is None]
@@ -200,7 +171,7 @@ def _read_ca_secret(
         key = load_private_key(key_data)
     except CryptoError as err:
         raise CAProblem(IssuerReason.CA_SECRET_INVALID, f"Secret {where}: tls.key: {err}") from None
-    extra: list[x509.Certificate] = list(certs[1:])
+    extra: list[Certificate] = list(certs[1:])
     ca_data = secret_bytes(secret, CA_CRT)
     explicit_roots = False
     if ca_data:
@@ -215,18 +186,16 @@ def _read_ca_secret(
     return certs[0], key, extra, explicit_roots
 
 
-def _walk_up(
-    cert: x509.Certificate, pool: list[x509.Certificate]
-) -> tuple[list[x509.Certificate], x509.Certificate]:
+def _walk_up(cert: Certificate, pool: list[Certificate]) -> tuple[list[Certificate], Certificate]:
     """Walk up from the CA through ``pool`` to a self-signed root, if any: (the
     intermediates, the top reached)."""
-    chain: list[x509.Certificate] = []
+    chain: list[Certificate] = []
     top = cert
-    while not _self_signed(top):
-        parent = next((c for c in pool if c not in chain and _issued_by(top, c)), None)
+    while not self_signed(top):
+        parent = next((c for c in pool if c not in chain and issued_by(top, c)), None)
         if parent is None:
             break
-        if _self_signed(parent):
+        if self_signed(parent):
             top = parent
             break
         chain.append(parent)

@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
 from nhi import API_VERSION
 from nhi.builders.ca_secret import (
     TLS_CRT,
@@ -27,6 +25,7 @@ from nhi.builders.ca_secret import (
     secret_name,
 )
 from nhi.crypto import (
+    Certificate,
     CryptoError,
     PrivateKey,
     RevokedSerial,
@@ -143,9 +142,9 @@ def root_secret_name(issuer: Issuer) -> str:
 class RootMaterial:
     """A self-signed issuer's root and the previous roots still kept for trust."""
 
-    cert: x509.Certificate
+    cert: Certificate
     key: PrivateKey
-    previous: tuple[x509.Certificate, ...] = ()
+    previous: tuple[Certificate, ...] = ()
 
 
 def build_root_secret(issuer: Issuer, namespace: str, root: RootMaterial) -> dict[str, Any]:
@@ -182,7 +181,7 @@ def parse_root_secret(secret: Mapping[str, Any]) -> RootMaterial:
     except CryptoError as err:
         raise CAProblem(IssuerReason.CA_SECRET_INVALID, f"Secret {name}: {err}") from None
     check_ca(cert, key, name)
-    previous: tuple[x509.Certificate, ...] = ()
+    previous: tuple[Certificate, ...] = ()
     prev_data = secret_bytes(secret, PREVIOUS_CRT)
     if prev_data:
         try:
@@ -193,7 +192,7 @@ def parse_root_secret(secret: Mapping[str, Any]) -> RootMaterial:
 
 
 def rotate(
-    old: RootMaterial, new_cert: x509.Certificate, new_key: PrivateKey, now: dt.datetime
+    old: RootMaterial, new_cert: Certificate, new_key: PrivateKey, now: dt.datetime
 ) -> RootMaterial:
     """The material after a rotation: the old root joins the previous roots while valid."""
     return RootMaterial(
@@ -204,7 +203,7 @@ def rotate(
 
 
 def compose_bundle(
-    current: Sequence[x509.Certificate], previous: Sequence[x509.Certificate], now: dt.datetime
+    current: Sequence[Certificate], previous: Sequence[Certificate], now: dt.datetime
 ) -> bytes:
     """The trust bundle: the current roots, then the previous roots still valid (PEM)."""
     return chain_pem(still_valid((*current, *previous), now))

@@ -14,11 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
 from nhi.builders.ca_secret import CA_CRT
 from nhi.builders.issuer import CRL_KEY, configmap_text, tagged_metadata
-from nhi.crypto import CryptoError, chain_pem, fingerprint_sha256, load_cert_chain
+from nhi.crypto import Certificate, CryptoError, chain_pem, fingerprint_sha256, load_cert_chain
 from nhi.models.issuer import (
     ISSUER_KIND_LABEL,
     ISSUER_LABEL,
@@ -60,9 +58,7 @@ class MergedBundle:
         )
 
 
-def merge_bundles(
-    parts: Mapping[str, Sequence[x509.Certificate]], now: dt.datetime
-) -> MergedBundle:
+def merge_bundles(parts: Mapping[str, Sequence[Certificate]], now: dt.datetime) -> MergedBundle:
     """One bundle from the bundles of several issuers (``Kind/name`` -> certificates).
 
     Deterministic, so that writing it is idempotent: the sources in sorted order, each one's
@@ -71,7 +67,7 @@ def merge_bundles(
     certificates all expired is left out of ``sources`` too.
     """
     seen: set[str] = set()
-    out: list[x509.Certificate] = []
+    out: list[Certificate] = []
     sources: dict[str, tuple[str, ...]] = {}
     for source in sorted(parts):
         fps: set[str] = set()
@@ -111,7 +107,7 @@ def bundle_sources(cm: Mapping[str, Any] | None) -> dict[str, tuple[str, ...]]:
     }
 
 
-def bundle_certificates(cm: Mapping[str, Any] | None) -> dict[str, x509.Certificate]:
+def bundle_certificates(cm: Mapping[str, Any] | None) -> dict[str, Certificate]:
     """The certificates of a trust bundle ConfigMap's ``ca.crt``, by fingerprint."""
     text = configmap_text(cm, CA_CRT)
     if text is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from nhi.crypto.certs import (
     CLOCK_SKEW,
+    Certificate,
     PreparedIssuer,
     build_self_signed_ca,
     cert_pem,
@@ -22,6 +23,7 @@ from nhi.crypto.certs import (
     verify_chain,
 )
 from nhi.crypto.crl import (
+    CertificateRevocationList,
     RevokedSerial,
     build_crl,
     crl_entries,
@@ -50,6 +52,8 @@ from nhi.crypto.keys import (
     load_private_key,
     parse_key_algorithm,
     private_key_pem,
+    public_key_pem,
+    same_public_key,
     signing_hash,
 )
 from nhi.crypto.provenance import (
@@ -68,6 +72,8 @@ __all__ = [
     "DEFAULT_CHARSET",
     "DEFAULT_KEY_ALGORITHM",
     "PROVENANCE_KEY_BYTES",
+    "Certificate",
+    "CertificateRevocationList",
     "Charset",
     "CryptoError",
     "KeyAlgorithm",
@@ -104,7 +110,9 @@ __all__ = [
     "provenance_tag",
     "provenance_valid",
     "public_key_fingerprint",
+    "public_key_pem",
     "rfc3339",
+    "same_public_key",
     "secret_fingerprint",
     "serial_hex",
     "signing_hash",

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import InitVar, dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -15,6 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from nhi.crypto.ca_checks import basic_constraints as _basic_constraints
+from nhi.crypto.ca_checks import describe as _describe
+from nhi.crypto.ca_checks import key_usage_of as _key_usage_of
 from nhi.crypto.errors import CryptoError, require_positive, require_utc
 from nhi.crypto.identifiers import fingerprint_sha256, serial_hex
 from nhi.crypto.keys import (
@@ -38,6 +42,9 @@ _DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DNS_NAME = re.compile(rf"(?:\*\.)?{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _MAX_DNS_NAME = 253
 _MAX_COMMON_NAME = 64
+
+Certificate: TypeAlias = x509.Certificate
+"""A parsed X.509 certificate: the type the rooms above name without importing cryptography."""
 
 
 # --------------------------------------------------------------------------------------- PEM
@@ -124,24 +131,6 @@ def _check_serial(serial: int | None) -> int:
     if not isinstance(serial, int) or isinstance(serial, bool) or not 1 <= serial <= MAX_SERIAL:
         raise CryptoError("serial must be a positive integer of at most 159 bits")
     return serial
-
-
-def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _key_usage_of(cert: x509.Certificate) -> x509.KeyUsage | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def _describe(cert: x509.Certificate) -> str:
-    return f"{cert.subject.rfc4514_string() or '<empty subject>'} (serial {serial_hex(cert)})"
 
 
 def _check_issuer(ca_cert: x509.Certificate, ca_key: PrivateKey, now: datetime) -> None:

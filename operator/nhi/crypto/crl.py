@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeAlias
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -18,6 +19,9 @@ from nhi.crypto.keys import (
     same_public_key,
     signing_hash,
 )
+
+CertificateRevocationList: TypeAlias = x509.CertificateRevocationList
+"""A parsed CRL, named for the rooms above without importing cryptography."""
 
 
 @dataclass(frozen=True, slots=True)

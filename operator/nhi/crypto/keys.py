@@ -203,6 +203,14 @@ def public_key_der(key: KeyLike) -> bytes:
     )
 
 
+def public_key_pem(key: KeyLike) -> bytes:
+    """PEM SubjectPublicKeyInfo of a key (the public half for a private key)."""
+    public = key.public_key() if isinstance(key, _PRIVATE_TYPES) else key
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def same_public_key(a: KeyLike, b: KeyLike) -> bool:
     """True when ``a`` and ``b`` have the same public key."""
     return public_key_der(a) == public_key_der(b)

@@ -22,8 +22,6 @@ from nhi.crypto.keys import PrivateKey, load_private_key, private_key_pem, signi
 
 log = logging.getLogger("nhi.crypto.serving")
 
-Certificate = x509.Certificate
-
 
 @dataclass(frozen=True)
 class ServingMaterial:
@@ -101,22 +99,52 @@ def issue_serving_cert(
     now: dt.datetime,
     ttl: dt.timedelta,
 ) -> x509.Certificate:
-    """A TLS server certificate for ``hosts`` (IP addresses become IP SANs)."""
+    """The webhook's TLS server certificate for ``hosts`` (IP addresses become IP SANs)."""
     if not hosts:
         raise ValueError("the serving certificate needs at least one host name")
+    return issue_tls_cert(
+        ca_cert, ca_key, key, common_name="nhi-operator-webhook", hosts=hosts, now=now, ttl=ttl
+    )
+
+
+def issue_tls_cert(
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    key: PrivateKey,
+    *,
+    common_name: str,
+    now: dt.datetime,
+    ttl: dt.timedelta,
+    organization: str | None = None,
+    hosts: Sequence[str] = (),
+    client: bool = False,
+) -> x509.Certificate:
+    """A TLS certificate: a server's for ``hosts``, or a client's (``client=True``).
+
+    The subject is ``O=organization, CN=common_name``; validity is clipped to the CA's.
+    """
     not_before = max(now - CLOCK_SKEW, ca_cert.not_valid_before_utc)
     not_after = min(now + ttl, ca_cert.not_valid_after_utc)
     public_key = key.public_key()
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nhi-operator-webhook")]))
+        .subject_name(x509.Name(attrs))
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([san_entry(h) for h in hosts]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    )
+    if hosts:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([san_entry(h) for h in hosts]), critical=False
+        )
+    builder = (
+        builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -131,7 +159,7 @@ def issue_serving_cert(
             ),
             critical=True,
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from cryptography import x509
-
 from nhi.crypto import (
+    Certificate,
+    CertificateRevocationList,
     CryptoError,
     RevokedSerial,
     crl_entries,
@@ -47,22 +47,22 @@ class Root(Protocol):
     """A self-signed issuer's root and the previous roots kept for trust."""
 
     @property
-    def cert(self) -> x509.Certificate: ...
+    def cert(self) -> Certificate: ...
 
     @property
-    def previous(self) -> tuple[x509.Certificate, ...]: ...
+    def previous(self) -> tuple[Certificate, ...]: ...
 
 
 # -------------------------------------------------------------------------- root rotation
 
 
-def rotation_at(cert: x509.Certificate) -> dt.datetime:
+def rotation_at(cert: Certificate) -> dt.datetime:
     """When a root should be replaced: a third of its lifetime before it expires."""
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     return cert.not_valid_after_utc - lifetime * ROTATE_WHEN_LEFT
 
 
-def needs_rotation(cert: x509.Certificate, now: dt.datetime) -> bool:
+def needs_rotation(cert: Certificate, now: dt.datetime) -> bool:
     """True when less than a third of the root's lifetime is left (or it has expired)."""
     return now >= rotation_at(cert)
 
@@ -93,7 +93,7 @@ def restorable(remembered: Root | None, now: dt.datetime) -> bool:
     return remembered is not None and now < remembered.cert.not_valid_after_utc
 
 
-def pending_root_changes(source: SelfSignedSource, cert: x509.Certificate) -> str:
+def pending_root_changes(source: SelfSignedSource, cert: Certificate) -> str:
     """Spec changes that apply at the next rotation ("" when none): the root is not replaced
     early because ``spec.selfSigned`` changed."""
     pending = []
@@ -146,7 +146,7 @@ def prune_revoked(entries: Iterable[RevokedSerial], since: dt.datetime) -> list[
     return [e for e in entries if e.revoked_at >= since]
 
 
-def crl_resign_at(crl: x509.CertificateRevocationList, validity: dt.timedelta) -> dt.datetime:
+def crl_resign_at(crl: CertificateRevocationList, validity: dt.timedelta) -> dt.datetime:
     """When the CRL should be re-signed: a third of its validity before nextUpdate."""
     next_update = crl.next_update_utc
     if next_update is None:
@@ -155,8 +155,8 @@ def crl_resign_at(crl: x509.CertificateRevocationList, validity: dt.timedelta) -
 
 
 def crl_resign_reason(
-    crl: x509.CertificateRevocationList | None,
-    ca_cert: x509.Certificate,
+    crl: CertificateRevocationList | None,
+    ca_cert: Certificate,
     now: dt.datetime,
     validity: dt.timedelta,
 ) -> str | None:
@@ -173,7 +173,7 @@ def crl_resign_reason(
     return None
 
 
-def _crl_signed_by(crl: x509.CertificateRevocationList, ca_cert: x509.Certificate) -> bool:
+def _crl_signed_by(crl: CertificateRevocationList, ca_cert: Certificate) -> bool:
     try:
         verify_crl(crl, ca_cert)
     except CryptoError:
@@ -192,12 +192,12 @@ class CrlPlan:
 
 
 def plan_crl(
-    published: x509.CertificateRevocationList | None,
+    published: CertificateRevocationList | None,
     remembered: tuple[int, Sequence[RevokedSerial]] | None,
     new: Sequence[RevokedSerial],
     *,
-    ca_cert: x509.Certificate,
-    anchors: Sequence[x509.Certificate],
+    ca_cert: Certificate,
+    anchors: Sequence[Certificate],
     validity: dt.timedelta,
     tagged: bool,
     now: dt.datetime,

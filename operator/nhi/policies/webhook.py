@@ -11,9 +11,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from nhi.crypto import CLOCK_SKEW, build_self_signed_ca, generate_key
+from nhi.crypto import CLOCK_SKEW, Certificate, build_self_signed_ca, generate_key
 from nhi.crypto.serving import (
-    Certificate,
     ServingMaterial,
     covers_hosts,
     issue_serving_cert,

@@ -23,11 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
 from nhi import FINALIZER, metrics
 from nhi.builders.issuer import crl_summary
-from nhi.crypto import CryptoError, RevokedSerial, load_cert_chain, serial_hex
+from nhi.crypto import Certificate, CryptoError, RevokedSerial, load_cert_chain, serial_hex
 from nhi.k8s.client import Api, ApiError, NotFound
 from nhi.k8s.events import EventRecorder
 from nhi.models.identity import SpecError
@@ -414,7 +412,7 @@ class IssuerController:
         state.generation = generation
         if signer is not None and outcome.ready:
             self.signers.put(key, signer)
-            roots: tuple[x509.Certificate, ...] | None = tuple(load_cert_chain(signer.bundle_pem))
+            roots: tuple[Certificate, ...] | None = tuple(load_cert_chain(signer.bundle_pem))
         else:
             self.signers.put(key, IssuerNotReady(outcome.reason, outcome.message))
             roots = None

@@ -12,14 +12,12 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography import x509
-
-from nhi.crypto import CryptoError, PreparedIssuer, chain_pem, fingerprint_sha256
+from nhi.crypto import Certificate, CryptoError, PreparedIssuer, chain_pem, fingerprint_sha256
 from nhi.models.duration import rfc3339
 from nhi.models.issuer import Issuer, IssuerKey, IssuerReason
 from nhi.reconcilers.issuers.crl import CrlPublisher
 from nhi.reconcilers.issuers.signers import IssuerNotReady, Signer
-from nhi.reconcilers.issuers.sources import CASources, RemoteLoaded
+from nhi.reconcilers.issuers.sources import CASources, LoadRequest, RemoteLoaded
 from nhi.reconcilers.issuers.status import IssuerOutcome
 
 
@@ -41,13 +39,13 @@ class Converger:
         issuer: Issuer,
         body: Mapping[str, Any],
         now: dt.datetime,
-        current: x509.Certificate | None,
+        current: Certificate | None,
     ) -> tuple[IssuerOutcome, Signer | None]:
         """The outcome, and the signer when the issuer is Ready (``current``: its CA so far).
 
         CryptoError when the crypto layer refuses the spec; ApiError when a request failed.
         """
-        loaded = await self.sources.of(issuer).load(issuer, body, now, current)
+        loaded = await self.sources.of(issuer).load(LoadRequest(issuer, body, now, current))
         if isinstance(loaded, IssuerOutcome):
             return loaded, None
         if isinstance(loaded, RemoteLoaded):
@@ -130,6 +128,6 @@ class Converger:
         return outcome, signer
 
 
-def _not_ready(reason: str, message: str, cert: x509.Certificate) -> IssuerOutcome:
+def _not_ready(reason: str, message: str, cert: Certificate) -> IssuerOutcome:
     """The CA was read but cannot serve: Stalled until its Secret or spec changes."""
     return IssuerOutcome(False, reason, message, stalled=True, retry=True, cert=cert)

@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
 from nhi.builders.issuer import (
     CRL_KEY,
     build_crl_configmap,
@@ -28,6 +26,8 @@ from nhi.builders.issuer import (
     legacy_crl,
 )
 from nhi.crypto import (
+    Certificate,
+    CertificateRevocationList,
     CryptoError,
     RevokedSerial,
     build_crl,
@@ -143,7 +143,7 @@ class CrlPublisher:
         tagged: tuple[str, str],
         provenance: Provenance,
         now: dt.datetime,
-    ) -> x509.CertificateRevocationList:
+    ) -> CertificateRevocationList:
         """Sign and write the CRL ``plan`` describes; ``tagged``: the ConfigMap's (uid, tag)."""
         namespace = issuer.home_namespace(self.operator_namespace)
         crl = build_crl(
@@ -190,7 +190,7 @@ class CrlPublisher:
         await self.api.apply(build_crl_configmap(issuer, namespace, pem, uid=uid, tag=tag))
 
     async def mirror(
-        self, issuer: Issuer, ca_cert: x509.Certificate, pem: str, now: dt.datetime
+        self, issuer: Issuer, ca_cert: Certificate, pem: str, now: dt.datetime
     ) -> PublishedCrl:
         """Copy a CRL signed elsewhere (Vault's) into the issuer's CRL ConfigMap, when it
         differs from what the ConfigMap holds. IssuerNotReady when the ConfigMap is not the
@@ -303,7 +303,7 @@ class CrlPublisher:
         )
 
 
-def _readable(cm: Mapping[str, Any] | None) -> x509.CertificateRevocationList | None:
+def _readable(cm: Mapping[str, Any] | None) -> CertificateRevocationList | None:
     """The CRL a ConfigMap holds, or None when it holds none that parses."""
     text = configmap_text(cm, CRL_KEY)
     if not text:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
 
-from cryptography import x509
-
-from nhi.crypto import fingerprint_sha256
+from nhi.crypto import Certificate, fingerprint_sha256
 from nhi.k8s.client import Api
 from nhi.models.issuer import ISSUER_KIND, Issuer, IssuerKey, IssuerReason
 from nhi.reconcilers.issuers.provenance import ProvenanceError, ProvenanceKeys
@@ -53,7 +51,7 @@ class TrustBundleDistribution:
         self.users: Callable[[str], Collection[IssuerKey]] | None = None
         self._used: dict[str, set[IssuerKey]] = {}
         #: What each issuer puts in trust bundles (its last roots), and under which name.
-        self._roots: dict[IssuerKey, tuple[x509.Certificate, ...]] = {}
+        self._roots: dict[IssuerKey, tuple[Certificate, ...]] = {}
         self._signatures: dict[IssuerKey, tuple[str, tuple[str, ...]]] = {}
         self.leaving: set[IssuerKey] = set()  # cluster issuers being deleted
 
@@ -100,7 +98,7 @@ class TrustBundleDistribution:
         users = set(self.users(namespace)) if self.users is not None else set()
         if self.users is None:
             users |= self._used.get(namespace, set())
-        parts: dict[str, tuple[x509.Certificate, ...]] = {}
+        parts: dict[str, tuple[Certificate, ...]] = {}
         pending: set[str] = set()
         for key in sorted(users | set(used)):
             kind, home, _ = key
@@ -122,7 +120,7 @@ class TrustBundleDistribution:
     # ------------------------------------------------------------------ controller-facing
 
     def settled(
-        self, key: IssuerKey, issuer: Issuer | None, roots: tuple[x509.Certificate, ...] | None
+        self, key: IssuerKey, issuer: Issuer | None, roots: tuple[Certificate, ...] | None
     ) -> None:
         """The controller settled an issuer: ``roots`` are its roots now (None: it is not
         Ready, its last roots stay). Re-publish the bundles it is in when what it gives

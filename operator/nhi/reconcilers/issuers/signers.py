@@ -15,9 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cryptography import x509
-
-from nhi.crypto import PreparedIssuer, PrivateKey, fingerprint_sha256
+from nhi.crypto import Certificate, PreparedIssuer, PrivateKey, fingerprint_sha256
 from nhi.models.duration import rfc3339
 from nhi.models.issuer import KINDS, IssuerKey, IssuerReason, issuer_key
 
@@ -41,7 +39,7 @@ class RemoteSigning(Protocol):
         spiffe_id: str,
         dns_names: Sequence[str],
         ttl: dt.timedelta,
-    ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+    ) -> tuple[Certificate, tuple[Certificate, ...]]:
         """A certificate for ``key`` and the chain to send with it (intermediates)."""
         ...
 
@@ -55,7 +53,7 @@ class RemoteSigning(Protocol):
 class RemoteCA:
     """The CA of a signer whose key stays on the server: its certificate, and who signs."""
 
-    cert: x509.Certificate
+    cert: Certificate
     signing: RemoteSigning = field(repr=False, compare=False)
     fingerprint: str = field(init=False)
 
@@ -72,11 +70,11 @@ class Signer:
     #: The CA certificate and key, checked once when loaded, that signs leaves here; or a
     #: remote CA (Vault) that signs CSRs.
     ca: PreparedIssuer | RemoteCA
-    chain: tuple[x509.Certificate, ...]  # intermediates between ca_cert and the root, if any
+    chain: tuple[Certificate, ...]  # intermediates between ca_cert and the root, if any
     bundle_pem: bytes  # every root a verifier should trust now (old + new during CA rotation)
 
     @property
-    def ca_cert(self) -> x509.Certificate:
+    def ca_cert(self) -> Certificate:
         return self.ca.cert
 
     @property

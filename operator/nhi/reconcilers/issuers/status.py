@@ -13,10 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
 from nhi import API_VERSION, metrics
-from nhi.crypto import fingerprint_sha256
+from nhi.crypto import Certificate, fingerprint_sha256
 from nhi.k8s.client import Api, NotFound
 from nhi.k8s.events import EventRecorder
 from nhi.models import conditions as cond
@@ -36,7 +34,7 @@ class IssuerOutcome:
     message: str
     stalled: bool = False
     retry: bool = False  # waiting on something outside the spec: look again soon
-    cert: x509.Certificate | None = None
+    cert: Certificate | None = None
     crl_number: int | None = None
     revoked_count: int | None = None
     next_due: dt.datetime | None = None  # the next time-based action (rotation, CRL re-sign)

@@ -22,8 +22,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
 from nhi.builders.ca_secret import CA_CRT
 from nhi.builders.issuer import configmap_text
 from nhi.builders.trust_bundle import (
@@ -37,7 +35,7 @@ from nhi.builders.trust_bundle import (
     merge_bundles,
     trust_bundle_labels,
 )
-from nhi.crypto import fingerprint_sha256, load_cert_chain
+from nhi.crypto import Certificate, fingerprint_sha256, load_cert_chain
 from nhi.k8s.client import Api, ApiError, Forbidden, NotFound
 from nhi.models.issuer import ISSUER_LABEL, PROVENANCE_ANNOTATION, SOURCES_ANNOTATION
 from nhi.models.meta import MANAGED_SELECTOR
@@ -72,7 +70,7 @@ class BundleConflict(Exception):
 class Contributions:
     """What the issuers used in a namespace give to one bundle now."""
 
-    parts: Mapping[str, Sequence[x509.Certificate]]  # "Kind/name" -> its bundle
+    parts: Mapping[str, Sequence[Certificate]]  # "Kind/name" -> its bundle
     pending: frozenset[str] = frozenset()  # used, but its bundle is not known now
 
 
@@ -80,7 +78,7 @@ class Contributions:
 class _Written:
     uid: str
     bundle: MergedBundle
-    certs: Mapping[str, x509.Certificate]  # what ca.crt holds, by fingerprint
+    certs: Mapping[str, Certificate]  # what ca.crt holds, by fingerprint
 
 
 def _gone_namespace(err: ApiError) -> bool:
@@ -235,7 +233,7 @@ class TrustBundles:
             now = self.clock()
             written = self._written.get(key)
             if written is not None:
-                parts: dict[str, Sequence[x509.Certificate]] = {}
+                parts: dict[str, Sequence[Certificate]] = {}
                 parts.update(_kept(written.bundle.sources, written.certs, contrib.pending))
                 parts.update(contrib.parts)
                 if merge_bundles(parts, now) == written.bundle:
@@ -256,7 +254,7 @@ class TrustBundles:
             self._written.pop(key, None)
             raise self._conflict(key, cm)
         self._reported.pop(key, None)
-        parts: dict[str, Sequence[x509.Certificate]] = {}
+        parts: dict[str, Sequence[Certificate]] = {}
         if contrib.pending and cm is not None:
             attributed = dict(bundle_sources(cm))
             legacy = legacy_bundle_source(cm) if origin == "legacy" else None
@@ -335,11 +333,11 @@ def _key_of(cm: Mapping[str, Any]) -> BundleKey:
 
 def _kept(
     attributed: Mapping[str, Sequence[str]],
-    have: Mapping[str, x509.Certificate],
+    have: Mapping[str, Certificate],
     pending: Iterable[str],
-) -> dict[str, list[x509.Certificate]]:
+) -> dict[str, list[Certificate]]:
     """The certificates a bundle attributes to sources whose own bundle is unknown now."""
-    out: dict[str, list[x509.Certificate]] = {}
+    out: dict[str, list[Certificate]] = {}
     for source in pending:
         certs = [have[fp] for fp in attributed.get(source, ()) if fp in have]
         if certs:

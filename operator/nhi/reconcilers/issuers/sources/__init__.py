@@ -12,6 +12,7 @@ from nhi.models.issuer import Issuer, IssuerKey, SelfSignedSource, VaultSource
 from nhi.reconcilers.issuers.sources.base import (
     CASourceStrategy,
     Loaded,
+    LoadRequest,
     RemoteLoaded,
     SecretWatch,
 )
@@ -23,6 +24,7 @@ from nhi.vault import VaultPool
 __all__ = [
     "CASourceStrategy",
     "CASources",
+    "LoadRequest",
     "Loaded",
     "RemoteLoaded",
     "SecretCA",

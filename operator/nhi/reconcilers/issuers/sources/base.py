@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from cryptography import x509
+from typing import Any
 
 from nhi.builders.ca_secret import CAMaterial
+from nhi.crypto import Certificate
+from nhi.k8s.client import Api
+from nhi.k8s.events import EventRecorder
 from nhi.models.issuer import Issuer, IssuerKey
 from nhi.reconcilers.issuers.signers import RemoteCA
 from nhi.reconcilers.issuers.status import IssuerOutcome
@@ -37,32 +38,46 @@ class RemoteLoaded:
     """A CA whose key stays on a server (Vault/OpenBao): it signs CSRs; its CRL is mirrored."""
 
     ca: RemoteCA
-    chain: tuple[x509.Certificate, ...]  # intermediates sent with each leaf
-    roots: tuple[x509.Certificate, ...]
+    chain: tuple[Certificate, ...]  # intermediates sent with each leaf
+    roots: tuple[Certificate, ...]
     crl_pem: str  # the server's CRL, to mirror into the issuer's CRL ConfigMap
     vault: dict[str, str]  # status.vault: address, crlURL, maxTTL
     note: str = ""
 
 
-class CASourceStrategy(Protocol):
-    """One kind of ``spec`` CA source (selfSigned, ca...)."""
+@dataclass(frozen=True)
+class LoadRequest:
+    """What a source is asked to load: the issuer (``body`` for its Events) at ``now``.
+
+    ``current`` is the CA the issuer signs with so far (None before its first load).
+    """
+
+    issuer: Issuer
+    body: Mapping[str, Any]
+    now: dt.datetime
+    current: Certificate | None = None
+
+
+class CASourceStrategy:
+    """One kind of ``spec`` CA source (selfSigned, ca...): what every source is given."""
 
     #: The spec field named when the CA cannot be made as specified.
-    field: str
+    field = "spec"
 
-    async def load(
-        self,
-        issuer: Issuer,
-        body: Mapping[str, Any],
-        now: dt.datetime,
-        current: x509.Certificate | None,
-    ) -> Loaded | RemoteLoaded | IssuerOutcome:
-        """The CA material of ``issuer`` now (``current``: the CA it signs with so far)."""
-        ...
+    def __init__(
+        self, api: Api, events: EventRecorder, operator_namespace: str, secrets: SecretWatch
+    ) -> None:
+        self.api = api
+        self.events = events
+        self.operator_namespace = operator_namespace
+        self.secrets = secrets
+
+    async def load(self, req: LoadRequest) -> Loaded | RemoteLoaded | IssuerOutcome:
+        """The CA material of ``req.issuer`` now, or why there is none."""
+        raise NotImplementedError
 
     def forget(self, key: IssuerKey) -> None:
-        """The issuer is gone: drop what is kept about it."""
-        ...
+        """The issuer is gone: drop what is kept about it (nothing, unless a source keeps state)."""
 
 
 class SecretWatch:

@@ -7,42 +7,18 @@ fixed. Nothing is written.
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Mapping
-from typing import Any
-
-from cryptography import x509
-
 from nhi.builders.ca_secret import CAProblem, load_ca_secret
 from nhi.crypto import fingerprint_sha256, next_expiry
-from nhi.k8s.client import Api
-from nhi.k8s.events import EventRecorder
-from nhi.models.issuer import Issuer, IssuerKey, IssuerReason
-from nhi.reconcilers.issuers.sources.base import Loaded, SecretWatch
+from nhi.models.issuer import IssuerReason
+from nhi.reconcilers.issuers.sources.base import CASourceStrategy, Loaded, LoadRequest
 from nhi.reconcilers.issuers.status import IssuerOutcome
 
 
-class SecretCA:
-    field = "spec"
+class SecretCA(CASourceStrategy):
+    """Nothing is kept: the Secret is the state."""
 
-    def __init__(
-        self, api: Api, events: EventRecorder, operator_namespace: str, secrets: SecretWatch
-    ) -> None:
-        self.api = api
-        self.events = events
-        self.operator_namespace = operator_namespace
-        self.secrets = secrets
-
-    def forget(self, key: IssuerKey) -> None:
-        pass  # nothing is kept: the Secret is the state
-
-    async def load(
-        self,
-        issuer: Issuer,
-        body: Mapping[str, Any],
-        now: dt.datetime,
-        current: x509.Certificate | None,
-    ) -> Loaded | IssuerOutcome:
+    async def load(self, req: LoadRequest) -> Loaded | IssuerOutcome:
+        issuer, body, now, current = req.issuer, req.body, req.now, req.current
         namespace, name = issuer.ca_secret(self.operator_namespace)
         self.secrets.track(issuer.key, {(namespace, name)})
         secret = await self.api.get("Secret", namespace, name)

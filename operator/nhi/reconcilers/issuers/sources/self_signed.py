@@ -15,8 +15,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography import x509
-
 from nhi.builders.ca_secret import CAMaterial, CAProblem
 from nhi.builders.issuer import (
     RootMaterial,
@@ -28,6 +26,7 @@ from nhi.builders.issuer import (
     rotate,
 )
 from nhi.crypto import (
+    Certificate,
     PrivateKey,
     build_self_signed_ca,
     fingerprint_sha256,
@@ -40,7 +39,12 @@ from nhi.k8s.events import EventRecorder
 from nhi.models.duration import rfc3339
 from nhi.models.issuer import Issuer, IssuerKey, IssuerReason, SelfSignedSource
 from nhi.policies.ca import RootAction, pending_root_changes, restorable, root_action, root_due
-from nhi.reconcilers.issuers.sources.base import Loaded, SecretWatch
+from nhi.reconcilers.issuers.sources.base import (
+    CASourceStrategy,
+    Loaded,
+    LoadRequest,
+    SecretWatch,
+)
 from nhi.reconcilers.issuers.status import IssuerOutcome
 
 # The logger name the issuer's log lines have always carried (docs/observability.md).
@@ -55,28 +59,20 @@ _PAST_TENSE = {
 Note = tuple[str, str]  # (Event reason, message)
 
 
-class SelfSignedCA:
+class SelfSignedCA(CASourceStrategy):
     field = "spec.selfSigned"
 
     def __init__(
         self, api: Api, events: EventRecorder, operator_namespace: str, secrets: SecretWatch
     ) -> None:
-        self.api = api
-        self.events = events
-        self.operator_namespace = operator_namespace
-        self.secrets = secrets
+        super().__init__(api, events, operator_namespace, secrets)
         self._roots: dict[IssuerKey, RootMaterial] = {}  # each issuer's last root, to restore it
 
     def forget(self, key: IssuerKey) -> None:
         self._roots.pop(key, None)
 
-    async def load(
-        self,
-        issuer: Issuer,
-        body: Mapping[str, Any],
-        now: dt.datetime,
-        current: x509.Certificate | None,
-    ) -> Loaded | IssuerOutcome:
+    async def load(self, req: LoadRequest) -> Loaded | IssuerOutcome:
+        issuer, body, now = req.issuer, req.body, req.now
         source = issuer.source
         assert isinstance(source, SelfSignedSource)
         namespace = issuer.home_namespace(self.operator_namespace)
@@ -206,7 +202,7 @@ def _stored(secret: Mapping[str, Any] | None) -> tuple[RootMaterial | None, str]
 
 async def _new_root(
     issuer: Issuer, source: SelfSignedSource, now: dt.datetime
-) -> tuple[x509.Certificate, PrivateKey]:
+) -> tuple[Certificate, PrivateKey]:
     # RSA-4096 takes seconds: keep the event loop (and the other reconciles) running.
     key = await asyncio.to_thread(generate_key, source.key_algorithm)
     common_name = source.common_name or issuer.trust_domain[:64]

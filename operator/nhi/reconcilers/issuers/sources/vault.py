@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from nhi import crypto
 from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventRecorder
@@ -39,7 +37,12 @@ from nhi.models.issuer import (
     VaultTokenAuth,
 )
 from nhi.reconcilers.issuers.signers import IssuerNotReady, RemoteCA
-from nhi.reconcilers.issuers.sources.base import RemoteLoaded, SecretWatch
+from nhi.reconcilers.issuers.sources.base import (
+    CASourceStrategy,
+    LoadRequest,
+    RemoteLoaded,
+    SecretWatch,
+)
 from nhi.reconcilers.issuers.status import IssuerOutcome
 from nhi.vault import (
     AppRoleLogin,
@@ -73,7 +76,7 @@ class VaultSigning:
         self,
         client: VaultClient,
         source: VaultSource,
-        ca_cert: x509.Certificate,
+        ca_cert: crypto.Certificate,
         pending: set[str],
     ) -> None:
         self.client = client
@@ -90,7 +93,7 @@ class VaultSigning:
         spiffe_id: str,
         dns_names: Sequence[str],
         ttl: dt.timedelta,
-    ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+    ) -> tuple[crypto.Certificate, tuple[crypto.Certificate, ...]]:
         csr = crypto.build_csr(key, spiffe_id=spiffe_id, dns_names=dns_names)
         signed = await self.client.sign(
             self.source.pki_mount,
@@ -141,7 +144,7 @@ class _Connection:
         self.signing: VaultSigning | None = None
 
 
-class VaultCA:
+class VaultCA(CASourceStrategy):
     field = "spec.vault"
 
     def __init__(
@@ -154,10 +157,7 @@ class VaultCA:
         *,
         token_file: Path = SERVICE_ACCOUNT_TOKEN,
     ) -> None:
-        self.api = api
-        self.events = events
-        self.operator_namespace = operator_namespace
-        self.secrets = secrets
+        super().__init__(api, events, operator_namespace, secrets)
         self.pool = pool
         self.token_file = token_file
         self._connections: dict[IssuerKey, _Connection] = {}
@@ -169,13 +169,8 @@ class VaultCA:
             conn.client.close()
         self._pending.pop(key, None)
 
-    async def load(
-        self,
-        issuer: Issuer,
-        body: Mapping[str, Any],
-        now: dt.datetime,
-        current: x509.Certificate | None,
-    ) -> RemoteLoaded | IssuerOutcome:
+    async def load(self, req: LoadRequest) -> RemoteLoaded | IssuerOutcome:
+        issuer, body, current = req.issuer, req.body, req.current
         source = issuer.source
         assert isinstance(source, VaultSource)
         refs = {issuer.secret_ref(r, self.operator_namespace) for r in source.secret_refs()}
@@ -205,7 +200,7 @@ class VaultCA:
         body: Mapping[str, Any],
         source: VaultSource,
         conn: _Connection,
-        current: x509.Certificate | None,
+        current: crypto.Certificate | None,
     ) -> RemoteLoaded | IssuerOutcome:
         client = conn.client
         chain_pem = await client.ca_chain(source.pki_mount)
