@@ -1014,3 +1014,14 @@ async def test_an_issuer_not_ready_after_a_restart_keeps_its_roots() -> None:
     roots = bundle_roots(api, "team-a")
     assert cert in roots  # kept: the certificates it issued are still trusted
     assert len(roots) == 3
+
+
+def test_status_vault_is_kept_while_vault_fails_and_removed_with_the_source() -> None:
+    where = {"address": "https://v:8200", "crlURL": "https://v:8200/v1/pki/crl"}
+    failing = IssuerOutcome(False, "VaultSealed", "sealed", vault=where)
+    status = compute_status({}, 1, failing, START)
+    assert status["vault"] == where
+    # Another source: the merge patch removes status.vault once, then leaves it out.
+    other = IssuerOutcome(True, "CAReady", "ok")
+    assert compute_status(status, 2, other, START)["vault"] is None
+    assert "vault" not in compute_status({"observedGeneration": 2}, 2, other, START)

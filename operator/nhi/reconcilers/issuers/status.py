@@ -81,8 +81,8 @@ def compute_status(
         status["crlNumber"] = outcome.crl_number
     if outcome.revoked_count is not None:
         status["revokedCount"] = outcome.revoked_count
-    if outcome.vault is not None:
-        status["vault"] = outcome.vault
+    if outcome.vault is not None or old.get("vault") is not None:
+        status["vault"] = outcome.vault  # None removes it (the source is no longer vault)
     return status
 
 

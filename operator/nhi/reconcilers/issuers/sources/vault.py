@@ -179,7 +179,12 @@ class VaultCA(CASourceStrategy):
             login, material = await self._login(issuer, source)
         except AuthMaterialMissing as err:
             return IssuerOutcome(
-                False, VaultReason.AUTH_MATERIAL, err.message, stalled=True, retry=True
+                False,
+                VaultReason.AUTH_MATERIAL,
+                err.message,
+                stalled=True,
+                retry=True,
+                vault=_where(source),
             )
         conn = self._connect(issuer, source, login, material)
         try:
@@ -192,6 +197,7 @@ class VaultCA(CASourceStrategy):
                 retry=True,
                 backoff=err.retryable,
                 stalled=not err.retryable,
+                vault=_where(source),
             )
 
     async def _read(
@@ -215,6 +221,7 @@ class VaultCA(CASourceStrategy):
                 f"spec.vault.pki.mount: {source.address} has no CA certificate at "
                 f"{source.pki_mount}/ca_chain; generate or import one in the PKI engine",
                 retry=True,
+                vault=_where(source),
             )
         ca_cert = chain[0]
         signing = conn.signing
@@ -238,7 +245,7 @@ class VaultCA(CASourceStrategy):
                 f"{crypto.fingerprint_sha256(current)} -> {crypto.fingerprint_sha256(ca_cert)}",
             )
         intermediates, roots = crypto.split_chain(chain)
-        status = {"address": source.address, "crlURL": source.crl_url}
+        status = _where(source)
         note = f"signed by {source.address} {source.pki_mount}/sign/{source.pki_role}"
         max_ttl = _seconds(role.get("max_ttl"))
         if max_ttl:
@@ -348,6 +355,11 @@ class VaultCA(CASourceStrategy):
 def issuer_address(issuer: Issuer) -> str:
     source = issuer.source
     return source.address if isinstance(source, VaultSource) else ""
+
+
+def _where(source: VaultSource) -> dict[str, str]:
+    """status.vault before anything is known of the role."""
+    return {"address": source.address, "crlURL": source.crl_url}
 
 
 def _digest(value: str) -> str:
