@@ -27,6 +27,12 @@ from nhi.models.fields import (
 from nhi.models.fields import SpecError as SpecError
 from nhi.models.selector import LabelSelector as LabelSelector
 from nhi.models.selector import parse_selector
+from nhi.models.vault_storage import (
+    KVLocation,
+    VaultStorage,
+    credential_location,
+    parse_vault_storage,
+)
 
 KIND = "MachineIdentity"
 PLURAL = "machineidentities"
@@ -103,6 +109,7 @@ class Credential:
     key_algorithm: str = "ECDSA-P256"
     dns_names: tuple[str, ...] = ()
     generator: Generator | None = None
+    kv: KVLocation | None = None  # a copy of each value kept in Vault's KV v2
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ class Spec:
     valid_for: dt.timedelta | None = None
     on_workload_deletion: str = "Revoke"
     grace_period: dt.timedelta = DEFAULT_GRACE
+    vault: VaultStorage | None = None
 
     @property
     def wants_cluster_permissions(self) -> bool:
@@ -307,7 +315,11 @@ def _generator(c: Mapping[str, Any], path: str, ctype: str) -> Generator | None:
 
 
 def _credential(
-    raw: Any, path: str, identity: str, in_use: Mapping[str, str] | None = None
+    raw: Any,
+    path: str,
+    identity: str,
+    in_use: Mapping[str, str] | None = None,
+    storage: VaultStorage | None = None,
 ) -> Credential:
     c = as_object(raw, path)
     name = c.get("name")
@@ -336,17 +348,21 @@ def _credential(
         key_algorithm=str(alg),
         dns_names=dns_names,
         generator=_generator(c, path, ctype),
+        kv=credential_location(c, path, storage, name),
     )
 
 
 def _credentials(
-    spec: Mapping[str, Any], identity: str, in_use: Mapping[str, str] | None
+    spec: Mapping[str, Any],
+    identity: str,
+    in_use: Mapping[str, str] | None,
+    storage: VaultStorage | None = None,
 ) -> tuple[Credential, ...]:
     """``spec.credentials``: unique names, and unique Secret names once defaults are applied."""
     creds = []
     seen: set[str] = set()
     for i, c in enumerate(as_list(spec.get("credentials"), "spec.credentials")):
-        cred = _credential(c, f"spec.credentials[{i}]", identity, in_use)
+        cred = _credential(c, f"spec.credentials[{i}]", identity, in_use, storage)
         if cred.name in seen:
             raise SpecError(
                 f"spec.credentials[{i}].name", f"duplicate credential name {cred.name!r}"
@@ -410,7 +426,8 @@ def parse_spec(
     rules, cluster_rules, role_refs = _permissions(
         as_object(spec.get("permissions"), "spec.permissions")
     )
-    creds = _credentials(spec, default_name, in_use)
+    storage = parse_vault_storage(spec.get("vault"), default_name)
+    creds = _credentials(spec, default_name, in_use, storage)
     fraction, renew_before = _rotation(as_object(spec.get("rotation"), "spec.rotation"))
     lifetime = as_object(spec.get("lifetime"), "spec.lifetime")
     valid_for = (
@@ -436,4 +453,5 @@ def parse_spec(
         valid_for=valid_for,
         on_workload_deletion=on_del,
         grace_period=grace,
+        vault=storage,
     )

@@ -50,6 +50,9 @@ def spec_hash(cred: Credential, service_account: str) -> str:
         "generator": [cred.generator.length, cred.generator.charset] if cred.generator else [],
         "serviceAccount": service_account,
     }
+    if cred.kv is not None:
+        # Only when set: the digests of credentials kept in Secrets alone stay as they were.
+        shape["kv"] = [cred.kv.mount, cred.kv.path]
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -29,6 +29,7 @@ from nhi.policies.ownership import Claim, OwnershipConflict
 from nhi.reconcilers.issuance import Minter
 from nhi.reconcilers.issuers import IssuerNotReady, IssuerService, Signer
 from nhi.reconcilers.owned import OwnedWriter
+from nhi.reconcilers.vault_storage import KVStore
 from nhi.vault import VaultError
 
 log = logging.getLogger("nhi.reconcilers.credentials")
@@ -69,7 +70,7 @@ class CredentialManager:
     ) -> None:
         #: Writes only Secrets the identity owns, and tells the caches about each write.
         self.writer = writer or OwnedWriter(api)
-        self.minter = Minter(api, self.writer)
+        self.minter = Minter(api, self.writer, KVStore(issuers))
         self.api = api
         self.issuers = issuers
         self.clock = clock

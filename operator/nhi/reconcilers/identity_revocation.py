@@ -31,6 +31,8 @@ from nhi.policies.revocation import (
 from nhi.reconcilers.identity_plan import Outcome, event_ref, owned_children
 from nhi.reconcilers.issuers import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter
+from nhi.reconcilers.vault_storage import KVStore
+from nhi.vault import VaultError
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
@@ -66,6 +68,7 @@ class Revoker:
         self.issuers = issuers
         self.writer = writer
         self.clock = clock
+        self.kv = KVStore(issuers)
 
     def owned(self, identity: MachineIdentity) -> dict[ChildKey, Mapping[str, Any]]:
         children = self.children_of(identity.namespace, identity.name)
@@ -125,7 +128,30 @@ class Revoker:
             verb = await self.writer.remove(identity.uid, key, obj)
             if verb:
                 batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
+        for path in await self.destroy_kv(identity):
+            batch.normal("Revoked", f"destroyed Vault KV {path} ({reason})")
         return revoked
+
+    async def destroy_kv(self, identity: MachineIdentity) -> list[str]:
+        """Destroy every version and the metadata of the identity's KV copies (after its
+        Secrets are gone: a Vault that cannot now does not delay that). A VaultError is
+        raised, so the revocation or clean-up runs again; paths already gone are skipped."""
+        destroyed = []
+        for cred in identity.spec.credentials:
+            if cred.kv is None:
+                continue
+            try:
+                path = await self.kv.destroy(identity, cred)
+            except IssuerNotReady as err:
+                log.warning(
+                    "could not destroy a credential in Vault",
+                    extra={"namespace": identity.namespace, "identity": identity.name,
+                           "credential": cred.name, "error": err.message},
+                )  # fmt: skip
+                continue
+            if path:
+                destroyed.append(path)
+        return destroyed
 
     async def _revoke_secret(
         self, identity: MachineIdentity, obj: Mapping[str, Any], revoked_at: str
@@ -200,5 +226,15 @@ class Revoker:
         for key in sorted(children):
             if await self.writer.remove(uid, key, children[key]):
                 removed.append(str(key))
+        if identity is not None:
+            try:
+                removed += [f"vault:{p}" for p in await self.destroy_kv(identity)]
+            except VaultError as err:
+                if err.retryable:
+                    raise  # transient: the clean-up is tried again
+                log.error(
+                    "could not destroy a credential in Vault",
+                    extra={"namespace": namespace, "identity": name, "error": err.message},
+                )
         metrics.forget_identity(namespace, name)
         return removed

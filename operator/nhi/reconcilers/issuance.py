@@ -24,14 +24,16 @@ from nhi.models.issued import Issued
 from nhi.policies import rotation
 from nhi.reconcilers.issuers import RemoteCA, Signer
 from nhi.reconcilers.owned import OwnedWriter, uid_of
+from nhi.reconcilers.vault_storage import KVStore
 
 
 class Minter:
     """Issues credential values; writes only Secrets the identity owns (OwnedWriter)."""
 
-    def __init__(self, api: Api, writer: OwnedWriter) -> None:
+    def __init__(self, api: Api, writer: OwnedWriter, kv: KVStore | None = None) -> None:
         self.api = api
         self.writer = writer
+        self.kv = kv
 
     async def issue(
         self,
@@ -73,12 +75,7 @@ class Minter:
         token: str = answer["status"]["token"]
         not_after = parse_time(answer["status"]["expirationTimestamp"])
         issued = job.issued(job.now, not_after, fingerprint=crypto.secret_fingerprint(token))
-        await self._write(
-            job,
-            build_credential_secret(
-                identity, cred, {"token": token.encode()}, issued.annotations()
-            ),
-        )
+        await self._store(job, {"token": token.encode()}, issued)
         return issued
 
     async def _issue_x509(self, job: _Issuance, signer: Signer) -> Issued:
@@ -114,7 +111,7 @@ class Minter:
             "tls.key": crypto.private_key_pem(key),
             "ca.crt": signer.bundle_pem,
         }
-        await self._write(job, build_credential_secret(identity, cred, data, issued.annotations()))
+        await self._store(job, data, issued)
         return issued
 
     async def _issue_static(self, job: _Issuance, old: Issued | None) -> Issued:
@@ -136,7 +133,7 @@ class Minter:
             fingerprint=crypto.secret_fingerprint(value),
             previous_not_after=previous_not_after,
         )
-        await self._write(job, build_credential_secret(identity, cred, data, issued.annotations()))
+        await self._store(job, data, issued)
         return issued
 
     async def drop_previous(
@@ -157,6 +154,15 @@ class Minter:
                 _field(identity, cred),
             )
         return new
+
+    async def _store(self, job: _Issuance, data: Mapping[str, bytes], issued: Issued) -> None:
+        """Keep the value: in Vault's KV first when the credential says so (a Vault that
+        cannot take it leaves the Secret as it was, to be tried again), then in its Secret."""
+        if job.cred.kv is not None and self.kv is not None:
+            await self.kv.write(job.identity, job.cred, data, issued)
+        await self._write(
+            job, build_credential_secret(job.identity, job.cred, data, issued.annotations())
+        )
 
     async def _write(self, job: _Issuance, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create the credential's Secret, or update the one the identity owns."""

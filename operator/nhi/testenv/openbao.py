@@ -45,7 +45,8 @@ OPERATOR_POLICY = "nhi-operator"
 ROLE_MAX_TTL = "72h"
 REVIEWER = "openbao-token-reviewer"
 
-#: The policy the operator needs for the issuer source (docs/vault.md shows the same).
+#: The policy the operator needs: the issuer source, and KV copies of credentials
+#: (docs/vault.md shows the same).
 OPERATOR_POLICY_HCL = f"""\
 path "{PKI_MOUNT}/sign/{PKI_ROLE}" {{
   capabilities = ["create", "update"]
@@ -55,6 +56,12 @@ path "{PKI_MOUNT}/revoke" {{
 }}
 path "{PKI_MOUNT}/roles/{PKI_ROLE}" {{
   capabilities = ["read"]
+}}
+path "{KV_MOUNT}/data/nhi/*" {{
+  capabilities = ["create", "update"]
+}}
+path "{KV_MOUNT}/metadata/nhi/*" {{
+  capabilities = ["create", "update", "read", "delete"]
 }}
 """
 

@@ -333,6 +333,19 @@ class VaultClient:
         body = answer.get("data") or {}
         return dict(body.get("data") or {}), dict(body.get("metadata") or {})
 
+    async def kv_metadata(self, mount: str, path: str) -> dict[str, Any] | None:
+        """The metadata at ``path`` (versions, custom_metadata), or None when there is none."""
+        try:
+            answer = await self._call(
+                f"read {mount}/metadata/{path}",
+                lambda c: c.secrets.kv.v2.read_secret_metadata(path, mount_point=mount),
+            )
+        except VaultError as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict((answer or {}).get("data") or {})
+
     async def kv_destroy(self, mount: str, path: str) -> None:
         """Every version and the metadata at ``path`` gone (nothing there is fine)."""
         try:

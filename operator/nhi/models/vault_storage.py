@@ -1,0 +1,101 @@
+"""Where a MachineIdentity keeps copies of its credentials in Vault's KV v2 (``spec.vault``).
+
+``spec.vault.issuerRef`` names an issuer with a ``vault`` source: its server and login are
+used. Every credential is kept at ``<mount>/data/nhi/<namespace>/<path>``: the identity's
+namespace is always the first segment under ``nhi/``, so no identity can name a path of
+another namespace; ``path`` defaults to ``<identity>/<credential>`` (``spec.vault.kv.path``
+replaces ``<identity>``; a credential's own ``vault.kv.path`` replaces the whole of it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nhi.models.fields import SpecError, as_object
+
+KV_ROOT = "nhi"
+DEFAULT_KV_MOUNT = "secret"
+_SEGMENTS = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+@dataclass(frozen=True)
+class KVLocation:
+    mount: str
+    path: str  # relative to nhi/<namespace>/
+
+
+@dataclass(frozen=True)
+class VaultStorage:
+    issuer_kind: str
+    issuer_name: str
+    kv: KVLocation
+
+
+def kv_path(namespace: str, location: KVLocation) -> str:
+    """The path under the mount (without ``data/``): ``nhi/<namespace>/<path>``."""
+    return f"{KV_ROOT}/{namespace}/{location.path}"
+
+
+def _path(value: Any, path: str, default: str) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > 200 or not _SEGMENTS.match(value):
+        raise SpecError(
+            path,
+            "must be a relative path of segments of letters, digits, '_', '.' and '-' "
+            "separated by '/', at most 200 characters",
+        )
+    if any(part in (".", "..") for part in value.split("/")):
+        raise SpecError(path, "must not contain '.' or '..' segments")
+    return value
+
+
+def _mount(value: Any, path: str, default: str) -> str:
+    return _path(value, path, default)
+
+
+def parse_vault_storage(raw: Any, identity: str) -> VaultStorage | None:
+    """``spec.vault`` (None when absent)."""
+    if raw is None:
+        return None
+    spec = as_object(raw, "spec.vault")
+    ref = as_object(spec.get("issuerRef"), "spec.vault.issuerRef")
+    kind = ref.get("kind", "ClusterIdentityIssuer")
+    if kind not in ("IdentityIssuer", "ClusterIdentityIssuer"):
+        raise SpecError(
+            "spec.vault.issuerRef.kind", "must be IdentityIssuer or ClusterIdentityIssuer"
+        )
+    name = ref.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError("spec.vault.issuerRef.name", "is required")
+    kv = as_object(spec.get("kv") or {}, "spec.vault.kv")
+    return VaultStorage(
+        issuer_kind=str(kind),
+        issuer_name=name,
+        kv=KVLocation(
+            mount=_mount(kv.get("mount"), "spec.vault.kv.mount", DEFAULT_KV_MOUNT),
+            path=_path(kv.get("path"), "spec.vault.kv.path", identity),
+        ),
+    )
+
+
+def credential_location(
+    raw: Mapping[str, Any], path: str, storage: VaultStorage | None, credential: str
+) -> KVLocation | None:
+    """Where credential ``credential`` is kept in KV, from its own ``vault`` and the
+    identity's ``spec.vault`` (None: not kept in Vault)."""
+    own = raw.get("vault")
+    if own is None:
+        if storage is None:
+            return None
+        return KVLocation(storage.kv.mount, f"{storage.kv.path}/{credential}")
+    if storage is None:
+        raise SpecError(f"{path}.vault", "needs spec.vault (the issuer whose Vault keeps it)")
+    kv = as_object(as_object(own, f"{path}.vault").get("kv") or {}, f"{path}.vault.kv")
+    return KVLocation(
+        mount=_mount(kv.get("mount"), f"{path}.vault.kv.mount", storage.kv.mount),
+        path=_path(kv.get("path"), f"{path}.vault.kv.path", f"{storage.kv.path}/{credential}"),
+    )

@@ -1,0 +1,175 @@
+"""Copies of credentials in Vault's KV v2 (spec.vault), against a real OpenBao.
+
+Each issuance writes a new version with metadata and no value in it; the earlier version
+stays readable until revocation, which destroys every version and the metadata; a path that
+is not the identity's is never touched; deleting the identity leaves nothing in Vault.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from nhi.testenv.openbao import OpenBao, OpenBaoError
+from tests.conftest import Cluster, OperatorProcess, wait_for
+from tests.integration.test_credentials import secret_data
+from tests.integration.test_identity import condition, wait_condition
+from tests.integration.test_vault import KUBERNETES_AUTH, issuer, ready, vault_spec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def kube(operator: OperatorProcess, openbao: OpenBao) -> Cluster:
+    assert operator.cluster is not None
+    return operator.cluster
+
+
+@pytest.fixture
+def vault_issuer(kube: Cluster, openbao: OpenBao) -> Any:
+    name = f"kv-{uuid.uuid4().hex[:6]}"
+    kube.apply(issuer(name, vault_spec(openbao, KUBERNETES_AUTH)))
+    ready(kube, "clusteridentityissuer", name, None, "True", "CAReady", timeout=60)
+    yield name
+    kube.kubectl("delete", "clusteridentityissuer", name, "--wait=false")
+
+
+def identity(namespace: str, vault_issuer: str, name: str = "app", **vault: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "nhi.dev/v1alpha1",
+        "kind": "MachineIdentity",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "owner": "team-a",
+            "vault": {
+                "issuerRef": {"kind": "ClusterIdentityIssuer", "name": vault_issuer},
+                **vault,
+            },
+            "credentials": [
+                {
+                    "name": "mtls",
+                    "type": "X509",
+                    "ttl": "1h",
+                    "issuerRef": {"kind": "ClusterIdentityIssuer", "name": vault_issuer},
+                },
+                {"name": "key", "type": "StaticSecret", "ttl": "2h"},
+            ],
+        },
+    }
+
+
+def kv(bao: OpenBao, path: str, version: int | None = None) -> dict[str, Any] | None:
+    query = f"?version={version}" if version else ""
+    try:
+        return bao.request("GET", f"secret/data/{path}{query}")["data"]
+    except OpenBaoError as err:
+        if "HTTP 404" in str(err):
+            return None
+        raise
+
+
+def metadata(bao: OpenBao, path: str) -> dict[str, Any] | None:
+    try:
+        return bao.request("GET", f"secret/metadata/{path}")["data"]
+    except OpenBaoError as err:
+        if "HTTP 404" in str(err):
+            return None
+        raise
+
+
+def test_each_issuance_is_a_version_and_revocation_destroys_them(
+    kube: Cluster, openbao: OpenBao, vault_issuer: str, namespace: str
+) -> None:
+    kube.apply(identity(namespace, vault_issuer))
+    obj = wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+    uid = obj["metadata"]["uid"]
+    cert_path, key_path = f"nhi/{namespace}/app/mtls", f"nhi/{namespace}/app/key"
+    first = kv(openbao, cert_path)
+    assert first is not None
+    assert first["data"] == secret_data(kube, namespace, "app.mtls")
+    assert (
+        kv(openbao, key_path)["data"]["current"]
+        == secret_data(kube, namespace, "app.key")[  # type: ignore[index]
+            "current"
+        ]
+    )
+    meta = metadata(openbao, cert_path)
+    assert meta is not None
+    custom = meta["custom_metadata"]
+    assert custom["nhi.dev/identity-uid"] == uid
+    assert custom["nhi.dev/identity"] == f"{namespace}/app"
+    assert custom["nhi.dev/owner"] == "team-a"
+    assert custom["nhi.dev/rotation-count"] == "0"
+    assert custom["nhi.dev/serial"] and custom["nhi.dev/not-after"]
+    # Metadata never holds a value.
+    assert not any(v and v in json.dumps(custom) for v in first["data"].values() if len(v) > 20)
+
+    kube.kubectl(
+        "annotate",
+        "machineidentity",
+        "app",
+        "-n",
+        namespace,
+        "nhi.dev/renew-requested-at=2099-01-01T00:00:00Z",
+    )
+    wait_for(
+        lambda: (m := metadata(openbao, cert_path)) and m["current_version"] == 2,
+        timeout=60,
+        message="a second KV version",
+    )
+    second = kv(openbao, cert_path)
+    assert second is not None and second["data"]["tls.crt"] != first["data"]["tls.crt"]
+    assert metadata(openbao, cert_path)["custom_metadata"]["nhi.dev/rotation-count"] == "1"  # type: ignore[index]
+    # The previous version stays readable until revocation.
+    assert kv(openbao, cert_path, version=1)["data"] == first["data"]  # type: ignore[index]
+
+    kube.kubectl("annotate", "machineidentity", "app", "-n", namespace, "nhi.dev/revoke=true")
+    wait_for(
+        lambda: metadata(openbao, cert_path) is None and metadata(openbao, key_path) is None,
+        timeout=60,
+        message="every version and the metadata destroyed",
+    )
+    assert kv(openbao, cert_path, version=1) is None
+
+
+def test_a_path_that_is_not_the_identitys_is_left_alone(
+    kube: Cluster, openbao: OpenBao, vault_issuer: str, namespace: str
+) -> None:
+    theirs = f"nhi/{namespace}/taken/mtls"
+    openbao.request("POST", f"secret/data/{theirs}", {"data": {"tls.crt": "someone else's"}})
+    kube.apply(identity(namespace, vault_issuer, kv={"path": "taken"}))
+    obj = wait_for(
+        lambda: (
+            (o := kube.get("machineidentity", "app", namespace))
+            and (c := condition(o, "Ready"))
+            and c["status"] == "False"
+            and "taken/mtls" in c["message"]
+            and o
+        ),
+        timeout=60,
+        message="the credential refused",
+    )
+    message = condition(obj, "Ready")["message"]  # type: ignore[index]
+    assert "data the operator did not write" in message
+    assert kv(openbao, theirs)["data"] == {"tls.crt": "someone else's"}  # type: ignore[index]
+    # Deleting the identity does not destroy what was not its own.
+    kube.kubectl("delete", "machineidentity", "app", "-n", namespace, "--timeout=60s")
+    assert kv(openbao, theirs)["data"] == {"tls.crt": "someone else's"}  # type: ignore[index]
+
+
+def test_deleting_the_identity_leaves_nothing_in_vault(
+    kube: Cluster, openbao: OpenBao, vault_issuer: str, namespace: str
+) -> None:
+    kube.apply(identity(namespace, vault_issuer, name="gone", kv={"path": "custom/place"}))
+    wait_condition(kube, namespace, "gone", "Ready", "True", timeout=60)
+    path = f"nhi/{namespace}/custom/place/mtls"
+    assert kv(openbao, path) is not None
+    kube.kubectl("delete", "machineidentity", "gone", "-n", namespace, "--timeout=60s")
+    wait_for(
+        lambda: metadata(openbao, path) is None,
+        timeout=30,
+        message="the KV copies destroyed with the identity",
+    )

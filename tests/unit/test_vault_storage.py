@@ -1,0 +1,77 @@
+"""spec.vault of a MachineIdentity: where each credential's KV copy goes, and the rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from nhi.models.identity import MachineIdentity, SpecError
+from nhi.models.vault_storage import KVLocation, kv_path
+from nhi.policies.rotation import spec_hash
+
+pytestmark = pytest.mark.unit
+
+REF = {"kind": "ClusterIdentityIssuer", "name": "vault-pki"}
+
+
+def body(storage: Any = None, cred: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "owner": "team-a",
+        "credentials": [{"name": "key", "type": "StaticSecret", **(cred or {})}],
+    }
+    if storage is not None:
+        spec["vault"] = storage
+    return {
+        "apiVersion": "nhi.dev/v1alpha1",
+        "kind": "MachineIdentity",
+        "metadata": {"name": "app", "namespace": "team-a", "uid": "u-1"},
+        "spec": spec,
+    }
+
+
+def test_credentials_default_to_the_identitys_path_in_its_namespace() -> None:
+    identity = MachineIdentity.from_body(body({"issuerRef": REF}))
+    assert identity.spec.vault is not None
+    [cred] = identity.spec.credentials
+    assert cred.kv == KVLocation("secret", "app/key")
+    assert kv_path("team-a", cred.kv) == "nhi/team-a/app/key"
+
+
+def test_identity_and_credential_paths() -> None:
+    identity = MachineIdentity.from_body(
+        body({"issuerRef": REF, "kv": {"mount": "kv", "path": "payments"}})
+    )
+    assert identity.spec.credentials[0].kv == KVLocation("kv", "payments/key")
+    own = MachineIdentity.from_body(body({"issuerRef": REF}, {"vault": {"kv": {"path": "x/y"}}}))
+    assert own.spec.credentials[0].kv == KVLocation("secret", "x/y")
+
+
+def test_no_vault_no_copy_and_the_same_spec_hash_as_before() -> None:
+    plain = MachineIdentity.from_body(body()).spec.credentials[0]
+    assert plain.kv is None
+    kept = MachineIdentity.from_body(body({"issuerRef": REF})).spec.credentials[0]
+    # Adding a KV copy re-issues the credential, so the copy is written now.
+    assert spec_hash(kept, "app") != spec_hash(plain, "app")
+
+
+@pytest.mark.parametrize(
+    ("vault", "cred", "path"),
+    [
+        ({}, {}, "spec.vault.issuerRef.name"),
+        ({"issuerRef": {"kind": "Other", "name": "x"}}, {}, "spec.vault.issuerRef.kind"),
+        ({"issuerRef": REF, "kv": {"path": "../other-namespace"}}, {}, "spec.vault.kv.path"),
+        ({"issuerRef": REF, "kv": {"path": "/abs"}}, {}, "spec.vault.kv.path"),
+        ({"issuerRef": REF, "kv": {"mount": "a b"}}, {}, "spec.vault.kv.mount"),
+        (None, {"vault": {"kv": {"path": "x"}}}, "spec.credentials[0].vault"),
+        (
+            {"issuerRef": REF},
+            {"vault": {"kv": {"path": "a/./b"}}},
+            "spec.credentials[0].vault.kv.path",
+        ),
+    ],
+)
+def test_rules_name_the_field(vault: Any, cred: dict[str, Any], path: str) -> None:
+    with pytest.raises(SpecError) as err:
+        MachineIdentity.from_body(body(vault, cred))
+    assert err.value.path == path
