@@ -235,7 +235,16 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
                     "apiVersion": "nhi.dev/v1alpha1",
                     "kind": "MachineIdentity",
                     "metadata": {"name": "app", "namespace": namespace},
-                    "spec": {"owner": "team-security", "credentials": credentials},
+                    "spec": {
+                        "owner": "team-security",
+                        "credentials": credentials,
+                        # Every value is also kept in OpenBao's KV: its copies are values too.
+                        **(
+                            {"vault": {"issuerRef": {"name": vault_issuer}}}
+                            if bao is not None
+                            else {}
+                        ),
+                    },
                 }
             )
             wait_for(
@@ -317,6 +326,8 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
     assert not unstructured, f"log lines outside the JSON formatter: {unstructured[:5]}"
     assert any(r.get("level") == "debug" for r in records), "the operator did not log at DEBUG"
     events = [r["event"] for r in records]
+    if bao is not None:
+        assert sum(e == "stored credential in Vault" for e in events) >= 2 * len(names), events
     assert sum(e == "issued credential" for e in events) >= len(names), events
     assert sum(e == "rotated credential" for e in events) >= len(names), events
     # The issuer controller's per-issuer lines (its root created, its CRL published) are
