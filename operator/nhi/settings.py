@@ -60,6 +60,12 @@ class Settings:
         default_factory=lambda: float(os.environ.get("NHI_POLICY_STATUS_INTERVAL", "5"))
     )
 
+    #: Seconds between checks that each credential's KV copy in Vault is the one the operator
+    #: wrote (a version deleted or overwritten by someone else is restored).
+    vault_kv_check_interval: float = field(
+        default_factory=lambda: float(os.environ.get("NHI_VAULT_KV_CHECK_INTERVAL", "600"))
+    )
+
     @property
     def webhook_enabled(self) -> bool:
         return self.webhook_port > 0

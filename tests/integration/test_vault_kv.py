@@ -8,13 +8,16 @@ is not the identity's is never touched; deleting the identity leaves nothing in 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nhi.testenv.openbao import OpenBao, OpenBaoError
-from tests.conftest import Cluster, OperatorProcess, wait_for
+from tests.conftest import Cluster, OperatorProcess, start_operator, wait_for
 from tests.integration.test_credentials import secret_data
 from tests.integration.test_identity import condition, wait_condition
 from tests.integration.test_vault import KUBERNETES_AUTH, issuer, ready, vault_spec
@@ -173,3 +176,49 @@ def test_deleting_the_identity_leaves_nothing_in_vault(
         timeout=30,
         message="the KV copies destroyed with the identity",
     )
+
+
+def test_a_copy_deleted_or_overwritten_by_someone_else_is_restored(
+    kube: Cluster,
+    openbao: OpenBao,
+    vault_issuer: str,
+    operator: OperatorProcess,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    # An operator of its own that checks the copies every 2 s (the session's is paused).
+    os.killpg(operator.proc.pid, signal.SIGSTOP)
+    own = None
+    try:
+        own = start_operator(kube, tmp_path / "operator.log", "--vault-kv-check-interval=2")
+        kube.apply(identity(namespace, vault_issuer))
+        wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+        path = f"nhi/{namespace}/app/key"
+        value = secret_data(kube, namespace, "app.key")
+        assert kv(openbao, path)["data"] == value  # type: ignore[index]
+
+        def restored_after(version: int) -> bool:
+            m = metadata(openbao, path)
+            return bool(m and m["current_version"] > version and kv(openbao, path))
+
+        # Someone overwrites it: a new version with the value is written back.
+        openbao.request("POST", f"secret/data/{path}", {"data": {"current": "tampered"}})
+        wait_for(lambda: restored_after(2), timeout=30, message="the overwritten copy restored")
+        assert kv(openbao, path)["data"] == value  # type: ignore[index]
+        # Someone deletes the current version.
+        current = metadata(openbao, path)["current_version"]  # type: ignore[index]
+        openbao.request("DELETE", f"secret/data/{path}")
+        wait_for(lambda: restored_after(current), timeout=30, message="the deleted copy restored")
+        assert kv(openbao, path)["data"] == value  # type: ignore[index]
+        # Someone deletes the whole path.
+        openbao.request("DELETE", f"secret/metadata/{path}")
+        wait_for(lambda: kv(openbao, path), timeout=30, message="the deleted path restored")
+        assert kv(openbao, path)["data"] == value  # type: ignore[index]
+        assert metadata(openbao, path)["custom_metadata"]["nhi.dev/identity"] == (  # type: ignore[index]
+            f"{namespace}/app"
+        )
+        assert "restored credential in Vault" in own.log()
+    finally:
+        if own is not None:
+            own.stop()
+        os.killpg(operator.proc.pid, signal.SIGCONT)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 
 from nhi.models.identity import MachineIdentity, SpecError
+from nhi.models.issued import Issued
 from nhi.models.vault_storage import KVLocation, kv_path
 from nhi.policies.rotation import spec_hash
+from nhi.reconcilers.vault_storage import drift
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +78,48 @@ def test_rules_name_the_field(vault: Any, cred: dict[str, Any], path: str) -> No
     with pytest.raises(SpecError) as err:
         MachineIdentity.from_body(body(vault, cred))
     assert err.value.path == path
+
+
+def issued(**ids: str) -> Issued:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    return Issued(
+        not_before=now,
+        not_after=now + dt.timedelta(hours=1),
+        renewal_time=now + dt.timedelta(minutes=40),
+        issued_at=now,
+        rotation_count=0,
+        spec_hash="h",
+        **ids,
+    )
+
+
+def meta(version: int = 2, custom: dict[str, str] | None = None, **entry: Any) -> dict[str, Any]:
+    return {
+        "current_version": version,
+        "custom_metadata": {
+            "nhi.dev/identity-uid": "u-1",
+            "nhi.dev/version": "2",
+            "nhi.dev/serial": "0a:0b",
+            **(custom or {}),
+        },
+        "versions": {str(version): {"deletion_time": "", "destroyed": False, **entry}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("found", "expected"),
+    [
+        (meta(), None),
+        (None, ("the path was deleted", True)),
+        (meta(3), ("version 3 was written by someone else", True)),
+        (meta(deletion_time="2026-01-01T00:00:00Z"), ("version 2 was deleted", True)),
+        (meta(destroyed=True), ("version 2 was deleted", True)),
+        (meta(custom={"nhi.dev/serial": "ff"}), ("the copy is not the current value", True)),
+        (
+            meta(custom={"nhi.dev/identity-uid": "u-2"}),
+            ("the path now holds data the operator did not write", False),
+        ),
+    ],
+)
+def test_drift_says_what_changed_and_whether_to_restore(found: Any, expected: Any) -> None:
+    assert drift(found, "u-1", issued(serial="0a:0b")) == expected

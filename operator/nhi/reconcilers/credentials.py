@@ -29,7 +29,7 @@ from nhi.policies.ownership import Claim, OwnershipConflict
 from nhi.reconcilers.issuance import Minter
 from nhi.reconcilers.issuers import IssuerNotReady, IssuerService, Signer
 from nhi.reconcilers.owned import OwnedWriter
-from nhi.reconcilers.vault_storage import KVStore
+from nhi.reconcilers.vault_storage import DEFAULT_KV_CHECK_INTERVAL, KVStore
 from nhi.vault import VaultError
 
 log = logging.getLogger("nhi.reconcilers.credentials")
@@ -67,10 +67,12 @@ class CredentialManager:
         issuers: IssuerService,
         clock: Callable[[], dt.datetime],
         writer: OwnedWriter | None = None,
+        kv_check_interval: float = DEFAULT_KV_CHECK_INTERVAL,
     ) -> None:
         #: Writes only Secrets the identity owns, and tells the caches about each write.
         self.writer = writer or OwnedWriter(api)
-        self.minter = Minter(api, self.writer, KVStore(issuers))
+        self.kv = KVStore(issuers, api, check_interval=kv_check_interval)
+        self.minter = Minter(api, self.writer, self.kv)
         self.api = api
         self.issuers = issuers
         self.clock = clock
@@ -224,11 +226,12 @@ class CredentialManager:
                 return _Due(cred, issued, stored, signer, now, None, renew_request or "")
             self._observe(identity, cred, issued)
             due = rotation.next_due(issued, now)
-            return _Pass(
-                cred.name,
-                status=_status(cred, issued),
-                due=min(due, held) if held is not None else due,
-            )
+            if held is not None:
+                due = min(due, held)
+            if cred.kv is not None and stored is not None:
+                # Is the copy in Vault still the one written? Restored from the Secret if not.
+                due = min(due, await self.kv.check(identity, cred, stored, issued, now))
+            return _Pass(cred.name, status=_status(cred, issued), due=due)
         return _Due(cred, issued, stored, signer, now, reason, renew_request or "")
 
     async def _act(self, identity: MachineIdentity, due: _Due) -> _Pass:

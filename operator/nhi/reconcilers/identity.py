@@ -58,6 +58,7 @@ from nhi.reconcilers.identity_revocation import Revoker
 from nhi.reconcilers.identity_status import StatusWriter
 from nhi.reconcilers.issuers import IssuerService
 from nhi.reconcilers.owned import OwnedWriter
+from nhi.reconcilers.vault_storage import DEFAULT_KV_CHECK_INTERVAL
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
@@ -109,6 +110,8 @@ class IdentityReconciler:
         events: EventRecorder,
         issuers: IssuerService,
         clock: Clock = utcnow,
+        *,
+        kv_check_interval: float = DEFAULT_KV_CHECK_INTERVAL,
     ) -> None:
         self.api = api
         self.view = view
@@ -121,7 +124,9 @@ class IdentityReconciler:
         self.writer = OwnedWriter(api, record=view.written, forget=view.deleted)
         self.revoker = Revoker(view.children_of, events, issuers, self.writer, clock)
         self.status = StatusWriter(api, events, view.identity_written, clock)
-        self.credentials = CredentialManager(api, issuers, clock, writer=self.writer)
+        self.credentials = CredentialManager(
+            api, issuers, clock, writer=self.writer, kv_check_interval=kv_check_interval
+        )
 
     # ------------------------------------------------------------------ gather
 

@@ -6,24 +6,37 @@ not-after, serial or fingerprint and rotation count, never a value. A path whose
 names another identity, or that holds data the operator did not write, is never written nor
 destroyed: the credential is refused with a message naming the path. Revocation and deletion
 destroy every version and the metadata.
+
+Every ``check_interval`` seconds (and at the first look after a start) each copy is checked:
+a path deleted, a current version deleted or destroyed, or a version written by someone else
+is restored from the credential's Secret as a new version.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import logging
 from collections.abc import Mapping
+from typing import Any
 
+from nhi.k8s.client import Api
 from nhi.models.duration import rfc3339
 from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.issued import Issued
 from nhi.models.vault_storage import kv_path
-from nhi.reconcilers.issuers import IssuerService
+from nhi.reconcilers.issuers import IssuerNotReady, IssuerService
+from nhi.reconcilers.owned import uid_of
 from nhi.vault import VaultClient, VaultError, VaultReason
 
 log = logging.getLogger("nhi.reconcilers.credentials")
 
 #: The custom metadata key that says which identity a path belongs to.
 OWNER_UID = "nhi.dev/identity-uid"
+#: The custom metadata key holding the version the operator wrote last.
+VERSION = "nhi.dev/version"
+#: Seconds between checks of each copy (``--vault-kv-check-interval``).
+DEFAULT_KV_CHECK_INTERVAL = 600.0
 
 
 class VaultPathTaken(VaultError):
@@ -40,9 +53,39 @@ class VaultPathTaken(VaultError):
         )
 
 
+def drift(meta: Mapping[str, Any] | None, uid: str, issued: Issued) -> tuple[str, bool] | None:
+    """What happened to a copy since the operator wrote it, and whether it may be restored
+    (False: the path now holds someone else's data); None: it is as written."""
+    if meta is None:
+        return "the path was deleted", True
+    custom = meta.get("custom_metadata") or {}
+    if not isinstance(custom, Mapping) or custom.get(OWNER_UID) != uid:
+        return "the path now holds data the operator did not write", False
+    current = str(meta.get("current_version") or "")
+    version = ((meta.get("versions") or {}).get(current)) or {}
+    if custom.get(VERSION) != current:
+        return f"version {current} was written by someone else", True
+    if version.get("destroyed") or version.get("deletion_time"):
+        return f"version {current} was deleted", True
+    ids = (("nhi.dev/serial", issued.serial), ("nhi.dev/fingerprint", issued.fingerprint))
+    if any(value and custom.get(key) != value for key, value in ids):
+        return "the copy is not the current value", True
+    return None
+
+
 class KVStore:
-    def __init__(self, issuers: IssuerService) -> None:
+    def __init__(
+        self,
+        issuers: IssuerService,
+        api: Api | None = None,
+        *,
+        check_interval: float = DEFAULT_KV_CHECK_INTERVAL,
+    ) -> None:
         self.issuers = issuers
+        self.api = api
+        self.check_interval = dt.timedelta(seconds=check_interval)
+        #: (identity UID, credential) -> when its copy was last written or checked.
+        self._checked: dict[tuple[str, str], dt.datetime] = {}
 
     async def _client(self, identity: MachineIdentity) -> VaultClient:
         storage = identity.spec.vault
@@ -96,7 +139,10 @@ class KVStore:
         if issued.fingerprint:
             metadata["nhi.dev/fingerprint"] = issued.fingerprint
         values = {k: v.decode() for k, v in data.items()}
-        version = await client.kv_write(cred.kv.mount, path, values, metadata)
+        version = await client.kv_put(cred.kv.mount, path, values)
+        metadata[VERSION] = str(version)
+        await client.kv_set_metadata(cred.kv.mount, path, metadata)
+        self._checked[(identity.uid, cred.name)] = issued.issued_at
         log.info(
             "stored credential in Vault",
             extra={
@@ -108,6 +154,75 @@ class KVStore:
             },
         )
         return version
+
+    async def check(
+        self,
+        identity: MachineIdentity,
+        cred: Credential,
+        stored: Mapping[str, Any],
+        issued: Issued,
+        now: dt.datetime,
+    ) -> dt.datetime:
+        """Check the credential's copy when due, restoring it if need be; the next check."""
+        key = (identity.uid, cred.name)
+        last = self._checked.get(key)
+        if last is not None and now < last + self.check_interval:
+            return last + self.check_interval
+        self._checked[key] = now
+        try:
+            await self._check(identity, cred, stored, issued)
+        except (VaultError, IssuerNotReady) as err:
+            log.warning(
+                "could not check a credential's copy in Vault",
+                extra={
+                    "namespace": identity.namespace,
+                    "identity": identity.name,
+                    "credential": cred.name,
+                    "error": str(err),
+                },
+            )
+        return now + self.check_interval
+
+    async def _check(
+        self,
+        identity: MachineIdentity,
+        cred: Credential,
+        stored: Mapping[str, Any],
+        issued: Issued,
+    ) -> None:
+        assert cred.kv is not None
+        client = await self._client(identity)
+        path = kv_path(identity.namespace, cred.kv)
+        found = drift(await client.kv_metadata(cred.kv.mount, path), identity.uid, issued)
+        if found is None:
+            return
+        what, restorable = found
+        where = f"{cred.kv.mount}/data/{path}"
+        extra = {
+            "namespace": identity.namespace,
+            "identity": identity.name,
+            "credential": cred.name,
+            "kv_path": where,
+            "drift": what,
+        }
+        data = await self._secret_data(identity, cred, stored) if restorable else None
+        if data is None:
+            log.warning("left a changed credential copy in Vault as it is", extra=extra)
+            return
+        await self.write(identity, cred, data, issued)
+        log.warning("restored credential in Vault", extra=extra)
+
+    async def _secret_data(
+        self, identity: MachineIdentity, cred: Credential, stored: Mapping[str, Any]
+    ) -> dict[str, bytes] | None:
+        """The value in the identity's own Secret (never a namesake that replaced it)."""
+        if self.api is None:
+            return None
+        secret = await self.api.get("Secret", identity.namespace, cred.secret_name)
+        if secret is None or uid_of(secret) != uid_of(stored):
+            return None
+        data = secret.get("data") or {}
+        return {k: base64.b64decode(v) for k, v in data.items()} or None
 
     async def destroy(self, identity: MachineIdentity, cred: Credential) -> str | None:
         """Every version and the metadata of the credential's path, if the identity's; the
@@ -130,6 +245,7 @@ class KVStore:
             )
             return None
         await client.kv_destroy(cred.kv.mount, path)
+        self._checked.pop((identity.uid, cred.name), None)
         where = f"{cred.kv.mount}/data/{path}"
         log.info(
             "destroyed credential in Vault",

@@ -303,17 +303,26 @@ class VaultClient:
         self, mount: str, path: str, data: Mapping[str, str], metadata: Mapping[str, str]
     ) -> int:
         """A new version at ``path`` and its custom metadata; returns the version."""
+        version = await self.kv_put(mount, path, data)
+        await self.kv_set_metadata(mount, path, metadata)
+        return version
+
+    async def kv_put(self, mount: str, path: str, data: Mapping[str, str]) -> int:
+        """A new version at ``path``; returns its number."""
         answer = await self._call(
             f"write {mount}/data/{path}",
             lambda c: c.secrets.kv.v2.create_or_update_secret(path, dict(data), mount_point=mount),
         )
+        return int((answer.get("data") or {}).get("version") or 0)
+
+    async def kv_set_metadata(self, mount: str, path: str, metadata: Mapping[str, str]) -> None:
+        """The custom metadata of ``path`` (it replaces what was there)."""
         await self._call(
             f"write {mount}/metadata/{path}",
             lambda c: c.secrets.kv.v2.update_metadata(
                 path, custom_metadata=dict(metadata), mount_point=mount
             ),
         )
-        return int((answer.get("data") or {}).get("version") or 0)
 
     async def kv_read(
         self, mount: str, path: str, version: int | None = None
