@@ -1,8 +1,11 @@
-"""Copies of credentials in Vault's KV v2 (spec.vault), against a real OpenBao.
+"""Copies of credentials in Vault's KV v2 and the workload's Vault access (spec.vault),
+against a real OpenBao.
 
 Each issuance writes a new version with metadata and no value in it; the earlier version
 stays readable until revocation, which destroys every version and the metadata; a path that
-is not the identity's is never touched; deleting the identity leaves nothing in Vault.
+is not the identity's is never touched; a copy changed by someone else is restored; deleting
+the identity leaves nothing in Vault. The workload logs in with its ServiceAccount token and
+reads its own paths only; after revocation its login fails and its earlier token is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -222,3 +226,72 @@ def test_a_copy_deleted_or_overwritten_by_someone_else_is_restored(
         if own is not None:
             own.stop()
         os.killpg(operator.proc.pid, signal.SIGCONT)
+
+
+def service_account_token(kube: Cluster, namespace: str) -> str:
+    return kube.kubectl("create", "token", "app", "-n", namespace).stdout.strip()
+
+
+def workload_login(bao: OpenBao, jwt: str, role: str) -> str:
+    """What the workload does: log in with its ServiceAccount token; the Vault token."""
+    answer = bao.request("POST", "auth/kubernetes/login", {"role": role, "jwt": jwt}, token=False)
+    return str(answer["auth"]["client_token"])
+
+
+def read_as(bao: OpenBao, token: str, path: str) -> dict[str, Any]:
+    root = bao.root_token
+    bao.root_token = token
+    try:
+        return bao.request("GET", f"secret/data/{path}")
+    finally:
+        bao.root_token = root
+
+
+def test_the_workload_reads_its_own_paths_only_until_revocation(
+    kube: Cluster, openbao: OpenBao, vault_issuer: str, namespace: str
+) -> None:
+    other = f"nhi/{namespace}/other/key"
+    openbao.request("POST", f"secret/data/{other}", {"data": {"current": "not yours"}})
+    kube.apply(identity(namespace, vault_issuer, access={"tokenTTL": "15m"}))
+    wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+    role = f"nhi.{namespace}.app"
+    policy = openbao.request("GET", f"sys/policies/acl/{role}")["data"]["policy"]
+    assert f'path "secret/data/nhi/{namespace}/app/key"' in policy
+    assert f'path "secret/data/nhi/{namespace}/app/mtls"' in policy
+    bound = openbao.request("GET", f"auth/kubernetes/role/{role}")["data"]
+    assert bound["bound_service_account_names"] == ["app"]
+    assert bound["bound_service_account_namespaces"] == [namespace]
+    assert bound["token_ttl"] == 900
+
+    # The login goes through a real TokenReview of the ServiceAccount's token.
+    jwt = service_account_token(kube, namespace)
+    token = workload_login(openbao, jwt, role)
+    value = secret_data(kube, namespace, "app.key")["current"]
+    assert read_as(openbao, token, f"nhi/{namespace}/app/key")["data"]["data"]["current"] == value
+    with pytest.raises(OpenBaoError, match="HTTP 403"):
+        read_as(openbao, token, other)
+
+    kube.kubectl("annotate", "machineidentity", "app", "-n", namespace, "nhi.dev/revoke=true")
+    started = time.monotonic()
+
+    def refused() -> bool:
+        try:
+            read_as(openbao, token, f"nhi/{namespace}/app/key")
+        except OpenBaoError as err:
+            return "HTTP 403" in str(err) or "HTTP 404" in str(err)
+        return False
+
+    wait_for(refused, timeout=15, interval=0.1, message="the earlier Vault token refused")
+    assert time.monotonic() - started < 5
+    # The ServiceAccount token the pod still holds no longer logs in.
+    with pytest.raises(OpenBaoError, match="HTTP 4"):
+        workload_login(openbao, jwt, role)
+    assert metadata(openbao, f"nhi/{namespace}/app/key") is None
+    with pytest.raises(OpenBaoError, match="HTTP 404"):
+        openbao.request("GET", f"sys/policies/acl/{role}")
+    # The ServiceAccount's Vault entity went too: nothing of the workload is left in Vault.
+    wait_for(
+        lambda: "removed Vault entity" in kube.kubectl("get", "events", "-n", namespace).stdout,
+        timeout=15,
+        message="the Event naming the removed entity",
+    )

@@ -123,3 +123,30 @@ def meta(version: int = 2, custom: dict[str, str] | None = None, **entry: Any) -
 )
 def test_drift_says_what_changed_and_whether_to_restore(found: Any, expected: Any) -> None:
     assert drift(found, "u-1", issued(serial="0a:0b")) == expected
+
+
+def test_access_policy_grants_read_on_exactly_the_identitys_copies() -> None:
+    from nhi.reconcilers.vault_access import access_name, header, policy_hcl, role_body
+
+    identity = MachineIdentity.from_body(
+        body({"issuerRef": REF, "access": {"tokenTTL": "15m"}}, {"vault": {"kv": {"path": "k"}}})
+    )
+    assert identity.spec.vault is not None and identity.spec.vault.access is not None
+    assert identity.spec.vault.access.token_ttl == 900
+    name = access_name(identity)
+    assert name == "nhi.team-a.app"
+    hcl = policy_hcl(identity)
+    assert hcl.startswith(header(identity)) and "u-1" in header(identity)
+    assert 'path "secret/data/nhi/team-a/k" {\n  capabilities = ["read"]\n}' in hcl
+    assert hcl.count("path ") == 1 and "*" not in hcl
+    role = role_body(identity, name, 900)
+    assert role["bound_service_account_names"] == ["app"]
+    assert role["bound_service_account_namespaces"] == ["team-a"]
+    assert role["token_policies"] == [name]
+
+
+@pytest.mark.parametrize("ttl", ["1m", "25h", "soon"])
+def test_access_token_ttl_is_bounded(ttl: str) -> None:
+    with pytest.raises(SpecError) as err:
+        MachineIdentity.from_body(body({"issuerRef": REF, "access": {"tokenTTL": ttl}}))
+    assert err.value.path == "spec.vault.access.tokenTTL"

@@ -9,15 +9,18 @@ replaces ``<identity>``; a credential's own ``vault.kv.path`` replaces the whole
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nhi.models.fields import SpecError, as_object
+from nhi.models.fields import SpecError, as_duration, as_object
 
 KV_ROOT = "nhi"
 DEFAULT_KV_MOUNT = "secret"
+MIN_TOKEN_TTL = dt.timedelta(minutes=5)
+MAX_TOKEN_TTL = dt.timedelta(hours=24)
 _SEGMENTS = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
@@ -28,10 +31,19 @@ class KVLocation:
 
 
 @dataclass(frozen=True)
+class VaultAccess:
+    """``spec.vault.access``: a Kubernetes-auth role for the identity's ServiceAccount."""
+
+    mount: str = "kubernetes"
+    token_ttl: int = 3600  # seconds
+
+
+@dataclass(frozen=True)
 class VaultStorage:
     issuer_kind: str
     issuer_name: str
     kv: KVLocation
+    access: VaultAccess | None = None
 
 
 def kv_path(namespace: str, location: KVLocation) -> str:
@@ -72,6 +84,20 @@ def parse_vault_storage(raw: Any, identity: str) -> VaultStorage | None:
     if not isinstance(name, str) or not name:
         raise SpecError("spec.vault.issuerRef.name", "is required")
     kv = as_object(spec.get("kv") or {}, "spec.vault.kv")
+    access = None
+    if spec.get("access") is not None:
+        raw_access = as_object(spec.get("access"), "spec.vault.access")
+        ttl = (
+            as_duration(raw_access["tokenTTL"], "spec.vault.access.tokenTTL")
+            if "tokenTTL" in raw_access
+            else dt.timedelta(hours=1)
+        )
+        if not MIN_TOKEN_TTL <= ttl <= MAX_TOKEN_TTL:
+            raise SpecError("spec.vault.access.tokenTTL", "must be between 5m and 24h")
+        access = VaultAccess(
+            mount=_mount(raw_access.get("mountPath"), "spec.vault.access.mountPath", "kubernetes"),
+            token_ttl=int(ttl.total_seconds()),
+        )
     return VaultStorage(
         issuer_kind=str(kind),
         issuer_name=name,
@@ -79,6 +105,7 @@ def parse_vault_storage(raw: Any, identity: str) -> VaultStorage | None:
             mount=_mount(kv.get("mount"), "spec.vault.kv.mount", DEFAULT_KV_MOUNT),
             path=_path(kv.get("path"), "spec.vault.kv.path", identity),
         ),
+        access=access,
     )
 
 

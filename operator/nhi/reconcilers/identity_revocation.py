@@ -31,6 +31,7 @@ from nhi.policies.revocation import (
 from nhi.reconcilers.identity_plan import Outcome, event_ref, owned_children
 from nhi.reconcilers.issuers import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter
+from nhi.reconcilers.vault_access import VaultAccess
 from nhi.reconcilers.vault_storage import KVStore
 from nhi.vault import VaultError
 
@@ -62,6 +63,7 @@ class Revoker:
         issuers: IssuerService,
         writer: OwnedWriter,
         clock: Callable[[], dt.datetime],
+        access: VaultAccess | None = None,
     ) -> None:
         self.children_of = children_of
         self.events = events
@@ -69,6 +71,7 @@ class Revoker:
         self.writer = writer
         self.clock = clock
         self.kv = KVStore(issuers)
+        self.access = access or VaultAccess(issuers)
 
     def owned(self, identity: MachineIdentity) -> dict[ChildKey, Mapping[str, Any]]:
         children = self.children_of(identity.namespace, identity.name)
@@ -119,6 +122,7 @@ class Revoker:
         could use right now); the revoked credentials, for the record."""
         children = self.owned(identity)
         revoked = []
+        account = _service_account_uid(children)
         for key in sorted(children, key=lambda k: (REVOKE_ORDER.get(k.kind, 9), k.name)):
             obj = children[key]
             if key.kind == "Secret":
@@ -130,7 +134,22 @@ class Revoker:
                 batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
         for path in await self.destroy_kv(identity):
             batch.normal("Revoked", f"destroyed Vault KV {path} ({reason})")
+        for what in await self.remove_access(identity, account):
+            batch.normal("Revoked", f"removed Vault {what} ({reason})")
         return revoked
+
+    async def remove_access(self, identity: MachineIdentity, account_uid: str) -> list[str]:
+        """The workload's Vault role, policy and entity (spec.vault.access); a VaultError is
+        raised so the revocation or clean-up runs again."""
+        try:
+            return await self.access.remove(identity, account_uid)
+        except IssuerNotReady as err:
+            log.warning(
+                "could not remove Vault access",
+                extra={"namespace": identity.namespace, "identity": identity.name,
+                       "error": err.message},
+            )  # fmt: skip
+            return []
 
     async def destroy_kv(self, identity: MachineIdentity) -> list[str]:
         """Destroy every version and the metadata of the identity's KV copies (after its
@@ -229,6 +248,8 @@ class Revoker:
         if identity is not None:
             try:
                 removed += [f"vault:{p}" for p in await self.destroy_kv(identity)]
+                account = _service_account_uid(children)
+                removed += [f"vault:{w}" for w in await self.remove_access(identity, account)]
             except VaultError as err:
                 if err.retryable:
                     raise  # transient: the clean-up is tried again
@@ -238,3 +259,11 @@ class Revoker:
                 )
         metrics.forget_identity(namespace, name)
         return removed
+
+
+def _service_account_uid(children: Mapping[ChildKey, Mapping[str, Any]]) -> str:
+    """The UID of the identity's ServiceAccount among its children ('' without one)."""
+    for key, obj in children.items():
+        if key.kind == "ServiceAccount":
+            return str((obj.get("metadata") or {}).get("uid") or "")
+    return ""

@@ -63,6 +63,21 @@ path "{KV_MOUNT}/data/nhi/*" {{
 path "{KV_MOUNT}/metadata/nhi/*" {{
   capabilities = ["create", "update", "read", "delete"]
 }}
+path "sys/policies/acl/nhi.*" {{
+  capabilities = ["create", "update", "read", "delete"]
+}}
+path "auth/kubernetes/role/nhi.*" {{
+  capabilities = ["create", "update", "read", "delete"]
+}}
+path "sys/auth" {{
+  capabilities = ["read"]
+}}
+path "identity/lookup/entity" {{
+  capabilities = ["create", "update"]
+}}
+path "identity/entity/id/*" {{
+  capabilities = ["delete"]
+}}
 """
 
 

@@ -297,6 +297,24 @@ class VaultClient:
         )
         return dict(answer.get("data") or {})
 
+    # ------------------------------------------------------------------ any endpoint
+
+    async def request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """``method`` on ``/v1/<path>``: the JSON answer ({} without one); None for a 404."""
+
+        def call(c: hvac.Client) -> Any:
+            return c.adapter.request(method, f"/v1/{path}", json=dict(body) if body else None)
+
+        try:
+            answer = await self._call(f"{method.lower()} {path}", call)
+        except VaultError as err:
+            if err.status == 404:
+                return None
+            raise
+        return dict(answer) if isinstance(answer, Mapping) else {}
+
     # ------------------------------------------------------------------ KV v2
 
     async def kv_write(
