@@ -295,3 +295,41 @@ def test_the_workload_reads_its_own_paths_only_until_revocation(
         timeout=15,
         message="the Event naming the removed entity",
     )
+
+
+def test_named_vault_policies_only_where_an_identity_policy_allows_them(
+    kube: Cluster, openbao: OpenBao, vault_issuer: str, namespace: str
+) -> None:
+    kube.apply(identity(namespace, vault_issuer, access={"policies": ["reports-read"]}))
+    obj = wait_for(
+        lambda: (
+            (o := kube.get("machineidentity", "app", namespace))
+            and (c := condition(o, "Ready"))
+            and c["reason"] == "VaultPoliciesNotAllowed"
+            and o
+        ),
+        timeout=30,
+        message="the extra Vault policy refused",
+    )
+    assert "spec.vault.access.policies[0]" in condition(obj, "Ready")["message"]  # type: ignore[index]
+    role = f"nhi.{namespace}.app"
+    with pytest.raises(OpenBaoError, match="HTTP 404"):
+        openbao.request("GET", f"auth/kubernetes/role/{role}")
+    policy = f"vault-{namespace}"
+    kube.apply(
+        {
+            "apiVersion": "nhi.dev/v1alpha1",
+            "kind": "IdentityPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "allowedVaultPolicies": ["reports-read"],
+            },
+        }
+    )
+    try:
+        wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+        bound = openbao.request("GET", f"auth/kubernetes/role/{role}")["data"]
+        assert bound["token_policies"] == [role, "reports-read"]
+    finally:
+        kube.kubectl("delete", "identitypolicy", policy, "--wait=false")

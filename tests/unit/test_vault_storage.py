@@ -150,3 +150,10 @@ def test_access_token_ttl_is_bounded(ttl: str) -> None:
     with pytest.raises(SpecError) as err:
         MachineIdentity.from_body(body({"issuerRef": REF, "access": {"tokenTTL": ttl}}))
     assert err.value.path == "spec.vault.access.tokenTTL"
+
+
+@pytest.mark.parametrize("name", ["root", "nhi.team-a.other", "a b"])
+def test_access_policies_never_root_nor_the_operators_own(name: str) -> None:
+    with pytest.raises(SpecError) as err:
+        MachineIdentity.from_body(body({"issuerRef": REF, "access": {"policies": [name]}}))
+    assert err.value.path == "spec.vault.access.policies[0]"

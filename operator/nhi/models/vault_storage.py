@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nhi.models.fields import SpecError, as_duration, as_object
+from nhi.models.fields import SpecError, as_duration, as_list, as_object
 
 KV_ROOT = "nhi"
 DEFAULT_KV_MOUNT = "secret"
 MIN_TOKEN_TTL = dt.timedelta(minutes=5)
 MAX_TOKEN_TTL = dt.timedelta(hours=24)
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 _SEGMENTS = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
@@ -36,6 +37,8 @@ class VaultAccess:
 
     mount: str = "kubernetes"
     token_ttl: int = 3600  # seconds
+    #: Named Vault policies added to the role: only those an IdentityPolicy allows.
+    policies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,22 @@ def _mount(value: Any, path: str, default: str) -> str:
     return _path(value, path, default)
 
 
+def _policy_names(raw: Any) -> tuple[str, ...]:
+    path = "spec.vault.access.policies"
+    names = as_list(raw, path)
+    out = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or len(name) > 128 or not _POLICY_NAME.match(name):
+            raise SpecError(f"{path}[{i}]", "must be a Vault policy name: letters, digits, '_.-'")
+        if name == "root" or name.startswith("nhi."):
+            raise SpecError(
+                f"{path}[{i}]", "must not be root nor an nhi.* policy (the operator's own)"
+            )
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
 def parse_vault_storage(raw: Any, identity: str) -> VaultStorage | None:
     """``spec.vault`` (None when absent)."""
     if raw is None:
@@ -97,6 +116,7 @@ def parse_vault_storage(raw: Any, identity: str) -> VaultStorage | None:
         access = VaultAccess(
             mount=_mount(raw_access.get("mountPath"), "spec.vault.access.mountPath", "kubernetes"),
             token_ttl=int(ttl.total_seconds()),
+            policies=_policy_names(raw_access.get("policies")),
         )
     return VaultStorage(
         issuer_kind=str(kind),

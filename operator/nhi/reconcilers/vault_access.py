@@ -47,11 +47,14 @@ def policy_hcl(identity: MachineIdentity) -> str:
     return "\n".join(lines) + "\n"
 
 
-def role_body(identity: MachineIdentity, policy: str, ttl: int) -> dict[str, Any]:
+def role_body(
+    identity: MachineIdentity, policy: str, ttl: int, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The role; ``extra``: named policies an IdentityPolicy allows (checked before)."""
     return {
         "bound_service_account_names": [identity.spec.service_account],
         "bound_service_account_namespaces": [identity.namespace],
-        "token_policies": [policy],
+        "token_policies": [policy, *extra],
         "token_ttl": ttl,
         "token_max_ttl": ttl,
     }
@@ -63,9 +66,9 @@ def _ours(role: Mapping[str, Any] | None, identity: MachineIdentity, policy: str
     if role is None:
         return True
     data = role.get("data") or {}
-    return list(data.get("bound_service_account_namespaces") or []) == [
-        identity.namespace
-    ] and list(data.get("token_policies") or []) == [policy]
+    policies = list(data.get("token_policies") or [])
+    namespaces = list(data.get("bound_service_account_namespaces") or [])
+    return namespaces == [identity.namespace] and policies[:1] == [policy]
 
 
 class VaultAccessTaken(VaultError):
@@ -99,7 +102,7 @@ class VaultAccess:
         access = storage.access
         name = access_name(identity)
         hcl = policy_hcl(identity)
-        role = role_body(identity, name, access.token_ttl)
+        role = role_body(identity, name, access.token_ttl, access.policies)
         digest = hashlib.sha256(repr((hcl, sorted(role.items()), access.mount)).encode())
         if self._applied.get(identity.uid) == digest.hexdigest():
             return
