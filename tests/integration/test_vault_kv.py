@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from nhi.crypto import is_revoked, load_cert_chain, parse_serial_hex
 from nhi.testenv.openbao import OpenBao, OpenBaoError
 from tests.conftest import Cluster, OperatorProcess, start_operator, wait_for
 from tests.integration.test_credentials import secret_data
@@ -333,3 +334,67 @@ def test_named_vault_policies_only_where_an_identity_policy_allows_them(
         assert bound["token_policies"] == [role, "reports-read"]
     finally:
         kube.kubectl("delete", "identitypolicy", policy, "--wait=false")
+
+
+def test_vault_only_leaves_no_secret(
+    kube: Cluster, openbao: OpenBao, vault_issuer: str, namespace: str
+) -> None:
+    body = identity(namespace, vault_issuer)
+    kube.apply(body)
+    wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+    assert kube.get("secret", "app.key", namespace) is not None
+    key_path, cert_path = f"nhi/{namespace}/app/key", f"nhi/{namespace}/app/mtls"
+
+    # Both -> VaultOnly: new values go to Vault only, and the Secrets go.
+    body["spec"]["vault"]["store"] = "VaultOnly"
+    kube.apply(body)
+    wait_for(
+        lambda: (
+            kube.get("secret", "app.key", namespace) is None
+            and kube.get("secret", "app.mtls", namespace) is None
+        ),
+        timeout=60,
+        message="the credential Secrets removed",
+    )
+    obj = wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+    statuses = {c["name"]: c for c in obj["status"]["credentials"]}
+    assert "secretName" not in statuses["key"]
+    assert statuses["key"]["vaultPath"] == f"secret/data/{key_path}"
+    first = kv(openbao, key_path)
+    assert first is not None and first["data"]["current"]
+    custom = metadata(openbao, key_path)["custom_metadata"]  # type: ignore[index]
+    assert custom["nhi.dev/fingerprint"] == statuses["key"]["fingerprint"]
+
+    # A renewal keeps the value being replaced as previous, read back from Vault.
+    before = first["data"]["current"]
+    kube.kubectl(
+        "annotate",
+        "machineidentity",
+        "app",
+        "-n",
+        namespace,
+        "nhi.dev/renew-requested-at=2099-01-01T00:00:00Z",
+        "--overwrite",
+    )
+    wait_for(
+        lambda: (d := kv(openbao, key_path)) and d["data"].get("previous") == before,
+        timeout=60,
+        message="the renewed value with the previous one",
+    )
+    assert kube.get("secret", "app.key", namespace) is None
+
+    # Revocation: the certificate's serial on Vault's CRL, nothing left in Vault.
+    renewed = wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+    serial = {c["name"]: c for c in renewed["status"]["credentials"]}["mtls"]["serialNumber"]
+    kube.kubectl("annotate", "machineidentity", "app", "-n", namespace, "nhi.dev/revoke=true")
+    wait_for(
+        lambda: metadata(openbao, key_path) is None and metadata(openbao, cert_path) is None,
+        timeout=60,
+        message="the copies destroyed",
+    )
+    ca = load_cert_chain(openbao.text("pki/ca/pem"))[0]
+    wait_for(
+        lambda: is_revoked(openbao.text("pki/crl/pem"), ca, parse_serial_hex(serial)),
+        timeout=30,
+        message="the VaultOnly certificate's serial on Vault's CRL",
+    )

@@ -157,3 +157,31 @@ def test_access_policies_never_root_nor_the_operators_own(name: str) -> None:
     with pytest.raises(SpecError) as err:
         MachineIdentity.from_body(body({"issuerRef": REF, "access": {"policies": [name]}}))
     assert err.value.path == "spec.vault.access.policies[0]"
+
+
+def test_store_defaults_to_both_and_a_credential_may_differ() -> None:
+    both = MachineIdentity.from_body(body({"issuerRef": REF}))
+    assert both.spec.credentials[0].kv is not None
+    assert not both.spec.credentials[0].kv.vault_only
+    only = MachineIdentity.from_body(body({"issuerRef": REF, "store": "VaultOnly"}))
+    assert only.spec.credentials[0].kv is not None and only.spec.credentials[0].kv.vault_only
+    back = MachineIdentity.from_body(
+        body({"issuerRef": REF, "store": "VaultOnly"}, {"vault": {"store": "Both"}})
+    )
+    assert back.spec.credentials[0].kv is not None
+    assert not back.spec.credentials[0].kv.vault_only
+    # Changing where a value lives issues it anew.
+    assert spec_hash(only.spec.credentials[0], "app") != spec_hash(both.spec.credentials[0], "app")
+
+
+@pytest.mark.parametrize(
+    ("storage", "cred", "path"),
+    [
+        ({"issuerRef": REF, "store": "Elsewhere"}, None, "spec.vault.store"),
+        ({"issuerRef": REF}, {"vault": {"store": "Secret"}}, "spec.credentials[0].vault.store"),
+    ],
+)
+def test_store_is_both_or_vault_only(storage: Any, cred: Any, path: str) -> None:
+    with pytest.raises(SpecError) as err:
+        MachineIdentity.from_body(body(storage, cred))
+    assert err.value.path == path

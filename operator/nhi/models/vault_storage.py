@@ -5,6 +5,8 @@ used. Every credential is kept at ``<mount>/data/nhi/<namespace>/<path>``: the i
 namespace is always the first segment under ``nhi/``, so no identity can name a path of
 another namespace; ``path`` defaults to ``<identity>/<credential>`` (``spec.vault.kv.path``
 replaces ``<identity>``; a credential's own ``vault.kv.path`` replaces the whole of it).
+``store`` (``spec.vault.store``, or a credential's ``vault.store``): ``Both`` (the default: the
+Secret and the copy) or ``VaultOnly`` (no Secret at all).
 """
 
 from __future__ import annotations
@@ -25,10 +27,20 @@ _POLICY_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 _SEGMENTS = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
 
+BOTH = "Both"
+VAULT_ONLY = "VaultOnly"
+STORES = (BOTH, VAULT_ONLY)
+
+
 @dataclass(frozen=True)
 class KVLocation:
     mount: str
     path: str  # relative to nhi/<namespace>/
+    store: str = BOTH
+
+    @property
+    def vault_only(self) -> bool:
+        return self.store == VAULT_ONLY
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ class VaultAccess:
 class VaultStorage:
     issuer_kind: str
     issuer_name: str
-    kv: KVLocation
+    kv: KVLocation  # the identity's defaults (its path is the credentials' parent)
     access: VaultAccess | None = None
 
 
@@ -88,6 +100,14 @@ def _policy_names(raw: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _store(value: Any, path: str, default: str) -> str:
+    if value is None:
+        return default
+    if value not in STORES:
+        raise SpecError(path, f"must be one of {', '.join(STORES)}")
+    return str(value)
+
+
 def parse_vault_storage(raw: Any, identity: str) -> VaultStorage | None:
     """``spec.vault`` (None when absent)."""
     if raw is None:
@@ -124,6 +144,7 @@ def parse_vault_storage(raw: Any, identity: str) -> VaultStorage | None:
         kv=KVLocation(
             mount=_mount(kv.get("mount"), "spec.vault.kv.mount", DEFAULT_KV_MOUNT),
             path=_path(kv.get("path"), "spec.vault.kv.path", identity),
+            store=_store(spec.get("store"), "spec.vault.store", BOTH),
         ),
         access=access,
     )
@@ -138,11 +159,13 @@ def credential_location(
     if own is None:
         if storage is None:
             return None
-        return KVLocation(storage.kv.mount, f"{storage.kv.path}/{credential}")
+        return KVLocation(storage.kv.mount, f"{storage.kv.path}/{credential}", storage.kv.store)
     if storage is None:
         raise SpecError(f"{path}.vault", "needs spec.vault (the issuer whose Vault keeps it)")
-    kv = as_object(as_object(own, f"{path}.vault").get("kv") or {}, f"{path}.vault.kv")
+    vault = as_object(own, f"{path}.vault")
+    kv = as_object(vault.get("kv") or {}, f"{path}.vault.kv")
     return KVLocation(
         mount=_mount(kv.get("mount"), f"{path}.vault.kv.mount", storage.kv.mount),
         path=_path(kv.get("path"), f"{path}.vault.kv.path", f"{storage.kv.path}/{credential}"),
+        store=_store(vault.get("store"), f"{path}.vault.store", storage.kv.store),
     )

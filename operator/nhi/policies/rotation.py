@@ -53,6 +53,8 @@ def spec_hash(cred: Credential, service_account: str) -> str:
     if cred.kv is not None:
         # Only when set: the digests of credentials kept in Secrets alone stay as they were.
         shape["kv"] = [cred.kv.mount, cred.kv.path]
+        if cred.kv.vault_only:
+            shape["store"] = cred.kv.store
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 

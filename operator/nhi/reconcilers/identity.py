@@ -59,7 +59,7 @@ from nhi.reconcilers.identity_status import StatusWriter
 from nhi.reconcilers.issuers import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter
 from nhi.reconcilers.vault_access import VaultAccess
-from nhi.reconcilers.vault_storage import DEFAULT_KV_CHECK_INTERVAL
+from nhi.reconcilers.vault_storage import DEFAULT_KV_CHECK_INTERVAL, KVStore
 from nhi.vault import VaultError
 
 log = logging.getLogger("nhi.reconcilers.identity")
@@ -127,13 +127,14 @@ class IdentityReconciler:
         self.pending_rollouts: dict[tuple[str, str], tuple[dt.datetime, list[str]]] = {}
         self.writer = OwnedWriter(api, record=view.written, forget=view.deleted)
         self.access = VaultAccess(issuers)
+        #: One store of the KV copies, shared by issuing and revoking (what it remembers of
+        #: each copy must not outlive a revocation).
+        self.kv = KVStore(issuers, api, check_interval=kv_check_interval)
         self.revoker = Revoker(
-            view.children_of, events, issuers, self.writer, clock, access=self.access
+            view.children_of, events, issuers, self.writer, clock, access=self.access, kv=self.kv
         )
         self.status = StatusWriter(api, events, view.identity_written, clock)
-        self.credentials = CredentialManager(
-            api, issuers, clock, writer=self.writer, kv_check_interval=kv_check_interval
-        )
+        self.credentials = CredentialManager(api, issuers, clock, writer=self.writer, kv=self.kv)
 
     # ------------------------------------------------------------------ gather
 

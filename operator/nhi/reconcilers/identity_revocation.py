@@ -18,7 +18,7 @@ from nhi.crypto import parse_serial_hex
 from nhi.k8s.client import ApiError
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models.duration import parse_time, rfc3339
-from nhi.models.identity import MachineIdentity
+from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.issued import A_FINGERPRINT, A_ISSUER, A_SERIAL
 from nhi.models.meta import CREDENTIAL_LABEL, REVOKE_ANNOTATION, Phase
 from nhi.policies.revocation import (
@@ -64,13 +64,14 @@ class Revoker:
         writer: OwnedWriter,
         clock: Callable[[], dt.datetime],
         access: VaultAccess | None = None,
+        kv: KVStore | None = None,
     ) -> None:
         self.children_of = children_of
         self.events = events
         self.issuers = issuers
         self.writer = writer
         self.clock = clock
-        self.kv = KVStore(issuers)
+        self.kv = kv or KVStore(issuers)
         self.access = access or VaultAccess(issuers)
 
     def owned(self, identity: MachineIdentity) -> dict[ChildKey, Mapping[str, Any]]:
@@ -132,7 +133,7 @@ class Revoker:
             verb = await self.writer.remove(identity.uid, key, obj)
             if verb:
                 batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
-        for path in await self.destroy_kv(identity):
+        for path in await self.destroy_kv(identity, revoked):
             batch.normal("Revoked", f"destroyed Vault KV {path} ({reason})")
         for what in await self.remove_access(identity, account):
             batch.normal("Revoked", f"removed Vault {what} ({reason})")
@@ -151,15 +152,21 @@ class Revoker:
             )  # fmt: skip
             return []
 
-    async def destroy_kv(self, identity: MachineIdentity) -> list[str]:
+    async def destroy_kv(
+        self, identity: MachineIdentity, revoked: list[dict[str, Any]] | None = None
+    ) -> list[str]:
         """Destroy every version and the metadata of the identity's KV copies (after its
         Secrets are gone: a Vault that cannot now does not delay that). A VaultError is
-        raised, so the revocation or clean-up runs again; paths already gone are skipped."""
+        raised, so the revocation or clean-up runs again; paths already gone are skipped.
+        ``revoked`` gets the record of each credential kept in Vault only."""
         destroyed = []
         for cred in identity.spec.credentials:
             if cred.kv is None:
                 continue
             try:
+                if cred.kv.vault_only:
+                    # No Secret recorded it: the copy's metadata says what to put on the CRL.
+                    await self._revoke_vault_only(identity, cred, revoked)
                 path = await self.kv.destroy(identity, cred)
             except IssuerNotReady as err:
                 log.warning(
@@ -171,6 +178,22 @@ class Revoker:
             if path:
                 destroyed.append(path)
         return destroyed
+
+    async def _revoke_vault_only(
+        self, identity: MachineIdentity, cred: Credential, revoked: list[dict[str, Any]] | None
+    ) -> None:
+        issued = await self.kv.state(identity, cred)
+        if issued is None:
+            return
+        now = self.clock()
+        entry: dict[str, Any] = {"credential": cred.name, "revokedAt": rfc3339(now)}
+        if issued.fingerprint:
+            entry["fingerprint"] = issued.fingerprint
+        if issued.serial and issued.issuer:
+            entry["serialNumber"] = issued.serial
+            await self._add_to_crl(identity, issued.issuer, issued.serial, now)
+        if revoked is not None:
+            revoked.append(entry)
 
     async def _revoke_secret(
         self, identity: MachineIdentity, obj: Mapping[str, Any], revoked_at: str

@@ -58,6 +58,10 @@ class Minter:
 
     async def _issue_token(self, job: _Issuance) -> Issued:
         identity, cred = job.identity, job.cred
+        if _vault_only(cred):
+            # No Secret to bind it to: it lives until its expiry or until its ServiceAccount
+            # goes (revocation deletes it).
+            return await self._issue_unbound_token(job)
         uid = uid_of(job.stored)
         if not uid:
             # The token is bound to its Secret, so the Secret must exist (and have a uid) first.
@@ -69,6 +73,24 @@ class Minter:
             "ServiceAccount",
             identity.namespace,
             token_request(cred, cred.secret_name, uid),
+            name=identity.spec.service_account,
+            subresource="token",
+        )
+        token: str = answer["status"]["token"]
+        not_after = parse_time(answer["status"]["expirationTimestamp"])
+        issued = job.issued(job.now, not_after, fingerprint=crypto.secret_fingerprint(token))
+        await self._store(job, {"token": token.encode()}, issued)
+        return issued
+
+    async def _issue_unbound_token(self, job: _Issuance) -> Issued:
+        identity, cred = job.identity, job.cred
+        spec: dict[str, Any] = {"expirationSeconds": int(cred.ttl.total_seconds())}
+        if cred.audiences:
+            spec["audiences"] = list(cred.audiences)
+        answer = await self.api.create(
+            "ServiceAccount",
+            identity.namespace,
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
             name=identity.spec.service_account,
             subresource="token",
         )
@@ -123,7 +145,7 @@ class Minter:
         if old is not None and old.not_after > now:
             # Keep the value being replaced as `previous` until its own expiry: verifiers
             # accept both while consumers roll over.
-            current = await self._read_data(identity, cred, job.stored, "current")
+            current = await self._current(identity, cred, job.stored)
             if current is not None:
                 data["previous"] = current
                 previous_not_after = old.not_after
@@ -144,9 +166,11 @@ class Minter:
         stored: Mapping[str, Any] | None,
     ) -> Issued:
         """The overlap window ended: remove ``previous`` from a StaticSecret."""
-        current = await self._read_data(identity, cred, stored, "current")
+        current = await self._current(identity, cred, stored)
         new = Issued(**{**issued.__dict__, "previous_not_after": None})
-        if current is not None:
+        if current is not None and _vault_only(cred) and self.kv is not None:
+            await self.kv.write(identity, cred, {"current": current}, new)
+        elif current is not None:
             await self.writer.write(
                 identity,
                 build_credential_secret(identity, cred, {"current": current}, new.annotations()),
@@ -160,9 +184,22 @@ class Minter:
         cannot take it leaves the Secret as it was, to be tried again), then in its Secret."""
         if job.cred.kv is not None and self.kv is not None:
             await self.kv.write(job.identity, job.cred, data, issued)
+        if _vault_only(job.cred):
+            return  # no Kubernetes Secret at all
         await self._write(
             job, build_credential_secret(job.identity, job.cred, data, issued.annotations())
         )
+
+    async def _current(
+        self, identity: MachineIdentity, cred: Credential, stored: Mapping[str, Any] | None
+    ) -> bytes | None:
+        """A StaticSecret's current value: from its copy in Vault when it has no Secret."""
+        if _vault_only(cred):
+            if self.kv is None:
+                return None
+            data = await self.kv.read(identity, cred)
+            return (data or {}).get("current")
+        return await self._read_data(identity, cred, stored, "current")
 
     async def _write(self, job: _Issuance, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create the credential's Secret, or update the one the identity owns."""
@@ -218,3 +255,7 @@ class _Issuance:
 
 def _field(identity: MachineIdentity, cred: Credential) -> str:
     return field_for(identity, ChildKey("Secret", identity.namespace, cred.secret_name))
+
+
+def _vault_only(cred: Credential) -> bool:
+    return cred.kv is not None and cred.kv.vault_only

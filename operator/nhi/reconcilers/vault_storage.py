@@ -37,6 +37,8 @@ OWNER_UID = "nhi.dev/identity-uid"
 VERSION = "nhi.dev/version"
 #: Seconds between checks of each copy (``--vault-kv-check-interval``).
 DEFAULT_KV_CHECK_INTERVAL = 600.0
+#: Why a credential kept in Vault only is issued again: its copy was changed or deleted.
+VAULT_COPY_CHANGED = "VaultCopyChanged"
 
 
 class VaultPathTaken(VaultError):
@@ -86,6 +88,10 @@ class KVStore:
         self.check_interval = dt.timedelta(seconds=check_interval)
         #: (identity UID, credential) -> when its copy was last written or checked.
         self._checked: dict[tuple[str, str], dt.datetime] = {}
+        #: What was issued into each VaultOnly copy (read back from its metadata once).
+        self._state: dict[tuple[str, str], Issued | None] = {}
+        #: VaultOnly copies found changed: issued anew at the next look.
+        self._changed: set[tuple[str, str]] = set()
 
     async def _client(self, identity: MachineIdentity) -> VaultClient:
         storage = identity.spec.vault
@@ -126,6 +132,9 @@ class KVStore:
         path = kv_path(identity.namespace, cred.kv)
         await self._check_owner(client, identity, cred.kv.mount, path)
         metadata = {
+            # What was issued (the annotations a Secret would carry; never a value): the
+            # state of a credential kept in Vault only.
+            **issued.annotations(),
             OWNER_UID: identity.uid,
             "nhi.dev/identity": f"{identity.namespace}/{identity.name}",
             "nhi.dev/owner": identity.spec.owner,
@@ -142,7 +151,10 @@ class KVStore:
         version = await client.kv_put(cred.kv.mount, path, values)
         metadata[VERSION] = str(version)
         await client.kv_set_metadata(cred.kv.mount, path, metadata)
-        self._checked[(identity.uid, cred.name)] = issued.issued_at
+        key = (identity.uid, cred.name)
+        self._checked[key] = issued.issued_at
+        self._state[key] = issued
+        self._changed.discard(key)
         log.info(
             "stored credential in Vault",
             extra={
@@ -155,11 +167,40 @@ class KVStore:
         )
         return version
 
+    async def state(self, identity: MachineIdentity, cred: Credential) -> Issued | None:
+        """What was issued into a VaultOnly credential's copy (None: nothing, or not the
+        identity's: issuing then says whose it is)."""
+        assert cred.kv is not None
+        key = (identity.uid, cred.name)
+        if key not in self._state:
+            client = await self._client(identity)
+            meta = await client.kv_metadata(cred.kv.mount, kv_path(identity.namespace, cred.kv))
+            custom = (meta or {}).get("custom_metadata") or {}
+            ours = isinstance(custom, Mapping) and custom.get(OWNER_UID) == identity.uid
+            self._state[key] = Issued.from_annotations(custom) if ours else None
+        return self._state[key]
+
+    async def read(self, identity: MachineIdentity, cred: Credential) -> dict[str, bytes] | None:
+        """The current version's data of the identity's own copy (None: none, or not its)."""
+        assert cred.kv is not None
+        client = await self._client(identity)
+        path = kv_path(identity.namespace, cred.kv)
+        if not await self._check_owner(client, identity, cred.kv.mount, path):
+            return None
+        found = await client.kv_read(cred.kv.mount, path)
+        if found is None:
+            return None
+        return {k: str(v).encode() for k, v in found[0].items()}
+
+    def changed(self, identity: MachineIdentity, cred: Credential) -> bool:
+        """True when a VaultOnly copy was found changed by someone else (issue it anew)."""
+        return (identity.uid, cred.name) in self._changed
+
     async def check(
         self,
         identity: MachineIdentity,
         cred: Credential,
-        stored: Mapping[str, Any],
+        stored: Mapping[str, Any] | None,
         issued: Issued,
         now: dt.datetime,
     ) -> dt.datetime:
@@ -171,6 +212,8 @@ class KVStore:
         self._checked[key] = now
         try:
             await self._check(identity, cred, stored, issued)
+            if key in self._changed:
+                return now + dt.timedelta(seconds=1)  # issued anew at once
         except (VaultError, IssuerNotReady) as err:
             log.warning(
                 "could not check a credential's copy in Vault",
@@ -187,7 +230,7 @@ class KVStore:
         self,
         identity: MachineIdentity,
         cred: Credential,
-        stored: Mapping[str, Any],
+        stored: Mapping[str, Any] | None,
         issued: Issued,
     ) -> None:
         assert cred.kv is not None
@@ -205,7 +248,16 @@ class KVStore:
             "kv_path": where,
             "drift": what,
         }
-        data = await self._secret_data(identity, cred, stored) if restorable else None
+        if restorable and cred.kv.vault_only:
+            # No Secret to restore from: a new value is issued (and written) at once.
+            self._changed.add((identity.uid, cred.name))
+            log.warning("a credential's copy in Vault changed; issuing it anew", extra=extra)
+            return
+        data = (
+            await self._secret_data(identity, cred, stored)
+            if restorable and stored is not None
+            else None
+        )
         if data is None:
             log.warning("left a changed credential copy in Vault as it is", extra=extra)
             return
@@ -245,7 +297,10 @@ class KVStore:
             )
             return None
         await client.kv_destroy(cred.kv.mount, path)
-        self._checked.pop((identity.uid, cred.name), None)
+        key = (identity.uid, cred.name)
+        self._checked.pop(key, None)
+        self._state.pop(key, None)
+        self._changed.discard(key)
         where = f"{cred.kv.mount}/data/{path}"
         log.info(
             "destroyed credential in Vault",

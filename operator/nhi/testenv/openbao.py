@@ -58,7 +58,7 @@ path "{PKI_MOUNT}/roles/{PKI_ROLE}" {{
   capabilities = ["read"]
 }}
 path "{KV_MOUNT}/data/nhi/*" {{
-  capabilities = ["create", "update"]
+  capabilities = ["create", "update", "read"]
 }}
 path "{KV_MOUNT}/metadata/nhi/*" {{
   capabilities = ["create", "update", "read", "delete"]
