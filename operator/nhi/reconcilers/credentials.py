@@ -195,7 +195,13 @@ class CredentialManager:
         issued = Issued.from_annotations(ann) if stored is not None else None
         if cred.kv is not None and cred.kv.vault_only:
             # No Secret: what was issued is read back from the copy's metadata.
-            issued = await self.kv.state(identity, cred)
+            try:
+                issued = await self.kv.state(identity, cred)
+            except (VaultError, IssuerNotReady) as err:
+                message = f"spec.credentials[{index}] ({cred.name}) is kept in Vault only: {err}"
+                return _Pass(
+                    cred.name, not_ready=(err.reason, message), due=self.clock() + ISSUER_RETRY
+                )
         signer: Signer | None = None
         if cred.type == "X509":
             assert cred.issuer_ref is not None
