@@ -35,19 +35,28 @@ from bench import (
     s5_idle,
     s6_crypto,
     s7_certmanager,
+    s8_vault,
 )
 from bench.env import ROOT, Env, load_average, machine_info, source_tree
 from bench.result import Result
 
 SIZES: dict[str, dict[str, float]] = {
     # n1: scenario 1's N; m2: scenario 2's M; n3, n4: scenarios 3 and 4; idle: minutes.
-    "small": {"n1": 10, "m2": 30, "n3": 10, "n4": 5, "idle": 0.5, "interval4": 0.5},
+    "small": {"n1": 10, "m2": 30, "n3": 10, "n4": 5, "idle": 0.5, "interval4": 0.5, "n8": 10},
     # The issue's sizes (ISSUE below): about 25 minutes on 2 cores.
-    "full": {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "idle": 5.0, "interval4": 0.25},
+    "full": {
+        "n1": 1000,
+        "m2": 5000,
+        "n3": 1000,
+        "n4": 200,
+        "idle": 5.0,
+        "interval4": 0.25,
+        "n8": 1000,
+    },
 }
-ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200}
-ORDER = ["6", "1", "3", "4", "5", "2", "7"]
-CLUSTER = {"1", "2", "3", "4", "5"}
+ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n8": 1000}
+ORDER = ["6", "1", "3", "4", "5", "8", "2", "7"]
+CLUSTER = {"1", "2", "3", "4", "5", "8"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +69,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--m2", type=int, help="scenario 2's M")
     p.add_argument("--n3", type=int, help="scenario 3's N")
     p.add_argument("--n4", type=int, help="scenario 4's N")
+    p.add_argument("--n8", type=int, help="scenario 8's N")
     p.add_argument("--idle-minutes", type=float, help="scenario 5's T")
     p.add_argument(
         "--profile",
@@ -126,7 +136,7 @@ async def guarded(res_id: str, title: str, fn: Callable[[], Awaitable[Result]]) 
 
 async def main_async(args: argparse.Namespace) -> int:
     sizes = dict(SIZES[args.scale])
-    for key, attr in (("n1", "n1"), ("m2", "m2"), ("n3", "n3"), ("n4", "n4")):
+    for key, attr in (("n1", "n1"), ("m2", "m2"), ("n3", "n3"), ("n4", "n4"), ("n8", "n8")):
         if getattr(args, attr):
             sizes[key] = getattr(args, attr)
     if args.idle_minutes is not None:
@@ -158,7 +168,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if scaled:
             meta["notes"].append(
                 f"Smaller than the issue's sizes: {', '.join(scaled)}. "
-                "`--n1 1000 --m2 5000 --n3 1000 --n4 200` (the full scale) runs them."
+                "`--n1 1000 --m2 5000 --n3 1000 --n4 200 --n8 1000` (the full scale) runs them."
             )
 
     async def sample_load() -> None:
@@ -205,7 +215,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 else "No selfSigned ClusterIdentityIssuer became Ready within 60 s: "
                 "identities carry a token only."
             )
-            n1, m2, n3, n4 = (int(sizes[k]) for k in ("n1", "m2", "n3", "n4"))
+            n1, m2, n3, n4, n8 = (int(sizes[k]) for k in ("n1", "m2", "n3", "n4", "n8"))
             floors: dict[str, list[dict[str, Any]]] = {}
 
             async def floor_phases() -> Result:
@@ -240,6 +250,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 ),
                 "2": ("Restart", lambda: s2_restart.run(env, m2, runs, small)),
                 "5": ("Idle cost", lambda: s5_idle.run(env, sizes["idle"])),
+                "8": ("Vault issuer and KV", lambda: s8_vault.run(env, n8, runs)),
             }
             try:
                 for sid in cluster_ids:

@@ -18,6 +18,7 @@ TITLES = {
     "5": "Scenario 5: idle cost",
     "6": "Scenario 6: cryptography per issuance",
     "7": "Scenario 7: cert-manager peer",
+    "8": "Scenario 8: Vault-signed certificates kept in KV",
 }
 
 

@@ -124,9 +124,13 @@ def test_each_issuance_is_a_version_and_revocation_destroys_them(
         "nhi.dev/renew-requested-at=2099-01-01T00:00:00Z",
     )
     wait_for(
-        lambda: (m := metadata(openbao, cert_path)) and m["current_version"] == 2,
+        lambda: (
+            (m := metadata(openbao, cert_path))
+            and m["current_version"] == 2
+            and m["custom_metadata"]["nhi.dev/version"] == "2"
+        ),
         timeout=60,
-        message="a second KV version",
+        message="a second KV version and its metadata",
     )
     second = kv(openbao, cert_path)
     assert second is not None and second["data"]["tls.crt"] != first["data"]["tls.crt"]

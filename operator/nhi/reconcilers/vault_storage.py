@@ -92,6 +92,8 @@ class KVStore:
         self._state: dict[tuple[str, str], Issued | None] = {}
         #: VaultOnly copies found changed: issued anew at the next look.
         self._changed: set[tuple[str, str]] = set()
+        #: Copies this process wrote or found the identity's (written without a metadata read).
+        self._owned: set[tuple[str, str]] = set()
 
     async def _client(self, identity: MachineIdentity) -> VaultClient:
         storage = identity.spec.vault
@@ -130,7 +132,7 @@ class KVStore:
         assert cred.kv is not None
         client = await self._client(identity)
         path = kv_path(identity.namespace, cred.kv)
-        await self._check_owner(client, identity, cred.kv.mount, path)
+        key = (identity.uid, cred.name)
         metadata = {
             # What was issued (the annotations a Secret would carry; never a value): the
             # state of a credential kept in Vault only.
@@ -148,10 +150,10 @@ class KVStore:
         if issued.fingerprint:
             metadata["nhi.dev/fingerprint"] = issued.fingerprint
         values = {k: v.decode() for k, v in data.items()}
-        version = await client.kv_put(cred.kv.mount, path, values)
+        version = await self._put(client, identity, cred.kv.mount, path, values, key)
         metadata[VERSION] = str(version)
         await client.kv_set_metadata(cred.kv.mount, path, metadata)
-        key = (identity.uid, cred.name)
+        self._owned.add(key)
         self._checked[key] = issued.issued_at
         self._state[key] = issued
         self._changed.discard(key)
@@ -166,6 +168,28 @@ class KVStore:
             },
         )
         return version
+
+    async def _put(
+        self,
+        client: VaultClient,
+        identity: MachineIdentity,
+        mount: str,
+        path: str,
+        values: Mapping[str, str],
+        key: tuple[str, str],
+    ) -> int:
+        """A new version, only where the identity's own copy is (or nothing is yet)."""
+        if key in self._owned:
+            return await client.kv_put(mount, path, values)
+        try:
+            # Nothing there yet (the usual first write): one request, no metadata read.
+            return await client.kv_put(mount, path, values, cas=0)
+        except VaultError as err:
+            if err.status != 400:
+                raise
+        # Something is there: whose?
+        await self._check_owner(client, identity, mount, path)
+        return await client.kv_put(mount, path, values)
 
     async def state(self, identity: MachineIdentity, cred: Credential) -> Issued | None:
         """What was issued into a VaultOnly credential's copy (None: nothing, or not the
@@ -240,6 +264,8 @@ class KVStore:
         if found is None:
             return
         what, restorable = found
+        if not restorable:
+            self._owned.discard((identity.uid, cred.name))  # someone else's now: ask again
         where = f"{cred.kv.mount}/data/{path}"
         extra = {
             "namespace": identity.namespace,
@@ -301,6 +327,7 @@ class KVStore:
         self._checked.pop(key, None)
         self._state.pop(key, None)
         self._changed.discard(key)
+        self._owned.discard(key)
         where = f"{cred.kv.mount}/data/{path}"
         log.info(
             "destroyed credential in Vault",

@@ -139,6 +139,11 @@ class OpenBao:
 
     def start(self, timeout: float = 30.0) -> None:
         (self.work_dir / "tls").mkdir(parents=True, exist_ok=True)
+        # Prometheus metrics (sys/metrics?format=prometheus): the bench counts requests there.
+        config = self.work_dir / "telemetry.hcl"
+        config.write_text(
+            'telemetry {\n  prometheus_retention_time = "24h"\n  disable_hostname = true\n}\n'
+        )
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
             [
@@ -147,6 +152,7 @@ class OpenBao:
                 "-dev",
                 *(["-dev-tls", f"-dev-tls-cert-dir={self.work_dir / 'tls'}"] if self.tls else []),
                 "-dev-no-store-token",
+                f"-config={config}",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
                 f"-dev-root-token-id={self.root_token}",
             ],
@@ -333,6 +339,19 @@ class OpenBao:
                 "token_ttl": "1h",
             },
         )
+
+    def request_count(self) -> int:
+        """Requests the server handled so far (logins included), from its own metrics."""
+        url = f"{self.address}/v1/sys/metrics?format=prometheus"
+        req = urllib.request.Request(url, headers={"X-Vault-Token": self.root_token})
+        with urllib.request.urlopen(req, context=self._ssl(), timeout=10) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("vault_core_handle_request_count", "vault_core_handle_login_request_count"):
+                total += float(value)
+        return int(total)
 
     def new_secret_id(self) -> str:
         """A fresh AppRole secret ID of the operator's role."""

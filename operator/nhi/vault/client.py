@@ -325,11 +325,16 @@ class VaultClient:
         await self.kv_set_metadata(mount, path, metadata)
         return version
 
-    async def kv_put(self, mount: str, path: str, data: Mapping[str, str]) -> int:
-        """A new version at ``path``; returns its number."""
+    async def kv_put(
+        self, mount: str, path: str, data: Mapping[str, str], *, cas: int | None = None
+    ) -> int:
+        """A new version at ``path``; returns its number. ``cas=0``: only if the path holds
+        no version yet (a VaultError with status 400 otherwise)."""
         answer = await self._call(
             f"write {mount}/data/{path}",
-            lambda c: c.secrets.kv.v2.create_or_update_secret(path, dict(data), mount_point=mount),
+            lambda c: c.secrets.kv.v2.create_or_update_secret(
+                path, dict(data), cas=cas, mount_point=mount
+            ),
         )
         return int((answer.get("data") or {}).get("version") or 0)
 
