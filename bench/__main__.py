@@ -4,7 +4,8 @@ Starts its own local control plane (nhi.testenv.ControlPlane), applies crds/, ru
 scenarios and writes RESULTS.md and results.json next to each other. Order: 6 (pure
 cryptography, nothing else running); the floors of 1 and 3 (no operator running); then one
 operator process for the operator side of 1 and 3, for 4 and for 5 (idle); then 2, which
-restarts it. 7 (cert-manager probe) runs in the background from the start.
+restarts it; 8 (discovery and inventory) with the identities scenario 2 left. 7 (cert-manager
+probe) runs in the background from the start.
 """
 
 from __future__ import annotations
@@ -36,14 +37,27 @@ from bench import (
     s6_crypto,
     s7_certmanager,
     s8_vault,
+    s9_inventory,
+    s10_grants,
 )
 from bench.env import ROOT, Env, load_average, machine_info, source_tree
 from bench.result import Result
 
 SIZES: dict[str, dict[str, float]] = {
-    # n1: scenario 1's N; m2: scenario 2's M; n3, n4: scenarios 3 and 4; idle: minutes.
-    "small": {"n1": 10, "m2": 30, "n3": 10, "n4": 5, "idle": 0.5, "interval4": 0.5, "n8": 10},
-    # The issue's sizes (ISSUE below): about 25 minutes on 2 cores.
+    # n1: scenario 1's N; m2: scenario 2's M; n3, n4, n10: scenarios 3, 4, 10; n9: scenario 9's
+    # namespaces; idle: minutes.
+    "small": {
+        "n1": 10,
+        "m2": 30,
+        "n3": 10,
+        "n4": 5,
+        "idle": 0.5,
+        "interval4": 0.5,
+        "n10": 20,
+        "n9": 5,
+        "n8": 10,
+    },
+    # The issue's sizes (ISSUE below): about 30 minutes on 2 cores.
     "full": {
         "n1": 1000,
         "m2": 5000,
@@ -51,12 +65,14 @@ SIZES: dict[str, dict[str, float]] = {
         "n4": 200,
         "idle": 5.0,
         "interval4": 0.25,
+        "n10": 500,
+        "n9": 2000,
         "n8": 1000,
     },
 }
-ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n8": 1000}
-ORDER = ["6", "1", "3", "4", "5", "8", "2", "7"]
-CLUSTER = {"1", "2", "3", "4", "5", "8"}
+ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n10": 500, "n9": 2000, "n8": 1000}
+ORDER = ["6", "1", "3", "4", "5", "10", "8", "2", "9", "7"]
+CLUSTER = {"1", "2", "3", "4", "5", "10", "9", "8"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +85,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--m2", type=int, help="scenario 2's M")
     p.add_argument("--n3", type=int, help="scenario 3's N")
     p.add_argument("--n4", type=int, help="scenario 4's N")
+    p.add_argument("--n9", type=int, help="scenario 9's namespaces (10 ServiceAccounts each)")
     p.add_argument("--n8", type=int, help="scenario 8's N")
     p.add_argument("--idle-minutes", type=float, help="scenario 5's T")
     p.add_argument(
@@ -136,7 +153,8 @@ async def guarded(res_id: str, title: str, fn: Callable[[], Awaitable[Result]]) 
 
 async def main_async(args: argparse.Namespace) -> int:
     sizes = dict(SIZES[args.scale])
-    for key, attr in (("n1", "n1"), ("m2", "m2"), ("n3", "n3"), ("n4", "n4"), ("n8", "n8")):
+    for key in ("n1", "m2", "n3", "n4", "n9", "n8"):
+        attr = key
         if getattr(args, attr):
             sizes[key] = getattr(args, attr)
     if args.idle_minutes is not None:
@@ -168,7 +186,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if scaled:
             meta["notes"].append(
                 f"Smaller than the issue's sizes: {', '.join(scaled)}. "
-                "`--n1 1000 --m2 5000 --n3 1000 --n4 200 --n8 1000` (the full scale) runs them."
+                "`--n1 1000 --m2 5000 --n3 1000 --n4 200 --n9 2000 --n8 1000` (the full scale) "
+                "runs them."
             )
 
     async def sample_load() -> None:
@@ -215,7 +234,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 else "No selfSigned ClusterIdentityIssuer became Ready within 60 s: "
                 "identities carry a token only."
             )
-            n1, m2, n3, n4, n8 = (int(sizes[k]) for k in ("n1", "m2", "n3", "n4", "n8"))
+            n1, m2, n3, n4 = (int(sizes[k]) for k in ("n1", "m2", "n3", "n4"))
             floors: dict[str, list[dict[str, Any]]] = {}
 
             async def floor_phases() -> Result:
@@ -250,7 +269,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 ),
                 "2": ("Restart", lambda: s2_restart.run(env, m2, runs, small)),
                 "5": ("Idle cost", lambda: s5_idle.run(env, sizes["idle"])),
-                "8": ("Vault issuer and KV", lambda: s8_vault.run(env, n8, runs)),
+                "10": (
+                    "AccessGrants expiring together",
+                    lambda: s10_grants.run(env, int(sizes["n10"]), small),
+                ),
+                "9": ("Inventory", lambda: s9_inventory.run(env, int(sizes["n9"]))),
+                "8": ("Vault issuer and KV", lambda: s8_vault.run(env, int(sizes["n8"]), runs)),
             }
             try:
                 for sid in cluster_ids:

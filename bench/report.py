@@ -19,6 +19,8 @@ TITLES = {
     "6": "Scenario 6: cryptography per issuance",
     "7": "Scenario 7: cert-manager peer",
     "8": "Scenario 8: Vault-signed certificates kept in KV",
+    "9": "Scenario 9: discovery and inventory",
+    "10": "Scenario 10: AccessGrants expiring in the same second",
 }
 
 
@@ -151,7 +153,7 @@ def _section(r: dict[str, Any]) -> list[str]:
                 + ", ".join(f"{k} x{v}" for k, v in ops.items())
             )
         out.append("")
-    elif r["id"] == "4":
+    elif r["id"] in ("4", "9"):
         flat = {k: v for k, v in d.items() if not isinstance(v, list | dict)}
         out.append(", ".join(f"{k}={v}" for k, v in flat.items()))
         out.append("")

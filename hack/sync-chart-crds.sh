@@ -21,6 +21,8 @@ for f in "$chart"/crds/nhi.dev_*.yaml; do
   [ -e "$root/crds/$(basename "$f")" ] || rm -f "$f"
 done
 cp "$root/manifests/prometheus/nhi-operator.rules.yaml" "$chart/files/nhi-operator.rules.yaml"
+# The AccessGrant admission policies: the chart renders its copy under the release's name.
+cp "$root/manifests/base/accessgrantpolicy.yaml" "$chart/files/accessgrantpolicy.yaml"
 
 # The kustomize base cannot load files from outside its directory, so it holds copies too:
 # the nhi.dev CRDs and kopf's ClusterKopfPeering CRD (from the chart).

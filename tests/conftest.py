@@ -27,6 +27,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
 TEST_AUTHORITY_POLICY = "nhi-test-authority"
+TEST_GRANT_POLICY_PREFIX = "nhi-test-"
 
 
 def wait_for(
@@ -169,6 +170,15 @@ def crds(cluster: Cluster) -> Cluster:
 
         cluster.kubectl(
             "apply", "--server-side", "-f", "-", input=authority_policy(TEST_AUTHORITY_POLICY)
+        )
+    # Who asked for an AccessGrant and who decided, recorded by the API server.
+    if cluster.control_plane is not None:
+        cluster.control_plane.install_grant_policies(prefix=TEST_GRANT_POLICY_PREFIX)
+    else:
+        from nhi.testenv.manifests import grant_policies
+
+        cluster.kubectl(
+            "apply", "--server-side", "-f", "-", input=grant_policies(TEST_GRANT_POLICY_PREFIX)
         )
     return cluster
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
@@ -352,6 +353,82 @@ issuer_ca_expiration = Gauge(
     "nhi_issuer_ca_expiration_timestamp_seconds",
     "When the issuer's CA certificate expires.",
     ("kind", "namespace", "issuer"),
+    registry=REGISTRY,
+)
+
+
+#: Governance KPIs of the operator's own identities (issue 17): how late a due renewal is
+#: rotated, how long after its last workload went an identity is revoked (grace included).
+KPI_BUCKETS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, 7 * 24 * 3600)
+time_to_rotate = Histogram(
+    "nhi_credential_time_to_rotate_seconds",
+    "From a credential's planned renewal to its rotation, for rotations that were due.",
+    buckets=KPI_BUCKETS,
+    registry=REGISTRY,
+)
+time_to_revoke = Histogram(
+    "nhi_identity_time_to_revoke_seconds",
+    "From the last workload of an identity gone to the identity revoked (grace period "
+    "included), for revocations because the workloads were deleted.",
+    buckets=KPI_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+class GrantSeries(Collector):
+    """AccessGrants by namespace and phase, and the Active ones past their end, counted when
+    scraped from one small record per grant (updated from the event loop under ``_lock``)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[tuple[str, str], tuple[str, float | None]] = {}
+        self.clock = clock
+
+    def observe(self, namespace: str, name: str, phase: str, ends_at: float | None) -> None:
+        """The grant's phase, and when its window ends (epoch seconds) while it is Active."""
+        with self._lock:
+            self._records[(namespace, name)] = (_intern(phase), ends_at)
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._records.pop((namespace, name), None)
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            records = list(self._records.items())
+        now = self.clock()
+        phases = GaugeMetricFamily(
+            "nhi_access_grants",
+            "AccessGrants by namespace and phase.",
+            labels=("namespace", "phase"),
+        )
+        overdue = GaugeMetricFamily(
+            "nhi_access_grants_overdue",
+            "Active AccessGrants whose window ended more than 5 s ago: their permissions are "
+            "still in place.",
+            labels=("namespace",),
+        )
+        counts: dict[tuple[str, str], int] = {}
+        late: dict[str, int] = {}
+        for (namespace, _), (phase, ends_at) in records:
+            counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
+            if phase == "Active" and ends_at is not None and now > ends_at + 5:
+                late[namespace] = late.get(namespace, 0) + 1
+            else:
+                late.setdefault(namespace, 0)
+        for (namespace, phase), n in sorted(counts.items()):
+            phases.add_metric((namespace, phase), n)
+        for namespace, n in sorted(late.items()):
+            overdue.add_metric((namespace,), n)
+        return [phases, overdue]
+
+
+GRANTS = GrantSeries()
+REGISTRY.register(GRANTS)
+grant_active_seconds = Counter(
+    "nhi_access_grant_active_seconds",
+    "Seconds AccessGrants were Active, added when each one ends.",
+    ("namespace",),
     registry=REGISTRY,
 )
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from nhi.models.inventory_config import InventoryConfig
+
 
 def _env_bool(name: str, default: bool) -> bool:
     return os.environ.get(name, str(default)).lower() in ("1", "true", "yes", "on")
@@ -64,6 +66,27 @@ class Settings:
     #: wrote (a version deleted or overwritten by someone else is restored).
     vault_kv_check_interval: float = field(
         default_factory=lambda: float(os.environ.get("NHI_VAULT_KV_CHECK_INTERVAL", "600"))
+    )
+
+    #: Discovery and inventory of every ServiceAccount, its bindings, legacy tokens and TLS
+    #: Secrets (off: nothing is watched nor written for it).
+    discovery: bool = field(default_factory=lambda: _env_bool("NHI_DISCOVERY", False))
+    #: The namespaces discovered (globs); empty: every namespace.
+    discovery_namespaces: list[str] = field(
+        default_factory=lambda: [
+            n for n in os.environ.get("NHI_DISCOVERY_NAMESPACES", "").split(",") if n.strip()
+        ]
+    )
+    #: How long after a change the inventory is computed again (changes meanwhile fold in).
+    discovery_interval: float = field(
+        default_factory=lambda: float(os.environ.get("NHI_DISCOVERY_INTERVAL", "1"))
+    )
+    inventory: InventoryConfig = field(default_factory=InventoryConfig)
+    #: Serve AccessGrants (just-in-time permissions); off for a cluster without their CRD.
+    access_grants: bool = field(default_factory=lambda: _env_bool("NHI_ACCESS_GRANTS", True))
+    #: How long an expired, revoked or denied AccessGrant is kept as the record (a duration).
+    grant_retention: str = field(
+        default_factory=lambda: os.environ.get("NHI_GRANT_RETENTION", "24h")
     )
 
     @property

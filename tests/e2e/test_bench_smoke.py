@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
-SCENARIOS = {"1", "2", "3", "4", "5", "6", "7", "8"}
+SCENARIOS = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"}
 
 
 def _snapshot(path: Path) -> bytes | None:
@@ -37,7 +37,7 @@ def test_bench_small_scale_writes_every_scenario(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=360,
+        timeout=600,
         check=False,
     )
     assert (_snapshot(committed), _snapshot(committed_json)) == before, "RESULTS.md was touched"

@@ -462,3 +462,48 @@ def test_objects_the_identity_would_take_over_are_refused_at_admission(
     cluster.kubectl("create", "serviceaccount", "deployer", "-n", ns)
     denied(cluster, identity(ns, name="deployer"),
            "spec.serviceAccount.name: ServiceAccount 'deployer'")  # fmt: skip
+
+
+def test_access_grants_are_reviewed_at_admission(
+    webhook: Webhook, ns: str, policies: list[str]
+) -> None:
+    """An unknown identity, a duration over the policy's maximum, a forbidden rule and a rule
+    the requester does not hold are refused as the grant is written, naming the field."""
+    cluster = webhook.cluster
+    ok, err = submit(cluster, identity(ns), dry_run=False)
+    assert ok, err
+    make_policy(
+        webhook,
+        policies,
+        ns,
+        requireOwner=False,
+        grants={"maxDuration": "1h"},
+        forbiddenRules=[{"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]}],
+    )
+
+    def grant(**spec: Any) -> dict[str, Any]:
+        body = {
+            "identityRef": {"name": "app"},
+            "rules": [CM_RULE],
+            "duration": "30m",
+            "reason": "a test",
+        }
+        body.update(spec)
+        return {
+            "apiVersion": "nhi.dev/v1alpha1",
+            "kind": "AccessGrant",
+            "metadata": {"name": "g", "namespace": ns},
+            "spec": body,
+        }
+
+    denied(cluster, grant(identityRef={"name": "nobody"}), "spec.identityRef", "does not exist")
+    denied(cluster, grant(duration="2h"), "spec.duration: 2h is longer than", "maxDuration (1h)")
+    secrets = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+    denied(cluster, grant(rules=[secrets]), "spec.rules[0]: asks for get on secrets")
+    # A user who may write grants but holds no configmap permission cannot ask for one.
+    cluster.kubectl("create", "role", "grant-writer", "-n", ns, "--verb=create,get,patch",
+                    "--resource=accessgrants.nhi.dev")  # fmt: skip
+    cluster.kubectl("create", "rolebinding", "dave", "-n", ns, "--role=grant-writer",
+                    "--user=dave")  # fmt: skip
+    denied(cluster, grant(), "spec.rules[0]: dave may not grant", as_user="dave")
+    admitted(cluster, grant())

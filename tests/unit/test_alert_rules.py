@@ -36,6 +36,8 @@ EXPECTED_ALERTS = {
     "NHIIssuerNotReady",
     "NHIIssuerCAExpiringSoon",
     "NHIOperatorDown",
+    "NHIInventoryCriticalFinding",
+    "NHIAccessGrantOverdue",
 }
 
 

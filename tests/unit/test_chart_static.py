@@ -85,6 +85,12 @@ def base_cluster_role_rules() -> list[dict[str, Any]]:
     return list(role["rules"])
 
 
+def discovery_component_rules() -> list[dict[str, Any]]:
+    path = ROOT / "manifests" / "components" / "discovery" / "rbac.yaml"
+    (role,) = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "ClusterRole"]
+    return list(role["rules"])
+
+
 def all_rule_sets() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     for name in (
         "namespacedRules",
@@ -96,6 +102,9 @@ def all_rule_sets() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     ):
         yield f"chart {name}", chart_rules(name)
     yield "manifests/base/rbac.yaml", base_cluster_role_rules()
+    yield "chart discoveryNamespacedRules", chart_rules("discoveryNamespacedRules")
+    yield "chart discoveryClusterRules", chart_rules("discoveryClusterRules")
+    yield "manifests/components/discovery/rbac.yaml", discovery_component_rules()
 
 
 def schema_nodes(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -181,6 +190,16 @@ def test_kustomize_base_lists_every_crd_copy() -> None:
     assert listed == {f"crds/{p.name}" for p in (BASE / "crds").glob("*.yaml")}
 
 
+def test_chart_access_grant_policies_are_a_copy_of_the_base_file() -> None:
+    copy = CHART / "files" / "accessgrantpolicy.yaml"
+    base = BASE / "accessgrantpolicy.yaml"
+    assert copy.read_bytes() == base.read_bytes(), "run hack/sync-chart-crds.sh"
+    template = (CHART / "templates" / "accessgrantpolicy.yaml").read_text()
+    assert '.Files.Get "files/accessgrantpolicy.yaml"' in template
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    assert "accessgrantpolicy.yaml" in kustomization["resources"]
+
+
 def test_chart_prometheus_rule_file_is_a_copy_of_the_plain_rule_file() -> None:
     copy = CHART / "files" / "nhi-operator.rules.yaml"
     assert copy.read_bytes() == RULES_FILE.read_bytes(), (
@@ -238,6 +257,25 @@ def test_escalate_and_bind_are_granted_only_on_roles_and_cluster_roles() -> None
 
 def test_chart_and_kustomize_base_grant_the_same_cluster_role() -> None:
     assert chart_cluster_role_rules() == base_cluster_role_rules()
+
+
+def test_chart_and_kustomize_component_grant_the_same_discovery_rules() -> None:
+    chart = [*chart_rules("discoveryClusterRules"), *chart_rules("discoveryNamespacedRules")]
+    assert chart == discovery_component_rules()
+
+
+def test_discovery_reads_and_writes_nothing_but_its_reports() -> None:
+    """Discovery is read-only (list, watch; no get of a Secret by name), but for the
+    operator's own PolicyReports."""
+    for rule in discovery_component_rules():
+        if rule["apiGroups"] == ["wgpolicyk8s.io"]:
+            assert set(rule["resources"]) <= {"policyreports", "clusterpolicyreports"}, rule
+            continue
+        assert set(rule["verbs"]) == {"list", "watch"}, rule
+    for rule in chart_rules("discoveryNamespacedRules"):
+        assert not set(rule["resources"]) & CLUSTER_SCOPED, rule
+    for rule in chart_rules("discoveryClusterRules"):
+        assert set(rule["resources"]) <= CLUSTER_SCOPED | {"clusterpolicyreports"}, rule
 
 
 def test_without_cluster_scoped_grants_the_operator_cannot_grant_cluster_wide() -> None:

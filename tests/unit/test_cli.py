@@ -562,3 +562,16 @@ def test_a_revoked_identity_renews_nothing() -> None:
     assert (s["revokedAt"], s["revocationReason"]) == ("2030-01-02T03:00:00Z", "Manual")
     rows = status.status_table([s]).splitlines()[1:]
     assert [r.split()[-1] for r in rows] == ["revoked", "revoked"]
+
+
+def test_history_lists_the_identitys_access_grants() -> None:
+    grant = {
+        "metadata": {"name": "pvc-cleanup"},
+        "spec": {"identityRef": {"name": "app"}, "requester": "alice", "reason": "OPS-42"},
+        "status": {"phase": "Expired", "approvedBy": "bob", "activatedAt": "2030-01-01T00:00:00Z"},
+    }
+    other = {"metadata": {"name": "x"}, "spec": {"identityRef": {"name": "other"}}}
+    h = history.summarize("shop", "app", None, [], [grant, other])
+    assert [g["name"] for g in h["grants"]] == ["pvc-cleanup"]
+    text = history.render_history(h, dt.datetime(2030, 1, 2, tzinfo=dt.UTC))
+    assert "pvc-cleanup" in text and "Expired" in text and "bob" in text

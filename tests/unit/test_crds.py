@@ -32,6 +32,7 @@ EXPECTED = {
     "nhi.dev_identityissuers": ("IdentityIssuer", "Namespaced", ["idiss"]),
     "nhi.dev_clusteridentityissuers": ("ClusterIdentityIssuer", "Cluster", ["cidiss"]),
     "nhi.dev_identitypolicies": ("IdentityPolicy", "Cluster", ["idpol"]),
+    "nhi.dev_accessgrants": ("AccessGrant", "Namespaced", ["grant"]),
 }
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"

@@ -76,6 +76,20 @@ def test_listing_pages_through_and_reports_every_object_once() -> None:
     assert all(r[2] == METADATA_LIST for r in api.requests)
 
 
+def test_a_field_selector_is_sent_on_the_list_and_the_watch() -> None:
+    api = FakeApi([[obj("a", 1)]], [])
+    inf = Informer(
+        api,  # type: ignore[arg-type]
+        "Secret",
+        field_selector="type=kubernetes.io/tls",
+        transform=rv_of,
+    )
+    asyncio.run(inf.relist())
+    asyncio.run(inf.watch())
+    assert [r[1]["fieldSelector"] for r in api.requests] == ["type=kubernetes.io/tls"] * 2
+    assert "labelSelector" not in api.requests[0][1]
+
+
 def test_a_second_listing_reports_only_the_differences() -> None:
     api = FakeApi([[obj("a", 1), obj("b", 2)]], [])
     seen, on_change = recorder()

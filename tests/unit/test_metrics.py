@@ -27,7 +27,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nhi import metrics
+from nhi import metrics, metrics_inventory
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -51,6 +51,17 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_reconcile_errors": ("counter", ("kind",)),
     "nhi_issuer_ready_status": ("gauge", ("kind", "namespace", "issuer")),
     "nhi_issuer_ca_expiration_timestamp_seconds": ("gauge", ("kind", "namespace", "issuer")),
+    "nhi_inventory_identities": ("gauge", ("namespace", "state")),
+    "nhi_inventory_objects": ("gauge", ("kind",)),
+    "nhi_inventory_findings": ("gauge", ("namespace", "risk", "severity")),
+    "nhi_inventory_credentials": ("gauge", ("age",)),
+    "nhi_inventory_coverage_ratio": ("gauge", ()),
+    "nhi_inventory_owner_coverage_ratio": ("gauge", ()),
+    "nhi_inventory_last_run_timestamp_seconds": ("gauge", ()),
+    "nhi_inventory_findings_detected": ("counter", ("risk", "severity")),
+    "nhi_credential_time_to_rotate_seconds": ("histogram", ()),
+    "nhi_identity_time_to_revoke_seconds": ("histogram", ()),
+    "nhi_access_grant_active_seconds": ("counter", ("namespace",)),
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # Series Prometheus itself provides, which dashboards may use.
@@ -60,7 +71,8 @@ PROMETHEUS_SERIES = {"ALERTS": ("alertname", "alertstate", "severity")}
 def _collectors() -> dict[str, Any]:
     return {
         getattr(m, "_name", ""): m
-        for m in vars(metrics).values()
+        for module in (metrics, metrics_inventory)
+        for m in vars(module).values()
         if hasattr(m, "_name") and hasattr(m, "_labelnames") and hasattr(m, "_type")
     }
 
@@ -637,6 +649,9 @@ def test_dashboard_shows_what_operators_need(path: Path) -> None:
     assert has("nhi_revocations_total", "by (reason)"), "revocations by reason"
     assert has("nhi_identity_ready_status", 'condition="Ready"', "== 0"), "not-ready identities"
     assert has("nhi_issuer_ca_expiration_timestamp_seconds", "- time()"), "issuer CA expiry"
+    assert has("nhi_inventory_findings", "by (risk)"), "governance: findings by OWASP risk"
+    assert has("nhi_inventory_coverage_ratio"), "governance: coverage"
+    assert has("nhi_inventory_owner_coverage_ratio"), "governance: owner coverage"
 
 
 SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")

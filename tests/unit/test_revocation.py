@@ -106,3 +106,13 @@ def test_no_creation_time_means_no_window() -> None:
         spec, manual=False, created=None, status={}, workload_count=0, now=T0
     )
     assert decision.expires_at is None and decision.reason is None
+
+
+def test_time_to_revoke_counts_from_the_last_workload_gone() -> None:
+    from nhi.reconcilers.identity_revocation import _since_gone
+
+    gone = {"workloads": {"goneSince": at(-dt.timedelta(minutes=5))}}
+    assert _since_gone(gone, T0) == 300.0
+    assert _since_gone({}, T0) == 0.0  # gone in this very pass
+    assert _since_gone({"workloads": {"goneSince": "yesterday"}}, T0) == 0.0
+    assert _since_gone({"workloads": {"goneSince": at(MIN)}}, T0) == 0.0  # a clock behind

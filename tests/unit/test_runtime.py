@@ -165,3 +165,36 @@ def test_the_outcome_plans_the_next_look(
     observe(rt, 1, [IDENTITY_FINALIZER])
     rec.outcome = outcome
     assert run(rt) == result
+
+
+def _informed(rt: Runtime) -> set[tuple[str, str | None, str | None]]:
+    """What the runtime would watch: (kind, label selector, field selector) of each informer."""
+    rt.view.watch(rt.caches)
+    if rt.discovery is not None:
+        rt.discovery.watch(rt.caches)
+        return {
+            (i.kind, i.label_selector, i.field_selector)
+            for i in [*rt.caches.informers, *rt.discovery.caches.informers]
+        }
+    return {(i.kind, i.label_selector, i.field_selector) for i in rt.caches.informers}
+
+
+def test_discovery_is_off_by_default_and_then_watches_nothing_more(
+    env: tuple[Runtime, FakeApi, FakeReconciler],
+) -> None:
+    from nhi.settings import Settings, current, set_current
+
+    rt, api, _ = env
+    assert current().discovery is False and rt.discovery is None
+    before = _informed(rt)
+    assert not any(f for _, _, f in before)  # no Secret listed by type, no report watched
+    saved = current()
+    set_current(Settings(discovery=True))
+    try:
+        on = Runtime(api, clock=ManualClock(T0))
+        assert on.discovery is not None
+        added = _informed(on) - before
+        assert ("Secret", None, "type=kubernetes.io/service-account-token") in added
+        assert ("Secret", None, "type=kubernetes.io/tls") in added
+    finally:
+        set_current(saved)

@@ -74,6 +74,15 @@ clusterRules: cluster-scoped objects and review APIs. Always a ClusterRole.
 - apiGroups: ["nhi.dev"]
   resources: ["machineidentities/status"]
   verbs: ["patch"]
+# AccessGrants: watched; patched for the finalizer; deleted when their record's retention
+# ends; their status is written. Their Roles and RoleBindings are the roles/rolebindings
+# rules below.
+- apiGroups: ["nhi.dev"]
+  resources: ["accessgrants"]
+  verbs: ["list", "watch", "patch", "delete"]
+- apiGroups: ["nhi.dev"]
+  resources: ["accessgrants/status"]
+  verbs: ["patch"]
 # Namespaced issuers: watched; patched for kopf's finalizer and progress annotations, and
 # their status.
 - apiGroups: ["nhi.dev"]
@@ -223,4 +232,48 @@ out with rbac.clusterScopedGrants=false.
 {{- if eq (int .Values.metrics.port) (int .Values.operator.healthPort) }}
 {{- fail "metrics.port and operator.healthPort must differ" }}
 {{- end }}
+{{- end }}
+
+{{/*
+Discovery (discovery.enabled): read-only access to what the inventory lists, in the namespaces
+discovered (discoveryNamespacedRules) and cluster-wide (discoveryClusterRules), and the
+operator's own reports. manifests/components/discovery holds the same rules (a test compares
+them).
+*/}}
+{{- define "nhi-operator.discoveryNamespacedRules" -}}
+# Every ServiceAccount, and the legacy token and TLS Secrets (listed by type; kept as
+# metadata, a certificate's subject, issuer and validity: never a value).
+- apiGroups: [""]
+  resources: ["serviceaccounts", "secrets", "pods"]
+  verbs: ["list", "watch"]
+# The workloads that run as each ServiceAccount.
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs", "cronjobs"]
+  verbs: ["list", "watch"]
+# Roles and RoleBindings: each identity's effective permissions.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["list", "watch"]
+# The namespace's PolicyReport: only the one the operator created (provenance tag) is ever
+# patched or deleted.
+- apiGroups: ["wgpolicyk8s.io"]
+  resources: ["policyreports"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+{{- end }}
+
+{{- define "nhi-operator.discoveryClusterRules" -}}
+# Namespace labels (owner keys, environments), ClusterRoles and ClusterRoleBindings.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles", "clusterrolebindings"]
+  verbs: ["list", "watch"]
+# The cluster's report: only the one the operator created is ever patched or deleted.
+- apiGroups: ["wgpolicyk8s.io"]
+  resources: ["clusterpolicyreports"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end }}

@@ -16,6 +16,7 @@ from typing import Any
 from nhi.crypto.serving import ServingMaterial
 
 WEBHOOK_NAME = "machineidentities.policy.nhi.dev"
+GRANT_WEBHOOK_NAME = "accessgrants.policy.nhi.dev"
 TIMEOUT_SECONDS = 5
 LABELS = {
     "app.kubernetes.io/name": "nhi-operator",
@@ -46,35 +47,58 @@ def build_configuration(
     client_config: Mapping[str, Any],
     namespaces: Sequence[str],
     operator_namespace: str,
+    grants_client_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ValidatingWebhookConfiguration for MachineIdentity CREATE and UPDATE."""
+    """The ValidatingWebhookConfiguration for MachineIdentity CREATE and UPDATE (and, with
+    ``grants_client_config``, AccessGrant CREATE and UPDATE)."""
+    webhooks = [
+        _webhook(WEBHOOK_NAME, "machineidentities", client_config, namespaces, operator_namespace)
+    ]
+    if grants_client_config is not None:
+        webhooks.append(
+            _webhook(
+                GRANT_WEBHOOK_NAME,
+                "accessgrants",
+                grants_client_config,
+                namespaces,
+                operator_namespace,
+            )
+        )
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name, "labels": dict(LABELS)},
-        "webhooks": [
+        "webhooks": webhooks,
+    }
+
+
+def _webhook(
+    name: str,
+    resource: str,
+    client_config: Mapping[str, Any],
+    namespaces: Sequence[str],
+    operator_namespace: str,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "admissionReviewVersions": ["v1"],
+        "clientConfig": dict(client_config),
+        "rules": [
             {
-                "name": WEBHOOK_NAME,
-                "admissionReviewVersions": ["v1"],
-                "clientConfig": dict(client_config),
-                "rules": [
-                    {
-                        "apiGroups": ["nhi.dev"],
-                        "apiVersions": ["v1alpha1"],
-                        "resources": ["machineidentities"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "scope": "Namespaced",
-                    }
-                ],
-                # An outage of the operator must not block writes: the reconciler applies
-                # the same checks before granting anything.
-                "failurePolicy": "Ignore",
-                "matchPolicy": "Equivalent",
-                "sideEffects": "None",
-                "timeoutSeconds": TIMEOUT_SECONDS,
-                "namespaceSelector": namespace_selector(namespaces, operator_namespace),
+                "apiGroups": ["nhi.dev"],
+                "apiVersions": ["v1alpha1"],
+                "resources": [resource],
+                "operations": ["CREATE", "UPDATE"],
+                "scope": "Namespaced",
             }
         ],
+        # An outage of the operator must not block writes: the reconciler applies
+        # the same checks before granting anything.
+        "failurePolicy": "Ignore",
+        "matchPolicy": "Equivalent",
+        "sideEffects": "None",
+        "timeoutSeconds": TIMEOUT_SECONDS,
+        "namespaceSelector": namespace_selector(namespaces, operator_namespace),
     }
 
 

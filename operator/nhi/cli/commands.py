@@ -226,7 +226,11 @@ async def history(api: Api, namespace: str, name: str, output: str) -> int:
     events = await list_events(api, namespace, name)
     if identity is None and not events:
         raise CliError(f'machineidentity "{name}" not found in namespace {namespace}')
-    summary = hist.summarize(namespace, name, identity, events)
+    try:
+        page = await api.request("GET", path_for("AccessGrant", namespace), kind="AccessGrant")
+    except NotFound:  # a cluster without the AccessGrant CRD
+        page = {}
+    summary = hist.summarize(namespace, name, identity, events, page.get("items") or [])
     if output != "table":
         _out(dump(summary, output))
     else:

@@ -70,6 +70,7 @@ def summarize(
     name: str,
     identity: Mapping[str, Any] | None,
     events: Iterable[Mapping[str, Any]],
+    grants: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The structured data ``nhi history -o json`` prints."""
     status: Mapping[str, Any] = (identity or {}).get("status") or {}
@@ -94,6 +95,19 @@ def summarize(
         "revocationReason": status.get("revocationReason"),
         "revoked": list(status.get("revoked") or []),
         "events": entries(events, str(uid) if uid else None),
+        "grants": [
+            {
+                "name": pick(g, "metadata", "name"),
+                "phase": pick(g, "status", "phase") or "Pending",
+                "requester": pick(g, "spec", "requester"),
+                "approvedBy": pick(g, "status", "approvedBy"),
+                "activatedAt": pick(g, "status", "activatedAt"),
+                "endedAt": pick(g, "status", "endedAt"),
+                "reason": pick(g, "spec", "reason"),
+            }
+            for g in grants
+            if pick(g, "spec", "identityRef", "name") == name
+        ],
     }
     return out
 
@@ -136,6 +150,20 @@ def render_history(h: Mapping[str, Any], now: dt.datetime) -> str:
             for r in h["revoked"]
         ]
         parts.append(render_table(("Revoked Credential", "Serial/Fingerprint", "Revoked At"), rows))
+    if h.get("grants"):
+        rows = [
+            [
+                str(g["name"]),
+                str(g["phase"]),
+                str(g.get("requester") or NONE),
+                str(g.get("approvedBy") or NONE),
+                str(g.get("activatedAt") or NONE),
+                str(g.get("endedAt") or NONE),
+            ]
+            for g in h["grants"]
+        ]
+        headers = ("Access Grant", "Phase", "Requester", "Approver", "Activated", "Ended")
+        parts.append(render_table(headers, rows))
     if h["events"]:
         rows = [
             [

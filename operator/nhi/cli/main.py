@@ -1,6 +1,7 @@
 """``nhi``: the user's command line for nhi-operator.
 
-Commands: ``status``, ``renew``, ``revoke``, ``inspect secret``, ``history``, ``version``.
+Commands: ``status``, ``renew``, ``revoke``, ``inspect secret``, ``history``, ``grant``,
+``inventory``, ``report``, ``adopt``, ``version``.
 See docs/cli.md. Every problem (no kubeconfig, not found, forbidden, unreachable API server)
 is reported as one line on stderr with exit status 1, never as a traceback.
 """
@@ -105,6 +106,45 @@ def cmd_history(args: argparse.Namespace) -> int:
     from nhi.cli import commands
 
     return _run(args, commands.history, args.name, args.output)
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    from nhi.cli import inventory
+
+    return _run(
+        args,
+        inventory.inventory,
+        args.state,
+        args.owner,
+        args.risk,
+        args.output,
+        args.config,
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nhi.cli import inventory
+
+    return _run(args, inventory.report, args.risk, args.severity, args.output, args.config)
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from nhi.cli import adopt
+
+    return _run(args, adopt.adopt, args.target, args.owner, args.apply, args.output, args.config)
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    from nhi.cli import grants
+
+    if args.action == "list":
+        return _run(args, grants.list_grants, args.output)
+    if args.action == "show":
+        return _run(args, grants.show, args.name, args.output)
+    if args.action == "revoke":
+        return _run(args, grants.revoke, args.name)
+    decision = "Approved" if args.action == "approve" else "Denied"
+    return _run(args, grants.decide, args.name, decision, args.message or "")
 
 
 # ------------------------------------------------------------------------------- parser
@@ -213,6 +253,94 @@ def _add_history(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     h.set_defaults(func=cmd_history)
 
 
+RISKS = ("NHI1", "NHI4", "NHI5", "NHI7", "NHI8", "NHI9")
+
+
+def _add_inventory(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    i = sub.add_parser(
+        "inventory",
+        parents=[common],
+        help="every ServiceAccount: its workloads, permissions, credentials, owner, findings",
+        description="List every ServiceAccount as a non-human identity: managed (by a "
+        "MachineIdentity), system or unmanaged, its attributed owner, the workloads that run "
+        "as it, its effective permissions, legacy tokens and findings (docs/inventory.md). "
+        "Computed live from the API server; nothing is written.",
+    )
+    _namespace_options(i, all_namespaces=True)
+    i.add_argument("--state", choices=("managed", "system", "unmanaged"))
+    i.add_argument("--owner", help="only identities attributed to this owner (or unknown)")
+    i.add_argument("--risk", choices=RISKS, help="only identities with a finding of this risk")
+    i.add_argument("--config", help="the inventory's settings (the operator's YAML file)")
+    i.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
+    i.set_defaults(func=cmd_inventory)
+
+
+def _add_report(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    r = sub.add_parser(
+        "report",
+        parents=[common],
+        help="governance KPIs and the inventory's findings",
+        description="Coverage, owner coverage, credential ages and the findings of the "
+        "inventory, mapped to the OWASP NHI Top 10; --output html writes one self-contained "
+        "page for an auditor.",
+    )
+    _namespace_options(r, all_namespaces=True)
+    r.add_argument("--risk", choices=RISKS)
+    r.add_argument("--severity", choices=("critical", "high", "medium", "low"))
+    r.add_argument("--config", help="the inventory's settings (the operator's YAML file)")
+    r.add_argument(
+        "-o", "--output", "--format", choices=("table", *STRUCTURED, "html"), default="table"
+    )
+    r.set_defaults(func=cmd_report)
+
+
+def _add_adopt(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    a = sub.add_parser(
+        "adopt",
+        parents=[common],
+        help="write a MachineIdentity that takes over an unmanaged ServiceAccount",
+        description="Print (or --apply) a MachineIdentity for an unmanaged ServiceAccount: "
+        "its current effective permissions as rules, clusterRules and roleRefs, a workload "
+        "selector matching the workloads that use it, the attributed owner, and the "
+        "nhi.dev/adopt annotation. The old bindings are left in place and listed.",
+    )
+    a.add_argument("target", metavar="serviceaccount/NAME")
+    _namespace_options(a)
+    a.add_argument("--owner", help="the owner (default: the attributed one)")
+    a.add_argument("--apply", action="store_true", help="apply it (server-side apply)")
+    a.add_argument("--config", help="the inventory's settings (the operator's YAML file)")
+    a.add_argument("-o", "--output", choices=STRUCTURED, default="yaml")
+    a.set_defaults(func=cmd_adopt)
+
+
+def _add_grant(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    g = sub.add_parser(
+        "grant",
+        help="AccessGrants: list, show, approve, deny, revoke",
+        description="Just-in-time permissions for machine identities (docs/access-grants.md).",
+    )
+    gsub = g.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = gsub.add_parser("list", parents=[common], help="the grants of a namespace (or -A)")
+    _namespace_options(ls, all_namespaces=True)
+    ls.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
+    show = gsub.add_parser("show", parents=[common], help="one grant: what, who, when")
+    show.add_argument("name", metavar="NAME")
+    _namespace_options(show)
+    show.add_argument("-o", "--output", choices=("table", *STRUCTURED), default="table")
+    for action, text in (
+        ("approve", "approve a grant (you may not approve your own)"),
+        ("deny", "deny a grant"),
+    ):
+        d = gsub.add_parser(action, parents=[common], help=text)
+        d.add_argument("name", metavar="NAME")
+        d.add_argument("-m", "--message", help="words for the record")
+        _namespace_options(d)
+    r = gsub.add_parser("revoke", parents=[common], help="end a grant now")
+    r.add_argument("name", metavar="NAME")
+    _namespace_options(r)
+    g.set_defaults(func=cmd_grant)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nhi", description="Inspect and operate nhi-operator's machine identities."
@@ -222,7 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_status, _add_renew, _add_revoke, _add_inspect, _add_history):
+    for add in (
+        _add_status,
+        _add_renew,
+        _add_revoke,
+        _add_inspect,
+        _add_history,
+        _add_grant,
+        _add_inventory,
+        _add_report,
+        _add_adopt,
+    ):
         add(sub, common)
     ver = sub.add_parser("version", parents=[common], help="print the version")
     ver.set_defaults(func=cmd_version)

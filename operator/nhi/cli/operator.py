@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import sys
 from typing import Any, cast
 
+import yaml
+
 from nhi import __version__
 from nhi import logging as nhi_logging
 from nhi.models.duration import parse_duration
+from nhi.models.fields import SpecError
+from nhi.models.inventory_config import InventoryConfig, parse_config
 from nhi.runtime.peering import own_identity
 from nhi.settings import Settings, set_current
 
@@ -137,6 +142,46 @@ def _webhook_options(p: argparse.ArgumentParser, s: Settings) -> None:
     )
 
 
+def _discovery_options(p: argparse.ArgumentParser, s: Settings) -> None:
+    d = p.add_argument_group("discovery", "inventory of every non-human identity (opt-in)")
+    d.add_argument(
+        "--discovery",
+        action=argparse.BooleanOptionalAction,
+        default=s.discovery,
+        help="discover every ServiceAccount, binding, legacy token and TLS Secret, write "
+        "PolicyReports and inventory metrics (env NHI_DISCOVERY; default off)",
+    )
+    d.add_argument(
+        "--discovery-namespace",
+        action="append",
+        default=list(s.discovery_namespaces),
+        help="discover only this namespace (repeatable; globs allowed; default: all; env "
+        "NHI_DISCOVERY_NAMESPACES, comma-separated)",
+    )
+    d.add_argument(
+        "--discovery-interval",
+        type=float,
+        default=s.discovery_interval,
+        help="seconds between a change and the inventory's next run (default %(default)s)",
+    )
+    d.add_argument(
+        "--inventory-config",
+        default=os.environ.get("NHI_INVENTORY_CONFIG", ""),
+        help="YAML file of the inventory's rules, bounds, exemptions and owner keys "
+        "(docs/inventory.md; env NHI_INVENTORY_CONFIG)",
+    )
+
+
+def _inventory_config(p: argparse.ArgumentParser, path: str) -> InventoryConfig:
+    if not path:
+        return InventoryConfig()
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_config(yaml.safe_load(f))
+    except (OSError, yaml.YAMLError, SpecError) as err:
+        p.error(f"--inventory-config: {err}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nhi-operator",
@@ -148,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_options(p, s)
     _peering_options(p, s)
     _webhook_options(p, s)
+    _discovery_options(p, s)
     p.add_argument(
         "--policy-status-interval",
         type=float,
@@ -166,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(a: argparse.Namespace) -> Settings:
+def _settings(a: argparse.Namespace, inventory: InventoryConfig | None = None) -> Settings:
     return Settings(
         namespaces=list(a.namespace),
         log_format=a.log_format,
@@ -193,6 +239,10 @@ def _settings(a: argparse.Namespace) -> Settings:
         webhook_cert_ttl=a.webhook_cert_ttl,
         policy_status_interval=a.policy_status_interval,
         vault_kv_check_interval=a.vault_kv_check_interval,
+        discovery=a.discovery,
+        discovery_namespaces=list(a.discovery_namespace),
+        discovery_interval=a.discovery_interval,
+        inventory=inventory or InventoryConfig(),
     )
 
 
@@ -203,7 +253,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parse_duration(a.webhook_cert_ttl)
     except ValueError as err:
         p.error(f"--webhook-cert-ttl: {err}")
-    return _settings(a)
+    return _settings(a, _inventory_config(p, a.inventory_config))
 
 
 async def run(settings: Settings) -> None:

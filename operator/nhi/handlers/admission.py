@@ -42,6 +42,7 @@ log = logging.getLogger("nhi.handlers.admission")
 
 #: The kopf handler id, and the URL path the API server posts to.
 WEBHOOK_ID = "validate-machineidentity"
+GRANT_WEBHOOK_ID = "validate-accessgrant"
 #: Longest pause between two looks at the certificate Secret (another replica may renew it).
 MAX_CHECK_INTERVAL = 60.0
 RETRY_INTERVAL = 5.0
@@ -136,27 +137,72 @@ async def _review(
     )
 
 
+async def validate_grant(
+    *,
+    userinfo: kopf.UserInfo,
+    namespace: str | None,
+    name: str,
+    **kwargs: Any,
+) -> None:
+    """Refuse an AccessGrant for an identity that does not exist, beyond what the policies
+    allow, or giving what its requester lacks (fails closed, like validate_identity)."""
+    new: Mapping[str, Any] | None = kwargs.get("new")
+    old: Mapping[str, Any] | None = kwargs.get("old")
+    try:
+        rv = reviewer()
+        policies, labels = await asyncio.gather(rv.policies(), rv.namespace_labels(namespace or ""))
+        result = await rv.review_grant(
+            operation=str(kwargs.get("operation") or ""),
+            new=dict(new) if new is not None else None,
+            old=dict(old) if old is not None else None,
+            userinfo=dict(userinfo),
+            policies=policies,
+            namespace_labels=labels,
+        )
+    except Exception as err:
+        log.error(
+            "could not review an AccessGrant; refused it",
+            extra={"namespace": namespace, "grant": name, "error": repr(err)},
+        )
+        raise kopf.AdmissionError(
+            f"nhi-operator could not check this AccessGrant ({type(err).__name__}), so it is "
+            "refused; try again",
+            code=500,
+        ) from err
+    if result.denied:
+        log.info(
+            "denied an AccessGrant",
+            extra={"namespace": namespace, "grant": name, "user": userinfo.get("username"),
+                   "reasons": result.denied},
+        )  # fmt: skip
+        raise kopf.AdmissionError(result.message, code=403)
+
+
 class _DenialIsNotAnError(logging.Filter):
     """kopf logs every refused admission as a handler failure at ERROR; a denial is the
     webhook doing its job (logged above at INFO with the reasons), so drop kopf's line."""
 
-    PREFIX = f"Webhook {WEBHOOK_ID!r} failed permanently"
+    PREFIXES = tuple(f"Webhook {i!r} failed permanently" for i in (WEBHOOK_ID, GRANT_WEBHOOK_ID))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.PREFIX)
+        return not str(record.msg).startswith(self.PREFIXES)
 
 
 def register() -> None:
     logging.getLogger("kopf.objects").addFilter(_DenialIsNotAnError())
-    kopf.on.validate(
-        GROUP,
-        VERSION,
-        "machineidentities",
-        id=WEBHOOK_ID,
-        operations=["CREATE", "UPDATE"],
-        ignore_failures=True,
-        side_effects=False,
-    )(validate_identity)
+    handlers: list[tuple[str, str, Any]] = [("machineidentities", WEBHOOK_ID, validate_identity)]
+    if current_settings().access_grants:
+        handlers.append(("accessgrants", GRANT_WEBHOOK_ID, validate_grant))
+    for plural, handler_id, fn in handlers:
+        kopf.on.validate(
+            GROUP,
+            VERSION,
+            plural,
+            id=handler_id,
+            operations=["CREATE", "UPDATE"],
+            ignore_failures=True,
+            side_effects=False,
+        )(fn)
 
 
 if current_settings().webhook_enabled:
@@ -212,17 +258,23 @@ class AdmissionServer:
 
     def configuration(self, material: ServingMaterial) -> dict[str, Any]:
         s = self.settings
-        cfg = client_config(
-            material,
-            runtime.get().clock.now(),
-            WEBHOOK_ID,
-            host=s.webhook_host,
-            port=s.webhook_port,
-            service=s.webhook_service,
-            service_namespace=s.operator_namespace,
-            service_port=s.webhook_service_port,
+
+        def reach(path: str) -> dict[str, Any]:
+            return client_config(
+                material,
+                runtime.get().clock.now(),
+                path,
+                host=s.webhook_host,
+                port=s.webhook_port,
+                service=s.webhook_service,
+                service_namespace=s.operator_namespace,
+                service_port=s.webhook_service_port,
+            )
+
+        grants = reach(GRANT_WEBHOOK_ID) if s.access_grants else None
+        return build_configuration(
+            s.webhook_configuration, reach(WEBHOOK_ID), s.namespaces, s.operator_namespace, grants
         )
-        return build_configuration(s.webhook_configuration, cfg, s.namespaces, s.operator_namespace)
 
     async def _material(self, certs: WebhookCertificates) -> ServingMaterial:
         while True:

@@ -9,9 +9,12 @@ Created once at start-up (:func:`get`), from :mod:`nhi.runtime`'s parts and one 
   peering, the :class:`~nhi.runtime.peering.PeeringGate` holds it on a standby replica;
 - the IdentityPolicy status controller (:mod:`nhi.handlers.policy_status`), when the
   operator watches every namespace;
+- the inventory controller (:mod:`nhi.handlers.inventory`), with ``--discovery`` only:
+  watch caches of its own over the namespaces discovered, the MachineIdentities from ours;
 - the issuer controller (:class:`~nhi.reconcilers.issuers.IssuerService`), fed by the
   watch caches of IdentityIssuers and ClusterIdentityIssuers, held like the others until the
-  caches are listed and while this replica is a standby.
+  caches are listed and while this replica is a standby;
+- the AccessGrant controller (:mod:`nhi.handlers.grants`), unless grants are off.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from nhi import IDENTITY_FINALIZER, metrics
+from nhi.handlers.grants import GrantController
 from nhi.handlers.identity_cache import IdentityCache
+from nhi.handlers.inventory import Discovery
 from nhi.handlers.policy_status import PolicyStatus
 from nhi.k8s.client import Api, NotFound, load_connection
 from nhi.k8s.events import EventRecorder
+from nhi.models.duration import parse_duration
 from nhi.reconcilers.identity import IdentityReconciler
 from nhi.reconcilers.identity_plan import Outcome
 from nhi.reconcilers.issuers import IssuerService
@@ -111,6 +117,34 @@ class Runtime:
             else None
         )
 
+        self.discovery = (
+            Discovery(
+                api,
+                self.clock,
+                namespaces=settings.discovery_namespaces,
+                config=settings.inventory,
+                interval=settings.discovery_interval,
+                provenance=self.issuers.provenance,
+                identities_ready=self.caches.synced,
+                active=self.gate.active,
+            )
+            if settings.discovery
+            else None
+        )
+        self.grants = (
+            GrantController(
+                api,
+                self.events,
+                self.view,
+                self.clock,
+                retention=parse_duration(settings.grant_retention),
+                ready=self.caches.synced,
+                active=self.gate.active,
+            )
+            if settings.access_grants
+            else None
+        )
+
     @property
     def synced(self) -> asyncio.Event:
         """Set once every watch cache has its first listing."""
@@ -126,18 +160,30 @@ class Runtime:
         self.issuers.watch(self.caches, ready=self.caches.synced, active=self.gate.active)
         if self.policy_status is not None:
             self.policy_status.watch(self.caches)
+        if self.discovery is not None:
+            self.discovery.watch(self.caches)
+        if self.grants is not None:
+            self.grants.watch(self.caches)
         self.caches.start(on_synced=self.issuers.sweep_bundles)
         self.gate.start()
         self.issuers.start()
         self.controller.start()
         if self.policy_status is not None:
             self.policy_status.controller.start()
+        if self.discovery is not None:
+            self.discovery.start()
+        if self.grants is not None:
+            self.grants.controller.start()
 
     async def stop(self) -> None:
         await self.controller.stop()
         await self.issuers.stop()
         if self.policy_status is not None:
             await self.policy_status.controller.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
+        if self.grants is not None:
+            await self.grants.controller.stop()
         await self.gate.stop()
         await self.caches.stop()
         # Events still being posted in the background: give them a moment before the client goes.
@@ -150,6 +196,8 @@ class Runtime:
         resuming, by listing again)."""
         self.controller.requeue(self.view.store.keys())
         self.issuers.requeue_all()
+        if self.grants is not None:
+            self.grants.controller.requeue(k for k, _ in self.grants.bodies())
 
     # ------------------------------------------------------------------ MachineIdentity
 

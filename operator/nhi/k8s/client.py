@@ -47,8 +47,11 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "IdentityIssuer": ("/apis/nhi.dev/v1alpha1", "identityissuers", True),
     "ClusterIdentityIssuer": ("/apis/nhi.dev/v1alpha1", "clusteridentityissuers", False),
     "IdentityPolicy": ("/apis/nhi.dev/v1alpha1", "identitypolicies", False),
+    "AccessGrant": ("/apis/nhi.dev/v1alpha1", "accessgrants", True),
     "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings", True),
     "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
+    "PolicyReport": ("/apis/wgpolicyk8s.io/v1alpha2", "policyreports", True),
+    "ClusterPolicyReport": ("/apis/wgpolicyk8s.io/v1alpha2", "clusterpolicyreports", False),
     "TokenReview": ("/apis/authentication.k8s.io/v1", "tokenreviews", False),
     "SubjectAccessReview": ("/apis/authorization.k8s.io/v1", "subjectaccessreviews", False),
 }

@@ -101,3 +101,13 @@ def parse_time(text: str) -> dt.datetime:
         return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
     except OverflowError:
         raise ValueError("must be an RFC 3339 time between years 1 and 9999 in UTC") from None
+
+
+def parse_time_or_none(value: object) -> dt.datetime | None:
+    """:func:`parse_time` of a status field that may be absent or unreadable: None then."""
+    if not value:
+        return None
+    try:
+        return parse_time(str(value))
+    except ValueError:
+        return None

@@ -201,7 +201,8 @@ def _secret_names_in_use(status: Any) -> dict[str, str]:
     return out
 
 
-def _rule(raw: Any, path: str, namespaced: bool) -> PolicyRule:
+def parse_rule(raw: Any, path: str, namespaced: bool) -> PolicyRule:
+    """One RBAC rule of a spec (``namespaced``: of a Role, so no nonResourceURLs)."""
     r = as_object(raw, path)
     verbs = as_strings(r.get("verbs"), f"{path}.verbs")
     if not verbs:
@@ -230,23 +231,29 @@ def _permissions(
 ) -> tuple[tuple[PolicyRule, ...], tuple[PolicyRule, ...], tuple[RoleRef, ...]]:
     """``spec.permissions``: (rules, clusterRules, roleRefs)."""
     rules = tuple(
-        _rule(r, f"spec.permissions.rules[{i}]", namespaced=True)
+        parse_rule(r, f"spec.permissions.rules[{i}]", namespaced=True)
         for i, r in enumerate(as_list(perms.get("rules"), "spec.permissions.rules"))
     )
     cluster_rules = tuple(
-        _rule(r, f"spec.permissions.clusterRules[{i}]", namespaced=False)
+        parse_rule(r, f"spec.permissions.clusterRules[{i}]", namespaced=False)
         for i, r in enumerate(as_list(perms.get("clusterRules"), "spec.permissions.clusterRules"))
     )
+    role_refs = parse_role_refs(perms.get("roleRefs"), "spec.permissions.roleRefs")
+    return rules, cluster_rules, role_refs
+
+
+def parse_role_refs(raw: Any, path: str) -> tuple[RoleRef, ...]:
+    """Roles and ClusterRoles to bind (``roleRefs`` of an identity or a grant)."""
     role_refs = []
-    for i, ref in enumerate(as_list(perms.get("roleRefs"), "spec.permissions.roleRefs")):
-        p = f"spec.permissions.roleRefs[{i}]"
+    for i, ref in enumerate(as_list(raw, path)):
+        p = f"{path}[{i}]"
         ref = as_object(ref, p)
         if ref.get("kind") not in ("Role", "ClusterRole"):
             raise SpecError(f"{p}.kind", "must be Role or ClusterRole")
         if not ref.get("name"):
             raise SpecError(f"{p}.name", "is required")
         role_refs.append(RoleRef(kind=str(ref["kind"]), name=str(ref["name"])))
-    return rules, cluster_rules, tuple(role_refs)
+    return tuple(role_refs)
 
 
 def _credential_secret_name(

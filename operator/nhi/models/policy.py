@@ -38,6 +38,22 @@ class ForbiddenRule:
 
 
 @dataclass(frozen=True)
+class AutoApprove:
+    """``grants.autoApprove``: AccessGrants approved without a person, within these bounds."""
+
+    max_duration: dt.timedelta
+    verbs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GrantLimits:
+    """``grants``: what an AccessGrant in a selected namespace may ask for."""
+
+    max_duration: dt.timedelta | None = None
+    auto_approve: AutoApprove | None = None
+
+
+@dataclass(frozen=True)
 class IdentityPolicy:
     name: str
     namespace_selector: LabelSelector
@@ -60,6 +76,7 @@ class IdentityPolicy:
     allow_adoption: bool = True
     #: ``adoption.allowDefaultServiceAccount``: ... even the namespace's ``default`` one.
     allow_default_adoption: bool = False
+    grants: GrantLimits = GrantLimits()
     uid: str = ""
     generation: int = 0
 
@@ -103,6 +120,7 @@ class IdentityPolicy:
             delegate_permissions=bool(spec.get("delegatePermissions", False)),
             allow_adoption=bool(adoption.get("allowed", True)),
             allow_default_adoption=bool(adoption.get("allowDefaultServiceAccount", False)),
+            grants=_grants(as_object(spec.get("grants"), "spec.grants")),
             uid=str(meta.get("uid", "")),
             generation=int(meta.get("generation") or 0),
         )
@@ -155,3 +173,23 @@ def _allowed_issuers(raw_issuers: Any) -> tuple[IssuerRef, ...] | None:
             )
         )
     return tuple(refs)
+
+
+def _grants(raw: Mapping[str, Any]) -> GrantLimits:
+    """``spec.grants``: the longest AccessGrant, and which ones are approved automatically."""
+    max_duration = (
+        as_duration(raw["maxDuration"], "spec.grants.maxDuration")
+        if raw.get("maxDuration") is not None
+        else None
+    )
+    auto = as_object(raw.get("autoApprove"), "spec.grants.autoApprove")
+    auto_approve = None
+    if auto:
+        verbs = tuple(str(v) for v in as_list(auto.get("verbs"), "spec.grants.autoApprove.verbs"))
+        auto_approve = AutoApprove(
+            max_duration=as_duration(
+                auto.get("maxDuration", "1h"), "spec.grants.autoApprove.maxDuration"
+            ),
+            verbs=verbs or ("get", "list", "watch"),
+        )
+    return GrantLimits(max_duration=max_duration, auto_approve=auto_approve)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nhi.models.identity import MachineIdentity
+from nhi.models.identity import MachineIdentity, RoleRef
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
 
@@ -167,17 +167,33 @@ def role_bind_checks(identity: MachineIdentity) -> list[AccessCheck]:
     As RBAC does for a RoleBinding, a caller without ``bind`` may still pass by holding every
     rule of the role (see :func:`raw_rule_checks`).
     """
+    return bind_checks("spec.permissions.roleRefs", identity.spec.role_refs, identity.namespace)
+
+
+def bind_checks(path: str, role_refs: Sequence[RoleRef], namespace: str) -> list[AccessCheck]:
+    """``bind`` on each Role or ClusterRole of ``role_refs``, bound in ``namespace``."""
     return [
         AccessCheck(
-            field=f"spec.permissions.roleRefs[{i}]",
+            field=f"{path}[{i}]",
             verb="bind",
             group=RBAC_GROUP,
             resource="roles" if ref.kind == "Role" else "clusterroles",
             name=ref.name,
-            namespace=identity.namespace,
+            namespace=namespace,
         )
-        for i, ref in enumerate(identity.spec.role_refs)
+        for i, ref in enumerate(role_refs)
     ]
+
+
+def missing_by_field(
+    checks: Sequence[AccessCheck], held: Sequence[bool]
+) -> dict[str, list[AccessCheck]]:
+    """The checks that failed (``held`` False), by the field that asked for them."""
+    missing: dict[str, list[AccessCheck]] = {}
+    for check, ok in zip(checks, held, strict=True):
+        if not ok:
+            missing.setdefault(check.field, []).append(check)
+    return missing
 
 
 ADOPT_FIELD = "metadata.annotations[nhi.dev/adopt]"

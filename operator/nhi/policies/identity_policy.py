@@ -201,19 +201,24 @@ def _forbid_wildcards(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
     if not policy.forbid_wildcards:
         return
     for key, rules in _rule_sets(spec):
-        for i, rule in enumerate(rules):
-            for attr, values in (
-                ("apiGroups", rule.api_groups),
-                ("resources", rule.resources),
-                ("verbs", rule.verbs),
-            ):
-                wild = [v for v in values if _is_wildcard(v)]
-                if wild:
-                    yield (
-                        FORBID_WILDCARDS,
-                        f"spec.permissions.{key}[{i}].{attr}",
-                        f"contains the wildcard {wild[0]!r}; list the {attr} explicitly",
-                    )
+        for field, message in wildcard_findings(f"spec.permissions.{key}", rules):
+            yield (FORBID_WILDCARDS, field, message)
+
+
+def wildcard_findings(path: str, rules: Sequence[PolicyRule]) -> Iterator[tuple[str, str]]:
+    """(field, message) for each apiGroups, resources or verbs of ``rules`` holding a wildcard."""
+    for i, rule in enumerate(rules):
+        for attr, values in (
+            ("apiGroups", rule.api_groups),
+            ("resources", rule.resources),
+            ("verbs", rule.verbs),
+        ):
+            wild = [v for v in values if is_wildcard(v)]
+            if wild:
+                yield (
+                    f"{path}[{i}].{attr}",
+                    f"contains the wildcard {wild[0]!r}; list the {attr} explicitly",
+                )
 
 
 def _forbidden_rules(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
@@ -226,7 +231,7 @@ def _forbidden_rules(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
                     yield (
                         f"{FORBIDDEN_RULES}[{j}]",
                         f"spec.permissions.{key}[{i}]",
-                        f"grants {verb} on {_resource_name(group, resource)}, which the policy "
+                        f"grants {verb} on {resource_name(group, resource)}, which the policy "
                         f"forbids ({forbidden.describe()})",
                     )
 
@@ -290,11 +295,11 @@ _RULE_CHECKS: tuple[Callable[[Spec, IdentityPolicy], Iterator[_Finding]], ...] =
 )
 
 
-def _is_wildcard(value: str) -> bool:
+def is_wildcard(value: str) -> bool:
     return value == WILDCARD or value.startswith("*/") or value.endswith("/*")
 
 
-def _resource_name(group: str, resource: str) -> str:
+def resource_name(group: str, resource: str) -> str:
     return resource if not group else f"{resource}.{group}"
 
 

@@ -123,3 +123,15 @@ class OwnershipConflict(Exception):
     def __init__(self, claim: Claim) -> None:
         super().__init__(claim.message)
         self.claim = claim
+
+
+GRANT_KIND = "AccessGrant"
+
+
+def controlled_by_grant(obj: Mapping[str, Any] | None, uid: str) -> bool:
+    """Whether the AccessGrant with ``uid`` controls ``obj`` (labels prove nothing)."""
+    ref = controller_ref(obj)
+    if ref is None or not uid:
+        return False
+    group = str(ref.get("apiVersion", "")).partition("/")[0]
+    return ref.get("kind") == GRANT_KIND and group == GROUP and ref.get("uid") == uid

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nhi.models.duration import parse_time
+from nhi.models.duration import parse_time_or_none
 from nhi.models.identity import Spec
 from nhi.models.meta import Phase
 
@@ -39,15 +39,6 @@ class Decision:
         return Phase.EXPIRED if self.reason == EXPIRED else Phase.REVOKED
 
 
-def _time(value: Any) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        return parse_time(str(value))
-    except ValueError:
-        return None
-
-
 def decide_revocation(
     spec: Spec,
     *,
@@ -59,12 +50,12 @@ def decide_revocation(
 ) -> Decision:
     workloads = status.get("workloads") or {}
     expires_at = created + spec.valid_for if created and spec.valid_for else None
-    first_seen = _time(workloads.get("firstSeenAt"))
+    first_seen = parse_time_or_none(workloads.get("firstSeenAt"))
     if workload_count > 0 and first_seen is None:
         first_seen = now
     gone_since: dt.datetime | None = None
     if workload_count == 0 and first_seen is not None:
-        gone_since = _time(workloads.get("goneSince")) or now
+        gone_since = parse_time_or_none(workloads.get("goneSince")) or now
 
     next_check: dt.datetime | None = None
     reason: str | None = None

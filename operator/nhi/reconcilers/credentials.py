@@ -269,6 +269,8 @@ class CredentialManager:
         )
         self._observe(identity, cred, new)
         metrics.rotated(_labels(identity, cred), "success")
+        if issued is not None and now >= issued.renewal_time:
+            metrics.time_to_rotate.observe((now - issued.renewal_time).total_seconds())
         verb = "Issued" if issued is None else "Rotated"
         ident = f"serial {new.serial}" if new.serial else f"fingerprint {new.fingerprint}"
         log.info(

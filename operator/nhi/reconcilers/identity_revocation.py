@@ -90,6 +90,8 @@ class Revoker:
             revoked += await self.take_away(identity, reason, revoked_at, batch)
             if first:
                 metrics.revocations.labels(reason).inc()
+                if reason == WORKLOAD_DELETED:
+                    metrics.time_to_revoke.observe(_since_gone(status, now))
                 batch.warning(
                     phase, f"identity revoked ({reason}): credentials and permissions removed"
                 )
@@ -290,3 +292,13 @@ def _service_account_uid(children: Mapping[ChildKey, Mapping[str, Any]]) -> str:
         if key.kind == "ServiceAccount":
             return str((obj.get("metadata") or {}).get("uid") or "")
     return ""
+
+
+def _since_gone(status: Mapping[str, Any], now: dt.datetime) -> float:
+    """Seconds since the identity's last workload went (0 when it went in this pass, before
+    any status recorded it)."""
+    gone = (status.get("workloads") or {}).get("goneSince")
+    try:
+        return max((now - parse_time(gone)).total_seconds(), 0.0) if gone else 0.0
+    except ValueError:
+        return 0.0

@@ -18,10 +18,14 @@ from typing import Any
 
 from nhi.builders.rbac import desired_keys, field_for
 from nhi.k8s.client import Api, path_for
+from nhi.models.grant import AccessGrant
 from nhi.models.identity import MachineIdentity, SpecError
 from nhi.models.meta import ADOPT_ANNOTATION
 from nhi.models.policy import IdentityPolicy
+from nhi.policies.access import missing_by_field
 from nhi.policies.cluster import check_cluster_permissions
+from nhi.policies.grants import requester_checks
+from nhi.policies.grants import violations as grant_violations
 from nhi.policies.identity_policy import (
     AccessCheck,
     adopt_added,
@@ -95,6 +99,22 @@ class Requester:
         if self.extra:
             spec["extra"] = {k: list(v) for k, v in self.extra.items()}
         return spec
+
+
+def grant_terms_changed(
+    operation: str, new: Mapping[str, Any], old: Mapping[str, Any] | None
+) -> bool:
+    """A create, or an update of what an AccessGrant asks for (not its decision or its end)."""
+    if operation != "UPDATE" or old is None:
+        return True
+    if (new.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    ignored = ("approval", "revoked", "requester", "requesterGroups")
+
+    def terms(body: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in (body.get("spec") or {}).items() if k not in ignored}
+
+    return terms(new) != terms(old)
 
 
 def needs_review(
@@ -200,6 +220,43 @@ class AdmissionReviewer:
         result.denied += await self.claims(identity, operation)
         return result
 
+    async def review_grant(
+        self,
+        *,
+        operation: str,
+        new: Mapping[str, Any] | None,
+        old: Mapping[str, Any] | None,
+        userinfo: Mapping[str, Any],
+        policies: Sequence[IdentityPolicy],
+        namespace_labels: Mapping[str, str],
+    ) -> AdmissionResult:
+        """An AccessGrant's request: its identity exists, the policies allow its terms, and
+        whoever asks holds what it gives. Decisions and revocations are not reviewed here (the
+        admission policies check who decides)."""
+        result = AdmissionResult()
+        if new is None or not grant_terms_changed(operation, new, old):
+            return result
+        try:
+            grant = AccessGrant.from_body(new)
+        except SpecError as err:
+            result.denied.append(str(err))
+            return result
+        if await self.api.get("MachineIdentity", grant.namespace, grant.identity) is None:
+            result.denied.append(
+                f"spec.identityRef: MachineIdentity {grant.namespace}/{grant.identity} does "
+                "not exist"
+            )
+        result.denied += grant_violations(grant, policies, namespace_labels)
+        requester = Requester.from_userinfo(userinfo)
+        checks = requester_checks(grant)
+        if len(checks) > self.max_checks:
+            result.denied.append(f"spec.rules: more than {self.max_checks} permissions to check")
+            return result
+        held = await self._allowed_all(requester, checks, asyncio.Semaphore(self.concurrency))
+        missing = missing_by_field(checks, held)
+        result.denied += [self._escalation(requester, f, m) for f, m in missing.items()]
+        return result
+
     async def missing_authority(
         self, requester: Requester, checks: Sequence[AccessCheck]
     ) -> list[str]:
@@ -208,10 +265,7 @@ class AdmissionReviewer:
         if not checks:
             return []
         held = await self._allowed_all(requester, checks, asyncio.Semaphore(self.concurrency))
-        missing: dict[str, list[AccessCheck]] = {}
-        for check, ok in zip(checks, held, strict=True):
-            if not ok:
-                missing.setdefault(check.field, []).append(check)
+        missing = missing_by_field(checks, held)
         who = requester.username or "the requester"
         return [
             f"{field}: {who} may not {', '.join(c.describe() for c in m)}, so the operator "
@@ -270,10 +324,7 @@ class AdmissionReviewer:
             ]
         sem = asyncio.Semaphore(self.concurrency)
         held = await self._allowed_all(requester, [*checks, *binds], sem)
-        missing: dict[str, list[AccessCheck]] = {}
-        for check, ok in zip(checks, held[: len(checks)], strict=True):
-            if not ok:
-                missing.setdefault(check.field, []).append(check)
+        missing = missing_by_field(checks, held[: len(checks)])
         out = [self._escalation(requester, f, m) for f, m in missing.items()]
         for check, ok in zip(binds, held[len(checks) :], strict=True):
             if ok:

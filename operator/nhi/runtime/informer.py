@@ -1,7 +1,7 @@
 """List-and-watch caches of one resource, kept in plain dicts.
 
-An :class:`Informer` lists a resource (paginated, optionally with a server-side label
-selector, optionally as metadata only), then watches it from the list's resourceVersion with
+An :class:`Informer` lists a resource (paginated, optionally with server-side label and
+field selectors, optionally as metadata only), then watches it from the list's resourceVersion with
 bookmarks, and keeps a reduced value per object (``transform``). It calls ``on_change(key,
 old, new)`` for every object whose value changed (None: absent), on the first listing too,
 and then every consumer added with :meth:`Informer.subscribe`.
@@ -54,6 +54,7 @@ class Informer:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         metadata_only: bool = False,
         transform: Transform | None = None,
         on_change: OnChange | None = None,
@@ -68,6 +69,7 @@ class Informer:
         self.kind = kind
         self.namespace = namespace
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.metadata_only = metadata_only
         self.transform: Transform = transform or (lambda obj: obj)
         self.on_change = on_change
@@ -91,6 +93,7 @@ class Informer:
     def name(self) -> str:
         where = f" in {self.namespace}" if self.namespace else ""
         sel = f" ({self.label_selector})" if self.label_selector else ""
+        sel += f" ({self.field_selector})" if self.field_selector else ""
         return f"{self.kind}{where}{sel}"
 
     # ------------------------------------------------------------------ lifecycle
@@ -134,6 +137,8 @@ class Informer:
         params: dict[str, str] = {}
         if self.label_selector:
             params["labelSelector"] = self.label_selector
+        if self.field_selector:
+            params["fieldSelector"] = self.field_selector
         return params
 
     def _wanted(self, key: Key) -> bool:

@@ -81,10 +81,13 @@ def _install(cp: ControlPlane) -> None:
     # The operator's own namespace: cluster issuers keep their roots and CRLs there.
     cp.kubectl("create", "namespace", os.environ.get("NHI_NAMESPACE", "nhi-system"))
     cp.install_crds()
+    # Where the inventory writes its reports (with --discovery), if the cluster has none.
+    cp.install_report_crds()
     # As the chart installs by default: new identities get the operator's finalizer
     # at admission.
     cp.install_finalizer_policy()
     cp.install_authority_policy()
+    cp.install_grant_policies()
 
 
 def _start_openbao(cp: ControlPlane) -> OpenBao:

@@ -400,9 +400,17 @@ class ControlPlane:
         """Apply the repository's CRDs (server-side) and wait until they are Established."""
         manifests.install_crds(self.kubectl)
 
+    def install_report_crds(self) -> bool:
+        """:func:`nhi.testenv.manifests.install_report_crds`."""
+        return manifests.install_report_crds(self.kubectl)
+
     def install_authority_policy(self, timeout: float = 60.0, name: str = "") -> float:
         """:func:`nhi.testenv.manifests.install_authority_policy`: returns the seconds waited."""
         return manifests.install_authority_policy(self.kubectl, timeout, name)
+
+    def install_grant_policies(self, timeout: float = 60.0, prefix: str = "") -> float:
+        """:func:`nhi.testenv.manifests.install_grant_policies`: returns the seconds waited."""
+        return manifests.install_grant_policies(self.kubectl, timeout, prefix)
 
     def install_finalizer_policy(self, timeout: float = 60.0) -> float:
         """:func:`nhi.testenv.manifests.install_finalizer_policy`: returns the seconds waited."""

@@ -1,5 +1,6 @@
-"""What the local control plane installs from the repository: the CRDs, and the admission
-policies the chart installs by default (the finalizer and authority policies).
+"""What the local control plane installs from the repository: the CRDs (and the PolicyReport
+CRDs the inventory writes, when the cluster has none), and the admission policies the chart
+installs by default (the finalizer, authority and AccessGrant policies).
 
 Each install waits until the API server acts on what was applied. ``kubectl`` is
 :meth:`ControlPlane.kubectl <nhi.testenv.controlplane.ControlPlane.kubectl>`.
@@ -46,6 +47,65 @@ def authority_policy(name: str = "") -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
 
 
+def grant_policies(prefix: str = "") -> str:
+    """manifests/base/accessgrantpolicy.yaml (as JSON), ``nhi-operator-`` in its objects'
+    names replaced by ``prefix`` (the tests install them beside a Helm release's)."""
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            (REPO_ROOT / "manifests" / "base" / "accessgrantpolicy.yaml").read_text()
+        )
+        if d
+    ]
+    if prefix:
+        for doc in docs:
+            doc["metadata"]["name"] = doc["metadata"]["name"].replace("nhi-operator-", prefix)
+            if doc["kind"].endswith("Binding"):
+                doc["spec"]["policyName"] = doc["spec"]["policyName"].replace(
+                    "nhi-operator-", prefix
+                )
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+
+
+def install_grant_policies(kubectl: Kubectl, timeout: float = 60.0, prefix: str = "") -> float:
+    """Apply the AccessGrant admission policies and wait until the API server enforces them
+    (a server-side dry run comes back with ``spec.requester`` recorded). Returns the seconds
+    waited."""
+    kubectl("apply", "--server-side", "-f", "-", input=grant_policies(prefix))
+    probe = json.dumps(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "AccessGrant",
+            "metadata": {"name": "admission-probe", "namespace": "default"},
+            "spec": {
+                "identityRef": {"name": "probe"},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}],
+                "duration": "1m",
+                "reason": "probe",
+            },
+        }
+    )
+    started = time.monotonic()
+    while True:
+        proc = kubectl(
+            "create", "--dry-run=server", "-o", "json", "-f", "-", input=probe, check=False
+        )
+        if proc.returncode == 0 and json.loads(proc.stdout)["spec"].get("requester"):
+            return time.monotonic() - started
+        # For a moment the validating policy may answer before the mutating one records
+        # the requester: that refusal is one more reason to ask again.
+        waiting = ("ServiceUnavailable" in proc.stderr) or (
+            "spec.requester: must be" in proc.stderr
+        )
+        if proc.returncode != 0 and not waiting:
+            raise ControlPlaneError(f"probing the AccessGrant policies: {proc.stderr.strip()}")
+        if time.monotonic() - started > timeout:
+            raise ControlPlaneError(
+                f"the AccessGrant policies did not answer within {timeout:.0f}s"
+            )
+        time.sleep(0.2)
+
+
 def install_crds(kubectl: Kubectl) -> None:
     """Apply the repository's CRDs (server-side) and wait until they are Established."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO_ROOT / "crds"))
@@ -57,6 +117,37 @@ def install_crds(kubectl: Kubectl) -> None:
         "-l",
         "app.kubernetes.io/part-of=nhi-operator",
     )
+
+
+#: The PolicyReport CRDs installed when the cluster has none (hack/crds).
+REPORT_CRDS = ("policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io")
+
+
+def install_report_crds(kubectl: Kubectl) -> bool:
+    """Install the policy working group's report CRDs (wgpolicyk8s.io/v1alpha2) from
+    hack/crds unless the cluster has them; wait until they are Established. Returns whether
+    they were installed here."""
+    have = kubectl("get", "crd", *REPORT_CRDS, "-o", "name", check=False)
+    if have.returncode == 0 and len(have.stdout.split()) == len(REPORT_CRDS):
+        return False
+    kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "hack" / "crds"))
+    # Right after the apply a CRD may have no status yet, and kubectl wait then fails at once
+    # ("<nil> is of the type <nil>") instead of waiting: ask again until it answers.
+    deadline = time.monotonic() + 60
+    while True:
+        proc = kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=10s",
+            "crd",
+            *REPORT_CRDS,
+            check=False,
+        )
+        if proc.returncode == 0:
+            return True
+        if time.monotonic() > deadline:
+            raise ControlPlaneError(f"the PolicyReport CRDs were not Established: {proc.stderr}")
+        time.sleep(0.5)
 
 
 def install_authority_policy(kubectl: Kubectl, timeout: float = 60.0, name: str = "") -> float:
