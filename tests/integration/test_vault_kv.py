@@ -195,7 +195,7 @@ def test_a_copy_deleted_or_overwritten_by_someone_else_is_restored(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    # An operator of its own that checks the copies every 2 s (the session's is paused).
+    # An operator of its own that checks the copies every 2 s (the shared one is paused).
     os.killpg(operator.proc.pid, signal.SIGSTOP)
     own = None
     try:
