@@ -62,6 +62,8 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_credential_time_to_rotate_seconds": ("histogram", ()),
     "nhi_identity_time_to_revoke_seconds": ("histogram", ()),
     "nhi_access_grant_active_seconds": ("counter", ("namespace",)),
+    "nhi_access_grants": ("gauge", ("namespace", "phase")),
+    "nhi_access_grants_overdue": ("gauge", ("namespace",)),
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 # Series Prometheus itself provides, which dashboards may use.
