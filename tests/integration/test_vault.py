@@ -376,3 +376,43 @@ def test_no_vault_secret_in_logs_events_status_or_metrics(
         for form in (value, base64.b64encode(value.encode()).decode()):
             assert form not in text, f"the Vault {what} leaked"
     kube.kubectl("delete", "clusteridentityissuer", cluster_issuer, "--wait=false")
+
+
+def test_a_namespaced_issuer_logs_in_as_a_service_account_of_its_own_namespace(
+    kube: Cluster, openbao: OpenBao, namespace: str
+) -> None:
+    # Without serviceAccountName the operator's own token would be sent to the address the
+    # tenant wrote: refused at admission.
+    own = vault_spec(openbao, {"kubernetes": {"role": OPERATOR_ROLE}})
+    refused = kube.kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        input=json.dumps(issuer("own-token", own, namespace)),
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "serviceAccountName" in refused.stderr
+
+    # A ServiceAccount of the namespace, and a Vault role bound to it for the audience vault.
+    kube.kubectl("create", "serviceaccount", "vault-login", "-n", namespace)
+    role = f"t-{namespace}"
+    openbao.request(
+        "POST",
+        f"auth/kubernetes/role/{role}",
+        {
+            "bound_service_account_names": ["vault-login"],
+            "bound_service_account_namespaces": [namespace],
+            "token_policies": ["nhi-operator"],
+            "audience": "vault",
+            "token_ttl": "1h",
+        },
+    )
+    auth = {"kubernetes": {"role": role, "serviceAccountName": "vault-login"}}
+    kube.apply(issuer("tenant", vault_spec(openbao, auth), namespace))
+    ready(kube, "identityissuer", "tenant", namespace, "True", "CAReady", timeout=60)
+    kube.apply(identity(namespace, {"kind": "IdentityIssuer", "name": "tenant"}))
+    wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+    leaf = load_cert_chain(secret_data(kube, namespace, "app.mtls")["tls.crt"])[0]
+    assert spiffe_id_of(leaf) == f"spiffe://example.org/ns/{namespace}/sa/app"

@@ -244,3 +244,21 @@ def test_secret_namespace_is_only_for_cluster_issuers() -> None:
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(SpecError):
         Issuer.from_body(make_issuer("MachineIdentity"))
+
+
+def test_a_namespaced_vault_issuer_never_logs_in_with_the_operators_own_token() -> None:
+    own = {**VAULT, "auth": {"kubernetes": {"role": "r"}}}
+    with pytest.raises(SpecError) as err:
+        Issuer.from_body(make_issuer("IdentityIssuer", "team-a", vault=own))
+    assert err.value.path == "spec.vault.auth.kubernetes.serviceAccountName"
+    aud = {
+        **VAULT,
+        "auth": {"kubernetes": {"role": "r", "serviceAccountName": "a", "audience": "x"}},
+    }
+    with pytest.raises(SpecError) as err:
+        Issuer.from_body(make_issuer("IdentityIssuer", "team-a", vault=aud))
+    assert err.value.path == "spec.vault.auth.kubernetes.audience"
+    ok = {**VAULT, "auth": {"kubernetes": {"role": "r", "serviceAccountName": "vault-login"}}}
+    source = Issuer.from_body(make_issuer("IdentityIssuer", "team-a", vault=ok)).source
+    assert source.auth == VaultKubernetesAuth(role="r", service_account="vault-login")  # type: ignore[union-attr]
+    assert source.auth.audience == "vault"  # type: ignore[union-attr]

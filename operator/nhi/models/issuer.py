@@ -97,12 +97,17 @@ class SecretKeyRef:
     namespace: str | None = None
 
 
+#: The audience of the tokens the operator requests to log in to Vault: never the API
+#: server's, so a token sent to a Vault address is of no use against Kubernetes.
+VAULT_AUDIENCE = "vault"
+
+
 @dataclass(frozen=True)
 class VaultKubernetesAuth:
     role: str
     mount: str = "kubernetes"
     service_account: str | None = None  # None: the operator's own ServiceAccount token
-    audience: str | None = None
+    audience: str = VAULT_AUDIENCE  # of the token requested for service_account
 
 
 @dataclass(frozen=True)
@@ -384,13 +389,26 @@ def _vault_auth(raw: Mapping[str, Any], namespace: str) -> VaultAuth:
     if which == "kubernetes":
         account = body.get("serviceAccountName")
         audience = body.get("audience")
+        if namespace and account is None:
+            # The operator's own token would go to whatever address the issuer names.
+            raise SpecError(
+                f"{path}.serviceAccountName",
+                "is required on an IdentityIssuer: it logs in with a token of a ServiceAccount "
+                f"of its own namespace ({namespace}), never with the operator's own",
+            )
+        if namespace and audience is not None:
+            raise SpecError(
+                f"{path}.audience",
+                f"is only allowed on a ClusterIdentityIssuer (an IdentityIssuer's tokens are "
+                f"for the audience {VAULT_AUDIENCE} only, never the API server's)",
+            )
         return VaultKubernetesAuth(
             role=_pattern(body.get("role"), f"{path}.role", _VAULT_NAME),
             mount=_pattern(body.get("mountPath"), f"{path}.mountPath", _VAULT_PATH, "kubernetes"),
             service_account=None
             if account is None
             else _dns_subdomain(account, f"{path}.serviceAccountName"),
-            audience=None if audience is None else _str(audience, f"{path}.audience"),
+            audience=VAULT_AUDIENCE if audience is None else _str(audience, f"{path}.audience"),
         )
     if which == "appRole":
         return VaultAppRoleAuth(

@@ -337,6 +337,8 @@ class OpenBao:
                 "bound_service_account_namespaces": [namespace],
                 "token_policies": [OPERATOR_POLICY],
                 "token_ttl": "1h",
+                # The operator requests its tokens for this audience, not the API server's.
+                "audience": "vault",
             },
         )
 

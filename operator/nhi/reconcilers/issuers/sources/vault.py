@@ -310,9 +310,11 @@ class VaultCA(CASourceStrategy):
             # Read at each login: the kubelet rotates the projected token.
             return (await asyncio.to_thread(self.token_file.read_text)).strip()
         namespace = issuer.home_namespace(self.operator_namespace)
-        spec: dict[str, Any] = {"expirationSeconds": REQUESTED_TOKEN_SECONDS}
-        if auth.audience:
-            spec["audiences"] = [auth.audience]
+        # Never the API server's audience: the token is useless against Kubernetes.
+        spec: dict[str, Any] = {
+            "expirationSeconds": REQUESTED_TOKEN_SECONDS,
+            "audiences": [auth.audience],
+        }
         try:
             answer = await self.api.create(
                 "ServiceAccount",
