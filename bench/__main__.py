@@ -36,6 +36,7 @@ from bench import (
     s5_idle,
     s6_crypto,
     s7_certmanager,
+    s8_vault,
     s9_inventory,
     s10_grants,
     s11_usage,
@@ -55,6 +56,7 @@ SIZES: dict[str, dict[str, float]] = {
         "interval4": 0.5,
         "n10": 20,
         "n9": 5,
+        "n8": 10,
     },
     # The issue's sizes (ISSUE below): about 30 minutes on 2 cores.
     "full": {
@@ -66,11 +68,12 @@ SIZES: dict[str, dict[str, float]] = {
         "interval4": 0.25,
         "n10": 500,
         "n9": 2000,
+        "n8": 1000,
     },
 }
-ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n10": 500, "n9": 2000}
-ORDER = ["6", "11", "1", "3", "4", "5", "10", "2", "9", "7"]
-CLUSTER = {"1", "2", "3", "4", "5", "10", "9"}
+ISSUE = {"n1": 1000, "m2": 5000, "n3": 1000, "n4": 200, "n10": 500, "n9": 2000, "n8": 1000}
+ORDER = ["6", "11", "1", "3", "4", "5", "10", "8", "2", "9", "7"]
+CLUSTER = {"1", "2", "3", "4", "5", "10", "9", "8"}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -84,6 +87,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n3", type=int, help="scenario 3's N")
     p.add_argument("--n4", type=int, help="scenario 4's N")
     p.add_argument("--n9", type=int, help="scenario 9's namespaces (10 ServiceAccounts each)")
+    p.add_argument("--n8", type=int, help="scenario 8's N")
     p.add_argument("--idle-minutes", type=float, help="scenario 5's T")
     p.add_argument(
         "--profile",
@@ -150,7 +154,8 @@ async def guarded(res_id: str, title: str, fn: Callable[[], Awaitable[Result]]) 
 
 async def main_async(args: argparse.Namespace) -> int:
     sizes = dict(SIZES[args.scale])
-    for key, attr in (("n1", "n1"), ("m2", "m2"), ("n3", "n3"), ("n4", "n4"), ("n9", "n9")):
+    for key in ("n1", "m2", "n3", "n4", "n9", "n8"):
+        attr = key
         if getattr(args, attr):
             sizes[key] = getattr(args, attr)
     if args.idle_minutes is not None:
@@ -182,7 +187,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if scaled:
             meta["notes"].append(
                 f"Smaller than the issue's sizes: {', '.join(scaled)}. "
-                "`--n1 1000 --m2 5000 --n3 1000 --n4 200 --n9 2000` (the full scale) runs them."
+                "`--n1 1000 --m2 5000 --n3 1000 --n4 200 --n9 2000 --n8 1000` (the full scale) "
+                "runs them."
             )
 
     async def sample_load() -> None:
@@ -274,6 +280,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     lambda: s10_grants.run(env, int(sizes["n10"]), small),
                 ),
                 "9": ("Inventory", lambda: s9_inventory.run(env, int(sizes["n9"]))),
+                "8": ("Vault issuer and KV", lambda: s8_vault.run(env, int(sizes["n8"]), runs)),
             }
             try:
                 for sid in cluster_ids:

@@ -18,6 +18,7 @@ TITLES = {
     "5": "Scenario 5: idle cost",
     "6": "Scenario 6: cryptography per issuance",
     "7": "Scenario 7: cert-manager peer",
+    "8": "Scenario 8: Vault-signed certificates kept in KV",
     "9": "Scenario 9: discovery and inventory",
     "10": "Scenario 10: AccessGrants expiring in the same second",
     "11": "Scenario 11: audit event batches ingested (usage)",

@@ -183,6 +183,15 @@ def crds(cluster: Cluster) -> Cluster:
     return cluster
 
 
+@pytest.fixture(scope="session")
+def openbao(crds: Cluster) -> Any:
+    """The real OpenBao server of nhi.testenv beside the control plane, configured against
+    it (engines, auth methods, the operator's policy); stopped with the control plane."""
+    if crds.control_plane is None:
+        pytest.skip("OpenBao runs beside the local control plane only")
+    return crds.control_plane.start_openbao(os.environ.get("NHI_NAMESPACE", "nhi-system"))
+
+
 @dataclass
 class OperatorProcess:
     proc: subprocess.Popen[bytes]

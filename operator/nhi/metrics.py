@@ -375,6 +375,18 @@ time_to_revoke = Histogram(
 )
 
 
+ACCESS_GRANTS = Family(
+    "nhi_access_grants", "gauge", "AccessGrants by namespace and phase.", ("namespace", "phase")
+)
+ACCESS_GRANTS_OVERDUE = Family(
+    "nhi_access_grants_overdue",
+    "gauge",
+    "Active AccessGrants whose window ended more than 5 s ago: their permissions are still "
+    "in place.",
+    ("namespace",),
+)
+
+
 class GrantSeries(Collector):
     """AccessGrants by namespace and phase, and the Active ones past their end, counted when
     scraped from one small record per grant (updated from the event loop under ``_lock``)."""
@@ -397,25 +409,13 @@ class GrantSeries(Collector):
         with self._lock:
             records = list(self._records.items())
         now = self.clock()
-        phases = GaugeMetricFamily(
-            "nhi_access_grants",
-            "AccessGrants by namespace and phase.",
-            labels=("namespace", "phase"),
-        )
-        overdue = GaugeMetricFamily(
-            "nhi_access_grants_overdue",
-            "Active AccessGrants whose window ended more than 5 s ago: their permissions are "
-            "still in place.",
-            labels=("namespace",),
-        )
+        phases, overdue = ACCESS_GRANTS.empty(), ACCESS_GRANTS_OVERDUE.empty()
         counts: dict[tuple[str, str], int] = {}
         late: dict[str, int] = {}
         for (namespace, _), (phase, ends_at) in records:
             counts[(namespace, phase)] = counts.get((namespace, phase), 0) + 1
-            if phase == "Active" and ends_at is not None and now > ends_at + 5:
-                late[namespace] = late.get(namespace, 0) + 1
-            else:
-                late.setdefault(namespace, 0)
+            is_late = phase == "Active" and ends_at is not None and now > ends_at + 5
+            late[namespace] = late.get(namespace, 0) + int(is_late)
         for (namespace, phase), n in sorted(counts.items()):
             phases.add_metric((namespace, phase), n)
         for namespace, n in sorted(late.items()):

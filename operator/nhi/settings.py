@@ -62,6 +62,12 @@ class Settings:
         default_factory=lambda: float(os.environ.get("NHI_POLICY_STATUS_INTERVAL", "5"))
     )
 
+    #: Seconds between checks that each credential's KV copy in Vault is the one the operator
+    #: wrote (a version deleted or overwritten by someone else is restored).
+    vault_kv_check_interval: float = field(
+        default_factory=lambda: float(os.environ.get("NHI_VAULT_KV_CHECK_INTERVAL", "600"))
+    )
+
     #: Discovery and inventory of every ServiceAccount, its bindings, legacy tokens and TLS
     #: Secrets (off: nothing is watched nor written for it).
     discovery: bool = field(default_factory=lambda: _env_bool("NHI_DISCOVERY", False))

@@ -1,8 +1,9 @@
 """No secret the operator issues ever leaves the Secret it is stored in.
 
 An operator of its own (the session's is paused meanwhile) runs with --log-level DEBUG through
-a whole life: a self-signed ClusterIdentityIssuer, an identity with a token, an X509
-certificate and a StaticSecret, a renewal on request (so StaticSecret ``previous`` is filled),
+a whole life: a self-signed ClusterIdentityIssuer and one signing through OpenBao (logged in
+with a Vault token kept in a Secret), an identity with a token, an X509 certificate from each
+and a StaticSecret, a renewal on request (so StaticSecret ``previous`` is filled),
 and the deletion of both. Then every value that was issued, and the key of the provenance
 tags of the operator's ConfigMaps, is looked for in everything that is not a Secret: each line
 of the operator's log, every Event of the cluster, the identity and the issuer as the API
@@ -126,14 +127,54 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
         audit = Path(cluster.control_plane.audit_log)
         audit_start = audit.stat().st_size if audit.exists() else 0
     issuer = f"leak-{uuid.uuid4().hex[:6]}"
+    vault_issuer = f"{issuer}-vault"
     texts: dict[str, str] = {}
     needles: list[Needle] = []
+    # OpenBao runs beside the local control plane only.
+    bao = cluster.control_plane.start_openbao(SYSTEM) if cluster.control_plane else None
+    vault_secrets: dict[str, str] = {}
+    if bao is not None:
+        vault_secrets = {"vault-token/token": bao.operator_token(), "root/token": bao.root_token}
+        cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"{vault_issuer}-token", "namespace": SYSTEM},
+                "stringData": {"token": vault_secrets["vault-token/token"]},
+            }
+        )
+    credentials: list[dict[str, object]] = [
+        {
+            "name": "api",
+            "type": "ServiceAccountToken",
+            "ttl": "15m",
+            "audiences": ["leaks.example.org"],
+        },
+        {
+            "name": "mtls",
+            "type": "X509",
+            "ttl": "1h",
+            "issuerRef": {"kind": "ClusterIdentityIssuer", "name": issuer},
+        },
+        {"name": "key", "type": "StaticSecret", "ttl": "2h"},
+    ]
+    if bao is not None:
+        credentials.append(
+            {
+                "name": "vault",
+                "type": "X509",
+                "ttl": "1h",
+                "issuerRef": {"kind": "ClusterIdentityIssuer", "name": vault_issuer},
+            }
+        )
+    names = [str(c["name"]) for c in credentials]
 
     def collect_values() -> None:
         for secret, keys in (
             ("app.api", ("token",)),
             ("app.mtls", ("tls.key",)),
             ("app.key", ("current", "previous")),
+            *((("app.vault", ("tls.key",)),) if bao is not None else ()),
         ):
             data = secret_values(cluster, namespace, secret)
             for key in keys:
@@ -145,6 +186,8 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
         provenance = cluster.get("secret", "nhi-provenance-key", SYSTEM)
         assert provenance is not None
         needles.append(Needle("nhi-provenance-key/key", "base64", provenance["data"]["key"]))
+        for source, value in vault_secrets.items():
+            needles.extend(needles_for(source, value))
 
     def collect_objects(stage: str) -> None:
         texts[f"events ({stage})"] = kubectl_json(cluster, "get", "events", "-A")
@@ -169,6 +212,24 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
                 }
             )
             wait_for(lambda: ready(cluster, "clusteridentityissuer", issuer), timeout=60)
+            if bao is not None:
+                cluster.apply(
+                    {
+                        "apiVersion": "nhi.dev/v1alpha1",
+                        "kind": "ClusterIdentityIssuer",
+                        "metadata": {"name": vault_issuer},
+                        "spec": {
+                            "trustDomain": "leaks.example.org",
+                            "vault": {
+                                "address": bao.address,
+                                "caBundle": bao.ca_pem,
+                                "pki": {"role": "nhi"},
+                                "auth": {"tokenSecretRef": {"name": f"{vault_issuer}-token"}},
+                            },
+                        },
+                    }
+                )
+                wait_for(lambda: ready(cluster, "clusteridentityissuer", vault_issuer), timeout=60)
             cluster.apply(
                 {
                     "apiVersion": "nhi.dev/v1alpha1",
@@ -176,21 +237,13 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
                     "metadata": {"name": "app", "namespace": namespace},
                     "spec": {
                         "owner": "team-security",
-                        "credentials": [
-                            {
-                                "name": "api",
-                                "type": "ServiceAccountToken",
-                                "ttl": "15m",
-                                "audiences": ["leaks.example.org"],
-                            },
-                            {
-                                "name": "mtls",
-                                "type": "X509",
-                                "ttl": "1h",
-                                "issuerRef": {"kind": "ClusterIdentityIssuer", "name": issuer},
-                            },
-                            {"name": "key", "type": "StaticSecret", "ttl": "2h"},
-                        ],
+                        "credentials": credentials,
+                        # Every value is also kept in OpenBao's KV: its copies are values too.
+                        **(
+                            {"vault": {"issuerRef": {"name": vault_issuer}}}
+                            if bao is not None
+                            else {}
+                        ),
                     },
                 }
             )
@@ -212,7 +265,7 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
             wait_for(
                 lambda: (
                     (c := rotation_counts(cluster, namespace))
-                    and all(c.get(n, 0) >= 1 for n in ("api", "mtls", "key"))
+                    and all(c.get(n, 0) >= 1 for n in names)
                 ),
                 timeout=60,
                 message="every credential to be renewed",
@@ -225,11 +278,17 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
                 cluster, "get", "machineidentity", "app", "-n", namespace
             )
             texts["issuer"] = kubectl_json(cluster, "get", "clusteridentityissuer", issuer)
+            if bao is not None:
+                texts["vault issuer"] = kubectl_json(
+                    cluster, "get", "clusteridentityissuer", vault_issuer
+                )
             collect_objects("live")
             assert f'namespace="{namespace}"' in texts["metrics (live)"]
 
             cluster.kubectl("delete", "machineidentity", "app", "-n", namespace, "--timeout=60s")
             cluster.kubectl("delete", "clusteridentityissuer", issuer, "--timeout=60s")
+            if bao is not None:
+                cluster.kubectl("delete", "clusteridentityissuer", vault_issuer, "--timeout=60s")
             wait_for(
                 lambda: cluster.get("secret", f"nhi-issuer-{issuer}", SYSTEM) is None,
                 timeout=30,
@@ -242,6 +301,7 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
                 "delete",
                 "clusteridentityissuer",
                 issuer,
+                vault_issuer,
                 "--wait=false",
                 "--ignore-not-found",
                 check=False,
@@ -266,8 +326,10 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
     assert not unstructured, f"log lines outside the JSON formatter: {unstructured[:5]}"
     assert any(r.get("level") == "debug" for r in records), "the operator did not log at DEBUG"
     events = [r["event"] for r in records]
-    assert sum(e == "issued credential" for e in events) >= 3, events
-    assert sum(e == "rotated credential" for e in events) >= 3, events
+    if bao is not None:
+        assert sum(e == "stored credential in Vault" for e in events) >= 2 * len(names), events
+    assert sum(e == "issued credential" for e in events) >= len(names), events
+    assert sum(e == "rotated credential" for e in events) >= len(names), events
     # The issuer controller's per-issuer lines (its root created, its CRL published) are
     # part of what was searched.
     assert any(
@@ -288,7 +350,7 @@ def test_issued_secrets_appear_nowhere_but_in_their_secrets(
         "app.key/previous",
         f"nhi-issuer-{issuer}/tls.key",
         "nhi-provenance-key/key",
-    }
+    } | ({"app.vault/tls.key", "vault-token/token", "root/token"} if bao is not None else set())
     assert {n.form for n in needles} == {"raw", "base64", "PEM line", "signature"}
 
     # The search finds what is there: one value of each secret and form planted in a copy of

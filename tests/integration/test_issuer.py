@@ -248,12 +248,6 @@ def test_a_certificate_that_is_not_a_ca_is_refused(kube: Cluster, namespace: str
     wait_ready(kube, "identityissuer", "bad", namespace, "True", "CAReady", timeout=15)
 
 
-def test_vault_source_is_reported_as_not_supported(kube: Cluster, namespace: str) -> None:
-    kube.apply(issuer("vault", {"vault": {"path": "pki", "role": "workloads"}}, namespace))
-    obj = wait_ready(kube, "identityissuer", "vault", namespace, "False", "VaultNotSupported")
-    assert condition(obj, "Stalled")["status"] == "True"  # type: ignore[index]
-
-
 def test_identity_certificate_chains_to_the_issuer_and_its_bundle_is_published(
     kube: Cluster, namespace: str
 ) -> None:

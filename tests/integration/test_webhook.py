@@ -176,15 +176,17 @@ def admitted(cluster: Cluster, obj: dict[str, Any], *, as_user: str | None = Non
 def test_configuration_cannot_lock_the_cluster_out(webhook: Webhook) -> None:
     cfg = webhook.configuration()
     assert cfg is not None
-    [hook] = cfg["webhooks"]
-    assert hook["failurePolicy"] == "Ignore"
-    assert hook["timeoutSeconds"] == 5
-    assert (
-        hook["clientConfig"]["url"] == f"https://127.0.0.1:{webhook.port}/validate-machineidentity"
-    )
-    exprs = hook["namespaceSelector"]["matchExpressions"]
-    assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-            "values": sorted(["kube-system", webhook.op_ns])} in exprs  # fmt: skip
+    # One webhook for MachineIdentities, one for AccessGrants: both fail open, both spare
+    # kube-system and the operator's namespace.
+    hook, grants = cfg["webhooks"]
+    for h, path in ((hook, "validate-machineidentity"), (grants, "validate-accessgrant")):
+        assert h["failurePolicy"] == "Ignore"
+        assert h["timeoutSeconds"] == 5
+        assert h["clientConfig"]["url"] == f"https://127.0.0.1:{webhook.port}/{path}"
+        exprs = h["namespaceSelector"]["matchExpressions"]
+        assert {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                "values": sorted(["kube-system", webhook.op_ns])} in exprs  # fmt: skip
+    assert grants["rules"][0]["resources"] == ["accessgrants"]
     # The CA in the caBundle is the one kept in the Secret (reused across restarts).
     secret = webhook.cluster.get("secret", "nhi-operator-webhook-tls", webhook.op_ns)
     assert secret is not None

@@ -264,7 +264,13 @@ def test_issuer_fields(stem: str) -> None:
         ".spec.selfSigned.keyAlgorithm",
         ".spec.selfSigned.ttl",
         ".spec.ca.secretName",
-        ".spec.vault.path",
+        ".spec.vault.address",
+        ".spec.vault.caBundle",
+        ".spec.vault.pki.mount",
+        ".spec.vault.pki.role",
+        ".spec.vault.auth.kubernetes.role",
+        ".spec.vault.auth.appRole.secretIdSecretRef.name",
+        ".spec.vault.auth.tokenSecretRef.namespace",
         ".spec.trustBundle.configMapName",
         ".spec.crl.configMapName",
         ".spec.crl.validity",
@@ -272,6 +278,8 @@ def test_issuer_fields(stem: str) -> None:
         ".status.notAfter",
         ".status.crlNumber",
         ".status.revokedCount",
+        ".status.vault.crlURL",
+        ".status.vault.maxTTL",
     ):
         assert field in p, f"{stem}: {field} missing"
     # Only a cluster-scoped issuer may read its CA from another namespace.

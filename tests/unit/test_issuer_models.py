@@ -12,8 +12,12 @@ from nhi.models.identity import SpecError
 from nhi.models.issuer import (
     CASource,
     Issuer,
+    SecretKeyRef,
     SelfSignedSource,
+    VaultAppRoleAuth,
+    VaultKubernetesAuth,
     VaultSource,
+    VaultTokenAuth,
     default_crl_configmap,
     issuer_key,
 )
@@ -121,9 +125,58 @@ def test_cluster_issuer_ca_secret_namespace(ca: dict[str, str], expected: tuple[
     assert Issuer.from_body(make_issuer(ca=ca)).ca_secret("nhi-system") == expected
 
 
-def test_vault_source() -> None:
-    issuer = Issuer.from_body(make_issuer(vault={"path": "pki", "role": "workloads"}))
-    assert issuer.source == VaultSource(path="pki", role="workloads")
+VAULT = {
+    "address": "https://vault.example.org:8200/",
+    "pki": {"role": "workloads"},
+    "auth": {"kubernetes": {"role": "nhi-operator"}},
+}
+
+
+def test_vault_source_defaults() -> None:
+    issuer = Issuer.from_body(make_issuer(vault=VAULT))
+    assert issuer.source == VaultSource(
+        address="https://vault.example.org:8200",
+        pki_role="workloads",
+        auth=VaultKubernetesAuth(role="nhi-operator"),
+    )
+    assert issuer.source.pki_mount == "pki"
+    assert issuer.source.crl_url == "https://vault.example.org:8200/v1/pki/crl"
+    assert issuer.source.secret_refs() == []
+
+
+def test_vault_auth_secrets_default_to_the_home_namespace() -> None:
+    token = {**VAULT, "auth": {"tokenSecretRef": {"name": "vault-token"}}}
+    issuer = Issuer.from_body(make_issuer("IdentityIssuer", "team-a", vault=token))
+    assert isinstance(issuer.source, VaultSource)
+    assert issuer.source.auth == VaultTokenAuth(SecretKeyRef("vault-token", "token"))
+    [ref] = issuer.source.secret_refs()
+    assert issuer.secret_ref(ref, "nhi-system") == ("team-a", "vault-token")
+    approle = {
+        **VAULT,
+        "auth": {
+            "appRole": {
+                "roleId": "r-1",
+                "secretIdSecretRef": {"name": "ar", "namespace": "vault-auth"},
+            }
+        },
+    }
+    cluster = Issuer.from_body(make_issuer(vault=approle))
+    assert isinstance(cluster.source, VaultSource)
+    assert cluster.source.auth == VaultAppRoleAuth(
+        "r-1", SecretKeyRef("ar", "secretId", "vault-auth")
+    )
+    [ref] = cluster.source.secret_refs()
+    assert cluster.secret_ref(ref, "nhi-system") == ("vault-auth", "ar")
+
+
+def test_a_namespaced_vault_issuer_may_not_name_another_namespaces_secret() -> None:
+    own = {**VAULT, "auth": {"tokenSecretRef": {"name": "t", "namespace": "team-a"}}}
+    Issuer.from_body(make_issuer("IdentityIssuer", "team-a", vault=own))
+    other = {**VAULT, "auth": {"tokenSecretRef": {"name": "t", "namespace": "team-b"}}}
+    with pytest.raises(SpecError) as err:
+        Issuer.from_body(make_issuer("IdentityIssuer", "team-a", vault=other))
+    assert err.value.path == "spec.vault.auth.tokenSecretRef.namespace"
+    assert "only use Secrets of its own namespace (team-a), not team-b" in str(err.value)
 
 
 def test_issuer_key_ignores_the_namespace_of_cluster_issuers() -> None:
@@ -145,7 +198,26 @@ def test_issuer_key_ignores_the_namespace_of_cluster_issuers() -> None:
         ({"ca": {"secretName": "Not_A_Name"}}, "spec.ca.secretName"),
         ({"ca": {}}, "spec.ca.secretName"),
         ({"ca": {"secretName": "r", "secretNamespace": "a.b"}}, "spec.ca.secretNamespace"),
-        ({"vault": {"path": "pki"}}, "spec.vault.role"),
+        ({"vault": {**VAULT, "address": None}}, "spec.vault.address"),
+        ({"vault": {**VAULT, "address": "vault:8200"}}, "spec.vault.address"),
+        ({"vault": {**VAULT, "address": "https://v/?q=1"}}, "spec.vault.address"),
+        ({"vault": {**VAULT, "caBundle": "not a pem"}}, "spec.vault.caBundle"),
+        ({"vault": {**VAULT, "pki": {}}}, "spec.vault.pki.role"),
+        ({"vault": {**VAULT, "pki": {"role": "r", "mount": "/pki"}}}, "spec.vault.pki.mount"),
+        ({"vault": {**VAULT, "auth": {}}}, "spec.vault.auth"),
+        (
+            {"vault": {**VAULT, "auth": {"kubernetes": {"role": "a"}, "tokenSecretRef": {}}}},
+            "spec.vault.auth",
+        ),
+        ({"vault": {**VAULT, "auth": {"kubernetes": {}}}}, "spec.vault.auth.kubernetes.role"),
+        (
+            {"vault": {**VAULT, "auth": {"appRole": {"roleId": "r"}}}},
+            "spec.vault.auth.appRole.secretIdSecretRef.name",
+        ),
+        (
+            {"vault": {**VAULT, "auth": {"tokenSecretRef": {"name": "t", "key": "a b"}}}},
+            "spec.vault.auth.tokenSecretRef.key",
+        ),
         ({"crl": {"validity": "5m"}}, "spec.crl.validity"),
         ({"crl": {"configMapName": "nhi-trust-bundle"}}, "spec.crl.configMapName"),
         ({"trustBundle": {"configMapName": "UPPER"}}, "spec.trustBundle.configMapName"),
@@ -172,3 +244,21 @@ def test_secret_namespace_is_only_for_cluster_issuers() -> None:
 def test_unknown_kind_is_rejected() -> None:
     with pytest.raises(SpecError):
         Issuer.from_body(make_issuer("MachineIdentity"))
+
+
+def test_a_namespaced_vault_issuer_never_logs_in_with_the_operators_own_token() -> None:
+    own = {**VAULT, "auth": {"kubernetes": {"role": "r"}}}
+    with pytest.raises(SpecError) as err:
+        Issuer.from_body(make_issuer("IdentityIssuer", "team-a", vault=own))
+    assert err.value.path == "spec.vault.auth.kubernetes.serviceAccountName"
+    aud = {
+        **VAULT,
+        "auth": {"kubernetes": {"role": "r", "serviceAccountName": "a", "audience": "x"}},
+    }
+    with pytest.raises(SpecError) as err:
+        Issuer.from_body(make_issuer("IdentityIssuer", "team-a", vault=aud))
+    assert err.value.path == "spec.vault.auth.kubernetes.audience"
+    ok = {**VAULT, "auth": {"kubernetes": {"role": "r", "serviceAccountName": "vault-login"}}}
+    source = Issuer.from_body(make_issuer("IdentityIssuer", "team-a", vault=ok)).source
+    assert source.auth == VaultKubernetesAuth(role="r", service_account="vault-login")  # type: ignore[union-attr]
+    assert source.auth.audience == "vault"  # type: ignore[union-attr]

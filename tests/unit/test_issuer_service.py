@@ -486,17 +486,27 @@ async def test_ca_issuer_with_an_expired_ca_reports_it() -> None:
     assert status_of(api)["notAfter"] == old.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def test_vault_is_not_supported_yet() -> None:
+async def test_vault_issuer_waits_for_its_token_secret_without_calling_vault() -> None:
     svc, api, _, _ = make_service()
-    outcome = await reconcile(svc, api, issuer_body(vault={"path": "pki", "role": "r"}))
-    assert outcome.reason == "VaultNotSupported"
-    assert outcome.stalled and not outcome.retry
+    vault = {
+        "address": "https://vault.invalid:8200",
+        "pki": {"role": "r"},
+        "auth": {"tokenSecretRef": {"name": "vault-token"}},
+    }
+    outcome = await reconcile(svc, api, issuer_body(vault=vault))
+    assert outcome.reason == "VaultAuthMaterial"
+    assert outcome.message == (
+        "spec.vault.auth.tokenSecretRef: Secret nhi-system/vault-token was not found"
+    )
+    assert outcome.stalled and outcome.retry
     status = status_of(api)
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "Ready": "False",
         "Reconciling": "False",
         "Stalled": "True",
     }
+    # The Secret it reads is watched: creating it re-checks the issuer.
+    assert svc.watches_secret("nhi-system", "vault-token")
 
 
 async def test_invalid_spec_is_stalled() -> None:
@@ -1004,3 +1014,14 @@ async def test_an_issuer_not_ready_after_a_restart_keeps_its_roots() -> None:
     roots = bundle_roots(api, "team-a")
     assert cert in roots  # kept: the certificates it issued are still trusted
     assert len(roots) == 3
+
+
+def test_status_vault_is_kept_while_vault_fails_and_removed_with_the_source() -> None:
+    where = {"address": "https://v:8200", "crlURL": "https://v:8200/v1/pki/crl"}
+    failing = IssuerOutcome(False, "VaultSealed", "sealed", vault=where)
+    status = compute_status({}, 1, failing, START)
+    assert status["vault"] == where
+    # Another source: the merge patch removes status.vault once, then leaves it out.
+    other = IssuerOutcome(True, "CAReady", "ok")
+    assert compute_status(status, 2, other, START)["vault"] is None
+    assert "vault" not in compute_status({"observedGeneration": 2}, 2, other, START)

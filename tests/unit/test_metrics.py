@@ -62,6 +62,8 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_credential_time_to_rotate_seconds": ("histogram", ()),
     "nhi_identity_time_to_revoke_seconds": ("histogram", ()),
     "nhi_access_grant_active_seconds": ("counter", ("namespace",)),
+    "nhi_access_grants": ("gauge", ("namespace", "phase")),
+    "nhi_access_grants_overdue": ("gauge", ("namespace",)),
     "nhi_usage_batches": ("counter", ("result",)),
     "nhi_usage_events": ("counter", ()),
     "nhi_usage_replayed_events": ("counter", ()),

@@ -108,3 +108,45 @@ def test_namespace_without_labels() -> None:
     spec = make_identity(permissions=CLUSTER_RULES).spec
     assert check_cluster_permissions(spec, [ALLOW_RULES], {}).allowed  # selects every namespace
     assert not check_cluster_permissions(spec, [RULES_IN_PROD], {}).allowed
+
+
+VAULT_EXTRA = {
+    "issuerRef": {"name": "vault-pki"},
+    "access": {"policies": ["reports-read", "metrics-read"]},
+}
+
+
+@pytest.mark.parametrize(
+    ("policies", "refused"),
+    [
+        ([], "spec.vault.access.policies[0]: Vault policy 'reports-read'"),
+        (
+            [make_policy("reports", allowedVaultPolicies=["reports-read"])],
+            "spec.vault.access.policies[1]: Vault policy 'metrics-read'",
+        ),
+        (
+            [
+                make_policy("reports", allowedVaultPolicies=["reports-read"]),
+                make_policy("metrics", allowedVaultPolicies=["metrics-read"]),
+            ],
+            None,
+        ),
+        (
+            [make_policy("dev", allowedVaultPolicies=["reports-read", "metrics-read"], **DEV_ONLY)],
+            "spec.vault.access.policies[0]",
+        ),
+    ],
+)
+def test_named_vault_policies_need_an_identity_policy_listing_them(
+    policies: list[IdentityPolicy], refused: str | None
+) -> None:
+    identity = make_identity(vault=VAULT_EXTRA)
+    verdict = check_cluster_permissions(identity.spec, policies, PROD)
+    if refused is None:
+        assert verdict == ALLOWED
+    else:
+        assert verdict.reason == "VaultPoliciesNotAllowed"
+        assert verdict.message.startswith(refused)
+        assert "allowedVaultPolicies of any IdentityPolicy that selects this namespace" in (
+            verdict.message
+        )

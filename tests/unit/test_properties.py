@@ -159,7 +159,16 @@ issuer_specs = record(
         commonName=maybe(texts),
     ),
     ca=obj({"secretName": maybe(dns_like)}, secretNamespace=maybe(dns_like)),
-    vault=obj(path=maybe(texts), role=maybe(texts)),
+    vault=obj(
+        address=maybe(st.one_of(texts, st.just("https://vault.example.org:8200"))),
+        caBundle=maybe(texts),
+        pki=obj(mount=maybe(texts), role=maybe(texts)),
+        auth=obj(
+            kubernetes=obj(role=maybe(texts), serviceAccountName=maybe(dns_like)),
+            appRole=obj(roleId=maybe(texts), secretIdSecretRef=obj(name=maybe(dns_like))),
+            tokenSecretRef=obj(name=maybe(dns_like), key=maybe(texts), namespace=maybe(dns_like)),
+        ),
+    ),
     trustBundle=obj(configMapName=maybe(dns_like)),
     crl=obj(configMapName=maybe(dns_like), validity=maybe(durations)),
 )

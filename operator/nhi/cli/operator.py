@@ -278,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=s.policy_status_interval,
         help=argparse.SUPPRESS,
     )
+    p.add_argument(
+        "--vault-kv-check-interval",
+        type=float,
+        default=s.vault_kv_check_interval,
+        help="seconds between checks that each credential's copy in Vault's KV is the one "
+        "the operator wrote; a deleted or overwritten one is restored (default: %(default)s, "
+        "env NHI_VAULT_KV_CHECK_INTERVAL)",
+    )
     p.add_argument("--version", action="version", version=f"nhi-operator {__version__}")
     return p
 
@@ -314,6 +322,7 @@ def _settings(a: argparse.Namespace, inventory: InventoryConfig | None = None) -
         webhook_secret=a.webhook_secret,
         webhook_cert_ttl=a.webhook_cert_ttl,
         policy_status_interval=a.policy_status_interval,
+        vault_kv_check_interval=a.vault_kv_check_interval,
         **{f"usage_{k}": getattr(a, f"usage_{k}") for k in USAGE_OPTIONS},
         discovery=a.discovery,
         discovery_namespaces=list(a.discovery_namespace),

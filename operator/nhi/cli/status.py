@@ -39,10 +39,14 @@ def _credential(
         "name": name,
         "type": declared.get("type") or observed.get("type") or "",
         "secretName": observed.get("secretName")
+        # Kept in Vault only: no Secret, its copy's path instead.
+        or (f"vault:{observed['vaultPath']}" if observed.get("vaultPath") else "")
         or declared.get("secretName")
         or default_secret_name(identity, name),
         "issued": bool(observed),
     }
+    if observed.get("vaultPath"):
+        out["vaultPath"] = observed["vaultPath"]
     if observed.get("serialNumber"):
         out["serialNumber"] = observed["serialNumber"]
     if observed.get("fingerprint"):

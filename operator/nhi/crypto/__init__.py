@@ -33,6 +33,7 @@ from nhi.crypto.crl import (
     load_crl,
     verify_crl,
 )
+from nhi.crypto.csr import build_csr, check_signed, split_chain
 from nhi.crypto.errors import CryptoError
 from nhi.crypto.identifiers import (
     fingerprint_sha256,
@@ -81,10 +82,12 @@ __all__ = [
     "PublicKey",
     "RevokedSerial",
     "build_crl",
+    "build_csr",
     "build_self_signed_ca",
     "cert_pem",
     "cert_summary",
     "chain_pem",
+    "check_signed",
     "crl_entries",
     "crl_number",
     "crl_pem",
@@ -115,6 +118,7 @@ __all__ = [
     "signing_hash",
     "spiffe_id",
     "spiffe_id_of",
+    "split_chain",
     "still_valid",
     "trust_domain_of",
     "trusted_since",

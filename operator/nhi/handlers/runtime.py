@@ -100,7 +100,12 @@ class Runtime:
         # Trust bundles are computed from every identity's issuers: not before all are listed.
         self.issuers.bundles.synced = lambda: self.synced.is_set() and self.gate.active.is_set()
         self.identities = IdentityReconciler(
-            api, self.view, self.events, self.issuers, self.clock.now
+            api,
+            self.view,
+            self.events,
+            self.issuers,
+            self.clock.now,
+            kv_check_interval=settings.vault_kv_check_interval,
         )
         # A namespace-scoped operator sees only some identities: its counts would fight with
         # another installation's, so only a cluster-wide operator writes the policies' status.

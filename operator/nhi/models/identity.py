@@ -27,6 +27,12 @@ from nhi.models.fields import (
 from nhi.models.fields import SpecError as SpecError
 from nhi.models.selector import LabelSelector as LabelSelector
 from nhi.models.selector import parse_selector
+from nhi.models.vault_storage import (
+    KVLocation,
+    VaultStorage,
+    credential_location,
+    parse_vault_storage,
+)
 
 KIND = "MachineIdentity"
 PLURAL = "machineidentities"
@@ -107,6 +113,7 @@ class Credential:
     key_algorithm: str = "ECDSA-P256"
     dns_names: tuple[str, ...] = ()
     generator: Generator | None = None
+    kv: KVLocation | None = None  # a copy of each value kept in Vault's KV v2
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ class Spec:
     grace_period: dt.timedelta = DEFAULT_GRACE
     #: ``permissions.rightsizing``: Suggest keeps the right-sized permissions in status.
     rightsizing: str = RIGHTSIZING_OFF
+    vault: VaultStorage | None = None
 
     @property
     def wants_cluster_permissions(self) -> bool:
@@ -320,7 +328,11 @@ def _generator(c: Mapping[str, Any], path: str, ctype: str) -> Generator | None:
 
 
 def _credential(
-    raw: Any, path: str, identity: str, in_use: Mapping[str, str] | None = None
+    raw: Any,
+    path: str,
+    identity: str,
+    in_use: Mapping[str, str] | None = None,
+    storage: VaultStorage | None = None,
 ) -> Credential:
     c = as_object(raw, path)
     name = c.get("name")
@@ -349,17 +361,21 @@ def _credential(
         key_algorithm=str(alg),
         dns_names=dns_names,
         generator=_generator(c, path, ctype),
+        kv=credential_location(c, path, storage, name),
     )
 
 
 def _credentials(
-    spec: Mapping[str, Any], identity: str, in_use: Mapping[str, str] | None
+    spec: Mapping[str, Any],
+    identity: str,
+    in_use: Mapping[str, str] | None,
+    storage: VaultStorage | None = None,
 ) -> tuple[Credential, ...]:
     """``spec.credentials``: unique names, and unique Secret names once defaults are applied."""
     creds = []
     seen: set[str] = set()
     for i, c in enumerate(as_list(spec.get("credentials"), "spec.credentials")):
-        cred = _credential(c, f"spec.credentials[{i}]", identity, in_use)
+        cred = _credential(c, f"spec.credentials[{i}]", identity, in_use, storage)
         if cred.name in seen:
             raise SpecError(
                 f"spec.credentials[{i}].name", f"duplicate credential name {cred.name!r}"
@@ -423,7 +439,8 @@ def parse_spec(
     rules, cluster_rules, role_refs = _permissions(
         as_object(spec.get("permissions"), "spec.permissions")
     )
-    creds = _credentials(spec, default_name, in_use)
+    storage = parse_vault_storage(spec.get("vault"), default_name)
+    creds = _credentials(spec, default_name, in_use, storage)
     fraction, renew_before = _rotation(as_object(spec.get("rotation"), "spec.rotation"))
     lifetime = as_object(spec.get("lifetime"), "spec.lifetime")
     valid_for = (
@@ -450,6 +467,7 @@ def parse_spec(
         on_workload_deletion=on_del,
         grace_period=grace,
         rightsizing=_rightsizing(as_object(spec.get("permissions"), "spec.permissions")),
+        vault=storage,
     )
 
 

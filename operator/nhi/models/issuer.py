@@ -59,7 +59,6 @@ class IssuerReason:
     # Not ready
     INVALID_SPEC = "InvalidSpec"
     ISSUER_NOT_FOUND = "IssuerNotFound"
-    VAULT_NOT_SUPPORTED = "VaultNotSupported"
     CA_SECRET_NOT_FOUND = "CASecretNotFound"  # noqa: S105
     CA_SECRET_INVALID = "CASecretInvalid"  # noqa: S105
     CA_EXPIRED = "CAExpired"
@@ -90,10 +89,61 @@ class CASource:
 
 
 @dataclass(frozen=True)
-class VaultSource:
-    path: str
+class SecretKeyRef:
+    """A key of a Secret; ``namespace`` None: the issuer's home namespace."""
+
+    name: str
+    key: str
+    namespace: str | None = None
+
+
+#: The audience of the tokens the operator requests to log in to Vault: never the API
+#: server's, so a token sent to a Vault address is of no use against Kubernetes.
+VAULT_AUDIENCE = "vault"
+
+
+@dataclass(frozen=True)
+class VaultKubernetesAuth:
     role: str
-    address: str | None = None
+    mount: str = "kubernetes"
+    service_account: str | None = None  # None: the operator's own ServiceAccount token
+    audience: str = VAULT_AUDIENCE  # of the token requested for service_account
+
+
+@dataclass(frozen=True)
+class VaultAppRoleAuth:
+    role_id: str
+    secret_id: SecretKeyRef
+    mount: str = "approle"
+
+
+@dataclass(frozen=True)
+class VaultTokenAuth:
+    token: SecretKeyRef
+
+
+VaultAuth = VaultKubernetesAuth | VaultAppRoleAuth | VaultTokenAuth
+
+
+@dataclass(frozen=True)
+class VaultSource:
+    address: str
+    pki_role: str
+    auth: VaultAuth
+    pki_mount: str = "pki"
+    ca_bundle: str | None = field(default=None, repr=False)
+
+    @property
+    def crl_url(self) -> str:
+        return f"{self.address.rstrip('/')}/v1/{self.pki_mount}/crl"
+
+    def secret_refs(self) -> list[SecretKeyRef]:
+        """The Secrets its auth reads."""
+        if isinstance(self.auth, VaultAppRoleAuth):
+            return [self.auth.secret_id]
+        if isinstance(self.auth, VaultTokenAuth):
+            return [self.auth.token]
+        return []
 
 
 Source = SelfSignedSource | CASource | VaultSource
@@ -138,6 +188,10 @@ class Issuer:
             return (self.source.secret_namespace or operator_namespace, self.source.secret_name)
         return (self.namespace, self.source.secret_name)
 
+    def secret_ref(self, ref: SecretKeyRef, operator_namespace: str) -> tuple[str, str]:
+        """(namespace, name) of a Secret the issuer's source names (home namespace default)."""
+        return (ref.namespace or self.home_namespace(operator_namespace), ref.name)
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Issuer:
         kind = str(body.get("kind") or "")
@@ -153,7 +207,7 @@ class Issuer:
             uid=str(meta.get("uid") or ""),
             generation=int(meta.get("generation") or 0),
             trust_domain=_trust_domain(spec.get("trustDomain")),
-            source=_source(spec, cluster=kind == CLUSTER_ISSUER_KIND),
+            source=_source(spec, cluster=kind == CLUSTER_ISSUER_KIND, namespace=namespace),
             **_publishing(spec, kind, str(meta.get("name") or "")),
             deleting=bool(meta.get("deletionTimestamp")),
             status=dict(body.get("status") or {}),
@@ -240,7 +294,7 @@ def _dns_subdomain(value: Any, path: str, default: str | None = None) -> str:
     return text
 
 
-def _source(spec: Mapping[str, Any], cluster: bool) -> Source:
+def _source(spec: Mapping[str, Any], cluster: bool, namespace: str = "") -> Source:
     present = [k for k in ("selfSigned", "ca", "vault") if spec.get(k) is not None]
     if len(present) != 1:
         raise SpecError("spec", "exactly one of selfSigned, ca or vault must be set")
@@ -284,11 +338,107 @@ def _source(spec: Mapping[str, Any], cluster: bool) -> Source:
             if not isinstance(ns, str) or len(ns) > 63 or not _DNS1123_LABEL.match(ns):
                 raise SpecError("spec.ca.secretNamespace", "must be a DNS-1123 label")
         return CASource(secret_name=name, secret_namespace=ns)
+    return _vault(raw, namespace)
+
+
+_ADDRESS = re.compile(r"^https?://[^/?#\s]+(/[^?#\s]*)?$")
+_VAULT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_VAULT_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def _vault(raw: Mapping[str, Any], namespace: str) -> VaultSource:
+    """``spec.vault``; ``namespace``: the IdentityIssuer's ('' for a ClusterIdentityIssuer)."""
+    address = _str(raw.get("address"), "spec.vault.address")
+    if len(address) > 2048 or not _ADDRESS.match(address):
+        raise SpecError(
+            "spec.vault.address",
+            "must be an http(s) URL with a host (https://vault.example.org:8200), no query",
+        )
+    bundle = raw.get("caBundle")
+    if bundle is not None and (not isinstance(bundle, str) or "BEGIN CERTIFICATE" not in bundle):
+        raise SpecError("spec.vault.caBundle", "must hold PEM certificates")
+    pki = _obj(raw.get("pki"), "spec.vault.pki")
+    mount = _pattern(pki.get("mount"), "spec.vault.pki.mount", _VAULT_PATH, "pki")
+    role = _pattern(pki.get("role"), "spec.vault.pki.role", _VAULT_NAME)
     return VaultSource(
-        path=_str(raw.get("path"), "spec.vault.path"),
-        role=_str(raw.get("role"), "spec.vault.role"),
-        address=raw.get("address"),
+        address=address.rstrip("/"),
+        pki_role=role,
+        auth=_vault_auth(_obj(raw.get("auth"), "spec.vault.auth"), namespace),
+        pki_mount=mount,
+        ca_bundle=bundle or None,
     )
+
+
+def _pattern(value: Any, path: str, rule: re.Pattern[str], default: str | None = None) -> str:
+    text = _str(value, path, default)
+    if len(text) > 256 or not rule.match(text):
+        raise SpecError(path, f"must match {rule.pattern}, at most 256 characters")
+    return text
+
+
+def _vault_auth(raw: Mapping[str, Any], namespace: str) -> VaultAuth:
+    present = [k for k in ("kubernetes", "appRole", "tokenSecretRef") if raw.get(k) is not None]
+    if len(present) != 1:
+        raise SpecError(
+            "spec.vault.auth", "exactly one of kubernetes, appRole or tokenSecretRef must be set"
+        )
+    which = present[0]
+    path = f"spec.vault.auth.{which}"
+    body = _obj(raw[which], path)
+    if which == "kubernetes":
+        account = body.get("serviceAccountName")
+        audience = body.get("audience")
+        if namespace and account is None:
+            # The operator's own token would go to whatever address the issuer names.
+            raise SpecError(
+                f"{path}.serviceAccountName",
+                "is required on an IdentityIssuer: it logs in with a token of a ServiceAccount "
+                f"of its own namespace ({namespace}), never with the operator's own",
+            )
+        if namespace and audience is not None:
+            raise SpecError(
+                f"{path}.audience",
+                f"is only allowed on a ClusterIdentityIssuer (an IdentityIssuer's tokens are "
+                f"for the audience {VAULT_AUDIENCE} only, never the API server's)",
+            )
+        return VaultKubernetesAuth(
+            role=_pattern(body.get("role"), f"{path}.role", _VAULT_NAME),
+            mount=_pattern(body.get("mountPath"), f"{path}.mountPath", _VAULT_PATH, "kubernetes"),
+            service_account=None
+            if account is None
+            else _dns_subdomain(account, f"{path}.serviceAccountName"),
+            audience=VAULT_AUDIENCE if audience is None else _str(audience, f"{path}.audience"),
+        )
+    if which == "appRole":
+        return VaultAppRoleAuth(
+            role_id=_str(body.get("roleId"), f"{path}.roleId"),
+            secret_id=_secret_ref(
+                body.get("secretIdSecretRef"), f"{path}.secretIdSecretRef", "secretId", namespace
+            ),
+            mount=_pattern(body.get("mountPath"), f"{path}.mountPath", _VAULT_PATH, "approle"),
+        )
+    return VaultTokenAuth(token=_secret_ref(body, path, "token", namespace))
+
+
+def _secret_ref(value: Any, path: str, default_key: str, namespace: str) -> SecretKeyRef:
+    raw = _obj(value, path)
+    name = _dns_subdomain(raw.get("name"), f"{path}.name")
+    key = _str(raw.get("key"), f"{path}.key", default_key)
+    if len(key) > 253 or not _SECRET_KEY.match(key):
+        raise SpecError(f"{path}.key", "must be a Secret data key: letters, digits, '-', '_', '.'")
+    ns = raw.get("namespace")
+    if ns is not None:
+        if not isinstance(ns, str) or len(ns) > 63 or not _DNS1123_LABEL.match(ns):
+            raise SpecError(f"{path}.namespace", "must be a DNS-1123 label")
+        if namespace and ns != namespace:
+            raise SpecError(
+                f"{path}.namespace",
+                f"an IdentityIssuer may only use Secrets of its own namespace ({namespace}), not "
+                f"{ns}; the Secret was not read. Copy the auth material into {namespace}, or use "
+                f"a ClusterIdentityIssuer",
+            )
+    return SecretKeyRef(name=name, key=key, namespace=ns)
 
 
 def _publishing(spec: Mapping[str, Any], kind: str, name: str) -> dict[str, Any]:

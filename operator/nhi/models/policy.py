@@ -69,6 +69,8 @@ class IdentityPolicy:
     forbidden_rules: tuple[ForbiddenRule, ...] = ()
     #: None: any issuer (the field is omitted); an empty tuple: no issuer at all.
     allowed_issuers: tuple[IssuerRef, ...] | None = None
+    #: Named Vault policies identities of the selected namespaces may add to their role.
+    allowed_vault_policies: tuple[str, ...] = ()
     delegate_permissions: bool = False
     #: ``adoption.allowed``: identities may adopt an existing ServiceAccount (nhi.dev/adopt).
     allow_adoption: bool = True
@@ -113,6 +115,10 @@ class IdentityPolicy:
             forbid_wildcards=bool(spec.get("forbidWildcards", True)),
             forbidden_rules=forbidden,
             allowed_issuers=issuers,
+            allowed_vault_policies=tuple(
+                str(n)
+                for n in as_list(spec.get("allowedVaultPolicies"), "spec.allowedVaultPolicies")
+            ),
             delegate_permissions=bool(spec.get("delegatePermissions", False)),
             allow_adoption=bool(adoption.get("allowed", True)),
             allow_default_adoption=bool(adoption.get("allowDefaultServiceAccount", False)),

@@ -2,7 +2,9 @@
 
 Cluster-scoped permissions (``permissions.clusterRules`` and ``roleRefs`` of kind
 ClusterRole) reach beyond the identity's namespace, so they are refused unless an
-IdentityPolicy that selects the namespace allows them.
+IdentityPolicy that selects the namespace allows them. So do named Vault policies added to the
+workload's Vault role (``spec.vault.access.policies``): each must be listed in the
+``allowedVaultPolicies`` of an IdentityPolicy that selects the namespace.
 """
 
 from __future__ import annotations
@@ -44,5 +46,14 @@ def check_cluster_permissions(
                 "ClusterPermissionsNotAllowed",
                 f"spec.permissions.roleRefs[{i}]: ClusterRole {ref.name!r} is not in the "
                 "allowedClusterRoles of any IdentityPolicy that selects this namespace",
+            )
+    access = spec.vault.access if spec.vault is not None else None
+    for i, name in enumerate(access.policies if access is not None else ()):
+        if not any(name in p.allowed_vault_policies for p in selecting):
+            return Verdict(
+                False,
+                "VaultPoliciesNotAllowed",
+                f"spec.vault.access.policies[{i}]: Vault policy {name!r} is not in the "
+                "allowedVaultPolicies of any IdentityPolicy that selects this namespace",
             )
     return ALLOWED

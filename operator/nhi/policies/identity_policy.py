@@ -21,7 +21,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from nhi.models.identity import MachineIdentity, PolicyRule, Spec
+from nhi.models.identity import IssuerRef, MachineIdentity, PolicyRule, Spec
 from nhi.models.policy import DENY, WARN, ForbiddenRule, IdentityPolicy
 
 # Re-exported: the access checks lived here, and their callers import them from here.
@@ -260,6 +260,17 @@ def _allowed_issuers(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:
             f"spec.credentials[{i}].issuerRef",
             f"{issuer.kind}/{issuer.name} is not an allowed issuer (allowed: {allowed})",
         )
+    vault = spec.vault
+    if vault is not None:
+        # The issuer whose Vault keeps the KV copies is an issuer the identity uses too.
+        ref = IssuerRef(vault.issuer_kind, vault.issuer_name)
+        if ref not in policy.allowed_issuers:
+            allowed = ", ".join(f"{r.kind}/{r.name}" for r in policy.allowed_issuers) or "none"
+            yield (
+                ALLOWED_ISSUERS,
+                "spec.vault.issuerRef",
+                f"{ref.kind}/{ref.name} is not an allowed issuer (allowed: {allowed})",
+            )
 
 
 def _allow_cluster_rules(spec: Spec, policy: IdentityPolicy) -> Iterator[_Finding]:

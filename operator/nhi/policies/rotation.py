@@ -50,6 +50,11 @@ def spec_hash(cred: Credential, service_account: str) -> str:
         "generator": [cred.generator.length, cred.generator.charset] if cred.generator else [],
         "serviceAccount": service_account,
     }
+    if cred.kv is not None:
+        # Only when set: the digests of credentials kept in Secrets alone stay as they were.
+        shape["kv"] = [cred.kv.mount, cred.kv.path]
+        if cred.kv.vault_only:
+            shape["store"] = cred.kv.store
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -24,11 +24,18 @@ from nhi.models.duration import rfc3339
 from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.issued import Issued
 from nhi.models.meta import RENEW_ANNOTATION, Reason
+from nhi.models.vault_storage import kv_path
 from nhi.policies import rotation
 from nhi.policies.ownership import Claim, OwnershipConflict
 from nhi.reconcilers.issuance import Minter
 from nhi.reconcilers.issuers import IssuerNotReady, IssuerService, Signer
 from nhi.reconcilers.owned import OwnedWriter
+from nhi.reconcilers.vault_storage import (
+    DEFAULT_KV_CHECK_INTERVAL,
+    VAULT_COPY_CHANGED,
+    KVStore,
+)
+from nhi.vault import VaultError
 
 log = logging.getLogger("nhi.reconcilers.credentials")
 
@@ -65,10 +72,13 @@ class CredentialManager:
         issuers: IssuerService,
         clock: Callable[[], dt.datetime],
         writer: OwnedWriter | None = None,
+        kv_check_interval: float = DEFAULT_KV_CHECK_INTERVAL,
+        kv: KVStore | None = None,
     ) -> None:
         #: Writes only Secrets the identity owns, and tells the caches about each write.
         self.writer = writer or OwnedWriter(api)
-        self.minter = Minter(api, self.writer)
+        self.kv = kv or KVStore(issuers, api, check_interval=kv_check_interval)
+        self.minter = Minter(api, self.writer, self.kv)
         self.api = api
         self.issuers = issuers
         self.clock = clock
@@ -97,7 +107,8 @@ class CredentialManager:
         for index, cred in enumerate(identity.spec.credentials):
             if cred.secret_name in taken:
                 continue
-            stored = secrets.get(cred.secret_name)
+            vault_only = cred.kv is not None and cred.kv.vault_only
+            stored = None if vault_only else secrets.get(cred.secret_name)
             try:
                 checked.append(
                     (index, await self._check(identity, index, cred, stored, renew_request))
@@ -167,6 +178,7 @@ class CredentialManager:
             build_credential_secret(identity, cred, None, {})
             for cred in identity.spec.credentials
             if cred.type == "ServiceAccountToken"
+            and (cred.kv is None or not cred.kv.vault_only)
             and not ((secrets.get(cred.secret_name) or {}).get("metadata") or {}).get("uid")
         ]
 
@@ -181,6 +193,15 @@ class CredentialManager:
         """What one credential needs: nothing (its status), or issuing / tidying (``_Due``)."""
         ann = ((stored or {}).get("metadata") or {}).get("annotations") or {}
         issued = Issued.from_annotations(ann) if stored is not None else None
+        if cred.kv is not None and cred.kv.vault_only:
+            # No Secret: what was issued is read back from the copy's metadata.
+            try:
+                issued = await self.kv.state(identity, cred)
+            except (VaultError, IssuerNotReady) as err:
+                message = f"spec.credentials[{index}] ({cred.name}) is kept in Vault only: {err}"
+                return _Pass(
+                    cred.name, not_ready=(err.reason, message), due=self.clock() + ISSUER_RETRY
+                )
         signer: Signer | None = None
         if cred.type == "X509":
             assert cred.issuer_ref is not None
@@ -196,7 +217,7 @@ class CredentialManager:
                 )
                 failed = _Pass(cred.name, not_ready=(err.reason, msg))
                 if issued is not None:
-                    failed.status = _status(cred, issued)
+                    failed.status = _status(identity, cred, issued)
                     now = self.clock()
                     failed.due = max(rotation.next_due(issued, now), now + ISSUER_RETRY)
                 self._failed(
@@ -215,6 +236,8 @@ class CredentialManager:
             renew_request=renew_request,
             ca_fingerprint=signer.ca.fingerprint if signer else None,
         )
+        if reason is None and self.kv.changed(identity, cred):
+            reason = VAULT_COPY_CHANGED  # kept in Vault only: a new value replaces it
         held = rotation.held_until(issued, reason, now) if issued and reason else None
         if reason is None or held is not None:
             assert issued is not None
@@ -222,11 +245,13 @@ class CredentialManager:
                 return _Due(cred, issued, stored, signer, now, None, renew_request or "")
             self._observe(identity, cred, issued)
             due = rotation.next_due(issued, now)
-            return _Pass(
-                cred.name,
-                status=_status(cred, issued),
-                due=min(due, held) if held is not None else due,
-            )
+            if held is not None:
+                due = min(due, held)
+            if cred.kv is not None:
+                # Is the copy in Vault still the one written? Restored from the Secret if not
+                # (a credential kept in Vault only is issued anew).
+                due = min(due, await self.kv.check(identity, cred, stored, issued, now))
+            return _Pass(cred.name, status=_status(identity, cred, issued), due=due)
         return _Due(cred, issued, stored, signer, now, reason, renew_request or "")
 
     async def _act(self, identity: MachineIdentity, due: _Due) -> _Pass:
@@ -236,7 +261,9 @@ class CredentialManager:
             assert issued is not None
             kept = await self.minter.drop_previous(identity, cred, issued, due.stored)
             self._observe(identity, cred, kept)
-            return _Pass(cred.name, status=_status(cred, kept), due=rotation.next_due(kept, now))
+            return _Pass(
+                cred.name, status=_status(identity, cred, kept), due=rotation.next_due(kept, now)
+            )
         new = await self.minter.issue(
             identity, cred, issued, due.stored, due.signer, now, reason, due.renew_handled
         )
@@ -262,7 +289,7 @@ class CredentialManager:
         )
         return _Pass(
             cred.name,
-            status=_status(cred, new),
+            status=_status(identity, cred, new),
             due=rotation.next_due(new, now),
             issued=verb,
             message=(
@@ -295,6 +322,8 @@ def permanent(err: BaseException) -> bool:
     request the API server refuses as malformed or invalid (400, 422)."""
     if isinstance(err, crypto.CryptoError):
         return True
+    if isinstance(err, VaultError):
+        return not err.retryable  # Vault refused the request itself (its role forbids it)
     return isinstance(err, ApiError) and err.status in (400, 422)
 
 
@@ -343,11 +372,10 @@ def _labels(identity: MachineIdentity, cred: Credential) -> tuple[str, str, str,
     return (identity.namespace, identity.name, cred.name, cred.type, issuer)
 
 
-def _status(cred: Credential, issued: Issued) -> dict[str, Any]:
+def _status(identity: MachineIdentity, cred: Credential, issued: Issued) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": cred.name,
         "type": cred.type,
-        "secretName": cred.secret_name,
         "notBefore": rfc3339(issued.not_before),
         "notAfter": rfc3339(issued.not_after),
         "renewalTime": rfc3339(issued.renewal_time),
@@ -360,6 +388,10 @@ def _status(cred: Credential, issued: Issued) -> dict[str, Any]:
         out["fingerprint"] = issued.fingerprint
     if issued.issuer:
         out["issuer"] = issued.issuer
+    if cred.kv is None or not cred.kv.vault_only:
+        out["secretName"] = cred.secret_name
+    if cred.kv is not None:
+        out["vaultPath"] = f"{cred.kv.mount}/data/{kv_path(identity.namespace, cred.kv)}"
     return out
 
 

@@ -56,8 +56,11 @@ from nhi.reconcilers.identity_plan import (
 )
 from nhi.reconcilers.identity_revocation import Revoker
 from nhi.reconcilers.identity_status import StatusWriter
-from nhi.reconcilers.issuers import IssuerService
+from nhi.reconcilers.issuers import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter
+from nhi.reconcilers.vault_access import VaultAccess
+from nhi.reconcilers.vault_storage import DEFAULT_KV_CHECK_INTERVAL, KVStore
+from nhi.vault import VaultError
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
@@ -67,6 +70,8 @@ ROLLOUT_DEBOUNCE = dt.timedelta(seconds=5)
 #: How often an identity blocked by an object it does not own looks again (the object may
 #: have been removed or renamed meanwhile; no watch tells about every kind of object).
 CONFLICT_RECHECK = dt.timedelta(seconds=60)
+#: When to try the workload's Vault access again after the server failed.
+VAULT_ACCESS_RETRY = dt.timedelta(seconds=30)
 
 #: A condition beside the kstatus ones: True when undeclared workloads use the identity.
 UNDECLARED_USERS = "UndeclaredUsers"
@@ -109,6 +114,8 @@ class IdentityReconciler:
         events: EventRecorder,
         issuers: IssuerService,
         clock: Clock = utcnow,
+        *,
+        kv_check_interval: float = DEFAULT_KV_CHECK_INTERVAL,
     ) -> None:
         self.api = api
         self.view = view
@@ -119,9 +126,15 @@ class IdentityReconciler:
         #: Kept in memory only, so an operator restart never causes a rollout.
         self.pending_rollouts: dict[tuple[str, str], tuple[dt.datetime, list[str]]] = {}
         self.writer = OwnedWriter(api, record=view.written, forget=view.deleted)
-        self.revoker = Revoker(view.children_of, events, issuers, self.writer, clock)
+        self.access = VaultAccess(issuers)
+        #: One store of the KV copies, shared by issuing and revoking (what it remembers of
+        #: each copy must not outlive a revocation).
+        self.kv = KVStore(issuers, api, check_interval=kv_check_interval)
+        self.revoker = Revoker(
+            view.children_of, events, issuers, self.writer, clock, access=self.access, kv=self.kv
+        )
         self.status = StatusWriter(api, events, view.identity_written, clock)
-        self.credentials = CredentialManager(api, issuers, clock, writer=self.writer)
+        self.credentials = CredentialManager(api, issuers, clock, writer=self.writer, kv=self.kv)
 
     # ------------------------------------------------------------------ gather
 
@@ -253,11 +266,24 @@ class IdentityReconciler:
             secrets.update(written)
             taken = {c.name for c in conflicts if c.kind == "Secret"}
             creds = await self.credentials.ensure(identity, secrets, batch, taken)
+            await self._vault_access(identity, creds)
             conflicts += [c for c in creds.conflicts if c not in conflicts]
             await self._roll_out_if_due(identity, creds.rotated)
             return self._provisioned(identity, plan, changes, creds, conflicts, batch)
         finally:
             batch.flush()
+
+    async def _vault_access(self, identity: MachineIdentity, creds: CredentialResult) -> None:
+        """The workload's Vault policy and role (spec.vault.access); a failure makes the
+        identity not Ready, naming the server and what it answered, and is tried again."""
+        try:
+            await self.access.ensure(identity)
+        except (VaultError, IssuerNotReady) as err:
+            stalled = isinstance(err, VaultError) and not err.retryable
+            if creds.not_ready is None:
+                creds.not_ready = (err.reason, f"spec.vault.access: {err.message}")
+            creds.stalled = creds.stalled or stalled
+            creds.due(self.clock() + VAULT_ACCESS_RETRY)
 
     async def _roll_out_if_due(self, identity: MachineIdentity, rotated: Sequence[str]) -> None:
         """Debounced: credentials that rotate within ROLLOUT_DEBOUNCE cause one rollout."""

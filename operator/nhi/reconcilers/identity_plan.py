@@ -159,9 +159,12 @@ def decide(observed: Observed) -> Plan:
     )
     desired = desired_access(identity, adopted_from=adopted_from)
     wanted = {child_key(o) for o in desired}
-    # Credential Secrets are written by the credential manager; only orphans are removed here.
+    # Credential Secrets are written by the credential manager; only orphans are removed here
+    # (a credential kept in Vault only has none: the Secret of its Both days goes).
     wanted |= {
-        ChildKey("Secret", identity.namespace, c.secret_name) for c in identity.spec.credentials
+        ChildKey("Secret", identity.namespace, c.secret_name)
+        for c in identity.spec.credentials
+        if c.kv is None or not c.kv.vault_only
     }
     apply = tuple(o for o in desired if differs(o, _as_dict(observed.children.get(child_key(o)))))
     delete = tuple(sorted(k for k in observed.children if k not in wanted))

@@ -18,7 +18,7 @@ from nhi.crypto import parse_serial_hex
 from nhi.k8s.client import ApiError
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models.duration import parse_time, rfc3339
-from nhi.models.identity import MachineIdentity
+from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.issued import A_FINGERPRINT, A_ISSUER, A_SERIAL
 from nhi.models.meta import CREDENTIAL_LABEL, REVOKE_ANNOTATION, Phase
 from nhi.policies.revocation import (
@@ -31,6 +31,9 @@ from nhi.policies.revocation import (
 from nhi.reconcilers.identity_plan import Outcome, event_ref, owned_children
 from nhi.reconcilers.issuers import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter
+from nhi.reconcilers.vault_access import VaultAccess
+from nhi.reconcilers.vault_storage import KVStore
+from nhi.vault import VaultError
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
@@ -60,12 +63,16 @@ class Revoker:
         issuers: IssuerService,
         writer: OwnedWriter,
         clock: Callable[[], dt.datetime],
+        access: VaultAccess | None = None,
+        kv: KVStore | None = None,
     ) -> None:
         self.children_of = children_of
         self.events = events
         self.issuers = issuers
         self.writer = writer
         self.clock = clock
+        self.kv = kv or KVStore(issuers)
+        self.access = access or VaultAccess(issuers)
 
     def owned(self, identity: MachineIdentity) -> dict[ChildKey, Mapping[str, Any]]:
         children = self.children_of(identity.namespace, identity.name)
@@ -118,6 +125,7 @@ class Revoker:
         could use right now); the revoked credentials, for the record."""
         children = self.owned(identity)
         revoked = []
+        account = _service_account_uid(children)
         for key in sorted(children, key=lambda k: (REVOKE_ORDER.get(k.kind, 9), k.name)):
             obj = children[key]
             if key.kind == "Secret":
@@ -127,7 +135,67 @@ class Revoker:
             verb = await self.writer.remove(identity.uid, key, obj)
             if verb:
                 batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
+        for path in await self.destroy_kv(identity, revoked):
+            batch.normal("Revoked", f"destroyed Vault KV {path} ({reason})")
+        for what in await self.remove_access(identity, account):
+            batch.normal("Revoked", f"removed Vault {what} ({reason})")
         return revoked
+
+    async def remove_access(self, identity: MachineIdentity, account_uid: str) -> list[str]:
+        """The workload's Vault role, policy and entity (spec.vault.access); a VaultError is
+        raised so the revocation or clean-up runs again."""
+        try:
+            return await self.access.remove(identity, account_uid)
+        except IssuerNotReady as err:
+            log.warning(
+                "could not remove Vault access",
+                extra={"namespace": identity.namespace, "identity": identity.name,
+                       "error": err.message},
+            )  # fmt: skip
+            return []
+
+    async def destroy_kv(
+        self, identity: MachineIdentity, revoked: list[dict[str, Any]] | None = None
+    ) -> list[str]:
+        """Destroy every version and the metadata of the identity's KV copies (after its
+        Secrets are gone: a Vault that cannot now does not delay that). A VaultError is
+        raised, so the revocation or clean-up runs again; paths already gone are skipped.
+        ``revoked`` gets the record of each credential kept in Vault only."""
+        destroyed = []
+        for cred in identity.spec.credentials:
+            if cred.kv is None:
+                continue
+            try:
+                if cred.kv.vault_only:
+                    # No Secret recorded it: the copy's metadata says what to put on the CRL.
+                    await self._revoke_vault_only(identity, cred, revoked)
+                path = await self.kv.destroy(identity, cred)
+            except IssuerNotReady as err:
+                log.warning(
+                    "could not destroy a credential in Vault",
+                    extra={"namespace": identity.namespace, "identity": identity.name,
+                           "credential": cred.name, "error": err.message},
+                )  # fmt: skip
+                continue
+            if path:
+                destroyed.append(path)
+        return destroyed
+
+    async def _revoke_vault_only(
+        self, identity: MachineIdentity, cred: Credential, revoked: list[dict[str, Any]] | None
+    ) -> None:
+        issued = await self.kv.state(identity, cred)
+        if issued is None:
+            return
+        now = self.clock()
+        entry: dict[str, Any] = {"credential": cred.name, "revokedAt": rfc3339(now)}
+        if issued.fingerprint:
+            entry["fingerprint"] = issued.fingerprint
+        if issued.serial and issued.issuer:
+            entry["serialNumber"] = issued.serial
+            await self._add_to_crl(identity, issued.issuer, issued.serial, now)
+        if revoked is not None:
+            revoked.append(entry)
 
     async def _revoke_secret(
         self, identity: MachineIdentity, obj: Mapping[str, Any], revoked_at: str
@@ -202,8 +270,28 @@ class Revoker:
         for key in sorted(children):
             if await self.writer.remove(uid, key, children[key]):
                 removed.append(str(key))
+        if identity is not None:
+            try:
+                removed += [f"vault:{p}" for p in await self.destroy_kv(identity)]
+                account = _service_account_uid(children)
+                removed += [f"vault:{w}" for w in await self.remove_access(identity, account)]
+            except VaultError as err:
+                if err.retryable:
+                    raise  # transient: the clean-up is tried again
+                log.error(
+                    "could not destroy a credential in Vault",
+                    extra={"namespace": namespace, "identity": name, "error": err.message},
+                )
         metrics.forget_identity(namespace, name)
         return removed
+
+
+def _service_account_uid(children: Mapping[ChildKey, Mapping[str, Any]]) -> str:
+    """The UID of the identity's ServiceAccount among its children ('' without one)."""
+    for key, obj in children.items():
+        if key.kind == "ServiceAccount":
+            return str((obj.get("metadata") or {}).get("uid") or "")
+    return ""
 
 
 def _since_gone(status: Mapping[str, Any], now: dt.datetime) -> float:

@@ -22,16 +22,18 @@ from nhi.models.duration import parse_time
 from nhi.models.identity import Credential, MachineIdentity
 from nhi.models.issued import Issued
 from nhi.policies import rotation
-from nhi.reconcilers.issuers import Signer
+from nhi.reconcilers.issuers import RemoteCA, Signer
 from nhi.reconcilers.owned import OwnedWriter, uid_of
+from nhi.reconcilers.vault_storage import KVStore
 
 
 class Minter:
     """Issues credential values; writes only Secrets the identity owns (OwnedWriter)."""
 
-    def __init__(self, api: Api, writer: OwnedWriter) -> None:
+    def __init__(self, api: Api, writer: OwnedWriter, kv: KVStore | None = None) -> None:
         self.api = api
         self.writer = writer
+        self.kv = kv
 
     async def issue(
         self,
@@ -56,6 +58,10 @@ class Minter:
 
     async def _issue_token(self, job: _Issuance) -> Issued:
         identity, cred = job.identity, job.cred
+        if _vault_only(cred):
+            # No Secret to bind it to: it lives until its expiry or until its ServiceAccount
+            # goes (revocation deletes it).
+            return await self._issue_unbound_token(job)
         uid = uid_of(job.stored)
         if not uid:
             # The token is bound to its Secret, so the Secret must exist (and have a uid) first.
@@ -73,26 +79,47 @@ class Minter:
         token: str = answer["status"]["token"]
         not_after = parse_time(answer["status"]["expirationTimestamp"])
         issued = job.issued(job.now, not_after, fingerprint=crypto.secret_fingerprint(token))
-        await self._write(
-            job,
-            build_credential_secret(
-                identity, cred, {"token": token.encode()}, issued.annotations()
-            ),
+        await self._store(job, {"token": token.encode()}, issued)
+        return issued
+
+    async def _issue_unbound_token(self, job: _Issuance) -> Issued:
+        identity, cred = job.identity, job.cred
+        spec: dict[str, Any] = {"expirationSeconds": int(cred.ttl.total_seconds())}
+        if cred.audiences:
+            spec["audiences"] = list(cred.audiences)
+        answer = await self.api.create(
+            "ServiceAccount",
+            identity.namespace,
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+            name=identity.spec.service_account,
+            subresource="token",
         )
+        token: str = answer["status"]["token"]
+        not_after = parse_time(answer["status"]["expirationTimestamp"])
+        issued = job.issued(job.now, not_after, fingerprint=crypto.secret_fingerprint(token))
+        await self._store(job, {"token": token.encode()}, issued)
         return issued
 
     async def _issue_x509(self, job: _Issuance, signer: Signer) -> Issued:
         identity, cred = job.identity, job.cred
         key = crypto.generate_key(cred.key_algorithm)
-        cert = signer.ca.issue_leaf(
-            public_key=key.public_key(),
-            spiffe_id=crypto.spiffe_id(
-                signer.trust_domain, identity.namespace, identity.spec.service_account
-            ),
-            dns_names=cred.dns_names,
-            now=job.now,
-            ttl=cred.ttl,
+        spiffe_id = crypto.spiffe_id(
+            signer.trust_domain, identity.namespace, identity.spec.service_account
         )
+        chain = signer.chain
+        if isinstance(signer.ca, RemoteCA):
+            # Vault signs a CSR: the key never leaves the operator.
+            cert, chain = await signer.ca.signing.sign(
+                key, spiffe_id=spiffe_id, dns_names=cred.dns_names, ttl=cred.ttl
+            )
+        else:
+            cert = signer.ca.issue_leaf(
+                public_key=key.public_key(),
+                spiffe_id=spiffe_id,
+                dns_names=cred.dns_names,
+                now=job.now,
+                ttl=cred.ttl,
+            )
         issued = job.issued(
             cert.not_valid_before_utc,
             cert.not_valid_after_utc,
@@ -102,11 +129,11 @@ class Minter:
             ca_fingerprint=signer.ca.fingerprint,
         )
         data = {
-            "tls.crt": crypto.chain_pem([cert, *signer.chain]),
+            "tls.crt": crypto.chain_pem([cert, *chain]),
             "tls.key": crypto.private_key_pem(key),
             "ca.crt": signer.bundle_pem,
         }
-        await self._write(job, build_credential_secret(identity, cred, data, issued.annotations()))
+        await self._store(job, data, issued)
         return issued
 
     async def _issue_static(self, job: _Issuance, old: Issued | None) -> Issued:
@@ -118,7 +145,7 @@ class Minter:
         if old is not None and old.not_after > now:
             # Keep the value being replaced as `previous` until its own expiry: verifiers
             # accept both while consumers roll over.
-            current = await self._read_data(identity, cred, job.stored, "current")
+            current = await self._current(identity, cred, job.stored)
             if current is not None:
                 data["previous"] = current
                 previous_not_after = old.not_after
@@ -128,7 +155,7 @@ class Minter:
             fingerprint=crypto.secret_fingerprint(value),
             previous_not_after=previous_not_after,
         )
-        await self._write(job, build_credential_secret(identity, cred, data, issued.annotations()))
+        await self._store(job, data, issued)
         return issued
 
     async def drop_previous(
@@ -139,9 +166,11 @@ class Minter:
         stored: Mapping[str, Any] | None,
     ) -> Issued:
         """The overlap window ended: remove ``previous`` from a StaticSecret."""
-        current = await self._read_data(identity, cred, stored, "current")
+        current = await self._current(identity, cred, stored)
         new = Issued(**{**issued.__dict__, "previous_not_after": None})
-        if current is not None:
+        if current is not None and _vault_only(cred) and self.kv is not None:
+            await self.kv.write(identity, cred, {"current": current}, new)
+        elif current is not None:
             await self.writer.write(
                 identity,
                 build_credential_secret(identity, cred, {"current": current}, new.annotations()),
@@ -149,6 +178,28 @@ class Minter:
                 _field(identity, cred),
             )
         return new
+
+    async def _store(self, job: _Issuance, data: Mapping[str, bytes], issued: Issued) -> None:
+        """Keep the value: in Vault's KV first when the credential says so (a Vault that
+        cannot take it leaves the Secret as it was, to be tried again), then in its Secret."""
+        if job.cred.kv is not None and self.kv is not None:
+            await self.kv.write(job.identity, job.cred, data, issued)
+        if _vault_only(job.cred):
+            return  # no Kubernetes Secret at all
+        await self._write(
+            job, build_credential_secret(job.identity, job.cred, data, issued.annotations())
+        )
+
+    async def _current(
+        self, identity: MachineIdentity, cred: Credential, stored: Mapping[str, Any] | None
+    ) -> bytes | None:
+        """A StaticSecret's current value: from its copy in Vault when it has no Secret."""
+        if _vault_only(cred):
+            if self.kv is None:
+                return None
+            data = await self.kv.read(identity, cred)
+            return (data or {}).get("current")
+        return await self._read_data(identity, cred, stored, "current")
 
     async def _write(self, job: _Issuance, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Create the credential's Secret, or update the one the identity owns."""
@@ -204,3 +255,7 @@ class _Issuance:
 
 def _field(identity: MachineIdentity, cred: Credential) -> str:
     return field_for(identity, ChildKey("Secret", identity.namespace, cred.secret_name))
+
+
+def _vault_only(cred: Credential) -> bool:
+    return cred.kv is not None and cred.kv.vault_only

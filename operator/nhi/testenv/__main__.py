@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,8 +26,11 @@ from nhi.testenv.controlplane import (
     build_binaries,
     free_port,
 )
+from nhi.testenv.openbao import OpenBao
 
 DEFAULT_KUBECONFIG = REPO_ROOT / ".run" / "kubeconfig"
+#: Where manifests/samples expects OpenBao; another free port when it is taken.
+SAMPLE_OPENBAO = "http://127.0.0.1:8200"
 
 
 class _Interrupted(Exception):
@@ -84,6 +88,17 @@ def _install(cp: ControlPlane) -> None:
     cp.install_finalizer_policy()
     cp.install_authority_policy()
     cp.install_grant_policies()
+
+
+def _start_openbao(cp: ControlPlane) -> OpenBao:
+    """OpenBao beside the control plane, where the samples expect it when the port is free."""
+    port = int(SAMPLE_OPENBAO.rsplit(":", 1)[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            port = free_port()
+    return cp.start_openbao(os.environ.get("NHI_NAMESPACE", "nhi-system"), port=port, tls=False)
 
 
 def _start_operator(
@@ -149,9 +164,18 @@ def cmd_run(args: argparse.Namespace, up_only: bool) -> int:
             if not _became_healthy(operator, health_port):
                 print("nhi-operator did not become healthy", file=sys.stderr)
                 return 1
+            bao = _start_openbao(cp)
             samples = REPO_ROOT / "manifests" / "samples"
-            cp.kubectl("apply", "--server-side", "-R", "-f", str(samples))
+            text = "\n---\n".join(p.read_text() for p in sorted(samples.rglob("*.yaml")))
+            cp.kubectl(
+                "apply",
+                "--server-side",
+                "-f",
+                "-",
+                input=text.replace(SAMPLE_OPENBAO, bao.address),
+            )
             print(f"samples applied from {samples.relative_to(REPO_ROOT)}/", flush=True)
+            print(f"OpenBao: {bao.address} (root token in {bao.log_file})", flush=True)
             print(f"metrics: http://127.0.0.1:{metrics_port}/metrics", flush=True)
         _banner(cp)
         if not up_only:

@@ -21,6 +21,7 @@ from nhi.testenv import manifests
 from nhi.testenv.errors import ControlPlaneError as ControlPlaneError
 from nhi.testenv.manifests import REPO_ROOT as REPO_ROOT
 from nhi.testenv.manifests import authority_policy as authority_policy
+from nhi.testenv.openbao import OpenBao
 from nhi.testenv.pki import Pki, write_kubeconfig
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -98,6 +99,7 @@ class ControlPlane:
     #: Where kube-apiserver's audit webhook posts its batches: the operator's usage endpoint
     #: (see usage_args), listening there once an operator runs with those arguments.
     audit_webhook_port: int = 0
+    openbao: OpenBao | None = None
     _own_work_dir: bool = False
 
     # ---------------------------------------------------------------- lifecycle
@@ -168,7 +170,42 @@ class ControlPlane:
             self.stop()
             raise
 
+    def start_openbao(
+        self,
+        operator_namespace: str = "nhi-system",
+        service_account: str = "nhi-operator",
+        *,
+        port: int | None = None,
+        tls: bool = True,
+    ) -> OpenBao:
+        """Start OpenBao beside the control plane (once), configured against it.
+
+        The operator's namespace and ServiceAccount are created when missing: the Kubernetes
+        auth role of :mod:`nhi.testenv.openbao` is bound to them. :meth:`stop` stops it.
+        """
+        if self.openbao is not None:
+            return self.openbao
+        assert self.work_dir is not None, "control plane not started"
+        bao = OpenBao(self.work_dir / "openbao", port or free_port(), tls=tls)
+        self.openbao = bao
+        bao.start()
+        self.kubectl("create", "namespace", operator_namespace, check=False)
+        self.kubectl(
+            "create", "serviceaccount", service_account, "-n", operator_namespace, check=False
+        )
+        bao.configure(
+            kube_server=self.server,
+            kube_ca_pem=(self.pki_dir / "ca.crt").read_text(),
+            kubectl=self.kubectl,
+            operator_namespace=operator_namespace,
+            operator_service_account=service_account,
+        )
+        return bao
+
     def stop(self) -> None:
+        if self.openbao is not None:
+            self.openbao.stop()
+            self.openbao = None
         for name in reversed(list(self.processes)):
             proc = self.processes.pop(name)
             if proc.poll() is None:

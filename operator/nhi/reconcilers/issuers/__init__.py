@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from nhi.models.issuer import IssuerKey
 from nhi.reconcilers.issuers.service import IssuerService
-from nhi.reconcilers.issuers.signers import IssuerNotReady, Signer
+from nhi.reconcilers.issuers.signers import IssuerNotReady, RemoteCA, Signer
 from nhi.reconcilers.issuers.status import IssuerOutcome, Result, compute_status
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "IssuerNotReady",
     "IssuerOutcome",
     "IssuerService",
+    "RemoteCA",
     "Result",
     "Signer",
     "compute_status",

@@ -43,9 +43,10 @@ from nhi.reconcilers.issuers.distribution import TrustBundleDistribution
 from nhi.reconcilers.issuers.index import IssuerIndex
 from nhi.reconcilers.issuers.signers import (
     IssuerNotReady,
+    RemoteCA,
     Signer,
     SignerCache,
-    material,
+    changed,
     not_found,
 )
 from nhi.reconcilers.issuers.sources import CASources, SecretWatch
@@ -387,6 +388,10 @@ class IssuerController:
             raise
         self._settle(key, state, signer, outcome, generation)
         await self.status.write(body, generation, outcome, self._crl_counts(key))
+        if outcome.backoff:
+            # The server failed (Vault unreachable, sealed...): the queue retries with its
+            # growing delay; who waits for the issuer hears why.
+            raise IssuerNotReady(outcome.reason, outcome.message)
         return outcome
 
     def _crl_counts(self, key: IssuerKey) -> tuple[int, int] | None:
@@ -414,7 +419,7 @@ class IssuerController:
         # A CA rotation, an expired previous root or a renamed bundle: every namespace that
         # has its bundle gets the new one.
         self.distribution.settled(key, state.issuer, roots)
-        if _changed(before, (self.signers.get(key), self.signers.problem(key))):
+        if changed(before, (self.signers.get(key), self.signers.problem(key))):
             self._notify(key)
 
     # ------------------------------------------------------------------ commands
@@ -432,7 +437,12 @@ class IssuerController:
             issuer = self._require(key)
             current = self.signers.get(key) or signer
             new = [RevokedSerial(int(s), at.astimezone(dt.UTC)) for s, at in serials]
-            published, added = await self.crl.publish(issuer, current, self.clock(), new=new)
+            if isinstance(current.ca, RemoteCA):
+                published, added = await self.crl.revoke_remote(
+                    issuer, current.ca, new, self.clock()
+                )
+            else:
+                published, added = await self.crl.publish(issuer, current, self.clock(), new=new)
         if added:
             await self.events.normal(
                 event_ref(issuer),
@@ -481,15 +491,3 @@ class IssuerController:
         self.forget(key)
         self.distribution.leaving.discard(key)
         return removed
-
-
-def _changed(
-    before: tuple[Signer | None, IssuerNotReady | None],
-    after: tuple[Signer | None, IssuerNotReady | None],
-) -> bool:
-    """Whether identities must hear of the change: other material or another problem."""
-
-    def problem(p: IssuerNotReady | None) -> tuple[str, str] | None:
-        return None if p is None else (p.reason, p.message)
-
-    return material(before[0]) != material(after[0]) or problem(before[1]) != problem(after[1])

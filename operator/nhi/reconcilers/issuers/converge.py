@@ -17,7 +17,7 @@ from nhi.models.duration import rfc3339
 from nhi.models.issuer import Issuer, IssuerKey, IssuerReason
 from nhi.reconcilers.issuers.crl import CrlPublisher
 from nhi.reconcilers.issuers.signers import IssuerNotReady, Signer
-from nhi.reconcilers.issuers.sources import CASources, LoadRequest
+from nhi.reconcilers.issuers.sources import CASources, LoadRequest, RemoteLoaded
 from nhi.reconcilers.issuers.status import IssuerOutcome
 
 
@@ -48,6 +48,8 @@ class Converger:
         loaded = await self.sources.of(issuer).load(LoadRequest(issuer, body, now, current))
         if isinstance(loaded, IssuerOutcome):
             return loaded, None
+        if isinstance(loaded, RemoteLoaded):
+            return await self._remote(issuer, loaded, now)
         material = loaded.material
         try:
             ca = PreparedIssuer(material.cert, material.key, now)
@@ -85,6 +87,43 @@ class Converger:
             crl_number=published.number,
             revoked_count=len(published.entries),
             next_due=min(dues),
+        )
+        return outcome, signer
+
+    async def _remote(
+        self, issuer: Issuer, loaded: RemoteLoaded, now: dt.datetime
+    ) -> tuple[IssuerOutcome, Signer | None]:
+        """A CA on a server (Vault): its CRL is mirrored, not signed here."""
+        cert = loaded.ca.cert
+        signer = Signer(
+            kind=issuer.kind,
+            name=issuer.name,
+            namespace=issuer.namespace,
+            trust_domain=issuer.trust_domain,
+            ca=loaded.ca,
+            chain=loaded.chain,
+            bundle_pem=chain_pem(loaded.roots),
+        )
+        try:
+            published = await self.crl.mirror(issuer, cert, loaded.crl_pem, now)
+        except IssuerNotReady as err:
+            outcome = _not_ready(err.reason, err.message, cert)
+            outcome.vault = loaded.vault
+            return outcome, None
+        message = (
+            f"CA {cert.subject.rfc4514_string()} ({fingerprint_sha256(cert)}) valid until "
+            f"{rfc3339(cert.not_valid_after_utc)}; {loaded.note}"
+        )
+        dues = [d for d in (published.resign_at, cert.not_valid_after_utc) if d]
+        outcome = IssuerOutcome(
+            True,
+            IssuerReason.CA_READY,
+            message,
+            cert=cert,
+            crl_number=published.number,
+            revoked_count=len(published.entries),
+            next_due=min(dues),
+            vault=loaded.vault,
         )
         return outcome, signer
 

@@ -26,13 +26,17 @@ from nhi.builders.issuer import (
     legacy_crl,
 )
 from nhi.crypto import (
+    Certificate,
     CertificateRevocationList,
     CryptoError,
     RevokedSerial,
     build_crl,
+    crl_entries,
+    crl_number,
     crl_pem,
     load_cert_chain,
     load_crl,
+    verify_crl,
 )
 from nhi.k8s.client import Api
 from nhi.models.issuer import (
@@ -46,7 +50,7 @@ from nhi.models.issuer import (
 from nhi.policies.ca import CrlPlan, crl_resign_at, plan_crl
 from nhi.policies.provenance import Origin, configmap_origin
 from nhi.reconcilers.issuers.provenance import Provenance, ProvenanceError, ProvenanceKeys
-from nhi.reconcilers.issuers.signers import IssuerNotReady, Signer
+from nhi.reconcilers.issuers.signers import IssuerNotReady, RemoteCA, Signer
 
 # The logger name the issuer's log lines have always carried (docs/observability.md).
 log = logging.getLogger("nhi.reconcilers.issuer")
@@ -150,18 +154,7 @@ class CrlPublisher:
             next_update=issuer.crl_validity,
             crl_number=plan.number,
         )
-        pem = crl_pem(crl)
-        uid, tag = tagged
-        if cm is None:
-            # POST: fails if the name was taken meanwhile; nothing is overwritten.
-            created = await self.api.create(
-                "ConfigMap", namespace, build_crl_configmap(issuer, namespace, pem)
-            )
-            uid = str((created.get("metadata") or {}).get("uid") or "")
-            tag = provenance.tag(uid, crl_purpose(issuer))
-        self._uids[issuer.key] = uid
-        # Conditional on the UID: never writes a namesake created meanwhile.
-        await self.api.apply(build_crl_configmap(issuer, namespace, pem, uid=uid, tag=tag))
+        await self._store(issuer, crl_pem(crl), cm, tagged, provenance)
         log.info(
             "published CRL",
             extra={
@@ -173,6 +166,82 @@ class CrlPublisher:
             },
         )
         return crl
+
+    async def _store(
+        self,
+        issuer: Issuer,
+        pem: bytes,
+        cm: Mapping[str, Any] | None,
+        tagged: tuple[str, str],
+        provenance: Provenance,
+    ) -> None:
+        """Write ``pem`` into the issuer's CRL ConfigMap (created when ``cm`` is None)."""
+        namespace = issuer.home_namespace(self.operator_namespace)
+        uid, tag = tagged
+        if cm is None:
+            # POST: fails if the name was taken meanwhile; nothing is overwritten.
+            created = await self.api.create(
+                "ConfigMap", namespace, build_crl_configmap(issuer, namespace, pem)
+            )
+            uid = str((created.get("metadata") or {}).get("uid") or "")
+            tag = provenance.tag(uid, crl_purpose(issuer))
+        self._uids[issuer.key] = uid
+        # Conditional on the UID: never writes a namesake created meanwhile.
+        await self.api.apply(build_crl_configmap(issuer, namespace, pem, uid=uid, tag=tag))
+
+    async def mirror(
+        self, issuer: Issuer, ca_cert: Certificate, pem: str, now: dt.datetime
+    ) -> PublishedCrl:
+        """Copy a CRL signed elsewhere (Vault's) into the issuer's CRL ConfigMap, when it
+        differs from what the ConfigMap holds. IssuerNotReady when the ConfigMap is not the
+        operator's or the CRL is not the CA's."""
+        try:
+            crl = load_crl(pem)
+            verify_crl(crl, ca_cert)
+        except CryptoError as err:
+            raise IssuerNotReady(
+                IssuerReason.CA_SECRET_INVALID, f"the server's CRL cannot be used: {err}"
+            ) from None
+        namespace = issuer.home_namespace(self.operator_namespace)
+        cm = await self.api.get("ConfigMap", namespace, issuer.crl_configmap)
+        if cm is not None and await self.origin(cm, issuer) == "foreign":
+            self._uids.pop(issuer.key, None)
+            raise IssuerNotReady(IssuerReason.CRL_CONFLICT, self._conflict(issuer, cm))
+        provenance = await self._provenance()
+        uid = str(((cm or {}).get("metadata") or {}).get("uid") or "")
+        tag = provenance.tag(uid, crl_purpose(issuer)) if uid else ""
+        text = crl_pem(crl)
+        held = configmap_text(cm, CRL_KEY) if cm is not None else None
+        tagged = cm is not None and _annotation(cm, PROVENANCE_ANNOTATION) == tag
+        entries = crl_entries(crl)
+        if held != text.decode() or not tagged:
+            await self._store(issuer, text, cm, (uid, tag), provenance)
+            log.info(
+                "mirrored CRL",
+                extra={
+                    "issuer": issuer.ref,
+                    "configmap": f"{namespace}/{issuer.crl_configmap}",
+                    "crl_number": crl_number(crl),
+                    "revoked": len(entries),
+                },
+            )
+        resign = crl.next_update_utc or (now + issuer.crl_validity)
+        state = PublishedCrl(crl_number(crl), entries, resign)
+        self._published[issuer.key] = state
+        return state
+
+    async def revoke_remote(
+        self, issuer: Issuer, ca: RemoteCA, new: Sequence[RevokedSerial], now: dt.datetime
+    ) -> tuple[PublishedCrl, list[RevokedSerial]]:
+        """The server (Vault) revokes and signs its CRL; the CRL ConfigMap mirrors it.
+        (what is published, entries added)."""
+        before = self.last(issuer.key)
+        listed = {e.serial for e in before.entries} if before is not None else set()
+        pem = await ca.signing.revoke([e.serial for e in new])
+        published = await self.mirror(issuer, ca.cert, pem, now)
+        now_listed = {e.serial for e in published.entries}
+        added = [e for e in new if e.serial in now_listed and e.serial not in listed]
+        return published, added
 
     async def _provenance(self) -> Provenance:
         try:

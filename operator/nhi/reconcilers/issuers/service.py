@@ -14,7 +14,7 @@ from typing import Any
 
 from nhi.k8s.client import Api
 from nhi.k8s.events import EventRecorder
-from nhi.models.issuer import CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerKey
+from nhi.models.issuer import CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerKey, IssuerReason
 from nhi.reconcilers.issuers.controller import (
     RESYNC_INTERVAL,
     RETRY_INTERVAL,
@@ -24,12 +24,13 @@ from nhi.reconcilers.issuers.controller import (
 from nhi.reconcilers.issuers.crl import CrlPublisher
 from nhi.reconcilers.issuers.distribution import TrustBundleDistribution
 from nhi.reconcilers.issuers.provenance import ProvenanceKeys
-from nhi.reconcilers.issuers.signers import Signer
-from nhi.reconcilers.issuers.sources import CASources, SecretWatch
+from nhi.reconcilers.issuers.signers import IssuerNotReady, Signer
+from nhi.reconcilers.issuers.sources import CASources, SecretWatch, VaultSigning
 from nhi.reconcilers.issuers.status import IssuerOutcome
 from nhi.runtime.caches import WatchCaches
 from nhi.runtime.clock import Clock
 from nhi.runtime.store import without_managed_fields
+from nhi.vault import VaultClient
 
 
 class IssuerService:
@@ -46,6 +47,7 @@ class IssuerService:
         namespaces: Sequence[str] = (),
     ) -> None:
         secrets = SecretWatch()
+        self.sources = CASources(api, events, operator_namespace, secrets)
         self.provenance = ProvenanceKeys(api, operator_namespace)
         crl = CrlPublisher(
             api, self.provenance, operator_namespace, issuers=lambda: self.controller.issuers()
@@ -64,7 +66,7 @@ class IssuerService:
             api,
             events,
             clock,
-            sources=CASources(api, events, operator_namespace, secrets),
+            sources=self.sources,
             crl=crl,
             distribution=self.distribution,
             secrets=secrets,
@@ -103,6 +105,7 @@ class IssuerService:
     async def stop(self) -> None:
         await self.controller.stop()
         await self.distribution.stop()
+        self.sources.vault_pool.close()
 
     # ------------------------------------------------------------------ watch input
 
@@ -155,6 +158,19 @@ class IssuerService:
 
     async def signer(self, kind: str, name: str, identity_namespace: str) -> Signer:
         return await self.signers.signer(kind, name, identity_namespace)
+
+    async def vault_client(self, kind: str, name: str, identity_namespace: str) -> VaultClient:
+        """The Vault client (server and login) of a Ready issuer with a ``vault`` source;
+        IssuerNotReady otherwise."""
+        signer = await self.signers.signer(kind, name, identity_namespace)
+        remote = signer.remote
+        if remote is None or not isinstance(remote.signing, VaultSigning):
+            raise IssuerNotReady(
+                IssuerReason.INVALID_SPEC,
+                f"spec.vault.issuerRef: {kind} {name} has no vault source; name an issuer "
+                f"whose Vault keeps the credentials",
+            )
+        return remote.signing.client
 
     async def publish_trust_bundle(self, signer: Signer, namespace: str) -> None:
         await self.distribution.publish(signer, namespace)

@@ -11,9 +11,9 @@ reconciles anything and makes no request.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from nhi.crypto import Certificate, PreparedIssuer, PrivateKey, fingerprint_sha256
 from nhi.models.duration import rfc3339
@@ -29,13 +29,47 @@ class IssuerNotReady(Exception):
         self.message = message
 
 
+class RemoteSigning(Protocol):
+    """A CA whose key the operator does not hold (Vault/OpenBao PKI): it signs CSRs."""
+
+    async def sign(
+        self,
+        key: PrivateKey,
+        *,
+        spiffe_id: str,
+        dns_names: Sequence[str],
+        ttl: dt.timedelta,
+    ) -> tuple[Certificate, tuple[Certificate, ...]]:
+        """A certificate for ``key`` and the chain to send with it (intermediates)."""
+        ...
+
+    async def revoke(self, serials: Sequence[int]) -> str:
+        """Put ``serials`` on the CA's own CRL; return that CRL (PEM). IssuerNotReady when
+        the server cannot now (the serials are sent again later)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RemoteCA:
+    """The CA of a signer whose key stays on the server: its certificate, and who signs."""
+
+    cert: Certificate
+    signing: RemoteSigning = field(repr=False, compare=False)
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", fingerprint_sha256(self.cert))
+
+
 @dataclass(frozen=True)
 class Signer:
     kind: str  # IdentityIssuer | ClusterIdentityIssuer
     name: str
     namespace: str  # the issuer's namespace ('' for ClusterIdentityIssuer)
     trust_domain: str
-    ca: PreparedIssuer  # the CA certificate and key, checked once when loaded; signs leaves
+    #: The CA certificate and key, checked once when loaded, that signs leaves here; or a
+    #: remote CA (Vault) that signs CSRs.
+    ca: PreparedIssuer | RemoteCA
     chain: tuple[Certificate, ...]  # intermediates between ca_cert and the root, if any
     bundle_pem: bytes  # every root a verifier should trust now (old + new during CA rotation)
 
@@ -45,7 +79,13 @@ class Signer:
 
     @property
     def ca_key(self) -> PrivateKey:
+        if isinstance(self.ca, RemoteCA):
+            raise ValueError(f"{self.ref} signs remotely: the operator holds no CA key")
         return self.ca.key
+
+    @property
+    def remote(self) -> RemoteCA | None:
+        return self.ca if isinstance(self.ca, RemoteCA) else None
 
     @property
     def ref(self) -> str:
@@ -149,3 +189,15 @@ class SignerCache:
             f"the CA certificate of {kind} {name} expired at "
             f"{rfc3339(entry.ca_cert.not_valid_after_utc)}",
         )
+
+
+def changed(
+    before: tuple[Signer | None, IssuerNotReady | None],
+    after: tuple[Signer | None, IssuerNotReady | None],
+) -> bool:
+    """Whether identities must hear of the change: other material or another problem."""
+
+    def problem(p: IssuerNotReady | None) -> tuple[str, str] | None:
+        return None if p is None else (p.reason, p.message)
+
+    return material(before[0]) != material(after[0]) or problem(before[1]) != problem(after[1])

@@ -38,6 +38,9 @@ class IssuerOutcome:
     crl_number: int | None = None
     revoked_count: int | None = None
     next_due: dt.datetime | None = None  # the next time-based action (rotation, CRL re-sign)
+    vault: dict[str, str] | None = None  # status.vault of a vault source
+    #: The server failed (Vault unreachable, sealed...): retried with the queue's backoff.
+    backoff: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ def compute_status(
         status["crlNumber"] = outcome.crl_number
     if outcome.revoked_count is not None:
         status["revokedCount"] = outcome.revoked_count
+    if outcome.vault is not None or old.get("vault") is not None:
+        status["vault"] = outcome.vault  # None removes it (the source is no longer vault)
     return status
 
 

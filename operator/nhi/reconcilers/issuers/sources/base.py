@@ -18,6 +18,7 @@ from nhi.crypto import Certificate
 from nhi.k8s.client import Api
 from nhi.k8s.events import EventRecorder
 from nhi.models.issuer import Issuer, IssuerKey
+from nhi.reconcilers.issuers.signers import RemoteCA
 from nhi.reconcilers.issuers.status import IssuerOutcome
 
 SecretRef = tuple[str, str]  # (namespace, name)
@@ -30,6 +31,18 @@ class Loaded:
     material: CAMaterial
     note: str = ""  # added to the Ready message (spec changes waiting for a rotation)
     due: dt.datetime | None = None  # the next time the source must act (a rotation, expiry)
+
+
+@dataclass(frozen=True)
+class RemoteLoaded:
+    """A CA whose key stays on a server (Vault/OpenBao): it signs CSRs; its CRL is mirrored."""
+
+    ca: RemoteCA
+    chain: tuple[Certificate, ...]  # intermediates sent with each leaf
+    roots: tuple[Certificate, ...]
+    crl_pem: str  # the server's CRL, to mirror into the issuer's CRL ConfigMap
+    vault: dict[str, str]  # status.vault: address, crlURL, maxTTL
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ class CASourceStrategy:
         self.operator_namespace = operator_namespace
         self.secrets = secrets
 
-    async def load(self, req: LoadRequest) -> Loaded | IssuerOutcome:
+    async def load(self, req: LoadRequest) -> Loaded | RemoteLoaded | IssuerOutcome:
         """The CA material of ``req.issuer`` now, or why there is none."""
         raise NotImplementedError
 
