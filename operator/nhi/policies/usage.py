@@ -156,10 +156,10 @@ TOKEN_MINTED_BY_PERSON = "TokenMintedByPerson"  # noqa: S105 - an Event reason
 
 def person_minted_message(obs: Observation, mint: Mint) -> str:
     where = f" from {mint.source_ip}" if mint.source_ip else ""
-    agent = f" ({mint.user_agent})" if mint.user_agent else ""
+    client = f" ({mint.user_agent})" if mint.user_agent else ""
     return (
         f"a token of ServiceAccount {obs.namespace}/{obs.service_account} minted by "
-        f"{mint.minted_by}{where}{agent} at {_time(mint.at)} was used: credential "
+        f"{mint.minted_by}{where}{client} at {_time(mint.at)} was used: credential "
         f"{obs.credential_id}; a machine identity's token in a person's hands"
     )
 
