@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 FLUSH = 2
 UNUSED_AFTER = 25
 LEARNING = 15
+BEARER = uuid.uuid4().hex
 CM_READ = {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}
 SVC_LIST = {"apiGroups": [""], "resources": ["services"], "verbs": ["list"]}
 
@@ -135,7 +136,10 @@ def usage(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[U
         cluster.kubectl("create", "namespace", ns)
     args = [*cluster.control_plane.usage_args(), f"--usage-flush-interval={FLUSH}"]
     args += [f"--usage-unused-after={UNUSED_AFTER}s", "--policy-status-interval=0"]
-    args += [f"--usage-learning-window={LEARNING}s"]
+    args += [f"--usage-learning-window={LEARNING}s", "--usage-token-secret=audit-token"]
+    # The bearer token a forwarder would present instead of the API server's certificate.
+    cluster.kubectl("create", "secret", "generic", "audit-token", "-n", op_ns,
+                    f"--from-literal=token={BEARER}")  # fmt: skip
     for ns in pool:
         args += ["--namespace", ns]
     log = tmp_path_factory.mktemp("usage") / "operator.log"
@@ -421,6 +425,8 @@ def test_unauthenticated_malformed_and_oversized_posts_are_refused(usage: Usage)
     before = u.metric("nhi_usage_batches_total", result="unauthenticated")
     assert u.post(good, cert=None)[0] == 401
     assert u.post(good, cert=None, token="guessed")[0] == 401
+    # The bearer token from the Secret is accepted without a certificate.
+    assert u.post(good, cert=None, token=BEARER)[0] == 200
     # Signed by the same CA, but not the API server's audit certificate.
     assert u.post(good, cert="admin")[0] == 401
     assert u.metric("nhi_usage_batches_total", result="unauthenticated") == before + 3
