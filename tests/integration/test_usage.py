@@ -131,7 +131,7 @@ def usage(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[U
         pytest.skip("needs the local control plane, whose audit webhook posts to the operator")
     suffix = uuid.uuid4().hex[:6]
     op_ns = f"nhi-usage-{suffix}"
-    pool = [f"usage-{suffix}-{i}" for i in range(4)]
+    pool = [f"usage-{suffix}-{i}" for i in range(5)]
     for ns in [op_ns, *pool]:
         cluster.kubectl("create", "namespace", ns)
     args = [*cluster.control_plane.usage_args(), f"--usage-flush-interval={FLUSH}"]
@@ -440,3 +440,55 @@ def test_unauthenticated_malformed_and_oversized_posts_are_refused(usage: Usage)
     assert u.post(good)[0] == 200
     assert u.op.proc.poll() is None
     assert (ROOT / "manifests" / "audit" / "audit-policy.yaml").exists()
+
+
+def test_an_access_grant_records_what_it_was_used_for(usage: Usage) -> None:
+    """The grant's permission, used with the identity's token during its window, is named in
+    the grant's status when it ends."""
+    u, ns = usage, usage.pool[4]
+    token = issued_token(u, ns, "jit", [CM_READ])
+    u.cluster.kubectl("label", "namespace", ns, f"usage-grants={ns}")
+    policy = {
+        "apiVersion": "nhi.dev/v1alpha1",
+        "kind": "IdentityPolicy",
+        "metadata": {"name": f"usage-grants-{ns}"},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"usage-grants": ns}},
+            "requireOwner": False,
+            "grants": {"autoApprove": {"maxDuration": "1h", "verbs": ["list"]}},
+        },
+    }
+    u.cluster.apply(policy)
+    try:
+        u.cluster.apply(
+            {
+                "apiVersion": "nhi.dev/v1alpha1",
+                "kind": "AccessGrant",
+                "metadata": {"name": "list-services", "namespace": ns},
+                "spec": {
+                    "identityRef": {"name": "jit"},
+                    "rules": [SVC_LIST],
+                    "duration": "30m",
+                    "reason": "see which services exist",
+                },
+            }
+        )
+        wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/services") == 200, timeout=60,
+                 message="the grant's permission in place")  # fmt: skip
+        assert u.api(token, f"/api/v1/namespaces/{ns}/services") == 200
+        wait_for(lambda: u.count(ns, "jit", "services", "", "list") >= 2, timeout=30,
+                 message="the lists recorded")  # fmt: skip
+        u.cluster.kubectl("patch", "accessgrant", "list-services", "-n", ns, "--type=merge",
+                          "-p", json.dumps({"spec": {"revoked": True}}))  # fmt: skip
+
+        def used() -> list[str] | None:
+            grant = u.cluster.get("accessgrant", "list-services", ns) or {}
+            status = grant.get("status") or {}
+            return status.get("usedFor") if status.get("phase") == "Revoked" else None
+
+        used_for = wait_for(used, timeout=30, message="the grant's usedFor")
+        assert any(line.endswith(f"x list services in {ns}") for line in used_for), used_for
+        assert not any("configmaps" in line for line in used_for), used_for
+        assert u.api(token, f"/api/v1/namespaces/{ns}/services") == 403
+    finally:
+        u.cluster.kubectl("delete", "identitypolicy", f"usage-grants-{ns}", "--ignore-not-found")

@@ -468,3 +468,25 @@ def test_grant_series_counts_phases_and_overdue_grants() -> None:
     page = generate_latest(registry).decode()
     assert 'nhi_access_grants_overdue{namespace="a"} 1.0' in page
     assert 'nhi_access_grants{namespace="a",phase="Active"} 1.0' in page
+
+
+def test_used_for_lists_the_requests_the_grant_allowed_in_its_window() -> None:
+    from nhi.models.usage import Access, Seen
+    from nhi.policies.grants import used_for
+
+    g = grant({"rules": [DELETE_PVC, READ]})
+    start = int(T0.timestamp())
+    pvc, cm = "persistentvolumeclaims", "configmaps"
+    entries = {
+        Access("", pvc, "", "team", "old-data", "delete"): Seen(start + 5, start + 9, 3),
+        Access("", cm, "", "team", "", "list"): Seen(start + 1, start + 1, 1),
+        # Before the window, another namespace, a verb the grant does not give: not its use.
+        Access("", cm, "", "team", "", "get"): Seen(start - 900, start - 600, 4),
+        Access("", pvc, "", "other", "x", "delete"): Seen(start + 5, start + 5, 1),
+        Access("", pvc, "", "team", "x", "create"): Seen(start + 5, start + 5, 1),
+    }
+    assert used_for(g, entries, T0, T0 + HOUR) == [
+        "3 x delete persistentvolumeclaims/old-data in team",
+        "1 x list configmaps in team",
+    ]
+    assert used_for(g, {}, T0, T0 + HOUR) == []

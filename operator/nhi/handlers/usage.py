@@ -182,6 +182,9 @@ async def start() -> None:
         events=rt.events,
     )
     _endpoint = UsageEndpoint(settings, store)
+    if rt.grants is not None:
+        # What each AccessGrant was used for comes from the same books.
+        rt.grants.reconciler.usage = lambda namespace, name: store.books.get((namespace, name))
     # Loads the persisted usage first (events counted meanwhile are merged: UsageStore.load);
     # with peering, only the active replica counts and writes.
     store.start(rt.view, active=rt.gate.active)

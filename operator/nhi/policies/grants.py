@@ -15,6 +15,7 @@ from nhi.models.duration import rfc3339
 from nhi.models.grant import APPROVED, DENIED, AccessGrant, GrantPhase, GrantReason
 from nhi.models.identity import PolicyRule
 from nhi.models.policy import IdentityPolicy
+from nhi.models.usage import Access, Seen
 from nhi.policies.access import AccessCheck, bind_checks, rule_checks
 from nhi.policies.identity_policy import (
     forbidden_overlap,
@@ -24,6 +25,7 @@ from nhi.policies.identity_policy import (
     short_duration,
     wildcard_findings,
 )
+from nhi.policies.usage import rule_allows
 
 #: How long an ended grant is kept as the record before the operator deletes it.
 DEFAULT_RETENTION = dt.timedelta(hours=24)
@@ -109,6 +111,37 @@ def requester_checks(grant: AccessGrant) -> list[AccessCheck]:
         )
     checks += bind_checks("spec.roleRefs", grant.role_refs, grant.namespace)
     return checks
+
+
+#: The most requests ``status.usedFor`` lists.
+MAX_USED_FOR = 20
+
+
+def used_for(
+    grant: AccessGrant,
+    entries: Mapping[Access, Seen],
+    since: dt.datetime,
+    until: dt.datetime,
+) -> list[str]:
+    """What the grant was used for: the identity's requests, seen during its window, that its
+    rules allow (``count x verb resource[/name] in namespace``), the most frequent first."""
+    start, end = since.timestamp(), until.timestamp()
+    used = [
+        (seen.count, access)
+        for access, seen in entries.items()
+        if seen.last >= start
+        and seen.first <= end
+        and access.namespace in ("", grant.namespace)
+        and any(rule_allows(rule, access) for rule in grant.rules)
+    ]
+    used.sort(key=lambda item: (-item[0], item[1]))
+    out = []
+    for count, a in used[:MAX_USED_FOR]:
+        what = a.rbac_resource + (f".{a.api_group}" if a.api_group else "")
+        what += f"/{a.name}" if a.name else ""
+        where = f" in {a.namespace}" if a.namespace else " cluster-wide"
+        out.append(f"{count} x {a.verb} {what}{where}")
+    return out
 
 
 # ------------------------------------------------------------------------------ lifecycle

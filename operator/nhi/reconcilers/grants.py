@@ -25,6 +25,7 @@ from nhi.models.fields import SpecError
 from nhi.models.grant import AccessGrant, GrantPhase, GrantReason
 from nhi.models.identity import MachineIdentity
 from nhi.models.policy import IdentityPolicy
+from nhi.models.usage import UsageBook
 from nhi.policies import grants as rules
 from nhi.policies.access import AccessCheck, missing_by_field
 from nhi.policies.ownership import controlled_by_grant, describe_owner
@@ -64,6 +65,9 @@ class GrantReconciler:
         self.retention = retention
         #: Told every grant body this reconciler wrote (newer than the watch's, for a while).
         self.on_written: Callable[[dict[str, Any]], None] = lambda body: None
+        #: The usage of a ServiceAccount (namespace, name) from audit events, when the
+        #: operator ingests them (nhi.handlers.usage sets it): what a grant was used for.
+        self.usage: Callable[[str, str], UsageBook | None] = lambda namespace, name: None
 
     async def reconcile(self, seen: Gathered) -> rules.Verdict:
         """Bring the grant's children and status to where it stands now; the verdict says
@@ -100,7 +104,9 @@ class GrantReconciler:
         if not verdict.grant_access:
             await self._remove(seen, grant.uid)
         sa = observed.service_account if verdict.grant_access else ""
-        await self._status(seen.body, verdict, now, sa or "")
+        await self._status(
+            seen.body, verdict, now, sa or "", self._used_for(grant, observed, verdict, now)
+        )
         if verdict.delete:
             await self.api.delete("AccessGrant", grant.namespace, grant.name, uid=grant.uid)
         return verdict
@@ -130,6 +136,19 @@ class GrantReconciler:
             auto_approver=rules.auto_approver(grant, seen.policies, seen.namespace_labels),
             granted_since=min((s for s in since if s is not None), default=None),
         )
+
+    def _used_for(
+        self, grant: AccessGrant, observed: rules.Observed, verdict: rules.Verdict, now: dt.datetime
+    ) -> list[str] | None:
+        """The requests the grant allowed that its identity made in its window, when usage is
+        ingested (None: no usage data, nothing is written)."""
+        if verdict.activated_at is None or observed.service_account is None:
+            return None
+        book = self.usage(grant.namespace, observed.service_account)
+        if book is None:
+            return None
+        until = verdict.ended_at or now
+        return rules.used_for(grant, book.entries, verdict.activated_at, until)
 
     # ------------------------------------------------------------------ authority
 
@@ -229,11 +248,14 @@ class GrantReconciler:
         verdict: rules.Verdict,
         now: dt.datetime,
         service_account: str,
+        used_for: list[str] | None = None,
     ) -> None:
         meta = body.get("metadata") or {}
         old = dict(body.get("status") or {})
         new = _status_of(old, verdict, int(meta.get("generation") or 0), now)
         new["serviceAccount"] = service_account or old.get("serviceAccount") or ""
+        if used_for:
+            new["usedFor"] = used_for
         ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         ends = verdict.expires_at.timestamp() if verdict.expires_at else None
         metrics.GRANTS.observe(ns, name, verdict.phase, ends)
