@@ -26,6 +26,7 @@ from nhi.testenv.openbao import OPERATOR_ROLE, PKI_ROLE, OpenBao
 from tests.conftest import Cluster, OperatorProcess, wait_for
 from tests.integration.test_credentials import secret_data
 from tests.integration.test_identity import condition, wait_condition
+from tests.integration.test_issuer import wait_ready as ready
 
 pytestmark = pytest.mark.integration
 
@@ -94,26 +95,6 @@ def secret(name: str, namespace: str, **data: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": namespace},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
-
-
-def ready(
-    kube: Cluster,
-    kind: str,
-    name: str,
-    namespace: str | None,
-    status: str,
-    reason: str | None = None,
-    timeout: float = 30,
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        obj = kube.get(kind, name, namespace)
-        c = condition(obj, "Ready")
-        if c and c["status"] == status and (reason is None or c["reason"] == reason):
-            if obj and obj["status"].get("observedGeneration") == obj["metadata"]["generation"]:
-                return obj
-        return None
-
-    return wait_for(check, timeout=timeout, message=f"{kind} {name} Ready={status} {reason}")
 
 
 def vault_ca(bao: OpenBao) -> x509.Certificate:
