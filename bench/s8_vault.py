@@ -20,7 +20,14 @@ from bench.env import Env, gather_limited
 from bench.objects import apply_all, wait_ready
 from bench.result import Check, Result, ratio_check, stats
 from nhi import API_VERSION, crypto
-from nhi.testenv.openbao import KV_MOUNT, OPERATOR_ROLE, PKI_MOUNT, PKI_ROLE, OpenBao
+from nhi.testenv.openbao import (
+    KV_MOUNT,
+    LOGIN_SERVICE_ACCOUNT,
+    OPERATOR_ROLE,
+    PKI_MOUNT,
+    PKI_ROLE,
+    OpenBao,
+)
 from nhi.vault import TokenLogin, VaultClient, VaultPool
 
 ISSUER = "bench-vault"
@@ -40,7 +47,10 @@ def vault_issuer(bao: OpenBao) -> dict[str, Any]:
                 "caBundle": bao.ca_pem,
                 "pki": {"mount": PKI_MOUNT, "role": PKI_ROLE},
                 "auth": {
-                    "kubernetes": {"role": OPERATOR_ROLE, "serviceAccountName": "nhi-operator"}
+                    "kubernetes": {
+                        "role": OPERATOR_ROLE,
+                        "serviceAccountName": LOGIN_SERVICE_ACCOUNT,
+                    }
                 },
             },
         },

@@ -22,7 +22,7 @@ import pytest
 from cryptography import x509
 
 from nhi.crypto import dns_names_of, is_revoked, load_cert_chain, spiffe_id_of, verify_chain
-from nhi.testenv.openbao import OPERATOR_ROLE, PKI_ROLE, OpenBao
+from nhi.testenv.openbao import LOGIN_SERVICE_ACCOUNT, OPERATOR_ROLE, PKI_ROLE, OpenBao
 from tests.conftest import Cluster, OperatorProcess, wait_for
 from tests.integration.test_credentials import secret_data
 from tests.integration.test_identity import condition, wait_condition
@@ -53,7 +53,9 @@ def vault_spec(bao: OpenBao, auth: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-KUBERNETES_AUTH = {"kubernetes": {"role": OPERATOR_ROLE, "serviceAccountName": "nhi-operator"}}
+KUBERNETES_AUTH = {
+    "kubernetes": {"role": OPERATOR_ROLE, "serviceAccountName": LOGIN_SERVICE_ACCOUNT}
+}
 
 
 def issuer(name: str, vault: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:

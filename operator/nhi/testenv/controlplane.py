@@ -21,7 +21,7 @@ from nhi.testenv import manifests
 from nhi.testenv.errors import ControlPlaneError as ControlPlaneError
 from nhi.testenv.manifests import REPO_ROOT as REPO_ROOT
 from nhi.testenv.manifests import authority_policy as authority_policy
-from nhi.testenv.openbao import OpenBao
+from nhi.testenv.openbao import LOGIN_SERVICE_ACCOUNT, OpenBao
 from nhi.testenv.pki import Pki, write_kubeconfig
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -173,7 +173,7 @@ class ControlPlane:
     def start_openbao(
         self,
         operator_namespace: str = "nhi-system",
-        service_account: str = "nhi-operator",
+        service_account: str = LOGIN_SERVICE_ACCOUNT,
         *,
         port: int | None = None,
         tls: bool = True,

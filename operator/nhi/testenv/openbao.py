@@ -41,6 +41,9 @@ PKI_MOUNT = "pki"
 PKI_ROLE = "nhi"
 KV_MOUNT = "secret"
 OPERATOR_ROLE = "nhi-operator"
+#: The ServiceAccount the local operator (not in a Pod, no projected token of its own) logs in
+#: to OpenBao as: not the chart's `nhi-operator`, which a Helm install beside it creates.
+LOGIN_SERVICE_ACCOUNT = "nhi-vault-login"
 OPERATOR_POLICY = "nhi-operator"
 ROLE_MAX_TTL = "72h"
 REVIEWER = "openbao-token-reviewer"
@@ -252,7 +255,7 @@ class OpenBao:
         kube_ca_pem: str,
         kubectl: Kubectl,
         operator_namespace: str = "nhi-system",
-        operator_service_account: str = "nhi-operator",
+        operator_service_account: str = LOGIN_SERVICE_ACCOUNT,
     ) -> None:
         """Engines, auth methods, the operator's policy and roles (see the module doc)."""
         self.request("POST", f"sys/mounts/{PKI_MOUNT}", {"type": "pki"})
