@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
-SCENARIOS = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10"}
+SCENARIOS = {"1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"}
 
 
 def _snapshot(path: Path) -> bytes | None:

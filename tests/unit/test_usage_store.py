@@ -453,6 +453,27 @@ async def test_a_pod_bound_token_used_from_another_address_is_reported_once() ->
     assert s.pod_uses == {}  # checked already
 
 
+async def test_a_use_arriving_while_its_pod_is_read_is_not_reported_twice() -> None:
+    rec = Recorder()
+    api = FakeApi()
+    api.objects[("Pod", "team", "billing-0")] = {
+        "spec": {}, "status": {"podIP": "10.1.2.3", "podIPs": [{"ip": "10.1.2.3"}]},
+    }  # fmt: skip
+    s = store(api, events=rec)  # type: ignore[arg-type]
+    read = api.get
+
+    async def get_while_more_arrives(kind: str, namespace: str | None, name: str) -> Any:
+        # The same token is used again while the first pass waits for the pod.
+        s.ingest(parse_event_list(batch(event(auditID="meanwhile", sourceIPs=["198.51.100.9"]))))
+        return await read(kind, namespace, name)
+
+    api.get = get_while_more_arrives  # type: ignore[method-assign]
+    s.ingest(parse_event_list(batch(event(auditID="first", sourceIPs=["198.51.100.9"]))))
+    assert await s.check_pods({}) == 1
+    assert await s.check_pods({}) == 0
+    assert len(rec.posted) == 1
+
+
 def test_pod_addresses_include_the_node_with_host_network() -> None:
     from nhi.policies.usage import pod_addresses
 

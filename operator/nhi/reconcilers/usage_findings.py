@@ -61,6 +61,8 @@ async def check_pods(store: UsageStore, managers: Mapping[BookKey, Mapping[str, 
     uses, store.pod_uses = store.pod_uses, {}
     found = 0
     for key, obs in uses.items():
+        if key in store.pod_checked:
+            continue  # used again while an earlier pass was reading its pod: reported once
         try:
             pod = await store.api.get("Pod", obs.namespace, obs.pod)
         except ApiError as err:
