@@ -50,6 +50,13 @@ INVENTORY_OWNER_COVERAGE = Family(
     "Share of the ServiceAccounts (system ones excepted) with a known owner.",
     (),
 )
+INVENTORY_PERMISSIONS_USED = Family(
+    "nhi_inventory_permissions_used_ratio",
+    "gauge",
+    "Share of the MachineIdentities' declared rules used within their unusedAfter (audit "
+    "usage; absent without usage data).",
+    (),
+)
 INVENTORY_LAST_RUN = Family(
     "nhi_inventory_last_run_timestamp_seconds",
     "gauge",
@@ -63,6 +70,7 @@ INVENTORY_FAMILIES = (
     INVENTORY_CREDENTIALS,
     INVENTORY_COVERAGE,
     INVENTORY_OWNER_COVERAGE,
+    INVENTORY_PERMISSIONS_USED,
     INVENTORY_LAST_RUN,
 )
 #: {family name: {label values: value}}, replaced as a whole by each inventory run.

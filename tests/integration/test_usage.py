@@ -28,6 +28,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from nhi.testenv.manifests import install_report_crds
 from tests.conftest import ROOT, Cluster, OperatorProcess, start_operator, wait_for
 
 pytestmark = pytest.mark.integration
@@ -142,6 +143,9 @@ def usage(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[U
                     f"--from-literal=token={BEARER}")  # fmt: skip
     for ns in pool:
         args += ["--namespace", ns]
+    # Discovery beside it: unused rules are an NHI5 finding of the inventory's reports.
+    install_report_crds(cluster.kubectl)
+    args += ["--discovery", f"--discovery-namespace=usage-{suffix}-*", "--discovery-interval=1"]
     log = tmp_path_factory.mktemp("usage") / "operator.log"
     env = {**cluster.env(), "NHI_NAMESPACE": op_ns}
     op = start_operator(cluster, log, *args, env=env)
@@ -210,6 +214,19 @@ def test_use_is_recorded_an_unused_rule_reported_and_rightsize_drops_it(usage: U
     assert cond["status"] == "True" and "rules[1]" in cond["message"]
     assert obj["status"]["usage"]["rules"][0]["lastUsed"] is not None
     assert u.metric("nhi_identity_unused_rules", namespace=ns, identity="app") == 1
+
+    # The inventory joins it: an NHI5 finding in the namespace's PolicyReport, and the KPI.
+    def finding() -> dict[str, Any] | None:
+        body = u.cluster.get("policyreport", "nhi-inventory", ns) or {}
+        hits = [r for r in body.get("results") or [] if r["rule"] == "unused-permissions"]
+        return hits[0] if hits else None
+
+    result = wait_for(finding, timeout=30, message="the unused-permissions finding")
+    assert result["category"].startswith("NHI5")
+    assert result["resources"][0]["kind"] == "MachineIdentity"
+    assert "spec.permissions.rules[1]" in result["message"]
+    used = u.metric("nhi_inventory_permissions_used_ratio")
+    assert 0 < used < 1, used
 
     cli = [sys.executable, "-m", "nhi.cli.main", "rightsize", "app", "-n", ns]
     out = subprocess.run(

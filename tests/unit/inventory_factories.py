@@ -115,11 +115,21 @@ def token(
     )
 
 
-def identity(ns: str, name: str, owner: str = "team-a", sa_name: str = "") -> ManagedIdentity:
+def identity(
+    ns: str, name: str, owner: str = "team-a", sa_name: str = "", usage: Any = None
+) -> ManagedIdentity:
     spec: dict[str, Any] = {"owner": owner}
     if sa_name:
         spec["serviceAccount"] = {"name": sa_name}
-    return managed_identity_from_body({"metadata": {"namespace": ns, "name": name}, "spec": spec})
+    body = {"metadata": {"namespace": ns, "name": name}, "spec": spec}
+    return managed_identity_from_body(body | ({"status": {"usage": usage}} if usage else {}))
+
+
+def usage_status(used: int, unused: list[str], after: int = 30 * 86400) -> dict[str, Any]:
+    """``status.usage`` as the usage store writes it: ``used`` rules used, ``unused`` not."""
+    rules = [{"path": f"rules[{i}]", "count": 1} for i in range(used)]
+    rules += [{"path": p, "count": 0} for p in unused]
+    return {"rules": rules, "unusedRules": unused, "unusedAfterSeconds": after}
 
 
 def namespace(name: str, **labels: str) -> Meta:

@@ -132,10 +132,12 @@ def test_report_table_json_and_severity_filter(capsys) -> None:
     run(cli.report, None, "critical", "json", None)
     data = json.loads(capsys.readouterr().out)
     assert data["kpis"]["identities"] == 3
+    assert (data["kpis"]["permissionsUsed"], data["kpis"]["rulesWeighed"]) == (None, 0)
     assert {f["rule"] for f in data["findings"]} == {"cluster-admin-binding"}
     run(cli.report, None, None, "table", None)
     out = capsys.readouterr().out
     assert "owner coverage" in out and "default-service-account-used" in out
+    assert "permissions used: no usage data" in out
 
 
 class Page(HTMLParser):

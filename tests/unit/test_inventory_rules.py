@@ -25,6 +25,7 @@ from tests.unit.inventory_factories import (
     rule,
     sa,
     token,
+    usage_status,
 )
 
 pytestmark = pytest.mark.unit
@@ -384,6 +385,40 @@ def test_unknown_owner_is_a_finding_when_the_identity_matters() -> None:
     assert ("unknown-owner", "ServiceAccount/app/ci") not in rules_of(owned)
 
 
+def test_unused_declared_rules_are_an_nhi5_finding_and_go_when_used() -> None:
+    unused = observed(
+        sas=[sa("app", "ci")],
+        identities=[identity("app", "ci", usage=usage_status(1, ["rules[1]", "clusterRules[0]"]))],
+    )
+    (f,) = [f for f in findings(unused) if f.rule == "unused-permissions"]
+    assert (f.risk, f.severity, str(f.subject)) == ("NHI5", "low", "MachineIdentity/app/ci")
+    assert ref("ServiceAccount", "app", "ci") in f.objects
+    assert "2 of its 3 declared rules for 30 days: rules[1], clusterRules[0]" in f.message
+    assert "nhi rightsize ci -n app" in f.fix
+    none_used = observed(identities=[identity("app", "ci", usage=usage_status(0, ["rules[0]"]))])
+    assert [f.severity for f in findings(none_used) if f.rule == "unused-permissions"] == ["medium"]
+    used = observed(identities=[identity("app", "ci", usage=usage_status(2, []))])
+    no_data = observed(identities=[identity("app", "ci")])
+    for obs in (used, no_data):
+        assert not any(f.rule == "unused-permissions" for f in findings(obs))
+    off = InventoryConfig(disabled=frozenset({"unused-permissions"}))
+    assert not any(f.rule == "unused-permissions" for f in findings(unused, config=off))
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"rules": "x", "unusedRules": 3},
+        {"rules": [], "unusedRules": ["rules[0]"]},
+        {"rules": [{}], "unusedRules": ["a", "b", "c"], "unusedAfterSeconds": True},
+        {"unusedAfterSeconds": -5},
+    ],
+)
+def test_a_malformed_usage_status_is_read_without_raising(usage: dict[str, object]) -> None:
+    mi = identity("app", "ci", usage=usage)
+    assert len(mi.unused_rules) <= mi.rules_weighed and mi.unused_after_seconds >= 0
+
+
 def test_kpis() -> None:
     obs = observed(
         sas=[sa("app", "a", labels={"owner": "x"}), sa("app", "b"), sa("kube-system", "c")],
@@ -397,3 +432,14 @@ def test_kpis() -> None:
     assert (k.owned_total, k.owned) == (2, 1)
     assert dict(k.credential_ages)["7d"] == 1
     assert k.findings_by_risk["NHI4"] >= 1
+    assert (k.rules_weighed, k.permissions_used) == (0, None)
+    obs = observed(
+        identities=[
+            identity("app", "a", usage=usage_status(3, ["rules[3]"])),
+            identity("app", "b", usage=usage_status(0, ["rules[0]", "rules[1]"])),
+            identity("app", "c"),
+        ]
+    )
+    inv = build(obs, CONFIG)
+    k = compute(inv, evaluate(inv, CONFIG, T0), T0)
+    assert (k.rules_weighed, k.rules_used, k.permissions_used) == (6, 3, 0.5)

@@ -57,6 +57,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_inventory_credentials": ("gauge", ("age",)),
     "nhi_inventory_coverage_ratio": ("gauge", ()),
     "nhi_inventory_owner_coverage_ratio": ("gauge", ()),
+    "nhi_inventory_permissions_used_ratio": ("gauge", ()),
     "nhi_inventory_last_run_timestamp_seconds": ("gauge", ()),
     "nhi_inventory_findings_detected": ("counter", ("risk", "severity")),
     "nhi_credential_time_to_rotate_seconds": ("histogram", ()),
@@ -664,6 +665,7 @@ def test_dashboard_shows_what_operators_need(path: Path) -> None:
     assert has("nhi_inventory_findings", "by (risk)"), "governance: findings by OWASP risk"
     assert has("nhi_inventory_coverage_ratio"), "governance: coverage"
     assert has("nhi_inventory_owner_coverage_ratio"), "governance: owner coverage"
+    assert has("nhi_inventory_permissions_used_ratio"), "governance: declared permissions used"
 
 
 SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}")

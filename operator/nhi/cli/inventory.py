@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nhi.cli.render import dump, render_table
+from nhi.cli.report_html import used_text
 from nhi.crypto.metadata import tls_secret_certificate
 from nhi.k8s.client import Api, path_for
 from nhi.models.discovered import Identity
@@ -234,6 +235,9 @@ def kpi_dict(k: Kpis) -> dict[str, Any]:
         "inUse": k.in_use,
         "managedInUse": k.managed_in_use,
         "ownerCoverage": round(k.owner_coverage, 4),
+        "permissionsUsed": None if k.permissions_used is None else round(k.permissions_used, 4),
+        "rulesWeighed": k.rules_weighed,
+        "rulesUsed": k.rules_used,
         "credentialAges": dict(k.credential_ages),
         "findingsByRisk": k.findings_by_risk,
         "findingsBySeverity": k.findings_by_severity,
@@ -266,7 +270,7 @@ def render_report(result: Result, findings: Sequence[Finding], fmt: str, now: dt
     lines = [
         f"Identities: {k.identities}   coverage: {k.coverage:.0%} "
         f"({k.managed_in_use}/{k.in_use} used ServiceAccounts managed)   "
-        f"owner coverage: {k.owner_coverage:.0%}",
+        f"owner coverage: {k.owner_coverage:.0%}   permissions used: {used_text(k)}",
         "Credential ages: " + ", ".join(f"{b}: {n}" for b, n in k.credential_ages),
         "Open findings by risk: "
         + (", ".join(f"{r}: {n}" for r, n in k.findings_by_risk.items()) or "none"),

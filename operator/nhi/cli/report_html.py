@@ -28,6 +28,13 @@ th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-al
 """
 
 
+def used_text(k: Kpis) -> str:
+    """The share of declared permissions used, for people."""
+    if k.permissions_used is None:
+        return "no usage data"
+    return f"{k.permissions_used:.0%} ({k.rules_used}/{k.rules_weighed} declared rules)"
+
+
 def bar_chart(title: str, data: Mapping[str, int], colors: Mapping[str, str] | None = None) -> str:
     """Horizontal bars, one per key, in an inline SVG."""
     width, row = 360, 24
@@ -74,6 +81,7 @@ def render_html(kpis: Kpis, findings: Sequence[Finding], now: dt.datetime) -> st
             _tile("identities", str(kpis.identities)),
             _tile("coverage (used ServiceAccounts managed)", f"{kpis.coverage:.0%}"),
             _tile("owner coverage", f"{kpis.owner_coverage:.0%}"),
+            _tile("declared permissions used", used_text(kpis)),
             _tile("open findings", str(len(findings))),
         )
     )

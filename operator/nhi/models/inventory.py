@@ -401,6 +401,11 @@ class ManagedIdentity:
     name: str
     service_account: str
     owner: str
+    #: From ``status.usage`` (audit usage, docs/usage.md): how many declared rules are weighed,
+    #: which of them went unused, and for how long a rule may go unused. 0 rules: no usage data.
+    rules_weighed: int = 0
+    unused_rules: tuple[str, ...] = ()
+    unused_after_seconds: int = 0
 
     @property
     def ref(self) -> ObjectRef:
@@ -415,9 +420,28 @@ def managed_identity_from_body(body: Mapping[str, Any]) -> ManagedIdentity:
     sa = spec.get("serviceAccount")
     sa_name = sa.get("name") if isinstance(sa, Mapping) else None
     owner = spec.get("owner")
+    weighed, unused, after = _usage_of(body.get("status"))
     return ManagedIdentity(
         namespace=str(meta.get("namespace") or ""),
         name=name,
         service_account=sa_name if isinstance(sa_name, str) and sa_name else name,
         owner=owner.strip() if isinstance(owner, str) else "",
+        rules_weighed=weighed,
+        unused_rules=unused,
+        unused_after_seconds=after,
     )
+
+
+def _usage_of(status: Any) -> tuple[int, tuple[str, ...], int]:
+    """(rules weighed, unused rule paths, unusedAfterSeconds) of ``status.usage``; zeros when
+    absent or malformed (a status is written by the operator, but read defensively)."""
+    usage = status.get("usage") if isinstance(status, Mapping) else None
+    if not isinstance(usage, Mapping):
+        return 0, (), 0
+    rules = usage.get("rules")
+    unused = usage.get("unusedRules")
+    after = usage.get("unusedAfterSeconds")
+    weighed = len(rules) if isinstance(rules, list) else 0
+    paths = tuple(str(p) for p in unused) if isinstance(unused, list) else ()
+    seconds = after if isinstance(after, int) and not isinstance(after, bool) else 0
+    return weighed, paths[:weighed] if weighed else (), max(seconds, 0)

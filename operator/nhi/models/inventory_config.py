@@ -29,6 +29,7 @@ RULES = (
     "cluster-wide-secret-read",
     "privilege-escalation-verb",
     "sensitive-subresource",
+    "unused-permissions",
     "long-lived-certificate",
     "old-token-secret",
     "malformed-tls-secret",

@@ -245,6 +245,38 @@ def _grant_findings(
         )
 
 
+def unused_permissions(
+    inv: Inventory, config: InventoryConfig, now: dt.datetime
+) -> Iterator[Finding]:
+    """Declared rules of a MachineIdentity its workloads have not used (audit usage: the
+    identity's ``status.usage``, with its own ``unusedAfter``)."""
+    labels = {i.key: i.labels for i in inv.identities}
+    for mi in inv.observed.identities:
+        if not mi.unused_rules:
+            continue
+        sa = ObjectRef("ServiceAccount", mi.namespace, mi.service_account)
+        span = _span(mi.unused_after_seconds)
+        yield Finding(
+            "unused-permissions",
+            "NHI5",
+            "medium" if len(mi.unused_rules) == mi.rules_weighed else "low",
+            mi.namespace,
+            (mi.ref, sa),
+            f"{mi.ref} has not used {len(mi.unused_rules)} of its {mi.rules_weighed} declared "
+            f"rules{span}: {', '.join(mi.unused_rules)}",
+            f"`nhi rightsize {mi.name} -n {mi.namespace}` prints the permissions without them; "
+            "commit that change (or set spec.permissions.rightsizing: Suggest)",
+            labels.get((mi.namespace, mi.service_account), {}),
+        )
+
+
+def _span(seconds: int) -> str:
+    if seconds <= 0:
+        return ""
+    days = seconds / 86400
+    return f" for {days:g} days" if days >= 1 else f" for {seconds} seconds"
+
+
 # ---------------------------------------------------------------------------------- NHI7
 
 
@@ -386,6 +418,7 @@ RULE_FUNCTIONS: tuple[RuleFunction, ...] = (
     legacy_token_secrets,
     automount_without_permissions,
     overprivileged,
+    unused_permissions,
     long_lived_credentials,
     environment_isolation,
     reuse,

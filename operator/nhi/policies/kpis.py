@@ -1,5 +1,5 @@
 """Governance KPIs of an inventory, pure: coverage, owner coverage, credential ages, open
-findings by risk and severity."""
+findings by risk and severity, the share of declared permissions used."""
 
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ class Kpis:
     credential_ages: tuple[tuple[str, int], ...] = ()
     findings_by_risk: dict[str, int] = field(default_factory=dict)
     findings_by_severity: dict[str, int] = field(default_factory=dict)
+    #: Declared rules of MachineIdentities weighed against audit usage, and how many of
+    #: them were used within their identity's unusedAfter.
+    rules_weighed: int = 0
+    rules_used: int = 0
 
     @property
     def coverage(self) -> float:
@@ -38,6 +42,11 @@ class Kpis:
     @property
     def owner_coverage(self) -> float:
         return self.owned / self.owned_total if self.owned_total else 1.0
+
+    @property
+    def permissions_used(self) -> float | None:
+        """Share of granted (declared) permissions used; None without usage data."""
+        return self.rules_used / self.rules_weighed if self.rules_weighed else None
 
 
 def age_bucket(age: dt.timedelta) -> str:
@@ -60,6 +69,7 @@ def compute(inv: Inventory, findings: Sequence[Finding], now: dt.datetime) -> Kp
     used = [i for i in people if i.workloads]
     buckets = Counter(age_bucket(a) for a in credential_ages(inv, now))
     labels = [f"{d}d" for d in AGE_BUCKETS] + ["older"]
+    weighed = [m for m in inv.observed.identities if m.rules_weighed]
     return Kpis(
         identities=len(inv.identities),
         in_use=len(used),
@@ -69,4 +79,6 @@ def compute(inv: Inventory, findings: Sequence[Finding], now: dt.datetime) -> Kp
         credential_ages=tuple((b, buckets.get(b, 0)) for b in labels),
         findings_by_risk=dict(sorted(Counter(f.risk for f in findings).items())),
         findings_by_severity=dict(sorted(Counter(f.severity for f in findings).items())),
+        rules_weighed=sum(m.rules_weighed for m in weighed),
+        rules_used=sum(m.rules_weighed - len(m.unused_rules) for m in weighed),
     )

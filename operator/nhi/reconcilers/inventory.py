@@ -78,6 +78,9 @@ def snapshot(
         "nhi_inventory_credentials": {(b,): float(n) for b, n in kpis.credential_ages},
         "nhi_inventory_coverage_ratio": {(): kpis.coverage},
         "nhi_inventory_owner_coverage_ratio": {(): kpis.owner_coverage},
+        "nhi_inventory_permissions_used_ratio": (
+            {} if kpis.permissions_used is None else {(): kpis.permissions_used}
+        ),
         "nhi_inventory_last_run_timestamp_seconds": {(): now.timestamp()},
     }
 
