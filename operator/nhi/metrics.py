@@ -491,6 +491,13 @@ usage_tokens_outside_pod = Counter(
     ("namespace",),
     registry=REGISTRY,
 )
+usage_tokens_foreign_pod = Counter(
+    "nhi_usage_tokens_foreign_pod",
+    "Uses of a MachineIdentity's ServiceAccount token bound to a pod that is not among the "
+    "identity's workloads (spec.workloads.selector), each credential and address counted once.",
+    ("namespace",),
+    registry=REGISTRY,
+)
 usage_flushes = Counter(
     "nhi_usage_flushes",
     "Writes of usage ConfigMaps, by result.",

@@ -436,6 +436,47 @@ def test_a_pod_bound_token_used_from_outside_its_pod_is_reported(usage: Usage) -
     assert u.metric("nhi_usage_tokens_outside_pod_total", namespace=ns) == 1
 
 
+def test_a_token_of_a_pod_that_is_not_the_identitys_workload_is_reported(usage: Usage) -> None:
+    u, ns = usage, usage.pool[2]
+    u.cluster.apply(
+        {
+            "apiVersion": "nhi.dev/v1alpha1",
+            "kind": "MachineIdentity",
+            "metadata": {"name": "billing", "namespace": ns},
+            "spec": {
+                "owner": "team-a",
+                "workloads": {"selector": {"matchLabels": {"app": "billing"}}},
+                "permissions": {"rules": [CM_READ]},
+            },
+        }
+    )
+    wait_for(lambda: u.cluster.get("serviceaccount", "billing", ns), timeout=60,
+             message="the identity's ServiceAccount")  # fmt: skip
+    # Someone starts a pod of their own with the identity's ServiceAccount.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "borrower", "namespace": ns, "labels": {"app": "other"}},
+        "spec": {"serviceAccountName": "billing",
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }  # fmt: skip
+    u.cluster.apply(pod)
+    token = u.cluster.kubectl("create", "token", "billing", "-n", ns, "--bound-object-kind=Pod",
+                              "--bound-object-name=borrower").stdout.strip()  # fmt: skip
+    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
+             message="the borrowed token to list ConfigMaps")  # fmt: skip
+
+    def findings() -> list[dict[str, Any]]:
+        out = u.cluster.kubectl("get", "events", "-n", ns, "-o", "json")
+        return [e for e in json.loads(out.stdout)["items"] if e["reason"] == "TokenOfForeignPod"]
+
+    (event,) = wait_for(findings, timeout=30, message="the TokenOfForeignPod Event")
+    assert event["involvedObject"]["kind"] == "MachineIdentity"
+    assert "bound to pod borrower, which is not among the workloads" in event["message"]
+    assert token not in event["message"]
+    assert u.metric("nhi_usage_tokens_foreign_pod_total", namespace=ns) == 1
+
+
 def test_unauthenticated_malformed_and_oversized_posts_are_refused(usage: Usage) -> None:
     u = usage
     good = json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": []}).encode()

@@ -74,6 +74,7 @@ EXPECTED: dict[str, tuple[str, tuple[str, ...]]] = {
     "nhi_usage_person_minted_tokens": ("counter", ("namespace",)),
     "nhi_usage_log_lines_skipped": ("counter", ()),
     "nhi_usage_tokens_outside_pod": ("counter", ("namespace",)),
+    "nhi_usage_tokens_foreign_pod": ("counter", ("namespace",)),
     "nhi_identity_unused_rules": ("gauge", ("namespace", "identity")),
 }
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

@@ -474,6 +474,33 @@ async def test_a_use_arriving_while_its_pod_is_read_is_not_reported_twice() -> N
     assert len(rec.posted) == 1
 
 
+async def test_a_token_bound_to_a_pod_outside_the_identitys_workloads_is_reported() -> None:
+    rec = Recorder()
+    api = FakeApi()
+    labels = {"app": "intruder"}
+    api.objects[("Pod", "team", "billing-0")] = {
+        "metadata": {"labels": labels}, "spec": {}, "status": {},  # no address yet
+    }  # fmt: skip
+    s = store(api, events=rec)  # type: ignore[arg-type]
+    selector = {"matchLabels": {"app": "billing"}}
+    mi = make_body(namespace="team", name="billing", workloads={"selector": selector})
+    before = metrics.usage_tokens_foreign_pod.labels("team")._value.get()
+    s.ingest(parse_event_list(batch(event(auditID="x", sourceIPs=["10.1.2.3"]))))
+    assert await s.check_pods({("team", "billing"): mi}) == 1
+    ((about, _, reason, message),) = rec.posted
+    assert (about["kind"], reason) == ("MachineIdentity", "TokenOfForeignPod")
+    assert "bound to pod billing-0, which is not among the workloads of MachineIdentity" in message
+    assert "JTI=abc" in message
+    assert metrics.usage_tokens_foreign_pod.labels("team")._value.get() == before + 1
+    # The identity's own pod, or an identity without a selector: nothing.
+    labels["app"] = "billing"
+    bare = make_body(namespace="team", name="billing")
+    for n, manager in enumerate((mi, bare)):
+        s.ingest(parse_event_list(batch(event(auditID=f"y{n}", sourceIPs=[f"10.9.9.{n}"]))))
+        assert await s.check_pods({("team", "billing"): manager}) == 0
+    assert len(rec.posted) == 1
+
+
 def test_pod_addresses_include_the_node_with_host_network() -> None:
     from nhi.policies.usage import pod_addresses
 

@@ -15,8 +15,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nhi.models.fields import SpecError
 from nhi.models.identity import PolicyRule
 from nhi.models.policy import IdentityPolicy
+from nhi.models.selector import parse_selector
 from nhi.models.usage import ANY_NAME, Access, Mint, Observation, Seen
 
 #: Unused for this long, a rule is reported (settable per IdentityPolicy and per operator).
@@ -165,6 +167,7 @@ def person_minted_message(obs: Observation, mint: Mint) -> str:
 
 
 TOKEN_USED_OUTSIDE_POD = "TokenUsedOutsidePod"  # noqa: S105 - an Event reason
+TOKEN_OF_FOREIGN_POD = "TokenOfForeignPod"  # noqa: S105 - an Event reason
 
 
 def pod_addresses(pod: Mapping[str, Any]) -> set[str]:
@@ -186,6 +189,31 @@ def outside_pod(obs: Observation, pod: Mapping[str, Any] | None) -> bool:
         return False
     ips = pod_addresses(pod)
     return bool(ips) and obs.source_ip not in ips
+
+
+def foreign_pod(pod: Mapping[str, Any], identity: Mapping[str, Any]) -> bool:
+    """A pod that a MachineIdentity's ServiceAccount token was bound to, and that is not one
+    of the identity's workloads: its labels do not match ``spec.workloads.selector``. Without
+    a selector (or with one that cannot be read) every pod of the ServiceAccount is its own."""
+    spec = identity.get("spec")
+    workloads = spec.get("workloads") if isinstance(spec, Mapping) else None
+    raw = workloads.get("selector") if isinstance(workloads, Mapping) else None
+    try:
+        selector = parse_selector(raw, "spec.workloads.selector")
+    except SpecError:
+        return False
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return not selector.empty and not selector.matches(labels)
+
+
+def foreign_pod_message(obs: Observation, identity: Mapping[str, Any]) -> str:
+    meta = identity.get("metadata") or {}
+    return (
+        f"a token of ServiceAccount {obs.namespace}/{obs.service_account} bound to pod "
+        f"{obs.pod}, which is not among the workloads of MachineIdentity "
+        f"{meta.get('namespace')}/{meta.get('name')} (spec.workloads.selector), was used from "
+        f"{obs.source_ip}: credential {obs.credential_id}"
+    )
 
 
 def outside_pod_message(obs: Observation, pod: Mapping[str, Any]) -> str:

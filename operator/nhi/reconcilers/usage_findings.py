@@ -1,7 +1,8 @@
 """What the usage reveals, reported as Warning Events and metrics: new behaviour after the
 learning window, tokens minted by a person and then used (lineage), and pod-bound tokens used
-from an address that is not their pod's. Run by :class:`~nhi.reconcilers.usage.UsageStore`
-once per pass; the verdicts are in :mod:`nhi.policies.usage`.
+from an address that is not their pod's or bound to a pod outside the identity's workloads.
+Run by :class:`~nhi.reconcilers.usage.UsageStore` once per pass; the verdicts are in
+:mod:`nhi.policies.usage`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ def report(store: UsageStore, bodies: Iterable[Mapping[str, Any]]) -> int:
 
 async def check_pods(store: UsageStore, managers: Mapping[BookKey, Mapping[str, Any]]) -> int:
     """Compare the source address of pod-bound tokens with their pods' (one read of each
-    pod); a token used from elsewhere is a TokenUsedOutsidePod Event. Returns how many."""
+    pod); a token used from elsewhere is a TokenUsedOutsidePod Event, and a MachineIdentity's
+    token bound to a pod that is not among its workloads a TokenOfForeignPod Event. Returns
+    how many."""
     uses, store.pod_uses = store.pod_uses, {}
     found = 0
     for key, obs in uses.items():
@@ -68,21 +71,31 @@ async def check_pods(store: UsageStore, managers: Mapping[BookKey, Mapping[str, 
         except ApiError as err:
             log.debug("could not read a pod", extra={"error": str(err)})
             continue
-        if pod is not None and not policy.pod_addresses(pod):
+        manager = managers.get((obs.namespace, obs.service_account))
+        foreign = pod is not None and manager is not None and policy.foreign_pod(pod, manager)
+        if pod is not None and not foreign and not policy.pod_addresses(pod):
             continue  # no address yet: looked at again on the next use
         store.pod_checked.add(key)
         if len(store.pod_checked) > MAX_CHECKED:
             store.pod_checked.clear()
-        if not policy.outside_pod(obs, pod):
-            continue
-        assert pod is not None
-        found += 1
-        metrics.usage_tokens_outside_pod.labels(obs.namespace).inc()
-        if store.events is not None:
-            message = policy.outside_pod_message(obs, pod)
-            subject = subject_of(managers, obs)
-            store.events.post(subject, "Warning", policy.TOKEN_USED_OUTSIDE_POD, message)
+        if foreign:
+            assert pod is not None and manager is not None
+            found += 1
+            metrics.usage_tokens_foreign_pod.labels(obs.namespace).inc()
+            _post(store, manager, policy.TOKEN_OF_FOREIGN_POD,
+                  policy.foreign_pod_message(obs, manager))  # fmt: skip
+        if policy.outside_pod(obs, pod):
+            assert pod is not None
+            found += 1
+            metrics.usage_tokens_outside_pod.labels(obs.namespace).inc()
+            _post(store, subject_of(managers, obs), policy.TOKEN_USED_OUTSIDE_POD,
+                  policy.outside_pod_message(obs, pod))  # fmt: skip
     return found
+
+
+def _post(store: UsageStore, subject: Mapping[str, Any], reason: str, message: str) -> None:
+    if store.events is not None:
+        store.events.post(subject, "Warning", reason, message)
 
 
 def managers_of(bodies: Iterable[Mapping[str, Any]]) -> dict[BookKey, Mapping[str, Any]]:
