@@ -477,6 +477,38 @@ def test_a_token_of_a_pod_that_is_not_the_identitys_workload_is_reported(usage: 
     assert u.metric("nhi_usage_tokens_foreign_pod_total", namespace=ns) == 1
 
 
+def test_a_legacy_token_is_traced_to_its_secret(usage: Usage) -> None:
+    u, ns = usage, usage.pool[4]
+    u.cluster.kubectl("create", "serviceaccount", "legacy", "-n", ns)
+    u.cluster.kubectl("create", "role", "legacy-read", "-n", ns, "--verb=list",
+                      "--resource=configmaps")  # fmt: skip
+    u.cluster.kubectl("create", "rolebinding", "legacy-read", "-n", ns, "--role=legacy-read",
+                      f"--serviceaccount={ns}:legacy")  # fmt: skip
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "legacy-token", "namespace": ns,
+                     "annotations": {"kubernetes.io/service-account.name": "legacy"}},
+    }  # fmt: skip
+    u.cluster.apply(secret)
+
+    def value() -> str | None:
+        raw = ((u.cluster.get("secret", "legacy-token", ns) or {}).get("data") or {}).get("token")
+        return base64.b64decode(raw).decode() if raw else None
+
+    token = wait_for(value, timeout=30, message="the token controller to fill the Secret")
+    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
+             message="the legacy token to list ConfigMaps")  # fmt: skip
+
+    def credentials() -> list[Any]:
+        return list((u.book(ns, "legacy") or {}).get("credentials") or [])
+
+    creds = wait_for(credentials, timeout=FLUSH + 30, message="the legacy token's use recorded")
+    assert [c[0] for c in creds] == ["Secret=legacy-token"]
+    assert token not in json.dumps(u.book(ns, "legacy"))
+
+
 def test_unauthenticated_malformed_and_oversized_posts_are_refused(usage: Usage) -> None:
     u = usage
     good = json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": []}).encode()
