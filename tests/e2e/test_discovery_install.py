@@ -85,6 +85,8 @@ def test_discovery_works_with_the_charts_rbac_and_nothing_more(
     assert can_i(cluster, "list", "secrets", "-n", namespace)
     assert can_i(cluster, "create", "policyreports.wgpolicyk8s.io", "-n", namespace)
     assert can_i(cluster, "create", "clusterpolicyreports.wgpolicyk8s.io")
+    assert can_i(cluster, "create", "reports.openreports.io", "-n", namespace)
+    assert can_i(cluster, "create", "clusterreports.openreports.io")
     assert can_i(cluster, "list", "clusterrolebindings.rbac.authorization.k8s.io")
     assert not can_i(cluster, "list", "secrets", "-n", "default")
     assert not can_i(cluster, "create", "policyreports.wgpolicyk8s.io", "-n", "default")
@@ -103,16 +105,20 @@ def test_discovery_works_with_the_charts_rbac_and_nothing_more(
         op = run_deployed(cluster, container, kubeconfig, config_file, tmp_path / "op.log")
         try:
 
-            def found() -> bool:
-                body = cluster.get("policyreport", "nhi-inventory", namespace) or {}
+            def found(kind: str) -> bool:
+                body = cluster.get(kind, "nhi-inventory", namespace) or {}
                 return any(
                     r["rule"] == "unused-service-account"
                     and r["resources"][0]["name"] == "forgotten"
                     for r in body.get("results") or []
                 )
 
-            wait_for(found, timeout=45, message=f"the finding in {namespace}'s report")
+            # In both report APIs installed: the policy working group's and OpenReports'.
+            for kind in ("policyreports.wgpolicyk8s.io", "reports.openreports.io"):
+                wait_for(lambda k=kind: found(k), timeout=45,
+                         message=f"the finding in {namespace}'s {kind}")  # fmt: skip
             assert cluster.get("clusterpolicyreport", "nhi-inventory") is not None
+            assert cluster.get("clusterreports.openreports.io", "nhi-inventory") is not None
             assert_no_forbidden(op)
         finally:
             op.stop()

@@ -288,6 +288,18 @@ def test_cluster_admin_bound_to_a_service_account(
         assert {"kind": "ClusterRoleBinding", "name": name} in [
             {k: v for k, v in x.items() if k in ("kind", "name")} for x in r["resources"]
         ]
+
+        # OpenReports, installed too, gets the same finding with its critical severity.
+        def open_report() -> dict[str, Any] | None:
+            body = crds.get("reports.openreports.io", "nhi-inventory", ns) or {}
+            hits = [x for x in body.get("results") or [] if x["rule"] == finding[0]]
+            return body if hits else None
+
+        body = wait_for(open_report, timeout=TIMEOUT, message="the finding in the OpenReport")
+        validate_strictly(crds, body)
+        [o] = [x for x in body["results"] if x["rule"] == finding[0]]
+        assert o["severity"] == "critical" and o["message"] == r["message"]
+        assert body["metadata"]["annotations"].get("nhi.dev/provenance")
     finally:
         crds.kubectl("delete", "clusterrolebinding", name, check=False)
     goes(crds, ns, finding)
@@ -374,6 +386,10 @@ def test_the_cluster_report_exists_and_fits_its_crd(
     inventory: OperatorProcess, crds: Cluster
 ) -> None:
     body = wait_for(lambda: report(crds, ""), timeout=TIMEOUT, message="the cluster's report")
+    validate_strictly(crds, body)
+    assert body["metadata"]["annotations"].get("nhi.dev/provenance")
+    body = wait_for(lambda: crds.get("clusterreports.openreports.io", "nhi-inventory"),
+                    timeout=TIMEOUT, message="the cluster's OpenReport")  # fmt: skip
     validate_strictly(crds, body)
     assert body["metadata"]["annotations"].get("nhi.dev/provenance")
 

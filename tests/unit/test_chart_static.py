@@ -264,18 +264,24 @@ def test_chart_and_kustomize_component_grant_the_same_discovery_rules() -> None:
     assert chart == discovery_component_rules()
 
 
+REPORTS = {"policyreports", "clusterpolicyreports", "reports", "clusterreports"}
+
+
 def test_discovery_reads_and_writes_nothing_but_its_reports() -> None:
     """Discovery is read-only (list, watch; no get of a Secret by name), but for the
     operator's own PolicyReports."""
     for rule in discovery_component_rules():
-        if rule["apiGroups"] == ["wgpolicyk8s.io"]:
-            assert set(rule["resources"]) <= {"policyreports", "clusterpolicyreports"}, rule
+        if rule["apiGroups"] in (["wgpolicyk8s.io"], ["openreports.io"]):
+            assert set(rule["resources"]) <= REPORTS, rule
             continue
         assert set(rule["verbs"]) == {"list", "watch"}, rule
     for rule in chart_rules("discoveryNamespacedRules"):
         assert not set(rule["resources"]) & CLUSTER_SCOPED, rule
     for rule in chart_rules("discoveryClusterRules"):
-        assert set(rule["resources"]) <= CLUSTER_SCOPED | {"clusterpolicyreports"}, rule
+        assert set(rule["resources"]) <= CLUSTER_SCOPED | {
+            "clusterpolicyreports",
+            "clusterreports",
+        }, rule
 
 
 def test_without_cluster_scoped_grants_the_operator_cannot_grant_cluster_wide() -> None:

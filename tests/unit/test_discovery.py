@@ -137,7 +137,8 @@ def test_without_the_report_crds_the_inventory_runs_on_metrics_only() -> None:
     d.identities_ready.set()
     asyncio.run(d.reconcile(("", "inventory")))
     asyncio.run(d.reconcile(("", "inventory")))
-    assert api.asked == 1 and d.reconciler.reports is None  # looked for once
+    # Looked for once per format (PolicyReport, OpenReports).
+    assert api.asked == 2 and d.reconciler.reports == []
     assert metrics.INVENTORY._snapshot["nhi_inventory_objects"][("LegacyTokenSecret",)] == 1.0
 
 
@@ -147,4 +148,4 @@ def test_an_error_looking_for_the_crds_is_asked_again_and_the_run_goes_on() -> N
     d.identities_ready.set()
     asyncio.run(d.reconcile(("", "inventory")))
     asyncio.run(d.reconcile(("", "inventory")))
-    assert api.asked == 2 and d.reconciler.runs == 2
+    assert api.asked == 4 and d.reconciler.runs == 2  # both formats asked again each run

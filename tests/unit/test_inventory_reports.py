@@ -12,6 +12,7 @@ import pytest
 
 from nhi import metrics_inventory as metrics
 from nhi.builders.policy_report import (
+    OPEN_REPORTS,
     REPORT_NAME,
     RESULTS_HASH_ANNOTATION,
     ReportPlan,
@@ -98,6 +99,36 @@ def test_a_report_holds_severities_every_v1alpha2_crd_accepts() -> None:
     assert r["category"] == "NHI5 Overprivileged NHI" and r["result"] == "fail"
     assert body["summary"]["fail"] == 1
     assert build_report("", [], {})["kind"] == "ClusterPolicyReport"
+
+
+def test_an_open_report_is_the_same_report_in_its_own_api_with_critical_kept() -> None:
+    f = finding()
+    body = build_report("app", [f], first_seen(f), OPEN_REPORTS)
+    assert (body["apiVersion"], body["kind"]) == ("openreports.io/v1alpha1", "Report")
+    assert body["results"][0]["severity"] == "critical"
+    assert build_report("", [], {}, OPEN_REPORTS)["kind"] == "ClusterReport"
+    policy = build_report("app", [f], first_seen(f))
+    same = ("metadata", "scope", "summary")
+    assert [body[k] for k in same] == [policy[k] for k in same]
+
+
+def test_a_run_writes_every_installed_format_with_its_own_tag() -> None:
+    api = FakeApi()
+    writers = [ReportWriter(api, Keys()), ReportWriter(api, Keys(), OPEN_REPORTS)]  # type: ignore[arg-type]
+    obs = observed(sas=[sa("app", "ci")], workloads=[deployment("app", "w", "ci")])
+    rec = InventoryReconciler(InventoryConfig(), lambda: T0, writers)
+    asyncio.run(rec.run(obs))
+    posted = sorted(path for method, path, _ in api.calls if method == "POST")
+    assert posted == [
+        "/apis/openreports.io/v1alpha1/clusterreports",
+        "/apis/openreports.io/v1alpha1/namespaces/app/reports",
+        "/apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports",
+        "/apis/wgpolicyk8s.io/v1alpha2/namespaces/app/policyreports",
+    ]
+    tags = {c[1]: c[2][1]["value"] for c in api.calls if c[0] == "TAG"}
+    assert tags["Report/app/nhi-inventory"] == PROV.tag("uid-1", purpose("app", OPEN_REPORTS))
+    assert tags["PolicyReport/app/nhi-inventory"] == PROV.tag("uid-1", purpose("app"))
+    assert purpose("app", OPEN_REPORTS) != purpose("app")
 
 
 def test_create_then_tag_then_no_write_while_unchanged() -> None:

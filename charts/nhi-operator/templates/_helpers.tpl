@@ -257,10 +257,13 @@ them).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["list", "watch"]
-# The namespace's PolicyReport: only the one the operator created (provenance tag) is ever
-# patched or deleted.
+# The namespace's PolicyReport (and OpenReports' Report where installed): only the one the
+# operator created (provenance tag) is ever patched or deleted.
 - apiGroups: ["wgpolicyk8s.io"]
   resources: ["policyreports"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["openreports.io"]
+  resources: ["reports"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end }}
 
@@ -272,8 +275,11 @@ them).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["clusterroles", "clusterrolebindings"]
   verbs: ["list", "watch"]
-# The cluster's report: only the one the operator created is ever patched or deleted.
+# The cluster's reports: only the ones the operator created are ever patched or deleted.
 - apiGroups: ["wgpolicyk8s.io"]
   resources: ["clusterpolicyreports"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["openreports.io"]
+  resources: ["clusterreports"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 {{- end }}

@@ -1,11 +1,15 @@
-"""The inventory's findings as the policy working group's reports (wgpolicyk8s.io/v1alpha2):
-one PolicyReport per namespace with findings, one ClusterPolicyReport for the rest.
+"""The inventory's findings as the policy ecosystem's reports: one report per namespace with
+findings, one for the cluster, in each :class:`ReportFormat` installed: the policy working
+group's PolicyReport / ClusterPolicyReport (wgpolicyk8s.io/v1alpha2) and their successor,
+OpenReports' Report / ClusterReport (openreports.io/v1alpha1). The bodies are the same but
+for the apiVersion, the kinds and the severities allowed.
 
-A result's ``severity`` is one of high, medium and low, which every published revision of
-the v1alpha2 CRD accepts (the first ones have no ``critical`` nor ``info``); the finding's
-own severity is in ``properties.severity`` and its OWASP risk in ``category`` and
-``properties.risk``. Results carry object references, rule names and messages: never a
-Secret's value (the inventory never holds one).
+In a PolicyReport a result's ``severity`` is one of high, medium and low, which every
+published revision of the v1alpha2 CRD accepts (the first ones have no ``critical`` nor
+``info``); OpenReports has ``critical``. The finding's own severity is in
+``properties.severity`` and its OWASP risk in ``category`` and ``properties.risk``. Results
+carry object references, rule names and messages: never a Secret's value (the inventory
+never holds one).
 """
 
 from __future__ import annotations
@@ -19,8 +23,6 @@ from typing import Any
 from nhi.models.inventory import RISKS, Finding, ObjectRef
 from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
 
-GROUP = "wgpolicyk8s.io"
-API_VERSION = f"{GROUP}/v1alpha2"
 REPORT_NAME = "nhi-inventory"
 SOURCE = "nhi-operator"
 POLICY = "nhi-inventory"
@@ -30,11 +32,44 @@ REPORT_KIND_VALUE = "inventory"
 #: The hash of the findings last written, so an unchanged report is not written again.
 RESULTS_HASH_ANNOTATION = "nhi.dev/results-hash"
 PROVENANCE_PURPOSE = "inventory-report"
-_REPORT_SEVERITY = {"critical": "high", "high": "high", "medium": "medium", "low": "low"}
 
 
-def kind_for(namespace: str) -> str:
-    return "PolicyReport" if namespace else "ClusterPolicyReport"
+@dataclass(frozen=True)
+class ReportFormat:
+    """One report API: its apiVersion, its two kinds, the severities its results take."""
+
+    api_version: str
+    namespaced_kind: str
+    cluster_kind: str
+    severities: Mapping[str, str]
+
+    def kind_for(self, namespace: str) -> str:
+        return self.namespaced_kind if namespace else self.cluster_kind
+
+    @property
+    def name(self) -> str:
+        return f"{self.namespaced_kind} ({self.api_version})"
+
+
+POLICY_REPORT = ReportFormat(
+    "wgpolicyk8s.io/v1alpha2",
+    "PolicyReport",
+    "ClusterPolicyReport",
+    {"critical": "high", "high": "high", "medium": "medium", "low": "low"},
+)
+OPEN_REPORTS = ReportFormat(
+    "openreports.io/v1alpha1",
+    "Report",
+    "ClusterReport",
+    {"critical": "critical", "high": "high", "medium": "medium", "low": "low"},
+)
+#: Every format the inventory writes, each where its CRDs are installed.
+FORMATS = (POLICY_REPORT, OPEN_REPORTS)
+API_VERSION = POLICY_REPORT.api_version
+
+
+def kind_for(namespace: str, fmt: ReportFormat = POLICY_REPORT) -> str:
+    return fmt.kind_for(namespace)
 
 
 def _resource(ref: ObjectRef) -> dict[str, str]:
@@ -49,13 +84,15 @@ def finding_key(f: Finding) -> str:
     return f.rule + "|" + "|".join(str(o) for o in f.objects)
 
 
-def result(f: Finding, first_seen: dt.datetime) -> dict[str, Any]:
+def result(
+    f: Finding, first_seen: dt.datetime, fmt: ReportFormat = POLICY_REPORT
+) -> dict[str, Any]:
     return {
         "source": SOURCE,
         "policy": POLICY,
         "rule": f.rule,
         "category": f"{f.risk} {RISKS[f.risk]}",
-        "severity": _REPORT_SEVERITY.get(f.severity, "low"),
+        "severity": fmt.severities.get(f.severity, "low"),
         "result": "fail",
         "scored": True,
         "message": f"{f.message}. Fix: {f.fix}",
@@ -79,11 +116,14 @@ def findings_hash(findings: Iterable[Finding]) -> str:
 
 
 def build_report(
-    namespace: str, findings: Iterable[Finding], first_seen: Mapping[str, dt.datetime]
+    namespace: str,
+    findings: Iterable[Finding],
+    first_seen: Mapping[str, dt.datetime],
+    fmt: ReportFormat = POLICY_REPORT,
 ) -> dict[str, Any]:
     """The report of ``namespace`` ("" for the cluster's) holding ``findings``."""
     ordered = _ordered(findings)
-    results = [result(f, first_seen[finding_key(f)]) for f in ordered]
+    results = [result(f, first_seen[finding_key(f)], fmt) for f in ordered]
     meta: dict[str, Any] = {
         "name": REPORT_NAME,
         "labels": {MANAGED_BY_KEY: MANAGED_BY, REPORT_LABEL: REPORT_KIND_VALUE},
@@ -92,8 +132,8 @@ def build_report(
     if namespace:
         meta["namespace"] = namespace
     return {
-        "apiVersion": API_VERSION,
-        "kind": kind_for(namespace),
+        "apiVersion": fmt.api_version,
+        "kind": fmt.kind_for(namespace),
         "metadata": meta,
         "scope": (
             {"apiVersion": "v1", "kind": "Namespace", "name": namespace}
@@ -123,10 +163,15 @@ class ReportPlan:
 
 
 def report_plan(
-    namespace: str, findings: Sequence[Finding], first_seen: Mapping[str, dt.datetime]
+    namespace: str,
+    findings: Sequence[Finding],
+    first_seen: Mapping[str, dt.datetime],
+    fmt: ReportFormat = POLICY_REPORT,
+    digest: str | None = None,
 ) -> ReportPlan:
+    """``digest``: the findings' hash when already computed (for another format)."""
     return ReportPlan(
         namespace,
-        findings_hash(findings),
-        lambda: build_report(namespace, findings, first_seen),
+        digest if digest is not None else findings_hash(findings),
+        lambda: build_report(namespace, findings, first_seen, fmt),
     )

@@ -9,8 +9,9 @@ and validity; the Secret's data is dropped before the record is kept). The Machi
 come from the operator's own watch.
 
 Every change queues the one key of the inventory, ``interval`` seconds later (changes
-meanwhile fold into the same run); the run is :class:`InventoryReconciler`'s. The reports'
-own watch starts once the PolicyReport CRDs are found; without them, only metrics and logs.
+meanwhile fold into the same run); the run is :class:`InventoryReconciler`'s. Each report
+format (PolicyReport, OpenReports) is a :class:`ReportSink`: its reports' own watch starts once
+its CRDs are found; without any, only metrics and logs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from nhi.builders.policy_report import API_VERSION, REPORT_KIND_VALUE, REPORT_LABEL
+from nhi.builders.policy_report import (
+    FORMATS,
+    POLICY_REPORT,
+    REPORT_KIND_VALUE,
+    REPORT_LABEL,
+    ReportFormat,
+)
 from nhi.crypto.metadata import tls_secret_certificate
 from nhi.k8s.client import Api, ApiError, NotFound
 from nhi.models.inventory import (
@@ -81,6 +88,76 @@ def _values(informers: Sequence[Informer]) -> list[Any]:
     return [v for i in informers for v in i.objects.values()]
 
 
+class ReportSink:
+    """One report format: whether its CRDs are installed (asked until answered), the watch of
+    the operator's own reports of that format, and their writer once that watch has listed."""
+
+    def __init__(
+        self,
+        api: Api,
+        clock: Clock,
+        namespaces: Sequence[str],
+        provenance: ProvenanceKeys,
+        fmt: ReportFormat,
+    ) -> None:
+        self.api = api
+        self.format = fmt
+        self.caches = WatchCaches(api, clock, namespaces)
+        self.writer = ReportWriter(api, provenance, fmt)
+        self._checked = False
+        self._waited = False
+
+    async def ready(self) -> bool:
+        """Whether reports of this format can be written now. Never holds the inventory:
+        without the CRDs (or while the reports cannot be listed, RBAC missing), False."""
+        fmt = self.format
+        if not self._checked:
+            try:
+                await self.api.request("GET", f"/apis/{fmt.api_version}")
+            except NotFound:
+                self._checked = True
+                # The policy working group's reports are the ones expected; OpenReports only
+                # where installed.
+                level = logging.WARNING if fmt is POLICY_REPORT else logging.INFO
+                log.log(
+                    level,
+                    "the report CRDs are not installed: no reports of that kind",
+                    extra={"reports": fmt.name},
+                )
+                return False
+            except ApiError as err:  # asked again at the next run
+                log.warning(
+                    "could not look for the report CRDs",
+                    extra={"reports": fmt.name, "error": str(err)},
+                )
+                return False
+            self._checked = True
+            for kind, namespaced in ((fmt.namespaced_kind, True), (fmt.cluster_kind, False)):
+                self.caches.add(
+                    kind,
+                    namespaced=namespaced,
+                    label_selector=REPORT_SELECTOR,
+                    metadata_only=True,
+                    transform=report_entry,
+                    on_change=self.writer.changed,
+                )
+            self.caches.start()
+        if not self.caches.informers:
+            return False
+        synced = self.caches.synced
+        if not synced.is_set() and not self._waited:
+            self._waited = True  # once: later runs do not wait for them
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(synced.wait()), REPORTS_WAIT)
+        if not synced.is_set():
+            log.warning(
+                "the operator's reports cannot be listed yet (RBAC?): none written",
+                extra={"reports": fmt.name},
+            )
+            return False
+        return True
+
+
 class Discovery:
     def __init__(
         self,
@@ -100,8 +177,7 @@ class Discovery:
         self.interval = interval
         self.identities_ready = identities_ready
         self.caches = WatchCaches(api, clock, namespaces)
-        self.report_caches = WatchCaches(api, clock, namespaces)
-        self.writer = ReportWriter(api, provenance)
+        self.sinks = [ReportSink(api, clock, namespaces, provenance, fmt) for fmt in FORMATS]
         self.reconciler = InventoryReconciler(config, clock.now)
         self.controller: Controller[Key] = Controller(
             "Inventory",
@@ -115,8 +191,6 @@ class Discovery:
         #: When a workload last stopped running as each ServiceAccount.
         self.last_used: dict[Key, dt.datetime] = {}
         self._by: dict[str, list[Informer]] = {}
-        self._reports_checked = False
-        self._reports_waited = False
 
     # ------------------------------------------------------------------ wiring
 
@@ -172,7 +246,8 @@ class Discovery:
     async def stop(self) -> None:
         await self.controller.stop()
         await self.caches.stop()
-        await self.report_caches.stop()
+        for sink in self.sinks:
+            await sink.caches.stop()
 
     # ------------------------------------------------------------------ the run
 
@@ -201,43 +276,8 @@ class Discovery:
         return Result(requeue_at=outcome.next_due)
 
     async def _reports(self) -> None:
-        """Write reports once the operator's own are listed, if the PolicyReport CRDs are
-        installed. Never holds the inventory: without them (or while they cannot be listed,
-        RBAC missing), the run goes on with metrics only."""
-        if self.reconciler.reports is not None:
-            return
-        if not self._reports_checked:
-            try:
-                await self.api.request("GET", f"/apis/{API_VERSION}")
-            except NotFound:
-                self._reports_checked = True
-                log.warning(
-                    "the PolicyReport CRDs (wgpolicyk8s.io/v1alpha2) are not installed: the "
-                    "inventory is exposed as metrics only"
-                )
-                return
-            except ApiError as err:  # asked again at the next run
-                log.warning("could not look for the PolicyReport CRDs", extra={"error": str(err)})
-                return
-            self._reports_checked = True
-            for kind, namespaced in (("PolicyReport", True), ("ClusterPolicyReport", False)):
-                self.report_caches.add(
-                    kind,
-                    namespaced=namespaced,
-                    label_selector=REPORT_SELECTOR,
-                    metadata_only=True,
-                    transform=report_entry,
-                    on_change=self.writer.changed,
-                )
-            self.report_caches.start()
-        if not self.report_caches.informers:
-            return
-        synced = self.report_caches.synced
-        if not synced.is_set() and not self._reports_waited:
-            self._reports_waited = True  # once: later runs do not wait for them
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(synced.wait()), REPORTS_WAIT)
-        if not synced.is_set():
-            log.warning("the operator's reports cannot be listed yet (RBAC?): none written")
-            return
-        self.reconciler.reports = self.writer
+        """Add the writer of each report format as soon as it can write."""
+        writing = self.reconciler.reports
+        for sink in self.sinks:
+            if sink.writer not in writing and await sink.ready():
+                writing.append(sink.writer)

@@ -52,6 +52,8 @@ RESOURCES: dict[str, tuple[str, str, bool]] = {
     "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
     "PolicyReport": ("/apis/wgpolicyk8s.io/v1alpha2", "policyreports", True),
     "ClusterPolicyReport": ("/apis/wgpolicyk8s.io/v1alpha2", "clusterpolicyreports", False),
+    "Report": ("/apis/openreports.io/v1alpha1", "reports", True),
+    "ClusterReport": ("/apis/openreports.io/v1alpha1", "clusterreports", False),
     "TokenReview": ("/apis/authentication.k8s.io/v1", "tokenreviews", False),
     "SubjectAccessReview": ("/apis/authorization.k8s.io/v1", "subjectaccessreviews", False),
 }

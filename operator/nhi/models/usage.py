@@ -43,7 +43,7 @@ LEGACY_TOKEN_SECRET = (
 )
 #: The credential ID given to a legacy token: its Secret's name (in the ServiceAccount's
 #: namespace); a legacy token carries no JTI.
-LEGACY_SECRET_PREFIX = "Secret="
+LEGACY_SECRET_PREFIX = "Secret="  # noqa: S105 - a credential ID's prefix, no secret
 
 
 class AuditError(ValueError):

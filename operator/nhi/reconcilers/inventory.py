@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nhi import metrics_inventory as metrics
-from nhi.builders.policy_report import ReportPlan, by_report, finding_key, report_plan
+from nhi.builders.policy_report import (
+    ReportFormat,
+    ReportPlan,
+    by_report,
+    finding_key,
+    findings_hash,
+    report_plan,
+)
 from nhi.models.inventory import Finding
 from nhi.models.inventory_config import InventoryConfig
 from nhi.policies.findings import evaluate
@@ -90,11 +97,12 @@ class InventoryReconciler:
         self,
         config: InventoryConfig,
         now: Callable[[], dt.datetime],
-        reports: ReportWriter | None = None,
+        reports: Sequence[ReportWriter] = (),
     ) -> None:
         self.config = config
         self.now = now
-        self.reports = reports
+        #: One writer per report format installed (none: metrics and logs only).
+        self.reports: list[ReportWriter] = list(reports)
         #: When each open finding was first seen (by this process).
         self.first_seen: dict[str, dt.datetime] = {}
         #: Runs so far (the last inventory is not kept between runs: it is rebuilt each time).
@@ -109,10 +117,12 @@ class InventoryReconciler:
         new = self._first_seen(findings, now)
         metrics.INVENTORY.update(snapshot(inv, findings, kpis, now))
         writes = 0
-        if self.reports is not None:
+        if self.reports:
             grouped = by_report(findings)
             grouped.setdefault("", [])  # the cluster's report always exists
-            writes = await self.reports.sync(self._reports(grouped))
+            digests = {ns: findings_hash(fs) for ns, fs in grouped.items()}
+            for writer in self.reports:
+                writes += await writer.sync(self._reports(grouped, digests, writer.format))
         self.runs += 1
         outcome = Outcome(inv, findings, kpis, new, writes, next_due(inv, self.config, now))
         log.info(
@@ -127,9 +137,16 @@ class InventoryReconciler:
         )
         return outcome
 
-    def _reports(self, grouped: Mapping[str, Sequence[Finding]]) -> dict[str, ReportPlan]:
+    def _reports(
+        self,
+        grouped: Mapping[str, Sequence[Finding]],
+        digests: Mapping[str, str],
+        fmt: ReportFormat,
+    ) -> dict[str, ReportPlan]:
         """Each report's hash; its body is built only if it must be written."""
-        return {ns: report_plan(ns, fs, self.first_seen) for ns, fs in grouped.items()}
+        return {
+            ns: report_plan(ns, fs, self.first_seen, fmt, digests[ns]) for ns, fs in grouped.items()
+        }
 
     def _first_seen(self, findings: Sequence[Finding], now: dt.datetime) -> int:
         """Record new findings; count them (not on the first run: they are not new, the

@@ -1,5 +1,6 @@
-"""The inventory's PolicyReports and ClusterPolicyReport: written, and only the operator's own
-ever updated or deleted.
+"""The inventory's reports (PolicyReports and the ClusterPolicyReport, or OpenReports' Reports
+and ClusterReport: one writer per :class:`~nhi.builders.policy_report.ReportFormat`):
+written, and only the operator's own ever updated or deleted.
 
 What proves a report is the operator's is the provenance tag of its UID (labels prove
 nothing: whoever may write a PolicyReport can set them), the same tag the issuers' ConfigMaps
@@ -21,11 +22,12 @@ from typing import Any
 
 from nhi import FIELD_MANAGER
 from nhi.builders.policy_report import (
+    POLICY_REPORT,
     PROVENANCE_PURPOSE,
     REPORT_NAME,
     RESULTS_HASH_ANNOTATION,
+    ReportFormat,
     ReportPlan,
-    kind_for,
 )
 from nhi.k8s.client import Api, ApiError, Conflict, NotFound, path_for
 from nhi.models.issuer import PROVENANCE_ANNOTATION
@@ -39,8 +41,8 @@ JSON_PATCH = "application/json-patch+json"
 WRITE_CONCURRENCY = 16
 
 
-def purpose(namespace: str) -> str:
-    return f"{PROVENANCE_PURPOSE}:{kind_for(namespace)}:{namespace}"
+def purpose(namespace: str, fmt: ReportFormat = POLICY_REPORT) -> str:
+    return f"{PROVENANCE_PURPOSE}:{fmt.kind_for(namespace)}:{namespace}"
 
 
 def report_entry(obj: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -64,9 +66,12 @@ def report_entry(obj: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 class ReportWriter:
-    def __init__(self, api: Api, provenance: ProvenanceKeys) -> None:
+    def __init__(
+        self, api: Api, provenance: ProvenanceKeys, fmt: ReportFormat = POLICY_REPORT
+    ) -> None:
         self.api = api
         self.provenance = provenance
+        self.format = fmt
         #: The reports that exist (by namespace, "" for the cluster's), from the watch.
         self.existing: dict[str, dict[str, Any]] = {}
         #: Reports found in the way (not provably ours), with the hash we could not write.
@@ -82,8 +87,11 @@ class ReportWriter:
         else:
             self.existing[key[0]] = new
 
+    def _purpose(self, namespace: str) -> str:
+        return purpose(namespace, self.format)
+
     def _ours(self, namespace: str, entry: Mapping[str, Any], prov: Provenance) -> bool:
-        return configmap_origin(entry, key=prov.key, purpose=purpose(namespace)) == "ours"
+        return configmap_origin(entry, key=prov.key, purpose=self._purpose(namespace)) == "ours"
 
     async def sync(self, desired: Mapping[str, ReportPlan]) -> int:
         """Make the reports what ``desired`` says (by namespace); delete the operator's own
@@ -106,7 +114,7 @@ class ReportWriter:
         async def delete(namespace: str, uid: str) -> int:
             async with slots:
                 try:
-                    kind = kind_for(namespace)
+                    kind = self.format.kind_for(namespace)
                     return int(await self.api.delete(kind, namespace or None, REPORT_NAME, uid=uid))
                 except ApiError as err:
                     log.warning(
@@ -132,7 +140,7 @@ class ReportWriter:
 
     async def _write(self, namespace: str, plan: ReportPlan, prov: Provenance) -> int:
         want = plan.hash
-        kind = kind_for(namespace)
+        kind = self.format.kind_for(namespace)
         entry = self.existing.get(namespace)
         if entry is None:
             if self._blocked.get(namespace) == want:
@@ -160,7 +168,7 @@ class ReportWriter:
                             **created["metadata"],
                             "annotations": {
                                 **body["metadata"]["annotations"],
-                                PROVENANCE_ANNOTATION: prov.tag(uid, purpose(namespace)),
+                                PROVENANCE_ANNOTATION: prov.tag(uid, self._purpose(namespace)),
                             },
                         }
                     }
@@ -206,7 +214,7 @@ class ReportWriter:
         path = "/metadata/annotations/" + PROVENANCE_ANNOTATION.replace("/", "~1")
         patch = [
             {"op": "test", "path": "/metadata/uid", "value": uid},
-            {"op": "add", "path": path, "value": prov.tag(uid, purpose(namespace))},
+            {"op": "add", "path": path, "value": prov.tag(uid, self._purpose(namespace))},
         ]
         await self.api.patch(kind, namespace or None, REPORT_NAME, patch, content_type=JSON_PATCH)
 

@@ -119,12 +119,18 @@ def install_crds(kubectl: Kubectl) -> None:
     )
 
 
-#: The PolicyReport CRDs installed when the cluster has none (hack/crds).
-REPORT_CRDS = ("policyreports.wgpolicyk8s.io", "clusterpolicyreports.wgpolicyk8s.io")
+#: The report CRDs installed when the cluster lacks one (hack/crds): the policy working
+#: group's and OpenReports'.
+REPORT_CRDS = (
+    "policyreports.wgpolicyk8s.io",
+    "clusterpolicyreports.wgpolicyk8s.io",
+    "reports.openreports.io",
+    "clusterreports.openreports.io",
+)
 
 
 def install_report_crds(kubectl: Kubectl) -> bool:
-    """Install the policy working group's report CRDs (wgpolicyk8s.io/v1alpha2) from
+    """Install the report CRDs (wgpolicyk8s.io/v1alpha2, openreports.io/v1alpha1) from
     hack/crds unless the cluster has them; wait until they are Established. Returns whether
     they were installed here."""
     have = kubectl("get", "crd", *REPORT_CRDS, "-o", "name", check=False)
@@ -146,7 +152,7 @@ def install_report_crds(kubectl: Kubectl) -> bool:
         if proc.returncode == 0:
             return True
         if time.monotonic() > deadline:
-            raise ControlPlaneError(f"the PolicyReport CRDs were not Established: {proc.stderr}")
+            raise ControlPlaneError(f"the report CRDs were not Established: {proc.stderr}")
         time.sleep(0.5)
 
 
