@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -342,6 +343,19 @@ def test_renewal_overdue_fires_while_the_issuer_is_broken_and_resolves_once_fixe
             message=f"{ALERT} to resolve",
         )
         resolved_after = time.monotonic() - t_fixed
+
+        # `nhi report --prometheus` reads time-to-rotate back: the overdue renewal is in it.
+        def time_to_rotate() -> dict[str, Any] | None:
+            cli = [sys.executable, "-m", "nhi.cli.main", "report", "-A", "-o", "json",
+                   "--prometheus", prometheus.url, "--window", "1h"]  # fmt: skip
+            proc = subprocess.run(cli, env=cluster.env(), capture_output=True, text=True,
+                                  timeout=60, check=False)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            timing = json.loads(proc.stdout)["kpis"]["timeToRotate"]
+            return dict(timing) if timing["count"] >= 1 and timing["p95Seconds"] else None
+
+        timing = wait_for(time_to_rotate, timeout=30, message="time-to-rotate in nhi report")
+        assert timing["p95Seconds"] >= timing["p50Seconds"] > 0
         prometheus.timings.update(
             pending_after_issuance=seen["pending"],
             firing_after_issuance=fired_after,

@@ -200,3 +200,84 @@ def test_a_bad_config_is_one_line(tmp_path) -> None:
     with pytest.raises(CliError, match="disabledRules"):
         cli.load_config(str(bad))
     assert cli.load_config(None) == InventoryConfig()
+
+
+class FakePrometheus:
+    """A local HTTP server answering /api/v1/query as Prometheus does: a rotation histogram
+    with observations, no revocation at all."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.queries: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlparse
+
+                expr = parse_qs(urlparse(self.path).query)["query"][0]
+                outer.queries.append(expr)
+                result: list[dict[str, Any]] = []
+                if "time_to_rotate" in expr:
+                    value = {"sum(": "4", "histogram_quantile(0.5,": "1.5"}
+                    found = next((v for k, v in value.items() if expr.startswith(k)), "30")
+                    result = [{"metric": {}, "value": [0, found]}]
+                elif expr.startswith("histogram_quantile"):
+                    result = [{"metric": {}, "value": [0, "NaN"]}]
+                body = {"status": "success", "data": {"resultType": "vector", "result": result}}
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_report_reads_time_to_rotate_and_revoke_from_prometheus(capsys) -> None:
+    prom = FakePrometheus()
+    try:
+        run(cli.report, None, None, "json", None, prom.url, "1d")
+        kpis = json.loads(capsys.readouterr().out)["kpis"]
+        assert kpis["timeToRotate"] == {"count": 4, "p50Seconds": 1.5, "p95Seconds": 30.0}
+        assert kpis["timeToRevoke"] == {"count": 0, "p50Seconds": None, "p95Seconds": None}
+        assert any("[1d]" in q and "time_to_revoke" in q for q in prom.queries)
+        run(cli.report, None, None, "table", None, prom.url, "7d")
+        out = capsys.readouterr().out
+        assert "Time to rotate: p50 1.5s, p95 30s (4 observed)" in out
+        assert "Time to revoke: none observed" in out
+    finally:
+        prom.close()
+
+
+def test_an_unreachable_prometheus_is_one_clear_error() -> None:
+    from nhi.cli.errors import CliError
+
+    with pytest.raises(CliError, match=r"could not query Prometheus at http://127\.0\.0\.1:9"):
+        run(cli.report, None, None, "json", None, "http://127.0.0.1:9", "7d")
+    with pytest.raises(CliError, match="not an http"):
+        run(cli.report, None, None, "json", None, "file:///etc/passwd", "7d")
+
+
+@pytest.mark.parametrize("window", ["7d", "12h", "1h30m", "500ms"])
+def test_the_window_is_a_promql_duration(window: str) -> None:
+    args = build_parser().parse_args(["report", "--window", window])
+    assert args.window == window
+
+
+@pytest.mark.parametrize("window", ["7 days", "", "1h)[5m", "d7"])
+def test_a_window_that_is_not_a_duration_is_refused(window: str) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["report", "--window", window])

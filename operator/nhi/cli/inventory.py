@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nhi.cli.render import dump, render_table
-from nhi.cli.report_html import used_text
+from nhi.cli.report_html import TIMING_LABELS, used_text
+from nhi.cli.timings import Timing
+from nhi.cli.timings import read as read_timings
 from nhi.crypto.metadata import tls_secret_certificate
 from nhi.k8s.client import Api, path_for
 from nhi.models.discovered import Identity
@@ -254,24 +256,35 @@ def filter_findings(
     ]
 
 
-def render_report(result: Result, findings: Sequence[Finding], fmt: str, now: dt.datetime) -> str:
+def render_report(
+    result: Result,
+    findings: Sequence[Finding],
+    fmt: str,
+    now: dt.datetime,
+    timings: Mapping[str, Timing] | None = None,
+) -> str:
+    """``timings``: time-to-rotate and time-to-revoke read from Prometheus (--prometheus)."""
     if fmt in ("json", "yaml"):
+        kpis = kpi_dict(result.kpis)
+        for name, timing in (timings or {}).items():
+            kpis[name] = timing.as_dict()
         data = {
             "generated": rfc3339(now),
-            "kpis": kpi_dict(result.kpis),
+            "kpis": kpis,
             "findings": [finding_dict(f) for f in findings],
         }
         return dump(data, fmt)
     if fmt == "html":
         from nhi.cli.report_html import render_html
 
-        return render_html(result.kpis, findings, now)
+        return render_html(result.kpis, findings, now, timings)
     k = result.kpis
     lines = [
         f"Identities: {k.identities}   coverage: {k.coverage:.0%} "
         f"({k.managed_in_use}/{k.in_use} used ServiceAccounts managed)   "
         f"owner coverage: {k.owner_coverage:.0%}   permissions used: {used_text(k)}",
         "Credential ages: " + ", ".join(f"{b}: {n}" for b, n in k.credential_ages),
+        *(f"{TIMING_LABELS[name]}: {timing.text()}" for name, timing in (timings or {}).items()),
         "Open findings by risk: "
         + (", ".join(f"{r}: {n}" for r, n in k.findings_by_risk.items()) or "none"),
         "",
@@ -326,8 +339,12 @@ async def report(
     severity: str | None,
     output: str,
     config: str | None,
+    prometheus: str | None = None,
+    window: str = "7d",
 ) -> int:
     now = dt.datetime.now(dt.UTC)
+    timings = await read_timings(prometheus, window) if prometheus else None
     result = compute_all(await gather(api, namespace), load_config(config), now)
-    print(render_report(result, filter_findings(result.findings, risk, severity), output, now))
+    findings = filter_findings(result.findings, risk, severity)
+    print(render_report(result, findings, output, now, timings))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -126,7 +127,16 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from nhi.cli import inventory
 
-    return _run(args, inventory.report, args.risk, args.severity, args.output, args.config)
+    return _run(
+        args,
+        inventory.report,
+        args.risk,
+        args.severity,
+        args.output,
+        args.config,
+        args.prometheus,
+        args.window,
+    )
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:
@@ -162,6 +172,15 @@ def _connection_options(parser: argparse.ArgumentParser, default: object) -> Non
         "--kubeconfig", default=default, help="path to a kubeconfig (default: $KUBECONFIG)"
     )
     parser.add_argument("--context", default=default, help="kubeconfig context to use")
+
+
+PROMQL_DURATION = re.compile(r"(?:[0-9]{1,6}(?:ms|s|m|h|d|w|y))+")
+
+
+def _promql_duration(value: str) -> str:
+    if not PROMQL_DURATION.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a PromQL duration such as 7d or 12h")
+    return value
 
 
 def _namespace_options(parser: argparse.ArgumentParser, all_namespaces: bool = False) -> None:
@@ -297,6 +316,18 @@ def _add_report(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     r.add_argument("--config", help="the inventory's settings (the operator's YAML file)")
     r.add_argument(
         "-o", "--output", "--format", choices=("table", *STRUCTURED, "html"), default="table"
+    )
+    r.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="also read time-to-rotate and time-to-revoke (p50, p95) from the operator's "
+        "histograms in this Prometheus",
+    )
+    r.add_argument(
+        "--window",
+        default="7d",
+        type=_promql_duration,
+        help="the window of those timings, a PromQL duration (default 7d)",
     )
     r.set_defaults(func=cmd_report)
 

@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from html import escape
 
+from nhi.cli.timings import Timing
 from nhi.models.duration import rfc3339
 from nhi.models.inventory import RISKS, SEVERITIES, Finding
 from nhi.policies.kpis import Kpis
@@ -26,6 +27,10 @@ th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;vertical-al
 .sev{color:#fff;border-radius:3px;padding:0 .4em}
 .charts{display:flex;gap:2em;flex-wrap:wrap}
 """
+
+
+#: How the report names the timings read from Prometheus (nhi.cli.timings).
+TIMING_LABELS = {"timeToRotate": "Time to rotate", "timeToRevoke": "Time to revoke"}
 
 
 def used_text(k: Kpis) -> str:
@@ -61,7 +66,12 @@ def _tile(label: str, value: str) -> str:
     return f'<div class="tile"><b>{escape(value)}</b>{escape(label)}</div>'
 
 
-def render_html(kpis: Kpis, findings: Sequence[Finding], now: dt.datetime) -> str:
+def render_html(
+    kpis: Kpis,
+    findings: Sequence[Finding],
+    now: dt.datetime,
+    timings: Mapping[str, Timing] | None = None,
+) -> str:
     by_risk = {f"{r} {RISKS[r]}": kpis.findings_by_risk.get(r, 0) for r in RISKS}
     by_sev = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES if s != "info"}
     ages = dict(kpis.credential_ages)
@@ -83,6 +93,10 @@ def render_html(kpis: Kpis, findings: Sequence[Finding], now: dt.datetime) -> st
             _tile("owner coverage", f"{kpis.owner_coverage:.0%}"),
             _tile("declared permissions used", used_text(kpis)),
             _tile("open findings", str(len(findings))),
+            *(
+                _tile(TIMING_LABELS[name].lower(), timing.text())
+                for name, timing in (timings or {}).items()
+            ),
         )
     )
     charts = "".join(
