@@ -501,6 +501,17 @@ async def test_a_token_bound_to_a_pod_outside_the_identitys_workloads_is_reporte
     assert len(rec.posted) == 1
 
 
+def test_a_namespace_scoped_operator_counts_only_its_namespaces() -> None:
+    s = store(FakeApi(), namespaces=["team"])
+    elsewhere = event(
+        auditID="elsewhere",
+        user={"username": "system:serviceaccount:other:billing"},
+        objectRef={"resource": "configmaps", "namespace": "other", "apiVersion": "v1"},
+    )
+    counted, _ = s.ingest(parse_event_list(batch(event(auditID="mine"), elsewhere)))
+    assert counted == 1 and set(s.books) == {("team", "billing")}
+
+
 def test_pod_addresses_include_the_node_with_host_network() -> None:
     from nhi.policies.usage import pod_addresses
 

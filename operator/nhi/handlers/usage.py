@@ -180,6 +180,7 @@ async def start() -> None:
         flush_interval=settings.usage_flush_interval,
         learning_window=parse_duration(settings.usage_learning_window),
         events=rt.events,
+        namespaces=settings.namespaces,
     )
     _endpoint = UsageEndpoint(settings, store)
     if rt.grants is not None:

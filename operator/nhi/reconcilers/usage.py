@@ -112,8 +112,12 @@ class UsageStore:
         flush_interval: float = 60.0,
         learning_window: dt.timedelta = policy.DEFAULT_LEARNING_WINDOW,
         events: EventRecorder | None = None,
+        namespaces: Iterable[str] = (),
     ) -> None:
         self.api = api
+        #: The operator's namespaces (--namespace); empty: every namespace. The usage of a
+        #: ServiceAccount elsewhere is not this operator's to count nor to report on.
+        self.scope = frozenset(namespaces)
         self.namespace = operator_namespace
         self.clock = clock
         self.unused_after = unused_after
@@ -156,6 +160,9 @@ class UsageStore:
         self, observations: Sequence[Observation], mints: Sequence[Mint] = ()
     ) -> tuple[int, int]:
         """Count a whole batch; returns (counted, replayed). Synchronous on purpose."""
+        if self.scope:
+            observations = [o for o in observations if o.namespace in self.scope]
+            mints = [m for m in mints if m.namespace in self.scope]
         for mint in mints:
             self.mints[mint.credential_id] = mint
             if len(self.mints) > MAX_MINTS:
