@@ -67,7 +67,7 @@ class Floor:
                 issued = await self.issue_token(identity, cred)
             else:
                 issued = await self.issue_x509(identity, cred)
-            statuses.append(_status(cred, issued))
+            statuses.append(credential_status(cred, issued))
         await self.write_status(identity, statuses)
 
     async def issue_token(self, identity: MachineIdentity, cred: Credential) -> Issued:
@@ -161,11 +161,11 @@ class Floor:
         statuses = []
         for cred in identity.spec.credentials:
             if cred.type == "X509":
-                statuses.append(_status(cred, await self.issue_x509(identity, cred, 1)))
+                statuses.append(credential_status(cred, await self.issue_x509(identity, cred, 1)))
         await self.write_status(identity, statuses)
 
 
-def _status(cred: Credential, issued: Issued) -> dict[str, Any]:
+def credential_status(cred: Credential, issued: Issued) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": cred.name,
         "type": cred.type,

@@ -198,6 +198,17 @@ def test_use_is_recorded_an_unused_rule_reported_and_rightsize_drops_it(usage: U
     assert not [r for r in book["entries"] if r[1] == "secrets"]
     (cred,) = [c for c in book["credentials"]]
     assert cred[0].startswith("JTI=") and token not in json.dumps(book)
+    # The token the operator issued is traced back to the identity and its credential.
+    (issued,) = (u.cluster.get("machineidentity", "app", ns) or {})["status"]["credentials"]
+    assert issued["credentialID"] == cred[0]
+
+    def traced() -> dict[str, Any] | None:
+        obj = u.cluster.get("machineidentity", "app", ns) or {}
+        rows = ((obj.get("status") or {}).get("usage") or {}).get("credentials") or []
+        return rows[0] if rows and rows[0].get("count", 0) >= 3 else None
+
+    row = wait_for(traced, timeout=30, message="status.usage.credentials")
+    assert (row["name"], row["credentialID"]) == ("api", cred[0]) and row["lastUsed"]
     assert u.metric("nhi_usage_denied_requests_total", namespace=ns) >= 1
 
     def reported() -> dict[str, Any] | None:

@@ -50,6 +50,7 @@ from nhi.crypto import (
     signing_hash,
     spiffe_id,
     spiffe_id_of,
+    token_credential_id,
     validate_spiffe_id,
     verify_chain,
     verify_crl,
@@ -971,3 +972,38 @@ def test_provenance_tags_are_bound_to_the_key_the_uid_and_the_purpose() -> None:
     assert not provenance_valid(new_provenance_key(), "uid-1", "trust-bundle", tag)
     assert not provenance_valid(key, "", "trust-bundle", provenance_tag(key, "", "trust-bundle"))
     assert not provenance_valid(key, "uid-1", "trust-bundle", None)
+
+
+def _jwt(claims: object) -> str:
+    import base64
+    import json
+
+    def part(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    return ".".join((part(b'{"alg":"RS256"}'), part(json.dumps(claims).encode()), part(b"sig")))
+
+
+def test_a_token_is_named_by_its_jwt_id_as_the_audit_events_name_it() -> None:
+    jti = "6b7c1f3e-54c2-4c9d-9a36-0c1a2d3e4f50"
+    token = _jwt({"jti": jti, "sub": "system:serviceaccount:team:app"})
+    assert token_credential_id(token) == f"JTI={jti}"
+    assert jti in token_credential_id(token) and "sig" not in token_credential_id(token)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "not-a-jwt",
+        "a.b",
+        "a.!!!.c",
+        _jwt({"sub": "no jti"}),
+        _jwt({"jti": 5}),
+        _jwt({"jti": "x" * 200}),
+        _jwt({"jti": "has space"}),
+        _jwt(["a", "list"]),
+    ],
+)
+def test_a_token_without_a_usable_jwt_id_has_no_credential_id(token: str) -> None:
+    assert token_credential_id(token) == ""

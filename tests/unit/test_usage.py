@@ -341,3 +341,28 @@ def test_request_and_response_bodies_are_never_kept_whatever_level_arrives() -> 
         book.record(obs)
         assert secret not in repr(obs)
     assert book.entries and secret not in json.dumps(book_to_json(book))
+
+
+def test_an_issued_token_is_traced_to_its_credential_in_the_usage() -> None:
+    from nhi.models.usage import CredentialUse, Seen
+    from nhi.policies.usage import issued_credential_uses
+
+    t0 = int(dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC).timestamp())
+    used = {"JTI=a": CredentialUse("app-0", Seen(t0, t0 + 60, 7))}
+    statuses = [
+        {"name": "api", "credentialID": "JTI=a"},
+        {"name": "idle", "credentialID": "JTI=b"},
+        {"name": "mtls", "serialNumber": "01"},
+        "garbage",
+    ]
+    assert issued_credential_uses(statuses, used) == [
+        {
+            "name": "api",
+            "credentialID": "JTI=a",
+            "firstUsed": "2026-12-01T12:00:00Z",
+            "lastUsed": "2026-12-01T12:01:00Z",
+            "count": 7,
+            "pod": "app-0",
+        },
+        {"name": "idle", "credentialID": "JTI=b"},
+    ]

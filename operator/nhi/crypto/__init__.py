@@ -41,6 +41,7 @@ from nhi.crypto.identifiers import (
     public_key_fingerprint,
     secret_fingerprint,
     serial_hex,
+    token_credential_id,
 )
 from nhi.crypto.keys import (
     DEFAULT_KEY_ALGORITHM,
@@ -120,6 +121,7 @@ __all__ = [
     "spiffe_id_of",
     "split_chain",
     "still_valid",
+    "token_credential_id",
     "trust_domain_of",
     "trusted_since",
     "validate_spiffe_id",

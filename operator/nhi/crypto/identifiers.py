@@ -5,7 +5,10 @@ Everything returned here is safe to put in a resource status, a log line or an e
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import re
 
 from cryptography import x509
@@ -65,6 +68,30 @@ def public_key_fingerprint(key: KeyLike | x509.Certificate) -> str:
     """
     public = key.public_key() if isinstance(key, x509.Certificate) else key
     return "sha256:" + hashlib.sha256(public_key_der(public)).hexdigest()
+
+
+#: The most characters of a JWT ID kept (the API server's are UUIDs).
+_MAX_JTI = 128
+_JTI = re.compile(r"[A-Za-z0-9._:-]+")
+
+
+def token_credential_id(token: str) -> str:
+    """The credential ID the API server gives a ServiceAccount token in its audit events,
+    ``JTI=<jti>``, read from the token's (unverified) claims; "" when it has none. The ID
+    names the token without revealing it: it is in every audit event the token is used for.
+    Nothing of the token is ever part of an error."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return ""
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error):
+        return ""
+    jti = claims.get("jti") if isinstance(claims, dict) else None
+    if not isinstance(jti, str) or len(jti) > _MAX_JTI or not _JTI.fullmatch(jti):
+        return ""
+    return f"JTI={jti}"
 
 
 def secret_fingerprint(value: bytes | str) -> str:

@@ -25,6 +25,7 @@ A_ISSUER = PREFIX + "issuer"
 A_CA_FINGERPRINT = PREFIX + "ca-fingerprint"
 A_PREVIOUS_NOT_AFTER = PREFIX + "previous-not-after"
 A_RENEW_HANDLED = PREFIX + "renew-request-handled"
+A_CREDENTIAL_ID = PREFIX + "credential-id"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Issued:
     previous_not_after: dt.datetime | None = None
     #: The value of the identity's renew-requested-at annotation this value answered.
     renew_handled: str = ""
+    #: ServiceAccountToken: the ID the API server's audit events name the token by (JTI=...).
+    credential_id: str = ""
 
     @classmethod
     def from_annotations(cls, ann: Mapping[str, str]) -> Issued | None:
@@ -62,6 +65,7 @@ class Issued:
                 ca_fingerprint=ann.get(A_CA_FINGERPRINT, ""),
                 previous_not_after=parse_time(prev) if prev else None,
                 renew_handled=ann.get(A_RENEW_HANDLED, ""),
+                credential_id=ann.get(A_CREDENTIAL_ID, ""),
             )
         except (KeyError, ValueError):
             return None
@@ -87,4 +91,6 @@ class Issued:
             out[A_PREVIOUS_NOT_AFTER] = rfc3339(self.previous_not_after)
         if self.renew_handled:
             out[A_RENEW_HANDLED] = self.renew_handled
+        if self.credential_id:
+            out[A_CREDENTIAL_ID] = self.credential_id
         return out

@@ -19,7 +19,7 @@ from nhi.models.fields import SpecError
 from nhi.models.identity import PolicyRule
 from nhi.models.policy import IdentityPolicy
 from nhi.models.selector import parse_selector
-from nhi.models.usage import ANY_NAME, Access, Mint, Observation, Seen
+from nhi.models.usage import ANY_NAME, Access, CredentialUse, Mint, Observation, Seen
 
 #: Unused for this long, a rule is reported (settable per IdentityPolicy and per operator).
 DEFAULT_UNUSED_AFTER = dt.timedelta(days=30)
@@ -328,6 +328,33 @@ def usage_status(
         ],
         "unusedRules": [u.path for u in stale],
     }
+
+
+#: The most issued credentials ``status.usage.credentials`` lists.
+MAX_ISSUED_CREDENTIALS = 32
+
+
+def issued_credential_uses(
+    statuses: Sequence[Any], used: Mapping[str, CredentialUse]
+) -> list[dict[str, object]]:
+    """Each token the operator issued (``status.credentials[].credentialID``) traced in the
+    usage: which credential of the identity it is, when it was first and last used, how many
+    requests it made, and from which pod. A credential never seen has only its name and ID."""
+    out: list[dict[str, object]] = []
+    for st in statuses[:MAX_ISSUED_CREDENTIALS]:
+        if not isinstance(st, Mapping) or not isinstance(st.get("credentialID"), str):
+            continue
+        cid = str(st["credentialID"])
+        entry: dict[str, object] = {"name": str(st.get("name", "")), "credentialID": cid}
+        use = used.get(cid)
+        if use is not None:
+            entry["firstUsed"] = _time(dt.datetime.fromtimestamp(use.seen.first, dt.UTC))
+            entry["lastUsed"] = _time(dt.datetime.fromtimestamp(use.seen.last, dt.UTC))
+            entry["count"] = use.seen.count
+            if use.pod:
+                entry["pod"] = use.pod
+        out.append(entry)
+    return out
 
 
 def unused_condition(stale: Sequence[RuleUse], after: dt.timedelta) -> tuple[str, str, str]:

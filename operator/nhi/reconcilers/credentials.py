@@ -386,6 +386,8 @@ def _status(identity: MachineIdentity, cred: Credential, issued: Issued) -> dict
         out["serialNumber"] = issued.serial
     if issued.fingerprint:
         out["fingerprint"] = issued.fingerprint
+    if issued.credential_id:
+        out["credentialID"] = issued.credential_id
     if issued.issuer:
         out["issuer"] = issued.issuer
     if cred.kv is None or not cred.kv.vault_only:

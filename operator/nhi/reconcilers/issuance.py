@@ -78,7 +78,12 @@ class Minter:
         )
         token: str = answer["status"]["token"]
         not_after = parse_time(answer["status"]["expirationTimestamp"])
-        issued = job.issued(job.now, not_after, fingerprint=crypto.secret_fingerprint(token))
+        issued = job.issued(
+            job.now,
+            not_after,
+            fingerprint=crypto.secret_fingerprint(token),
+            credential_id=crypto.token_credential_id(token),
+        )
         await self._store(job, {"token": token.encode()}, issued)
         return issued
 
@@ -96,7 +101,12 @@ class Minter:
         )
         token: str = answer["status"]["token"]
         not_after = parse_time(answer["status"]["expirationTimestamp"])
-        issued = job.issued(job.now, not_after, fingerprint=crypto.secret_fingerprint(token))
+        issued = job.issued(
+            job.now,
+            not_after,
+            fingerprint=crypto.secret_fingerprint(token),
+            credential_id=crypto.token_credential_id(token),
+        )
         await self._store(job, {"token": token.encode()}, issued)
         return issued
 

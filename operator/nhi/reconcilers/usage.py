@@ -358,6 +358,11 @@ class UsageStore:
         )
         metrics.unused_rules.labels(identity.namespace, identity.name).set(len(stale))
         usage = policy.usage_status(uses, stale, since, after)
+        issued = policy.issued_credential_uses(
+            identity.status.get("credentials") or [], book.credentials if book is not None else {}
+        )
+        if issued:
+            usage["credentials"] = issued
         if spec.rightsizing == RIGHTSIZING_SUGGEST:
             rules, cluster = policy.rightsize(
                 spec.rules, spec.cluster_rules, identity.namespace, entries
