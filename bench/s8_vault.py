@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench import manifests as m
@@ -100,36 +101,48 @@ async def _issuer_ready(env: Env, limit: float = 60.0) -> None:
     raise RuntimeError(f"the Vault issuer never became Ready\n{env.operator_log()}")
 
 
-async def floor_run(bao: OpenBao, run: int, n: int) -> dict[str, Any]:
-    """What Vault sees of N identities, with plain hvac and the same concurrency."""
+async def vault_part(client: VaultClient, ns: str, name: str) -> tuple[str, dict[str, str]]:
+    """What Vault sees of one identity: a key and a CSR made here, ``pki/sign``, a KV write
+    with its metadata. Returns the serial and the Secret's data."""
+    key = await asyncio.to_thread(crypto.generate_key, "ECDSA-P256")
+    spiffe = crypto.spiffe_id(TRUST_DOMAIN, ns, name)
+    csr = crypto.build_csr(key, spiffe_id=spiffe, dns_names=[])
+    signed = await client.sign(
+        PKI_MOUNT, PKI_ROLE, csr.decode(), uri_sans=[spiffe], dns_names=[], ttl_seconds=86400
+    )
+    data = {
+        "tls.crt": signed.certificate,
+        "tls.key": crypto.private_key_pem(key).decode(),
+        "ca.crt": "\n".join(signed.chain),
+    }
+    metadata = {"nhi.dev/identity": f"{ns}/{name}", "nhi.dev/serial": signed.serial}
+    await client.kv_write(KV_MOUNT, f"nhi/{ns}/{name}/mtls", data, metadata)
+    return signed.serial, data
+
+
+async def timed_with_vault(
+    bao: OpenBao, n: int, one: Callable[[VaultClient, int], Awaitable[Any]]
+) -> float:
+    """Seconds to run ``one(client, i)`` for N identities with CONCURRENCY at a time, on a
+    Vault client of the floor's own (a token, a pool of CONCURRENCY threads)."""
     pool = VaultPool(CONCURRENCY)
     client = VaultClient(bao.address, TokenLogin(bao.operator_token()), pool, ca_pem=bao.ca_pem)
-    ns = f"b8-floor-{run}"
-
-    async def one(i: int) -> None:
-        name = f"id-{i:05d}"
-        key = await asyncio.to_thread(crypto.generate_key, "ECDSA-P256")
-        spiffe = crypto.spiffe_id(TRUST_DOMAIN, ns, name)
-        csr = crypto.build_csr(key, spiffe_id=spiffe, dns_names=[])
-        signed = await client.sign(
-            PKI_MOUNT, PKI_ROLE, csr.decode(), uri_sans=[spiffe], dns_names=[], ttl_seconds=86400
-        )
-        data = {
-            "tls.crt": signed.certificate,
-            "tls.key": crypto.private_key_pem(key).decode(),
-            "ca.crt": "\n".join(signed.chain),
-        }
-        metadata = {"nhi.dev/identity": f"{ns}/{name}", "nhi.dev/serial": signed.serial}
-        await client.kv_write(KV_MOUNT, f"nhi/{ns}/{name}/mtls", data, metadata)
-
-    before = bao.request_count()
     t0 = time.monotonic()
     try:
-        await gather_limited(list(range(n)), one, CONCURRENCY)
+        await gather_limited(list(range(n)), lambda i: one(client, i), CONCURRENCY)
     finally:
         client.close()
         pool.close()
-    seconds = time.monotonic() - t0
+    return time.monotonic() - t0
+
+
+async def floor_run(bao: OpenBao, run: int, n: int) -> dict[str, Any]:
+    """What Vault sees of N identities, with plain hvac and the same concurrency."""
+    ns = f"b8-floor-{run}"
+    before = bao.request_count()
+    seconds = await timed_with_vault(
+        bao, n, lambda client, i: vault_part(client, ns, f"id-{i:05d}")
+    )
     requests = bao.request_count() - before - 1  # less the metrics read itself
     return {"seconds": round(seconds, 3), "vault_requests": requests}
 
@@ -138,43 +151,23 @@ async def full_floor_run(env: Env, bao: OpenBao, run: int, n: int) -> dict[str, 
     """The Vault floor plus the operator's Kubernetes writes, with a plain client."""
     await env.stop_operator()
     floor = Floor(env.floor_api)
-    pool = VaultPool(CONCURRENCY)
-    client = VaultClient(bao.address, TokenLogin(bao.operator_token()), pool, ca_pem=bao.ca_pem)
     ns = f"b8-floor-k8s-{run}"
     await env.ensure_namespace(ns, {"nhi.dev/bench-scenario": "8"})
 
-    async def one(i: int) -> None:
+    async def one(client: VaultClient, i: int) -> None:
         body = await floor.api.apply(identity(ns, f"id-{i:05d}"))
         mi = MachineIdentity.from_body(body)
         for obj in desired_access(mi):
             await floor.api.apply(obj)
         cred = mi.spec.credentials[0]
-        spiffe = crypto.spiffe_id(TRUST_DOMAIN, ns, mi.spec.service_account)
-        key = await asyncio.to_thread(crypto.generate_key, "ECDSA-P256")
-        csr = crypto.build_csr(key, spiffe_id=spiffe, dns_names=[])
-        signed = await client.sign(
-            PKI_MOUNT, PKI_ROLE, csr.decode(), uri_sans=[spiffe], dns_names=[], ttl_seconds=86400
-        )
-        data = {
-            "tls.crt": signed.certificate,
-            "tls.key": crypto.private_key_pem(key).decode(),
-            "ca.crt": "\n".join(signed.chain),
-        }
-        metadata = {"nhi.dev/identity": f"{ns}/{mi.name}", "nhi.dev/serial": signed.serial}
-        await client.kv_write(KV_MOUNT, f"nhi/{ns}/{mi.name}/mtls", data, metadata)
+        serial, data = await vault_part(client, ns, mi.name)
         t = dt.datetime.now(dt.UTC)
-        issued = Issued(t, t + dt.timedelta(days=1), t, t, 0, "", serial=signed.serial)
+        issued = Issued(t, t + dt.timedelta(days=1), t, t, 0, "", serial=serial)
         encoded = {k: v.encode() for k, v in data.items()}
         await floor.api.apply(build_credential_secret(mi, cred, encoded, issued.annotations()))
         await floor.write_status(mi, [credential_status(cred, issued)])
 
-    t0 = time.monotonic()
-    try:
-        await gather_limited(list(range(n)), one, CONCURRENCY)
-    finally:
-        client.close()
-        pool.close()
-    seconds = time.monotonic() - t0
+    seconds = await timed_with_vault(bao, n, one)
     await purge_namespace(env, ns)
     return {"seconds": round(seconds, 3)}
 

@@ -157,6 +157,27 @@ def usage(crds: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[U
             cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
+def pod_bound_token(
+    u: Usage, ns: str, sa: str, pod: str, labels: dict[str, str] | None = None
+) -> str:
+    """A pod running as ``sa`` (no kubelet runs it here) and a token bound to it."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": pod, "namespace": ns, "labels": labels or {}},
+        "spec": {"serviceAccountName": sa,
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }  # fmt: skip
+    u.cluster.apply(body)
+    return u.cluster.kubectl("create", "token", sa, "-n", ns, "--bound-object-kind=Pod",
+                             f"--bound-object-name={pod}").stdout.strip()  # fmt: skip
+
+
+def events(u: Usage, ns: str, reason: str) -> list[dict[str, Any]]:
+    out = u.cluster.kubectl("get", "events", "-n", ns, "-o", "json")
+    return [e for e in json.loads(out.stdout)["items"] if e["reason"] == reason]
+
+
 def issued_token(u: Usage, ns: str, name: str, rules: list[dict[str, Any]]) -> str:
     u.cluster.apply(
         {
@@ -353,8 +374,7 @@ def test_a_token_a_person_minted_and_used_is_reported_and_the_operators_own_are_
     assert u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200
 
     def findings() -> list[dict[str, Any]]:
-        out = u.cluster.kubectl("get", "events", "-n", ns, "-o", "json")
-        return [e for e in json.loads(out.stdout)["items"] if e["reason"] == "TokenMintedByPerson"]
+        return events(u, ns, "TokenMintedByPerson")
 
     (event,) = wait_for(findings, timeout=30, message="the TokenMintedByPerson Event")
     assert event["involvedObject"]["kind"] == "MachineIdentity"
@@ -418,29 +438,16 @@ def test_the_audit_log_file_is_a_source_too_and_a_restart_goes_on_from_its_check
 def test_a_pod_bound_token_used_from_outside_its_pod_is_reported(usage: Usage) -> None:
     u, ns = usage, usage.pool[1]
     issued_token(u, ns, "podbound", [CM_READ])
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "podbound-0", "namespace": ns},
-        "spec": {"serviceAccountName": "podbound",
-                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-    }  # fmt: skip
-    u.cluster.apply(pod)
+    token = pod_bound_token(u, ns, "podbound", "podbound-0")
     # No kubelet runs here: the pod's address is set as a kubelet would report it.
     status = '{"status": {"podIP": "10.9.8.7", "podIPs": [{"ip": "10.9.8.7"}]}}'
     u.cluster.kubectl("patch", "pod", "podbound-0", "-n", ns, "--subresource=status",
                       "--type=merge", "-p", status)  # fmt: skip
-    token = u.cluster.kubectl("create", "token", "podbound", "-n", ns, "--bound-object-kind=Pod",
-                              "--bound-object-name=podbound-0").stdout.strip()  # fmt: skip
     # This request comes from 127.0.0.1, not from the pod's 10.9.8.7: the token left its pod.
     wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
              message="the pod-bound token to list ConfigMaps")  # fmt: skip
-
-    def findings() -> list[dict[str, Any]]:
-        out = u.cluster.kubectl("get", "events", "-n", ns, "-o", "json")
-        return [e for e in json.loads(out.stdout)["items"] if e["reason"] == "TokenUsedOutsidePod"]
-
-    (event,) = wait_for(findings, timeout=30, message="the TokenUsedOutsidePod Event")
+    (event,) = wait_for(lambda: events(u, ns, "TokenUsedOutsidePod"), timeout=30,
+                        message="the TokenUsedOutsidePod Event")  # fmt: skip
     assert event["involvedObject"]["name"] == "podbound"
     assert "bound to pod podbound-0 was used from 127.0.0.1" in event["message"]
     assert "10.9.8.7" in event["message"] and token not in event["message"]
@@ -464,24 +471,11 @@ def test_a_token_of_a_pod_that_is_not_the_identitys_workload_is_reported(usage: 
     wait_for(lambda: u.cluster.get("serviceaccount", "billing", ns), timeout=60,
              message="the identity's ServiceAccount")  # fmt: skip
     # Someone starts a pod of their own with the identity's ServiceAccount.
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "borrower", "namespace": ns, "labels": {"app": "other"}},
-        "spec": {"serviceAccountName": "billing",
-                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
-    }  # fmt: skip
-    u.cluster.apply(pod)
-    token = u.cluster.kubectl("create", "token", "billing", "-n", ns, "--bound-object-kind=Pod",
-                              "--bound-object-name=borrower").stdout.strip()  # fmt: skip
+    token = pod_bound_token(u, ns, "billing", "borrower", {"app": "other"})
     wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
              message="the borrowed token to list ConfigMaps")  # fmt: skip
-
-    def findings() -> list[dict[str, Any]]:
-        out = u.cluster.kubectl("get", "events", "-n", ns, "-o", "json")
-        return [e for e in json.loads(out.stdout)["items"] if e["reason"] == "TokenOfForeignPod"]
-
-    (event,) = wait_for(findings, timeout=30, message="the TokenOfForeignPod Event")
+    (event,) = wait_for(lambda: events(u, ns, "TokenOfForeignPod"), timeout=30,
+                        message="the TokenOfForeignPod Event")  # fmt: skip
     assert event["involvedObject"]["kind"] == "MachineIdentity"
     assert "bound to pod borrower, which is not among the workloads" in event["message"]
     assert token not in event["message"]

@@ -433,13 +433,18 @@ async def test_rightsizing_suggest_keeps_the_smaller_permissions_in_status() -> 
         MachineIdentity.from_body(bad)
 
 
-async def test_a_pod_bound_token_used_from_another_address_is_reported_once() -> None:
+def pod_store() -> tuple[Recorder, FakeApi, UsageStore]:
+    """A store with Events recorded and the pod billing-0 at 10.1.2.3."""
     rec = Recorder()
     api = FakeApi()
     api.objects[("Pod", "team", "billing-0")] = {
         "spec": {}, "status": {"podIP": "10.1.2.3", "podIPs": [{"ip": "10.1.2.3"}]},
     }  # fmt: skip
-    s = store(api, events=rec)  # type: ignore[arg-type]
+    return rec, api, store(api, events=rec)  # type: ignore[arg-type]
+
+
+async def test_a_pod_bound_token_used_from_another_address_is_reported_once() -> None:
+    rec, _, s = pod_store()
     inside = event(auditID="in", sourceIPs=["10.1.2.3"])
     outside = event(auditID="out", sourceIPs=["198.51.100.9"])
     again = event(auditID="again", sourceIPs=["198.51.100.9"])
@@ -454,12 +459,7 @@ async def test_a_pod_bound_token_used_from_another_address_is_reported_once() ->
 
 
 async def test_a_use_arriving_while_its_pod_is_read_is_not_reported_twice() -> None:
-    rec = Recorder()
-    api = FakeApi()
-    api.objects[("Pod", "team", "billing-0")] = {
-        "spec": {}, "status": {"podIP": "10.1.2.3", "podIPs": [{"ip": "10.1.2.3"}]},
-    }  # fmt: skip
-    s = store(api, events=rec)  # type: ignore[arg-type]
+    rec, api, s = pod_store()
     read = api.get
 
     async def get_while_more_arrives(kind: str, namespace: str | None, name: str) -> Any:
