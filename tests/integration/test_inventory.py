@@ -31,6 +31,7 @@ pytestmark = pytest.mark.integration
 CONFIG = """\
 bounds:
   unusedAfter: 1s
+  maxSecretAge: 10s
 ownerKeys: [owner]
 """
 TIMEOUT = 30.0
@@ -241,6 +242,23 @@ def _tls_secret(ns: str, crt: bytes, key: bytes) -> dict[str, Any]:
             "tls.key": base64.b64encode(key).decode(),
         },
     }
+
+
+def test_an_opaque_secret_nothing_rotates_then_rotated(
+    inventory: OperatorProcess, crds: Cluster, ns: str
+) -> None:
+    value = "opaque-secret-value-" + uuid.uuid4().hex
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+              "metadata": {"name": "db-password", "namespace": ns},
+              "stringData": {"password": value}}  # fmt: skip
+    crds.apply(secret)
+    finding = ("old-secret", f"Secret/{ns}/db-password")
+    appears(crds, ns, finding)  # unchanged for longer than maxSecretAge (10s here)
+    # Rotated: changed now, so no longer old (until the bound passes again).
+    crds.apply({**secret, "stringData": {"password": value + "-2"}})
+    goes(crds, ns, finding)
+    # Only metadata is read: the value is neither in the report nor in the operator's log.
+    assert value not in json.dumps(report(crds, ns)) and value not in inventory.log()
 
 
 def test_a_malformed_tls_secret_then_a_real_certificate(

@@ -4,10 +4,11 @@ situation makes it go; attribution and classification in their order."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 
-from nhi.models.inventory import Finding, Meta, TlsSecretInfo
+from nhi.models.inventory import Finding, Meta, TlsSecretInfo, managed_identity_from_body
 from nhi.models.inventory_config import Exemption, InventoryConfig
 from nhi.policies.findings import evaluate
 from nhi.policies.inventory import build
@@ -24,6 +25,7 @@ from tests.unit.inventory_factories import (
     role,
     rule,
     sa,
+    stamp,
     token,
     usage_status,
 )
@@ -443,3 +445,61 @@ def test_kpis() -> None:
     inv = build(obs, CONFIG)
     k = compute(inv, evaluate(inv, CONFIG, T0), T0)
     assert (k.rules_weighed, k.rules_used, k.permissions_used) == (6, 3, 0.5)
+
+
+# ------------------------------------------------------------------------------ NHI7: Secrets
+
+
+def opaque(name: str, changed: dt.datetime, owner: dict[str, Any] | None = None) -> Any:
+    from nhi.models.inventory import opaque_secret_from_body
+
+    meta: dict[str, Any] = {
+        "namespace": "app",
+        "name": name,
+        "creationTimestamp": stamp(changed - 100 * DAY),
+        "managedFields": [{"manager": "kubectl", "time": stamp(changed)}, {"time": 5}],
+        "annotations": {"kubectl.kubernetes.io/last-applied-configuration": '{"data": "x"}'},
+    }
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return opaque_secret_from_body({"metadata": meta})
+
+
+def test_an_opaque_secret_nothing_rotates_is_old_after_the_bound_from_its_last_change() -> None:
+    stale = opaque("db-password", T0 - 91 * DAY)
+    assert stale.changed == T0 - 91 * DAY  # the managed field's time, not the creation
+    assert "last-applied" not in repr(stale) and '"data"' not in repr(stale)
+    rules = rules_of(observed(secrets=[stale, opaque("fresh", T0 - 10 * DAY)]))
+    assert ("old-secret", "Secret/app/db-password") in rules
+    assert ("old-secret", "Secret/app/fresh") not in rules
+    owned = opaque(
+        "synced", T0 - 200 * DAY, {"kind": "ExternalSecret", "name": "db", "controller": True}
+    )
+    assert owned.controller == "ExternalSecret/db"
+    assert not any(f.rule == "old-secret" for f in findings(observed(secrets=[owned])))
+
+
+def test_a_static_secret_credential_not_rotated_within_the_bound_is_stale() -> None:
+    status = {
+        "credentials": [
+            {"name": "db", "type": "StaticSecret", "secretName": "app.db",
+             "lastRotationTime": stamp(T0 - 120 * DAY)},
+            {"name": "api", "type": "ServiceAccountToken",
+             "lastRotationTime": stamp(T0 - 120 * DAY)},
+            {"name": "new", "type": "StaticSecret", "lastRotationTime": stamp(T0 - DAY)},
+            "garbage",
+        ]
+    }  # fmt: skip
+    body = {"metadata": {"namespace": "app", "name": "ci"}, "spec": {"owner": "a"}}
+    mi = managed_identity_from_body(body | {"status": status})
+    (f,) = [f for f in findings(observed(identities=[mi])) if f.rule == "stale-static-secret"]
+    assert (f.risk, f.severity, str(f.subject)) == ("NHI7", "medium", "MachineIdentity/app/ci")
+    assert ref("Secret", "app", "app.db") in f.objects and "nhi renew ci -n app" in f.fix
+
+
+def test_secrets_are_looked_at_again_when_they_turn_old() -> None:
+    from nhi.reconcilers.inventory import next_due
+
+    s = opaque("soon", T0 - 90 * DAY + dt.timedelta(hours=1))
+    inv = build(observed(secrets=[s]), CONFIG)
+    assert next_due(inv, CONFIG, T0) == T0 + dt.timedelta(hours=1)

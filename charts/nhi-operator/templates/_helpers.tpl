@@ -241,8 +241,9 @@ operator's own reports. manifests/components/discovery holds the same rules (a t
 them).
 */}}
 {{- define "nhi-operator.discoveryNamespacedRules" -}}
-# Every ServiceAccount, and the legacy token and TLS Secrets (listed by type; kept as
-# metadata, a certificate's subject, issuer and validity: never a value).
+# Every ServiceAccount, and the legacy token, TLS and Opaque Secrets (listed by type; kept
+# as metadata, a certificate's subject, issuer and validity; Opaque ones read as metadata
+# only: never a value).
 - apiGroups: [""]
   resources: ["serviceaccounts", "secrets", "pods"]
   verbs: ["list", "watch"]

@@ -24,6 +24,7 @@ from nhi.k8s.client import Api, path_for
 from nhi.models.discovered import Identity
 from nhi.models.duration import rfc3339
 from nhi.models.inventory import (
+    OPAQUE_TYPE,
     SEVERITIES,
     TLS_TYPE,
     TOKEN_TYPE,
@@ -32,6 +33,7 @@ from nhi.models.inventory import (
     binding_from_body,
     managed_identity_from_body,
     meta_from_body,
+    opaque_secret_from_body,
     role_from_body,
     service_account_from_body,
     token_secret_from_body,
@@ -42,17 +44,25 @@ from nhi.models.workload import WORKLOAD_KINDS
 from nhi.policies.findings import evaluate
 from nhi.policies.inventory import Inventory, Observed, build
 from nhi.policies.kpis import Kpis, compute
+from nhi.runtime.informer import METADATA_LIST
 
 
 async def _list(
-    api: Api, kind: str, namespace: str | None, field_selector: str = ""
+    api: Api,
+    kind: str,
+    namespace: str | None,
+    field_selector: str = "",
+    metadata_only: bool = False,
 ) -> list[dict[str, Any]]:
     params = {"limit": "500"}
     if field_selector:
         params["fieldSelector"] = field_selector
+    accept = METADATA_LIST if metadata_only else None
     items: list[dict[str, Any]] = []
     while True:
-        page = await api.request("GET", path_for(kind, namespace), params=params, kind=kind)
+        page = await api.request(
+            "GET", path_for(kind, namespace), params=params, accept=accept, kind=kind
+        )
         items += page.get("items") or []
         cont = (page.get("metadata") or {}).get("continue")
         if not cont:
@@ -76,9 +86,11 @@ async def gather(api: Api, namespace: str | None) -> Observed:
         _list(api, "Secret", namespace, f"type={TLS_TYPE}"),
         _list(api, "Namespace", None),
         _identities(api, namespace),
+        # Metadata only: no value of an Opaque Secret is read.
+        _list(api, "Secret", namespace, f"type={OPAQUE_TYPE}", metadata_only=True),
     )
     got = dict(zip((*kinds, "ClusterRole", "ClusterRoleBinding"), lists, strict=False))
-    tokens, tls, namespaces, identities = lists[len(kinds) + 2 :]
+    tokens, tls, namespaces, identities, opaque = lists[len(kinds) + 2 :]
     workloads = [w for k in WORKLOAD_KINDS for w in (workload_from_body(k, b) for b in got[k]) if w]
     bindings = [
         b
@@ -93,6 +105,7 @@ async def gather(api: Api, namespace: str | None) -> Observed:
         workloads=workloads,
         tokens=[token_secret_from_body(o) for o in tokens],
         tls=[_tls(o) for o in tls],
+        secrets=[opaque_secret_from_body(o) for o in opaque],
         roles={r.ref: r for r in roles},
         bindings=bindings,
         namespaces={m.name: m for m in (meta_from_body(o) for o in namespaces)},

@@ -33,6 +33,7 @@ from nhi.builders.policy_report import (
 from nhi.crypto.metadata import tls_secret_certificate
 from nhi.k8s.client import Api, ApiError, NotFound
 from nhi.models.inventory import (
+    OPAQUE_TYPE,
     TLS_TYPE,
     TOKEN_TYPE,
     ManagedIdentity,
@@ -41,6 +42,7 @@ from nhi.models.inventory import (
     binding_from_body,
     managed_identity_from_body,
     meta_from_body,
+    opaque_secret_from_body,
     role_from_body,
     service_account_from_body,
     token_secret_from_body,
@@ -202,6 +204,13 @@ class Discovery:
             "Secret", field_selector=f"type={TOKEN_TYPE}", transform=token_secret_from_body
         )
         by["tls"] = add("Secret", field_selector=f"type={TLS_TYPE}", transform=tls_record)
+        # Opaque Secrets: metadata only, so no value ever reaches the operator.
+        by["secret"] = add(
+            "Secret",
+            field_selector=f"type={OPAQUE_TYPE}",
+            metadata_only=True,
+            transform=opaque_secret_from_body,
+        )
         by["role"] = add("Role", transform=_role("Role"))
         by["role"] += add("ClusterRole", namespaced=False, transform=_role("ClusterRole"))
         by["binding"] = add("RoleBinding", transform=_binding("RoleBinding"))
@@ -261,6 +270,7 @@ class Discovery:
             workloads=_values(by["workload"]),
             tokens=_values(by["token"]),
             tls=_values(by["tls"]),
+            secrets=_values(by["secret"]),
             roles=roles,
             bindings=_values(by["binding"]),
             namespaces=namespaces,

@@ -29,6 +29,9 @@ SEVERITIES = ("critical", "high", "medium", "low", "info")
 
 TOKEN_TYPE = "kubernetes.io/service-account-token"  # noqa: S105 - a Secret type
 TLS_TYPE = "kubernetes.io/tls"
+OPAQUE_TYPE = "Opaque"
+#: kubectl's copy of the applied object: for a Secret it holds the data, so no record keeps it.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 SA_NAME_ANNOTATION = "kubernetes.io/service-account.name"
 SA_UID_ANNOTATION = "kubernetes.io/service-account.uid"
 LAST_USED_LABEL = "kubernetes.io/legacy-token-last-used"
@@ -144,7 +147,9 @@ def meta_from_body(body: Mapping[str, Any]) -> Meta:
         uid=str(meta.get("uid") or ""),
         created=_time(meta.get("creationTimestamp")),
         labels=_strings(meta.get("labels")),
-        annotations=_strings(meta.get("annotations")),
+        annotations={
+            k: v for k, v in _strings(meta.get("annotations")).items() if k != LAST_APPLIED
+        },
     )
 
 
@@ -248,6 +253,46 @@ def token_secret_from_body(body: Mapping[str, Any]) -> TokenSecretInfo:
         service_account_uid=meta.annotations.get(SA_UID_ANNOTATION, ""),
         last_used=_date(meta.labels.get(LAST_USED_LABEL)),
         invalid_since=_date(meta.labels.get(INVALID_SINCE_LABEL)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SecretInfo:
+    """An ``Opaque`` Secret, by the least of its metadata (read from a metadata-only watch:
+    its data never reaches the operator): when it last changed, and what controls it."""
+
+    namespace: str
+    name: str
+    #: The latest of its creation and its managedFields' times: when its value last changed,
+    #: at the latest.
+    changed: dt.datetime | None
+    #: Its controller, as Kind/name ("" when nothing controls it).
+    controller: str = ""
+    labels: Labels = field(default_factory=dict)
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Secret", self.namespace, self.name)
+
+
+def opaque_secret_from_body(body: Mapping[str, Any]) -> SecretInfo:
+    meta = _meta(body)
+    times = [_time(meta.get("creationTimestamp"))]
+    fields = meta.get("managedFields")
+    if isinstance(fields, list):
+        times += [_time(f.get("time")) for f in fields if isinstance(f, Mapping)]
+    known = [t for t in times if t is not None]
+    controller = ""
+    owners = meta.get("ownerReferences")
+    for ref in owners if isinstance(owners, list) else []:
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            controller = f"{ref.get('kind', '')}/{ref.get('name', '')}"
+    return SecretInfo(
+        namespace=str(meta.get("namespace") or ""),
+        name=str(meta.get("name") or ""),
+        changed=max(known) if known else None,
+        controller=controller,
+        labels=_strings(meta.get("labels")),
     )
 
 
@@ -406,6 +451,8 @@ class ManagedIdentity:
     rules_weighed: int = 0
     unused_rules: tuple[str, ...] = ()
     unused_after_seconds: int = 0
+    #: Its StaticSecret credentials (status.credentials): (name, Secret, last rotated).
+    static: tuple[tuple[str, str, dt.datetime], ...] = ()
 
     @property
     def ref(self) -> ObjectRef:
@@ -429,7 +476,20 @@ def managed_identity_from_body(body: Mapping[str, Any]) -> ManagedIdentity:
         rules_weighed=weighed,
         unused_rules=unused,
         unused_after_seconds=after,
+        static=_static_of(body.get("status")),
     )
+
+
+def _static_of(status: Any) -> tuple[tuple[str, str, dt.datetime], ...]:
+    creds = status.get("credentials") if isinstance(status, Mapping) else None
+    out = []
+    for c in creds if isinstance(creds, list) else []:
+        if not isinstance(c, Mapping) or c.get("type") != "StaticSecret":
+            continue
+        rotated = _time(c.get("lastRotationTime"))
+        if rotated is not None:
+            out.append((str(c.get("name", "")), str(c.get("secretName", "")), rotated))
+    return tuple(out)
 
 
 def _usage_of(status: Any) -> tuple[int, tuple[str, ...], int]:

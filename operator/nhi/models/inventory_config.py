@@ -32,6 +32,8 @@ RULES = (
     "unused-permissions",
     "long-lived-certificate",
     "old-token-secret",
+    "old-secret",
+    "stale-static-secret",
     "malformed-tls-secret",
     "cross-namespace-binding",
     "cross-environment-binding",

@@ -325,6 +325,43 @@ def long_lived_credentials(
             )
 
 
+def old_secrets(inv: Inventory, config: InventoryConfig, now: dt.datetime) -> Iterator[Finding]:
+    """Opaque Secrets nothing controls (no operator rotates them), unchanged for longer than
+    ``maxSecretAge``; and StaticSecret credentials of MachineIdentities not rotated for as
+    long (a long ttl)."""
+    bound = config.max_secret_age
+    for s in inv.observed.secrets:
+        if s.controller or s.changed is None or now - s.changed <= bound:
+            continue
+        yield Finding(
+            "old-secret",
+            "NHI7",
+            "low",
+            s.namespace,
+            (s.ref,),
+            f"{s.ref} has not changed since {s.changed:%Y-%m-%d}, more than {bound.days} days, "
+            "and nothing rotates it",
+            "rotate it, or let a MachineIdentity StaticSecret credential generate and rotate it",
+            s.labels,
+        )
+    for mi in inv.observed.identities:
+        for name, secret, rotated in mi.static:
+            if now - rotated <= bound:
+                continue
+            yield Finding(
+                "stale-static-secret",
+                "NHI7",
+                "medium",
+                mi.namespace,
+                (mi.ref, ObjectRef("Secret", mi.namespace, secret)),
+                f"the StaticSecret credential {name} of {mi.ref} was last rotated on "
+                f"{rotated:%Y-%m-%d}, more than {bound.days} days ago",
+                f"a shorter ttl for {name} (it is rotated before it expires), or "
+                f"`nhi renew {mi.name} -n {mi.namespace}` now",
+                {},
+            )
+
+
 # ---------------------------------------------------------------------------------- NHI8
 
 
@@ -420,6 +457,7 @@ RULE_FUNCTIONS: tuple[RuleFunction, ...] = (
     overprivileged,
     unused_permissions,
     long_lived_credentials,
+    old_secrets,
     environment_isolation,
     reuse,
     unknown_owners,

@@ -21,6 +21,7 @@ from nhi.models.inventory import (
     Meta,
     ObjectRef,
     RoleInfo,
+    SecretInfo,
     ServiceAccountInfo,
     Subject,
     TlsSecretInfo,
@@ -45,6 +46,8 @@ class Observed:
     workloads: Sequence[WorkloadInfo] = ()
     tokens: Sequence[TokenSecretInfo] = ()
     tls: Sequence[TlsSecretInfo] = ()
+    #: Opaque Secrets (metadata only).
+    secrets: Sequence[SecretInfo] = ()
     roles: Mapping[ObjectRef, RoleInfo] = field(default_factory=dict)
     bindings: Sequence[BindingInfo] = ()
     namespaces: Mapping[str, Meta] = field(default_factory=dict)

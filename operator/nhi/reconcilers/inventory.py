@@ -61,6 +61,18 @@ def next_due(inv: Inventory, config: InventoryConfig, now: dt.datetime) -> dt.da
             for t in inv.observed.tokens
             if t.meta.created is not None
         ]
+    if config.enabled("old-secret"):
+        due += [
+            s.changed + config.max_secret_age
+            for s in inv.observed.secrets
+            if s.changed is not None and not s.controller
+        ]
+    if config.enabled("stale-static-secret"):
+        due += [
+            rotated + config.max_secret_age
+            for mi in inv.observed.identities
+            for _, _, rotated in mi.static
+        ]
     return min(d for d in due if d > now) if any(d > now for d in due) else now + MAX_WAIT
 
 
