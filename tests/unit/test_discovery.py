@@ -130,6 +130,23 @@ def test_a_workload_leaving_a_service_account_records_its_last_use() -> None:
     assert d.observed().last_used == {("app", "ci"): T0}
 
 
+def test_the_last_request_seen_in_the_audit_usage_counts_as_a_use() -> None:
+    import datetime as dt
+
+    d = discovery(FakeApi(NotFound(404, "NotFound", "")))
+    feed(d)
+    [deploy] = [w for w in d._by["workload"] if w.kind == "Deployment"]
+    deploy.apply({"type": "DELETED", "object": {"metadata": {"namespace": "app", "name": "w"}}})
+    later = T0 + dt.timedelta(days=3)
+    d.usage = lambda: {("app", "ci"): later, ("app", "other"): T0 - dt.timedelta(days=1)}
+    assert d.observed().last_used == {
+        ("app", "ci"): later,
+        ("app", "other"): T0 - dt.timedelta(days=1),
+    }
+    d.usage = lambda: {("app", "ci"): T0 - dt.timedelta(days=3)}
+    assert d.observed().last_used == {("app", "ci"): T0}  # the later of the two
+
+
 def test_without_the_report_crds_the_inventory_runs_on_metrics_only() -> None:
     api = FakeApi(NotFound(404, "NotFound", ""))
     d = discovery(api)

@@ -512,6 +512,13 @@ def test_a_namespace_scoped_operator_counts_only_its_namespaces() -> None:
     assert counted == 1 and set(s.books) == {("team", "billing")}
 
 
+def test_the_last_request_of_each_service_account_is_known() -> None:
+    s = store(FakeApi())
+    s.ingest(parse_event_list(batch(event(auditID="a"), event(
+        auditID="b", stageTimestamp="2026-12-02T08:00:00.000000Z"))))  # fmt: skip
+    assert s.last_seen() == {("team", "billing"): dt.datetime(2026, 12, 2, 8, 0, tzinfo=dt.UTC)}
+
+
 def test_pod_addresses_include_the_node_with_host_network() -> None:
     from nhi.policies.usage import pod_addresses
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from nhi.builders.policy_report import (
@@ -192,6 +192,9 @@ class Discovery:
         self.managed: dict[Key, ManagedIdentity] = {}
         #: When a workload last stopped running as each ServiceAccount.
         self.last_used: dict[Key, dt.datetime] = {}
+        #: Each ServiceAccount's last request from the audit usage (nhi.handlers.usage sets
+        #: it when the usage endpoint runs): a use the watches cannot see, kept across restarts.
+        self.usage: Callable[[], Mapping[Key, dt.datetime]] | None = None
         self._by: dict[str, list[Informer]] = {}
 
     # ------------------------------------------------------------------ wiring
@@ -275,9 +278,15 @@ class Discovery:
             bindings=_values(by["binding"]),
             namespaces=namespaces,
             identities=list(self.managed.values()),
-            last_used=dict(self.last_used),
+            last_used=self._last_used(),
             scope=self.namespaces,
         )
+
+    def _last_used(self) -> dict[Key, dt.datetime]:
+        out = dict(self.last_used)
+        for key, at in (self.usage() if self.usage is not None else {}).items():
+            out[key] = max(out.get(key, at), at)
+        return out
 
     async def reconcile(self, key: Key) -> Result:
         await self.identities_ready.wait()

@@ -183,6 +183,9 @@ async def start() -> None:
         namespaces=settings.namespaces,
     )
     _endpoint = UsageEndpoint(settings, store)
+    if rt.discovery is not None:
+        # The inventory's unused ServiceAccounts count from their last request too.
+        rt.discovery.usage = store.last_seen
     if rt.grants is not None:
         # What each AccessGrant was used for comes from the same books.
         rt.grants.reconciler.usage = lambda namespace, name: store.books.get((namespace, name))

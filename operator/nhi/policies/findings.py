@@ -44,7 +44,8 @@ def unused_service_accounts(
             "medium" if ident.direct_grants or ident.tokens else "low",
             ident.namespace,
             (ident.ref, *(g.binding for g in ident.direct_grants)),
-            f"no workload has run as {ident.ref} since {since:%Y-%m-%d}",
+            f"no workload has run as {ident.ref}, nor made a request seen as it, since "
+            f"{since:%Y-%m-%d}",
             "delete the ServiceAccount and its bindings if it is no longer needed, or declare "
             "it with a MachineIdentity (nhi adopt)",
             ident.labels,

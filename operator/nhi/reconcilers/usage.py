@@ -207,6 +207,15 @@ class UsageStore:
         if len(self.pod_uses) < MAX_NOVELTIES:
             self.pod_uses[key] = obs
 
+    def last_seen(self) -> dict[BookKey, dt.datetime]:
+        """Each ServiceAccount's last request seen (for the inventory's unused rule)."""
+        out = {}
+        for key, book in self.books.items():
+            last = max((seen.last for seen in book.entries.values()), default=None)
+            if last is not None:
+                out[key] = dt.datetime.fromtimestamp(last, dt.UTC)
+        return out
+
     async def check_pods(self, managers: Mapping[BookKey, Mapping[str, Any]]) -> int:
         """See :func:`nhi.reconcilers.usage_findings.check_pods`."""
         return await usage_findings.check_pods(self, managers)
