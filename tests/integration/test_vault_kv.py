@@ -338,6 +338,19 @@ def test_named_vault_policies_only_where_an_identity_policy_allows_them(
         assert bound["token_policies"] == [role, "reports-read"]
     finally:
         kube.kubectl("delete", "identitypolicy", policy, "--wait=false")
+    # The policy is gone: what it allowed is withdrawn from the role, not only refused anew.
+    wait_for(
+        lambda: (
+            openbao.request("GET", f"auth/kubernetes/role/{role}")["data"]["token_policies"]
+            == [role]
+        ),
+        timeout=60,
+        message="reports-read withdrawn from the role",
+    )
+    wait_condition(kube, namespace, "app", "Ready", "False", timeout=30)
+    warnings = kube.kubectl("get", "events", "-n", namespace, "--field-selector",
+                            "reason=VaultPoliciesNotAllowed", "-o", "json").stdout  # fmt: skip
+    assert "withdrew Vault policies" in warnings and "reports-read" in warnings
 
 
 def test_vault_only_leaves_no_secret(

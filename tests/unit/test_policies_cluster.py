@@ -150,3 +150,15 @@ def test_named_vault_policies_need_an_identity_policy_listing_them(
         assert "allowedVaultPolicies of any IdentityPolicy that selects this namespace" in (
             verdict.message
         )
+
+
+def test_a_role_keeps_only_the_vault_policies_still_allowed() -> None:
+    from nhi.policies.cluster import allowed_vault_policies
+
+    spec = make_identity(vault=VAULT_EXTRA).spec
+    assert allowed_vault_policies(spec, [], PROD) == ()
+    reports = make_policy("reports", allowedVaultPolicies=["reports-read"])
+    assert allowed_vault_policies(spec, [reports], PROD) == ("reports-read",)
+    dev = make_policy("dev", allowedVaultPolicies=["reports-read", "metrics-read"], **DEV_ONLY)
+    assert allowed_vault_policies(spec, [dev], PROD) == ()
+    assert allowed_vault_policies(make_identity().spec, [reports], PROD) == ()

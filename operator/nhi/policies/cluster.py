@@ -24,6 +24,7 @@ class Verdict:
 
 
 ALLOWED = Verdict(True)
+VAULT_POLICIES_NOT_ALLOWED = "VaultPoliciesNotAllowed"
 
 
 def check_cluster_permissions(
@@ -52,8 +53,22 @@ def check_cluster_permissions(
         if not any(name in p.allowed_vault_policies for p in selecting):
             return Verdict(
                 False,
-                "VaultPoliciesNotAllowed",
+                VAULT_POLICIES_NOT_ALLOWED,
                 f"spec.vault.access.policies[{i}]: Vault policy {name!r} is not in the "
                 "allowedVaultPolicies of any IdentityPolicy that selects this namespace",
             )
     return ALLOWED
+
+
+def allowed_vault_policies(
+    spec: Spec, policies: Sequence[IdentityPolicy], namespace_labels: Mapping[str, str]
+) -> tuple[str, ...]:
+    """The named Vault policies of ``spec.vault.access`` that an IdentityPolicy selecting the
+    namespace still allows (what the workload's role may keep when the others are refused)."""
+    access = spec.vault.access if spec.vault is not None else None
+    selecting = [p for p in policies if p.selects(namespace_labels)]
+    return tuple(
+        name
+        for name in (access.policies if access is not None else ())
+        if any(name in p.allowed_vault_policies for p in selecting)
+    )

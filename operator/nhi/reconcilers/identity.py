@@ -29,6 +29,7 @@ from nhi.models.meta import (
 )
 from nhi.models.policy import IdentityPolicy
 from nhi.models.workload import Workload
+from nhi.policies.cluster import VAULT_POLICIES_NOT_ALLOWED, allowed_vault_policies
 from nhi.policies.ownership import (
     Claim,
     OwnershipConflict,
@@ -247,6 +248,8 @@ class IdentityReconciler:
         if plan.blocked:
             reason, message = plan.blocked
             recheck = reason in (Reason.SERVICE_ACCOUNT_CONFLICT, Reason.OWNERSHIP_CONFLICT)
+            if reason == VAULT_POLICIES_NOT_ALLOWED:
+                recheck = not await self._withdraw_vault_policies(identity, observed)
             return Outcome(
                 False,
                 reason,
@@ -272,6 +275,34 @@ class IdentityReconciler:
             return self._provisioned(identity, plan, changes, creds, conflicts, batch)
         finally:
             batch.flush()
+
+    async def _withdraw_vault_policies(self, identity: MachineIdentity, observed: Observed) -> bool:
+        """Take the Vault policies an IdentityPolicy no longer allows out of the workload's
+        role (a tightened policy applies to what was granted before). False when Vault
+        could not be asked: looked at again later."""
+        keep = allowed_vault_policies(identity.spec, observed.policies, observed.namespace_labels)
+        sa = observed.children.get(
+            ChildKey("ServiceAccount", identity.namespace, identity.spec.service_account)
+        )
+        uid = str(((sa or {}).get("metadata") or {}).get("uid") or "")
+        try:
+            withdrawn = await self.access.withdraw(identity, keep, uid)
+        except (VaultError, IssuerNotReady) as err:
+            log.warning(
+                "could not withdraw Vault policies",
+                extra={"namespace": identity.namespace, "identity": identity.name,
+                       "error": str(err)},
+            )  # fmt: skip
+            return False
+        if withdrawn:
+            self.events.post(
+                event_ref(identity),
+                "Warning",
+                VAULT_POLICIES_NOT_ALLOWED,
+                f"withdrew Vault policies no IdentityPolicy allows any more: "
+                f"{', '.join(withdrawn)}; the workload's Vault tokens were revoked",
+            )
+        return True
 
     async def _vault_access(self, identity: MachineIdentity, creds: CredentialResult) -> None:
         """The workload's Vault policy and role (spec.vault.access); a failure makes the

@@ -127,6 +127,37 @@ class VaultAccess:
             },
         )
 
+    async def withdraw(
+        self, identity: MachineIdentity, keep: tuple[str, ...], service_account_uid: str
+    ) -> list[str]:
+        """An IdentityPolicy no longer allows some named policies of the workload's role: the
+        role keeps only its own policy and ``keep``, and the Vault tokens already issued
+        through it (with the refused policies in them) are revoked with the ServiceAccount's
+        entity; the workload logs in again. Returns the policies taken away."""
+        storage = identity.spec.vault
+        if storage is None or storage.access is None:
+            return []
+        mount = storage.access.mount
+        client = await self._client(identity)
+        name = access_name(identity)
+        role = await client.request("GET", f"auth/{mount}/role/{name}")
+        if role is None or not _ours(role, identity, name):
+            return []
+        held = list((role.get("data") or {}).get("token_policies") or [])[1:]
+        refused = [p for p in held if p not in keep]
+        if not refused:
+            return []
+        self._applied.pop(identity.uid, None)
+        body = role_body(identity, name, storage.access.token_ttl, keep)
+        await client.request("POST", f"auth/{mount}/role/{name}", body)
+        await self._drop_entity(client, mount, service_account_uid)
+        log.warning(
+            "withdrew Vault policies an IdentityPolicy no longer allows",
+            extra={"namespace": identity.namespace, "identity": identity.name,
+                   "role": f"auth/{mount}/role/{name}", "withdrawn": refused},
+        )  # fmt: skip
+        return refused
+
     async def remove(self, identity: MachineIdentity, service_account_uid: str) -> list[str]:
         """Delete the identity's role, policy and the entity of its ServiceAccount; what was
         removed."""
@@ -147,11 +178,9 @@ class VaultAccess:
         if policy is not None and text.startswith(header(identity)):
             await client.request("DELETE", f"sys/policies/acl/{name}")
             removed.append(f"policy {name}")
-        if service_account_uid:
-            entity = await self._entity(client, mount, service_account_uid)
-            if entity:
-                await client.request("DELETE", f"identity/entity/id/{entity}")
-                removed.append(f"entity {entity}")
+        entity = await self._drop_entity(client, mount, service_account_uid)
+        if entity:
+            removed.append(f"entity {entity}")
         if removed:
             log.info(
                 "removed Vault access",
@@ -159,6 +188,13 @@ class VaultAccess:
                        "removed": removed},
             )  # fmt: skip
         return removed
+
+    async def _drop_entity(self, client: VaultClient, mount: str, uid: str) -> str:
+        """Delete the ServiceAccount's entity (its tokens stop working); its ID, or ""."""
+        entity = await self._entity(client, mount, uid) if uid else ""
+        if entity:
+            await client.request("DELETE", f"identity/entity/id/{entity}")
+        return entity
 
     async def _entity(self, client: VaultClient, mount: str, alias: str) -> str:
         """The entity whose alias on the auth mount is ``alias`` (the ServiceAccount's UID)."""
