@@ -178,6 +178,23 @@ def events(u: Usage, ns: str, reason: str) -> list[dict[str, Any]]:
     return [e for e in json.loads(out.stdout)["items"] if e["reason"] == reason]
 
 
+def unmanaged_service_account(u: Usage, ns: str, name: str, verbs: str, resources: str) -> None:
+    """A ServiceAccount made by hand, with a Role and RoleBinding of the same name."""
+    u.cluster.kubectl("create", "serviceaccount", name, "-n", ns)
+    u.cluster.kubectl("create", "role", name, "-n", ns, f"--verb={verbs}",
+                      f"--resource={resources}")  # fmt: skip
+    u.cluster.kubectl("create", "rolebinding", name, "-n", ns, f"--role={name}",
+                      f"--serviceaccount={ns}:{name}")  # fmt: skip
+
+
+def used_then_reported(u: Usage, ns: str, token: str, reason: str) -> dict[str, Any]:
+    """List ConfigMaps with ``token`` (once RBAC allows it), then the one Event of ``reason``."""
+    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
+             message="the token to list ConfigMaps")  # fmt: skip
+    (event,) = wait_for(lambda: events(u, ns, reason), timeout=30, message=f"the {reason} Event")
+    return event
+
+
 def issued_token(u: Usage, ns: str, name: str, rules: list[dict[str, Any]]) -> str:
     u.cluster.apply(
         {
@@ -288,11 +305,7 @@ def test_rightsize_of_an_unmanaged_service_account_prints_a_narrower_adoption(
     usage: Usage,
 ) -> None:
     u, ns = usage, usage.pool[0]
-    u.cluster.kubectl("create", "serviceaccount", "legacy", "-n", ns)
-    u.cluster.kubectl("create", "role", "legacy", "-n", ns, "--verb=get,list",
-                      "--resource=configmaps,secrets")  # fmt: skip
-    u.cluster.kubectl("create", "rolebinding", "legacy", "-n", ns, "--role=legacy",
-                      f"--serviceaccount={ns}:legacy")  # fmt: skip
+    unmanaged_service_account(u, ns, "legacy", "get,list", "configmaps,secrets")
     token = u.cluster.kubectl("create", "token", "legacy", "-n", ns).stdout.strip()
     wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
              message="the legacy token to list ConfigMaps")  # fmt: skip
@@ -444,10 +457,7 @@ def test_a_pod_bound_token_used_from_outside_its_pod_is_reported(usage: Usage) -
     u.cluster.kubectl("patch", "pod", "podbound-0", "-n", ns, "--subresource=status",
                       "--type=merge", "-p", status)  # fmt: skip
     # This request comes from 127.0.0.1, not from the pod's 10.9.8.7: the token left its pod.
-    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
-             message="the pod-bound token to list ConfigMaps")  # fmt: skip
-    (event,) = wait_for(lambda: events(u, ns, "TokenUsedOutsidePod"), timeout=30,
-                        message="the TokenUsedOutsidePod Event")  # fmt: skip
+    event = used_then_reported(u, ns, token, "TokenUsedOutsidePod")
     assert event["involvedObject"]["name"] == "podbound"
     assert "bound to pod podbound-0 was used from 127.0.0.1" in event["message"]
     assert "10.9.8.7" in event["message"] and token not in event["message"]
@@ -472,10 +482,7 @@ def test_a_token_of_a_pod_that_is_not_the_identitys_workload_is_reported(usage: 
              message="the identity's ServiceAccount")  # fmt: skip
     # Someone starts a pod of their own with the identity's ServiceAccount.
     token = pod_bound_token(u, ns, "billing", "borrower", {"app": "other"})
-    wait_for(lambda: u.api(token, f"/api/v1/namespaces/{ns}/configmaps") == 200, timeout=30,
-             message="the borrowed token to list ConfigMaps")  # fmt: skip
-    (event,) = wait_for(lambda: events(u, ns, "TokenOfForeignPod"), timeout=30,
-                        message="the TokenOfForeignPod Event")  # fmt: skip
+    event = used_then_reported(u, ns, token, "TokenOfForeignPod")
     assert event["involvedObject"]["kind"] == "MachineIdentity"
     assert "bound to pod borrower, which is not among the workloads" in event["message"]
     assert token not in event["message"]
@@ -484,11 +491,7 @@ def test_a_token_of_a_pod_that_is_not_the_identitys_workload_is_reported(usage: 
 
 def test_a_legacy_token_is_traced_to_its_secret(usage: Usage) -> None:
     u, ns = usage, usage.pool[4]
-    u.cluster.kubectl("create", "serviceaccount", "legacy", "-n", ns)
-    u.cluster.kubectl("create", "role", "legacy-read", "-n", ns, "--verb=list",
-                      "--resource=configmaps")  # fmt: skip
-    u.cluster.kubectl("create", "rolebinding", "legacy-read", "-n", ns, "--role=legacy-read",
-                      f"--serviceaccount={ns}:legacy")  # fmt: skip
+    unmanaged_service_account(u, ns, "legacy", "list", "configmaps")
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
