@@ -60,6 +60,9 @@ class FakeApi:
 
     async def patch(self, kind: str, namespace: str, name: str, patch: Any, **_: Any) -> Any:
         self.patches.append((namespace, name, patch))
+        obj = self.objects.get((kind, namespace, name))
+        if obj is not None and isinstance(patch, dict) and "data" in patch:
+            obj.setdefault("data", {}).update(patch["data"])  # a merge patch of data
         return {}
 
 
@@ -305,6 +308,45 @@ def test_a_token_minted_by_a_person_and_used_is_reported_once_naming_who_and_whe
     ((about, _, reason, message),) = rec.posted
     assert (about["kind"], reason) == ("ServiceAccount", "TokenMintedByPerson")
     assert "minted by alice from 192.0.2.7 (kubectl/v1.37.2)" in message and "JTI=abc" in message
+
+
+async def test_a_restart_still_knows_who_minted_a_token_and_that_it_was_reported() -> None:
+    from nhi.models.usage import parse_batch
+    from nhi.reconcilers.usage import PERSON_MINTS, STATE_CONFIGMAP
+
+    api = FakeApi()
+    first = store(api)
+    await first.load()
+    minted = parse_batch(batch(mint_event("m1", {"username": "alice"})))
+    first.ingest(minted.observations, minted.mints)
+    await first.flush()
+    state = api.objects[("ConfigMap", "nhi-system", STATE_CONFIGMAP)]
+    assert "alice" in state["data"][PERSON_MINTS] and TOKEN not in json.dumps(state)
+
+    # The operator restarts: the token is used now, and is still traced to alice, once.
+    again = store(api)
+    await again.load()
+    used = parse_batch(batch(event(auditID="u1")))
+    again.ingest(used.observations, used.mints)
+    assert [m.minted_by for _, m in again.human_uses] == ["alice"]
+    await again.flush()
+    third = store(api)
+    await third.load()
+    third.ingest(parse_batch(batch(event(auditID="u2"))).observations)
+    assert third.human_uses == []  # reported before the restart
+
+
+@pytest.mark.parametrize("garbage", ["{", "[1]", '[["a","b"]]', '"x"'])
+async def test_unreadable_persisted_mints_are_ignored(garbage: str) -> None:
+    from nhi.reconcilers.usage import PERSON_MINTS, STATE_CONFIGMAP
+
+    api = FakeApi()
+    api.objects[("ConfigMap", "nhi-system", STATE_CONFIGMAP)] = {
+        "data": {"since": "2026-11-01T00:00:00Z", PERSON_MINTS: garbage}
+    }
+    s = store(api)
+    await s.load()
+    assert s.loaded and s.mints == {}
 
 
 def minted_items() -> list[dict[str, Any]]:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,40 @@ class Mint:
         """Minted by a person (kubectl create token), not by a component of the cluster: no
         ``system:`` user (nodes, controllers, ServiceAccounts) asked for it."""
         return bool(self.minted_by) and not self.minted_by.startswith("system:")
+
+
+def mints_to_json(mints: Sequence[Mint], reported: Set[str]) -> str:
+    """Tokens minted by a person, persisted so a restart still knows where they came from
+    (and which were reported already): [credential, namespace, ServiceAccount, minted by,
+    at, source address, user agent, reported]."""
+    rows = [
+        [m.credential_id, m.namespace, m.service_account, m.minted_by,
+         m.at.strftime("%Y-%m-%dT%H:%M:%SZ"), m.source_ip, m.user_agent,
+         m.credential_id in reported]
+        for m in mints
+    ]  # fmt: skip
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def mints_from_json(text: str) -> tuple[list[Mint], set[str]]:
+    """The persisted mints and the credentials already reported; AuditError when malformed."""
+    try:
+        rows = json.loads(text or "[]")
+    except ValueError as err:
+        raise AuditError(f"personMints: not valid JSON ({err})") from None
+    if not isinstance(rows, list):
+        raise AuditError("personMints: expected a list")
+    mints, reported = [], set()
+    for i, row in enumerate(rows):
+        where = f"personMints[{i}]"
+        if not isinstance(row, list) or len(row) != 8:
+            raise AuditError(f"{where}: expected 8 values")
+        cid, ns, sa, by, at = (_text(v, where, required=True) for v in row[:5])
+        ip, ua = (_text(v, where) for v in row[5:7])
+        mints.append(Mint(cid, ns, sa, by, _timestamp(at, where), ip, ua[:128]))
+        if row[7] is True:
+            reported.add(cid)
+    return mints, reported
 
 
 @dataclass(frozen=True, slots=True)

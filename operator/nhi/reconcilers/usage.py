@@ -32,7 +32,16 @@ from nhi.models import conditions as cond
 from nhi.models.identity import RIGHTSIZING_SUGGEST, MachineIdentity
 from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
 from nhi.models.policy import IdentityPolicy
-from nhi.models.usage import AuditError, Mint, Observation, UsageBook, book_from_json, book_to_json
+from nhi.models.usage import (
+    AuditError,
+    Mint,
+    Observation,
+    UsageBook,
+    book_from_json,
+    book_to_json,
+    mints_from_json,
+    mints_to_json,
+)
 from nhi.policies import usage as policy
 from nhi.reconcilers import usage_findings
 
@@ -43,6 +52,9 @@ SA_NAMESPACE_ANNOTATION = "nhi.dev/serviceaccount-namespace"
 SA_NAME_ANNOTATION = "nhi.dev/serviceaccount-name"
 STATE_CONFIGMAP = "nhi-usage-state"
 LOG_CHECKPOINT = "logCheckpoint"
+#: The tokens minted by a person, kept in the state ConfigMap (the most recent ones).
+PERSON_MINTS = "personMints"
+MAX_PERSON_MINTS = 1_000
 DATA_KEY = "usage.json"
 #: How many auditIDs are remembered to recognise a replayed batch.
 SEEN_IDS = 200_000
@@ -136,6 +148,8 @@ class UsageStore:
         self.pod_uses: dict[tuple[str, str], Observation] = {}
         self.pod_checked: set[tuple[str, str]] = set()
         self._reported: set[str] = set()
+        #: A token minted by a person (or its report) not persisted yet.
+        self._mints_dirty = False
         self.books: dict[BookKey, UsageBook] = {}
         self.dirty: set[BookKey] = set()
         #: Hashes of the auditIDs counted (in this process: the hash is per process), oldest
@@ -167,6 +181,8 @@ class UsageStore:
             self.mints[mint.credential_id] = mint
             if len(self.mints) > MAX_MINTS:
                 del self.mints[next(iter(self.mints))]
+            if mint.by_person:
+                self._mints_dirty = True
         counted = replayed = 0
         for obs in observations:
             audit = hash(obs.audit_id)
@@ -228,6 +244,7 @@ class UsageStore:
         if obs.credential_id in self._reported:
             return
         self._reported.add(obs.credential_id)
+        self._mints_dirty = True
         if len(self._reported) > MAX_MINTS:
             self._reported.clear()  # at worst a credential is reported once more
         metrics.usage_person_minted_tokens.labels(obs.namespace).inc()
@@ -274,6 +291,7 @@ class UsageStore:
             since = str((state.get("data") or {}).get("since") or "")
             self.log_checkpoint = str((state.get("data") or {}).get(LOG_CHECKPOINT) or "")
             self._log_checkpoint_written = self.log_checkpoint
+            self._load_mints(str((state.get("data") or {}).get(PERSON_MINTS) or ""))
         try:
             self.since = dt.datetime.fromisoformat(since)
         except ValueError:
@@ -295,6 +313,22 @@ class UsageStore:
                 self.books[key] = book
         self.loaded = True
         log.info("loaded usage", extra={"serviceAccounts": len(self.books)})
+
+    def _load_mints(self, text: str) -> None:
+        """Where the tokens minted by a person came from, as persisted (what arrived since
+        loading is kept as it is)."""
+        try:
+            mints, reported = mints_from_json(text)
+        except AuditError as err:
+            log.error("the persisted minted tokens are unreadable", extra={"error": str(err)})
+            return
+        for mint in mints:
+            self.mints.setdefault(mint.credential_id, mint)
+        self._reported |= reported
+
+    def _person_mints(self) -> str:
+        person = [m for m in self.mints.values() if m.by_person][-MAX_PERSON_MINTS:]
+        return mints_to_json(person, self._reported)
 
     async def flush(self) -> int:
         """Persist every book that changed since the last flush; returns how many. Nothing
@@ -325,13 +359,20 @@ class UsageStore:
     async def _write_checkpoint(self) -> None:
         """After the books: a crash between the two reads some lines again (at most one
         flush interval); the other order would lose them."""
-        if self.log_checkpoint == self._log_checkpoint_written or self.dirty:
+        data: dict[str, str] = {}
+        if self.log_checkpoint != self._log_checkpoint_written and not self.dirty:
+            data[LOG_CHECKPOINT] = self.log_checkpoint
+        if self._mints_dirty:
+            data[PERSON_MINTS] = self._person_mints()
+        if not data:
             return
-        checkpoint = self.log_checkpoint
-        await self.api.patch(
-            "ConfigMap", self.namespace, STATE_CONFIGMAP, {"data": {LOG_CHECKPOINT: checkpoint}}
-        )
-        self._log_checkpoint_written = checkpoint
+        try:
+            await self.api.patch("ConfigMap", self.namespace, STATE_CONFIGMAP, {"data": data})
+        except ApiError as err:
+            log.error("could not persist the usage state", extra={"error": str(err)})
+            return
+        self._mints_dirty = False
+        self._log_checkpoint_written = data.get(LOG_CHECKPOINT, self._log_checkpoint_written)
 
     # ------------------------------------------------------------------ verdicts
 
