@@ -386,18 +386,31 @@ def test_a_report_that_is_not_the_operators_is_left_alone(
         "summary": {"pass": 1},
         "results": [{"policy": "someone-else", "result": "pass"}],
     }
+    # The same in OpenReports' API, which the operator writes too.
+    foreign_open = {**foreign, "apiVersion": "openreports.io/v1alpha1", "kind": "Report"}
     crds.apply(foreign)
+    crds.apply(foreign_open)
     crds.apply(sa(ns, "idle"))
-    wait_for(
-        lambda: "not the operator's" in inventory.log() and ns in inventory.log(),
-        timeout=TIMEOUT,
-        message="the operator to find the report in its way",
-    )
+
+    def in_the_way() -> int:
+        return sum(
+            1
+            for line in inventory.log().splitlines()
+            if "not the operator's" in line and f'"{ns}"' in line
+        )
+
+    wait_for(lambda: in_the_way() >= 2, timeout=TIMEOUT,
+             message="the operator to find both reports in its way")  # fmt: skip
     body = report(crds, ns)
     assert body is not None and body["results"] == foreign["results"]
+    theirs = crds.get("reports.openreports.io", "nhi-inventory", ns)
+    assert theirs is not None and theirs["results"] == foreign["results"]
+    assert "nhi.dev/provenance" not in (theirs["metadata"].get("annotations") or {})
     # Deleted by its owner: the operator writes its own.
     crds.kubectl("delete", "policyreport", "nhi-inventory", "-n", ns)
     appears(crds, ns, ("unused-service-account", f"ServiceAccount/{ns}/idle"))
+    theirs_after = crds.get("reports.openreports.io", "nhi-inventory", ns)
+    assert theirs_after is not None and theirs_after["results"] == foreign["results"]
 
 
 def test_the_cluster_report_exists_and_fits_its_crd(

@@ -222,6 +222,9 @@ class ReportWriter:
         if namespace not in self._blocked:
             log.warning(
                 "a report of that name is not the operator's: left alone",
-                extra={"namespace": namespace or "(cluster)", "report": REPORT_NAME},
+                extra={
+                    "namespace": namespace or "(cluster)",
+                    "report": f"{self.format.kind_for(namespace)}/{REPORT_NAME}",
+                },
             )
         self._blocked[namespace] = want
