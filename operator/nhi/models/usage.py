@@ -187,6 +187,9 @@ class UsageBook:
     #: Every (group, resource, verb) it was ever seen using: its behaviour (derived from the
     #: entries; kept when an entry is folded or dropped).
     behaviours: set[Behaviour] = field(default_factory=set)
+    #: Its last allowed request (epoch seconds; 0: none), derived from the entries and kept
+    #: as they are counted, so nobody has to scan them for it.
+    last: int = 0
 
     def record(self, obs: Observation) -> bool:
         """Count one observation; True when it is a behaviour never seen before (a verb on a
@@ -196,6 +199,7 @@ class UsageBook:
             self.denied += 1
             return False
         self.since = min(self.since, at) if self.since else at
+        self.last = max(self.last, at)
         behaviour = obs.access.behaviour
         novel = behaviour not in self.behaviours
         if novel:
@@ -248,6 +252,7 @@ class UsageBook:
         if other.since and (not self.since or other.since < self.since):
             self.since = other.since
         self.behaviours |= other.behaviours
+        self.last = max(self.last, other.last)
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -458,8 +463,9 @@ def book_from_json(data: Any) -> UsageBook:
     for i, row in enumerate(_rows(body.get("entries"), 9, "usage.entries")):
         where = f"usage.entries[{i}]"
         access = Access(*(_text(v, where, required=True) for v in row[:6]))
-        book.entries[access] = Seen(*(_int(v, where) for v in row[6:]))
+        seen = book.entries[access] = Seen(*(_int(v, where) for v in row[6:]))
         book.behaviours.add(access.behaviour)
+        book.last = max(book.last, seen.last)
     for i, row in enumerate(_rows(body.get("credentials"), 5, "usage.credentials")):
         where = f"usage.credentials[{i}]"
         seen = Seen(*(_int(v, where) for v in row[2:]))

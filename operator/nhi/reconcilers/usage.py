@@ -225,12 +225,11 @@ class UsageStore:
 
     def last_seen(self) -> dict[BookKey, dt.datetime]:
         """Each ServiceAccount's last request seen (for the inventory's unused rule)."""
-        out = {}
-        for key, book in self.books.items():
-            last = max((seen.last for seen in book.entries.values()), default=None)
-            if last is not None:
-                out[key] = dt.datetime.fromtimestamp(last, dt.UTC)
-        return out
+        return {
+            key: dt.datetime.fromtimestamp(book.last, dt.UTC)
+            for key, book in self.books.items()
+            if book.last
+        }
 
     async def check_pods(self, managers: Mapping[BookKey, Mapping[str, Any]]) -> int:
         """See :func:`nhi.reconcilers.usage_findings.check_pods`."""
