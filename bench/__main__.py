@@ -92,8 +92,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="run scenario 1's operator under pyinstrument (if installed); profiles go next "
-        "to --out. Slows the operator: not for the reported numbers",
+        help="run the operator of scenarios 1 and 8 under pyinstrument (if installed); profiles "
+        "go next to --out. Slows the operator: not for the reported numbers",
     )
     p.add_argument(
         "--analysis",
@@ -280,7 +280,10 @@ async def main_async(args: argparse.Namespace) -> int:
                     lambda: s10_grants.run(env, int(sizes["n10"]), small),
                 ),
                 "9": ("Inventory", lambda: s9_inventory.run(env, int(sizes["n9"]))),
-                "8": ("Vault issuer and KV", lambda: s8_vault.run(env, int(sizes["n8"]), runs)),
+                "8": (
+                    "Vault issuer and KV",
+                    lambda: s8_vault.run(env, int(sizes["n8"]), runs, args.profile),
+                ),
             }
             try:
                 for sid in cluster_ids:

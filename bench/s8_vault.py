@@ -195,14 +195,18 @@ async def operator_run(env: Env, bao: OpenBao, run: int, n: int) -> dict[str, An
     }
 
 
-async def run(env: Env, n: int, runs: int) -> Result:
+async def run(env: Env, n: int, runs: int, profile: bool = False) -> Result:
     bao = env.control_plane.start_openbao(m.OPERATOR_NAMESPACE)
     await env.ensure_operator()
     await env.api.apply(vault_issuer(bao))
     await _issuer_ready(env)
     floors = [await floor_run(bao, r, n) for r in range(runs)]
     full = [await full_floor_run(env, bao, r, n) for r in range(runs)]
+    if profile:
+        await env.start_operator(profile="s8-operator")
     ops = [await operator_run(env, bao, r, n) for r in range(runs)]
+    if profile:
+        await env.stop_operator()  # pyinstrument writes its report when the process exits
     res = Result("8", f"{n} identities with a Vault-signed certificate kept in KV")
     res.details.update(
         n=n, concurrency=CONCURRENCY, operator_runs=ops, floor_runs=floors, full_floor_runs=full
