@@ -16,12 +16,20 @@ import re
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 
-from nhi.crypto import dns_names_of, is_revoked, load_cert_chain, spiffe_id_of, verify_chain
+from nhi.crypto import (
+    dns_names_of,
+    is_revoked,
+    load_cert_chain,
+    serial_hex,
+    spiffe_id_of,
+    verify_chain,
+)
 from nhi.testenv.openbao import LOGIN_SERVICE_ACCOUNT, OPERATOR_ROLE, PKI_ROLE, OpenBao
 from tests.conftest import Cluster, OperatorProcess, wait_for
 from tests.integration.test_credentials import secret_data
@@ -231,6 +239,71 @@ def test_a_namespaced_issuer_may_not_use_another_namespaces_secret(
         assert "status" not in obj or "vault" not in obj["status"]
     finally:
         kube.kubectl("delete", "namespace", victim, "--wait=false", check=False)
+
+
+def _unconfirmed(kube: Cluster, name: str) -> list[str]:
+    obj = kube.get("clusteridentityissuer", name) or {}
+    return list(((obj.get("status") or {}).get("vault") or {}).get("pendingRevocations") or [])
+
+
+def test_a_revocation_the_server_cannot_take_is_kept_across_a_restart(
+    kube: Cluster, openbao: OpenBao, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    name = unique("unconfirmed")
+    kind = "clusteridentityissuer"
+    kube.apply(issuer(name, vault_spec(openbao, KUBERNETES_AUTH)))
+    ready(kube, kind, name, None, "True", "CAReady", timeout=60)
+    leaves = {}
+    for app in ("early", "late"):
+        obj = identity(namespace, {"kind": "ClusterIdentityIssuer", "name": name})
+        obj["metadata"]["name"] = app
+        kube.apply(obj)
+    for app in ("early", "late"):
+        wait_condition(kube, namespace, app, "Ready", "True", timeout=60)
+        leaves[app] = load_cert_chain(secret_data(kube, namespace, f"{app}.mtls")["tls.crt"])[0]
+    ca = vault_ca(openbao)
+
+    def revoke(app: str) -> None:
+        kube.kubectl("annotate", "machineidentity", app, "-n", namespace, "nhi.dev/revoke=true")
+        # The identity is revoked all the same; the serial Vault could not take is kept in
+        # the issuer's status.
+        wait_for(
+            lambda: kube.get("secret", f"{app}.mtls", namespace) is None,
+            timeout=30,
+            message=f"the revoked identity {app}'s Secret gone",
+        )
+        wait_for(
+            lambda: serial_hex(leaves[app]) in _unconfirmed(kube, name),
+            timeout=30,
+            message=f"{app}'s serial in status.vault.pendingRevocations",
+        )
+
+    openbao.seal()
+    try:
+        # Sealed while the issuer still looks Ready: the revoke call itself fails.
+        revoke("early")
+        # Sealed and known to be: the issuer cannot sign, the serial is kept all the same.
+        kube.kubectl(
+            "patch", kind, name, "--type=merge", "-p", '{"spec":{"crl":{"validity":"25h"}}}'
+        )
+        ready(kube, kind, name, None, "False", "VaultSealed", timeout=30)
+        revoke("late")
+        # An operator started afresh, with nothing in memory, still sends them.
+        operator.restart(tmp_path / "after.log")
+    finally:
+        openbao.unseal()
+    for app, leaf in leaves.items():
+        wait_for(
+            lambda leaf=leaf: is_revoked(openbao.text("pki/crl/pem"), ca, leaf.serial_number),
+            timeout=120,
+            message=f"{app}'s serial on Vault's CRL after the restart",
+        )
+    wait_for(
+        lambda: not _unconfirmed(kube, name),
+        timeout=60,
+        message="status.vault.pendingRevocations emptied once Vault confirmed",
+    )
+    kube.kubectl("delete", kind, name, "--wait=false")
 
 
 def _failures(operator: OperatorProcess, name: str) -> list[float]:

@@ -415,3 +415,58 @@ def test_vault_only_leaves_no_secret(
         timeout=30,
         message="the VaultOnly certificate's serial on Vault's CRL",
     )
+
+
+def test_vault_clean_up_of_a_revoked_identity_waits_for_its_server(
+    kube: Cluster, openbao: OpenBao, vault_issuer: str, namespace: str
+) -> None:
+    kube.apply(identity(namespace, vault_issuer, access={"tokenTTL": "15m"}))
+    wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+    role, key_path = f"nhi.{namespace}.app", f"nhi/{namespace}/app/key"
+    assert metadata(openbao, key_path) is not None
+
+    def ready_message() -> str:
+        obj = kube.get("machineidentity", "app", namespace) or {}
+        c = condition(obj, "Ready") if obj.get("status") else None
+        return str(c["message"]) if c else ""
+
+    openbao.seal()
+    try:
+        # The issuer is known to be sealed (a spec edit makes it look at once).
+        kube.kubectl(
+            "patch",
+            "clusteridentityissuer",
+            vault_issuer,
+            "--type=merge",
+            "-p",
+            '{"spec":{"crl":{"validity":"25h"}}}',
+        )
+        ready(kube, "clusteridentityissuer", vault_issuer, None, "False", "VaultSealed", timeout=30)
+        kube.kubectl("annotate", "machineidentity", "app", "-n", namespace, "nhi.dev/revoke=true")
+        # Kubernetes' part is done at once; the status says Vault's waits, and why.
+        wait_for(
+            lambda: "Vault clean-up is tried again" in ready_message(),
+            timeout=30,
+            message="the revoked identity saying its Vault clean-up waits",
+        )
+        obj = kube.get("machineidentity", "app", namespace)
+        assert obj is not None and obj["status"]["phase"] == "Revoked"
+        assert kube.get("secret", "app.key", namespace) is None
+        assert "VaultSealed" in ready_message() or "sealed" in ready_message().lower()
+    finally:
+        openbao.unseal()
+    # Once the server answers, the copies, the role and the policy go.
+    wait_for(
+        lambda: metadata(openbao, key_path) is None,
+        timeout=120,
+        message="the KV copy destroyed after the server came back",
+    )
+    with pytest.raises(OpenBaoError, match="HTTP 404"):
+        openbao.request("GET", f"auth/kubernetes/role/{role}")
+    with pytest.raises(OpenBaoError, match="HTTP 404"):
+        openbao.request("GET", f"sys/policies/acl/{role}")
+    wait_for(
+        lambda: "Vault clean-up" not in ready_message(),
+        timeout=60,
+        message="the status no longer waiting on Vault",
+    )

@@ -33,11 +33,26 @@ from nhi.reconcilers.issuers import IssuerNotReady, IssuerService
 from nhi.reconcilers.owned import OwnedWriter
 from nhi.reconcilers.vault_access import VaultAccess
 from nhi.reconcilers.vault_storage import KVStore
-from nhi.vault import VaultError
+from nhi.vault import VaultError, VaultReason
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
 #: Tokens and bindings go first on revocation: they are what an attacker could use right now.
+#: How soon a revoked identity's Vault clean-up (KV copies, role and policy) is tried again
+#: while its server cannot serve.
+VAULT_RETRY = dt.timedelta(seconds=30)
+#: Issuer reasons that mean its Vault server cannot serve now (see waits_for_vault).
+VAULT_TRANSIENT = frozenset(
+    {
+        VaultReason.UNREACHABLE,
+        VaultReason.TIMEOUT,
+        VaultReason.SEALED,
+        VaultReason.SERVER_ERROR,
+        VaultReason.FORBIDDEN,
+        VaultReason.UNAUTHORIZED,
+    }
+)
+
 REVOKE_ORDER = {
     "Secret": 0,
     "RoleBinding": 1,
@@ -86,8 +101,10 @@ class Revoker:
         revoked_at = rfc3339(now) if first else status.get("revokedAt") or rfc3339(now)
         revoked = list(status.get("revoked") or [])
         batch = EventBatch(self.events, event_ref(identity))
+        waiting: str | None = None
         try:
-            revoked += await self.take_away(identity, reason, revoked_at, batch)
+            taken, waiting = await self.take_away(identity, reason, revoked_at, batch)
+            revoked += taken
             if first:
                 metrics.revocations.labels(reason).inc()
                 if reason == WORKLOAD_DELETED:
@@ -103,12 +120,16 @@ class Revoker:
         finally:
             batch.flush()
         metrics.forget_identity(identity.namespace, identity.name)
+        message = REVOCATION_MESSAGES.get(reason, reason)
+        if waiting:
+            message = f"{message}; Vault clean-up is tried again: {waiting}"
         return Outcome(
             False,
             phase,
-            REVOCATION_MESSAGES.get(reason, reason),
+            message,
             settled=True,
             phase=phase,
+            next_check=now + VAULT_RETRY if waiting else None,
             extra={
                 "revokedAt": revoked_at,
                 "revocationReason": reason,
@@ -120,9 +141,10 @@ class Revoker:
 
     async def take_away(
         self, identity: MachineIdentity, reason: str, revoked_at: str, batch: EventBatch
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Remove every object the identity owns, tokens and bindings first (what an attacker
-        could use right now); the revoked credentials, for the record."""
+        could use right now), then its Vault copies and access. Returns the revoked
+        credentials, for the record, and why Vault's part waits (None when it is done)."""
         children = self.owned(identity)
         revoked = []
         account = _service_account_uid(children)
@@ -135,11 +157,20 @@ class Revoker:
             verb = await self.writer.remove(identity.uid, key, obj)
             if verb:
                 batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
-        for path in await self.destroy_kv(identity, revoked):
-            batch.normal("Revoked", f"destroyed Vault KV {path} ({reason})")
-        for what in await self.remove_access(identity, account):
-            batch.normal("Revoked", f"removed Vault {what} ({reason})")
-        return revoked
+        try:
+            for path in await self.destroy_kv(identity, revoked):
+                batch.normal("Revoked", f"destroyed Vault KV {path} ({reason})")
+            for what in await self.remove_access(identity, account):
+                batch.normal("Revoked", f"removed Vault {what} ({reason})")
+        except (VaultError, IssuerNotReady) as err:
+            # Kubernetes' part is done; Vault's is tried again (VAULT_RETRY) until it is.
+            log.warning(
+                "Vault clean-up of a revoked identity waits",
+                extra={"namespace": identity.namespace, "identity": identity.name,
+                       "error": err.message},
+            )  # fmt: skip
+            return revoked, err.message
+        return revoked, None
 
     async def remove_access(self, identity: MachineIdentity, account_uid: str) -> list[str]:
         """The workload's Vault role, policy and entity (spec.vault.access); a VaultError is
@@ -147,6 +178,8 @@ class Revoker:
         try:
             return await self.access.remove(identity, account_uid)
         except IssuerNotReady as err:
+            if waits_for_vault(err):
+                raise
             log.warning(
                 "could not remove Vault access",
                 extra={"namespace": identity.namespace, "identity": identity.name,
@@ -171,6 +204,8 @@ class Revoker:
                     await self._revoke_vault_only(identity, cred, revoked)
                 path = await self.kv.destroy(identity, cred)
             except IssuerNotReady as err:
+                if waits_for_vault(err):
+                    raise
                 log.warning(
                     "could not destroy a credential in Vault",
                     extra={"namespace": identity.namespace, "identity": identity.name,
@@ -220,12 +255,18 @@ class Revoker:
         self, identity: MachineIdentity, issuer: str, serial: str, when: dt.datetime
     ) -> None:
         kind, _, name = issuer.partition("/")
+        number = parse_serial_hex(serial)
         try:
             signer = await self.issuers.signer(kind, name, identity.namespace)
-            await self.issuers.revoke(signer, [(parse_serial_hex(serial), when)])
+            await self.issuers.revoke(signer, [(number, when)])
         except IssuerNotReady as err:
+            # A Vault issuer whose server cannot now keeps the serial (in its status too)
+            # and sends it when the server answers again.
+            kept = await self.issuers.revoke_later(kind, name, identity.namespace, [number])
             log.warning(
-                "could not add a serial to the CRL",
+                "kept a serial to revoke when the issuer's server answers"
+                if kept
+                else "could not add a serial to the CRL",
                 extra={
                     "namespace": identity.namespace,
                     "identity": identity.name,
@@ -275,6 +316,8 @@ class Revoker:
                 removed += [f"vault:{p}" for p in await self.destroy_kv(identity)]
                 account = _service_account_uid(children)
                 removed += [f"vault:{w}" for w in await self.remove_access(identity, account)]
+            except IssuerNotReady:
+                raise  # its server cannot now (waits_for_vault): the clean-up is tried again
             except VaultError as err:
                 if err.retryable:
                     raise  # transient: the clean-up is tried again
@@ -284,6 +327,13 @@ class Revoker:
                 )
         metrics.forget_identity(namespace, name)
         return removed
+
+
+def waits_for_vault(err: IssuerNotReady) -> bool:
+    """Whether the issuer cannot serve because its Vault server cannot now (unreachable,
+    sealed, failing, refusing the operator's login): what waits on it is tried again. An
+    issuer that is gone or misconfigured is not waited for: its Vault cannot be addressed."""
+    return err.reason in VAULT_TRANSIENT
 
 
 def _service_account_uid(children: Mapping[ChildKey, Mapping[str, Any]]) -> str:

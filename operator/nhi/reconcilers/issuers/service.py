@@ -12,9 +12,19 @@ import datetime as dt
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
+from nhi.crypto import serial_hex
 from nhi.k8s.client import Api
 from nhi.k8s.events import EventRecorder
-from nhi.models.issuer import CLUSTER_ISSUER_KIND, ISSUER_KIND, IssuerKey, IssuerReason
+from nhi.models.identity import SpecError
+from nhi.models.issuer import (
+    CLUSTER_ISSUER_KIND,
+    ISSUER_KIND,
+    Issuer,
+    IssuerKey,
+    IssuerReason,
+    VaultSource,
+    issuer_key,
+)
 from nhi.reconcilers.issuers.controller import (
     RESYNC_INTERVAL,
     RETRY_INTERVAL,
@@ -177,6 +187,26 @@ class IssuerService:
 
     async def revoke(self, signer: Signer, serials: Sequence[tuple[int, dt.datetime]]) -> None:
         await self.controller.revoke(signer, serials)
+
+    async def revoke_later(
+        self, kind: str, name: str, identity_namespace: str, serials: Sequence[int]
+    ) -> bool:
+        """Serials of an issuer that cannot sign now: for a vault source, kept in memory and
+        in its status (``status.vault.pendingRevocations``) and sent when its server answers
+        again, after a restart too. False for any other issuer (nothing is kept)."""
+        key = issuer_key(kind, name, identity_namespace)
+        body = await self.controller.index.fetch(key)
+        if body is None:
+            return False
+        try:
+            issuer = Issuer.from_body(body)
+        except SpecError:
+            return False
+        if not isinstance(issuer.source, VaultSource):
+            return False
+        waiting = self.sources.vault.defer(key, body, [serial_hex(s) for s in serials])
+        await self.controller.status.record_unconfirmed(issuer, waiting)
+        return True
 
     def unused(self, namespace: str) -> None:
         self.distribution.unused(namespace)

@@ -41,7 +41,7 @@ class RemoteLoaded:
     chain: tuple[Certificate, ...]  # intermediates sent with each leaf
     roots: tuple[Certificate, ...]
     crl_pem: str  # the server's CRL, to mirror into the issuer's CRL ConfigMap
-    vault: dict[str, str]  # status.vault: address, crlURL, maxTTL
+    vault: dict[str, Any]  # status.vault: address, crlURL, maxTTL, pendingRevocations
     note: str = ""
 
 

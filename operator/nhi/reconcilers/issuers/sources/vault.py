@@ -19,6 +19,7 @@ import base64
 import datetime as dt
 import hashlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from nhi.reconcilers.issuers.sources.base import (
     RemoteLoaded,
     SecretWatch,
 )
-from nhi.reconcilers.issuers.status import IssuerOutcome
+from nhi.reconcilers.issuers.status import MAX_RECORDED_REVOCATIONS, IssuerOutcome
 from nhi.vault import (
     AppRoleLogin,
     KubernetesLogin,
@@ -61,6 +62,7 @@ log = logging.getLogger("nhi.reconcilers.issuer")
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 #: Seconds a token requested for ``serviceAccountName`` is valid (it is used to log in once).
 REQUESTED_TOKEN_SECONDS = 600
+_SERIAL_HEX = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){0,19}")
 
 
 class AuthMaterialMissing(Exception):
@@ -123,6 +125,9 @@ class VaultSigning:
                 f"when the server answers",
             ) from None
 
+    def unconfirmed(self) -> list[str]:
+        return sorted(self.pending)
+
     async def flush(self) -> None:
         """Send the pending revocations; those Vault refused stay pending (VaultError)."""
         for serial in sorted(self.pending):
@@ -169,10 +174,25 @@ class VaultCA(CASourceStrategy):
             conn.client.close()
         self._pending.pop(key, None)
 
+    def defer(self, key: IssuerKey, body: Mapping[str, Any], serials: Sequence[str]) -> list[str]:
+        """Keep serials to revoke while the issuer cannot reach its server; they are sent at
+        its next load. Returns every serial waiting, for the issuer's status."""
+        pending = self._pending_of(key, body)
+        pending.update(serials)
+        return sorted(pending)
+
+    def _pending_of(self, key: IssuerKey, body: Mapping[str, Any]) -> set[str]:
+        pending = self._pending.get(key)
+        if pending is None:
+            # Revocations the server had not confirmed when the operator last ran.
+            pending = self._pending[key] = recorded_revocations(body)
+        return pending
+
     async def load(self, req: LoadRequest) -> RemoteLoaded | IssuerOutcome:
         issuer, body, current = req.issuer, req.body, req.current
         source = issuer.source
         assert isinstance(source, VaultSource)
+        pending = self._pending_of(issuer.key, body)
         refs = {issuer.secret_ref(r, self.operator_namespace) for r in source.secret_refs()}
         self.secrets.track(issuer.key, refs)
         try:
@@ -184,7 +204,7 @@ class VaultCA(CASourceStrategy):
                 err.message,
                 stalled=True,
                 retry=True,
-                vault=_where(source),
+                vault=_where(source, pending),
             )
         conn = self._connect(issuer, source, login, material)
         try:
@@ -197,7 +217,7 @@ class VaultCA(CASourceStrategy):
                 retry=True,
                 backoff=err.retryable,
                 stalled=not err.retryable,
-                vault=_where(source),
+                vault=_where(source, pending),
             )
 
     async def _read(
@@ -209,6 +229,7 @@ class VaultCA(CASourceStrategy):
         current: crypto.Certificate | None,
     ) -> RemoteLoaded | IssuerOutcome:
         client = conn.client
+        pending = self._pending.setdefault(issuer.key, set())
         chain_pem = await client.ca_chain(source.pki_mount)
         try:
             chain = crypto.load_cert_chain(chain_pem)
@@ -221,16 +242,14 @@ class VaultCA(CASourceStrategy):
                 f"spec.vault.pki.mount: {source.address} has no CA certificate at "
                 f"{source.pki_mount}/ca_chain; generate or import one in the PKI engine",
                 retry=True,
-                vault=_where(source),
+                vault=_where(source, pending),
             )
         ca_cert = chain[0]
         signing = conn.signing
         if signing is None or crypto.fingerprint_sha256(
             signing.ca_cert
         ) != crypto.fingerprint_sha256(ca_cert):
-            signing = VaultSigning(
-                client, source, ca_cert, self._pending.setdefault(issuer.key, set())
-            )
+            signing = VaultSigning(client, source, ca_cert, pending)
             conn.signing = signing
         await signing.flush()
         role = await client.role(source.pki_mount, source.pki_role)
@@ -245,7 +264,7 @@ class VaultCA(CASourceStrategy):
                 f"{crypto.fingerprint_sha256(current)} -> {crypto.fingerprint_sha256(ca_cert)}",
             )
         intermediates, roots = crypto.split_chain(chain)
-        status = _where(source)
+        status = _where(source, pending)
         note = f"signed by {source.address} {source.pki_mount}/sign/{source.pki_role}"
         max_ttl = _seconds(role.get("max_ttl"))
         if max_ttl:
@@ -359,9 +378,27 @@ def issuer_address(issuer: Issuer) -> str:
     return source.address if isinstance(source, VaultSource) else ""
 
 
-def _where(source: VaultSource) -> dict[str, str]:
-    """status.vault before anything is known of the role."""
-    return {"address": source.address, "crlURL": source.crl_url}
+def _where(source: VaultSource, pending: set[str]) -> dict[str, Any]:
+    """status.vault before anything is known of the role: the server, its CRL, and the
+    revocations it has not confirmed yet (kept there so that a restart sends them again)."""
+    status: dict[str, Any] = {"address": source.address, "crlURL": source.crl_url}
+    if pending:
+        status["pendingRevocations"] = sorted(pending)[:MAX_RECORDED_REVOCATIONS]
+    return status
+
+
+def recorded_revocations(body: Mapping[str, Any]) -> set[str]:
+    """The serials ``status.vault.pendingRevocations`` of an issuer lists (anything else in
+    that list is ignored: the status is the operator's, but it is read with care)."""
+    vault = (body.get("status") or {}).get("vault")
+    listed = vault.get("pendingRevocations") if isinstance(vault, Mapping) else None
+    if not isinstance(listed, list):
+        return set()
+    return {
+        s
+        for s in listed[:MAX_RECORDED_REVOCATIONS]
+        if isinstance(s, str) and _SERIAL_HEX.fullmatch(s)
+    }
 
 
 def _digest(value: str) -> str:
