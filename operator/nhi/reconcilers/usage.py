@@ -7,9 +7,9 @@ declared rules of each MachineIdentity.
   batch the API server sends again after a restart was never persisted, and counting it then
   is right.
 - :meth:`UsageStore.flush` writes one ConfigMap per ServiceAccount that changed, in the
-  operator's namespace (tenants cannot edit or erase the evidence of their own use), named by a
-  hash of ``namespace/name`` and labelled with both (the key the inventory joins on). Run every
-  ``flush_interval`` (60 s by default): a restart loses at most that much usage.
+  operator's namespace (tenants cannot edit or erase the evidence of their own use; its form is
+  :mod:`nhi.builders.usage`'s). Run every ``flush_interval`` (60 s by default): a restart
+  loses at most that much usage.
 - :meth:`UsageStore.assess` writes ``status.usage`` and the UnusedPermissions condition of
   every MachineIdentity whose rules' verdict changed.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import json
 import logging
 from collections import deque
@@ -26,19 +25,25 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from nhi import metrics
+from nhi.builders.usage import (
+    LOG_CHECKPOINT,
+    PERSON_MINTS,
+    STATE_CONFIGMAP,
+    USAGE_LABEL,
+    book_of,
+    build_configmap,
+    build_state_configmap,
+)
 from nhi.k8s.client import Api, ApiError, Conflict, NotFound
 from nhi.k8s.events import EventRecorder
 from nhi.models import conditions as cond
 from nhi.models.identity import RIGHTSIZING_SUGGEST, MachineIdentity
-from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
 from nhi.models.policy import IdentityPolicy
 from nhi.models.usage import (
     AuditError,
     Mint,
     Observation,
     UsageBook,
-    book_from_json,
-    book_to_json,
     mints_from_json,
     mints_to_json,
 )
@@ -47,15 +52,8 @@ from nhi.reconcilers import usage_findings
 
 log = logging.getLogger("nhi.usage")
 
-USAGE_LABEL = "nhi.dev/usage"
-SA_NAMESPACE_ANNOTATION = "nhi.dev/serviceaccount-namespace"
-SA_NAME_ANNOTATION = "nhi.dev/serviceaccount-name"
-STATE_CONFIGMAP = "nhi-usage-state"
-LOG_CHECKPOINT = "logCheckpoint"
-#: The tokens minted by a person, kept in the state ConfigMap (the most recent ones).
-PERSON_MINTS = "personMints"
+#: Most tokens minted by a person kept in the state ConfigMap (the most recent ones).
 MAX_PERSON_MINTS = 1_000
-DATA_KEY = "usage.json"
 #: How many auditIDs are remembered to recognise a replayed batch.
 SEEN_IDS = 200_000
 #: Most new behaviours reported as Events per pass (all are counted in the metric).
@@ -78,39 +76,6 @@ class IdentityScope(PolicyScope, Protocol):
     """What the store reads of the identity cache (nhi.handlers.identity_cache)."""
 
     def identity_bodies(self) -> list[dict[str, Any]]: ...
-
-
-def configmap_name(namespace: str, service_account: str) -> str:
-    digest = hashlib.sha256(f"{namespace}/{service_account}".encode()).hexdigest()[:20]
-    return f"nhi-usage-{digest}"
-
-
-def build_configmap(book: UsageBook, operator_namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": configmap_name(book.namespace, book.service_account),
-            "namespace": operator_namespace,
-            "labels": {MANAGED_BY_KEY: MANAGED_BY, USAGE_LABEL: "serviceaccount"},
-            "annotations": {
-                SA_NAMESPACE_ANNOTATION: book.namespace,
-                SA_NAME_ANNOTATION: book.service_account,
-            },
-        },
-        "data": {DATA_KEY: json.dumps(book_to_json(book), separators=(",", ":"))},
-    }
-
-
-def book_of(configmap: Mapping[str, Any]) -> UsageBook | None:
-    """The book a usage ConfigMap holds; None if it is not one (or not one we can read)."""
-    labels = (configmap.get("metadata") or {}).get("labels") or {}
-    if labels.get(USAGE_LABEL) != "serviceaccount" or labels.get(MANAGED_BY_KEY) != MANAGED_BY:
-        return None
-    try:
-        return book_from_json(json.loads((configmap.get("data") or {}).get(DATA_KEY) or "null"))
-    except (AuditError, ValueError):
-        return None
 
 
 class UsageStore:
@@ -274,18 +239,7 @@ class UsageStore:
         state = await self.api.get("ConfigMap", self.namespace, STATE_CONFIGMAP)
         if state is None:
             since = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-            await self.api.apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "metadata": {
-                        "name": STATE_CONFIGMAP,
-                        "namespace": self.namespace,
-                        "labels": {MANAGED_BY_KEY: MANAGED_BY, USAGE_LABEL: "state"},
-                    },
-                    "data": {"since": since},
-                }
-            )
+            await self.api.apply(build_state_configmap(self.namespace, since))
         else:
             since = str((state.get("data") or {}).get("since") or "")
             self.log_checkpoint = str((state.get("data") or {}).get(LOG_CHECKPOINT) or "")
