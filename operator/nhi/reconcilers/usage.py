@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from nhi import metrics
+from nhi import metrics_usage as metrics
 from nhi.builders.usage import (
     LOG_CHECKPOINT,
     PERSON_MINTS,

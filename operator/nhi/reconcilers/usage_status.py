@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nhi import metrics
+from nhi import metrics_usage as metrics
 from nhi.k8s.client import ApiError, Conflict, NotFound
 from nhi.models import conditions as cond
 from nhi.models.identity import RIGHTSIZING_SUGGEST, MachineIdentity
