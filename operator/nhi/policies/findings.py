@@ -13,8 +13,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from nhi.models.discovered import Grant, Identity
-from nhi.models.inventory import Finding, ObjectRef, Rule
+from nhi.models.inventory import Finding, ObjectRef
 from nhi.models.inventory_config import InventoryConfig
+from nhi.models.inventory_rbac import Rule
 from nhi.policies.inventory import Inventory, grants_of, missing_subjects
 
 #: Roles that give (nearly) everything.
