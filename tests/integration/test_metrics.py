@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nhi import metrics, metrics_inventory
+from nhi import metrics, metrics_inventory, metrics_usage
 from tests.conftest import Cluster, OperatorProcess, wait_for
 from tests.integration.test_credentials import cred_status, identity, secret_data
 from tests.integration.test_identity import _cluster, wait_condition
@@ -265,7 +265,7 @@ def test_metric_names_on_the_page_are_the_ones_in_the_code(operator: OperatorPro
     exposed = {s.family for s in page.samples if s.family.startswith("nhi_")}
     declared = {
         m._name
-        for module in (metrics, metrics_inventory)
+        for module in (metrics, metrics_inventory, metrics_usage)
         for m in vars(module).values()
         if hasattr(m, "_name") and str(getattr(m, "_name", "")).startswith("nhi_")
     }

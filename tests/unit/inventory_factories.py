@@ -7,22 +7,19 @@ import datetime as dt
 from typing import Any
 
 from nhi.models.inventory import (
-    BindingInfo,
     ManagedIdentity,
     Meta,
     ObjectRef,
-    RoleInfo,
     ServiceAccountInfo,
     TlsSecretInfo,
     TokenSecretInfo,
     WorkloadInfo,
-    binding_from_body,
     managed_identity_from_body,
-    role_from_body,
     service_account_from_body,
     token_secret_from_body,
     workload_from_body,
 )
+from nhi.models.inventory_rbac import BindingInfo, RoleInfo, binding_from_body, role_from_body
 from nhi.policies.inventory import Observed
 
 T0 = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)

@@ -20,14 +20,13 @@ from nhi.models.fields import SpecError
 from nhi.models.inventory import (
     RISKS,
     SEVERITIES,
-    binding_from_body,
     managed_identity_from_body,
-    role_from_body,
     service_account_from_body,
     token_secret_from_body,
     workload_from_body,
 )
 from nhi.models.inventory_config import RULES, Exemption, InventoryConfig, parse_config
+from nhi.models.inventory_rbac import binding_from_body, role_from_body
 from nhi.policies.findings import evaluate
 from nhi.policies.inventory import Observed, build
 from tests.unit.inventory_factories import (

@@ -27,7 +27,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from nhi import metrics, metrics_inventory
+from nhi import metrics, metrics_inventory, metrics_usage
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -85,7 +85,7 @@ PROMETHEUS_SERIES = {"ALERTS": ("alertname", "alertstate", "severity")}
 def _collectors() -> dict[str, Any]:
     return {
         getattr(m, "_name", ""): m
-        for module in (metrics, metrics_inventory)
+        for module in (metrics, metrics_inventory, metrics_usage)
         for m in vars(module).values()
         if hasattr(m, "_name") and hasattr(m, "_labelnames") and hasattr(m, "_type")
     }

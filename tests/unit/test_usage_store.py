@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from nhi import metrics
+from nhi import metrics, metrics_usage
+from nhi.builders.usage import book_of, build_configmap, configmap_name
 from nhi.handlers.usage import UsageEndpoint
 from nhi.models.usage import Access, parse_event_list
 from nhi.policies.usage import UNUSED_PERMISSIONS
-from nhi.reconcilers.usage import UsageStore, book_of, build_configmap, configmap_name
+from nhi.reconcilers.usage import UsageStore
 from nhi.settings import Settings
 from tests.unit.factories import make_body, rule
 from tests.unit.test_usage import batch, event
@@ -311,8 +312,8 @@ def test_a_token_minted_by_a_person_and_used_is_reported_once_naming_who_and_whe
 
 
 async def test_a_restart_still_knows_who_minted_a_token_and_that_it_was_reported() -> None:
+    from nhi.builders.usage import PERSON_MINTS, STATE_CONFIGMAP
     from nhi.models.usage import parse_batch
-    from nhi.reconcilers.usage import PERSON_MINTS, STATE_CONFIGMAP
 
     api = FakeApi()
     first = store(api)
@@ -338,7 +339,7 @@ async def test_a_restart_still_knows_who_minted_a_token_and_that_it_was_reported
 
 @pytest.mark.parametrize("garbage", ["{", "[1]", '[["a","b"]]', '"x"'])
 async def test_unreadable_persisted_mints_are_ignored(garbage: str) -> None:
-    from nhi.reconcilers.usage import PERSON_MINTS, STATE_CONFIGMAP
+    from nhi.builders.usage import PERSON_MINTS, STATE_CONFIGMAP
 
     api = FakeApi()
     api.objects[("ConfigMap", "nhi-system", STATE_CONFIGMAP)] = {
@@ -526,14 +527,14 @@ async def test_a_token_bound_to_a_pod_outside_the_identitys_workloads_is_reporte
     s = store(api, events=rec)  # type: ignore[arg-type]
     selector = {"matchLabels": {"app": "billing"}}
     mi = make_body(namespace="team", name="billing", workloads={"selector": selector})
-    before = metrics.usage_tokens_foreign_pod.labels("team")._value.get()
+    before = metrics_usage.usage_tokens_foreign_pod.labels("team")._value.get()
     s.ingest(parse_event_list(batch(event(auditID="x", sourceIPs=["10.1.2.3"]))))
     assert await s.check_pods({("team", "billing"): mi}) == 1
     ((about, _, reason, message),) = rec.posted
     assert (about["kind"], reason) == ("MachineIdentity", "TokenOfForeignPod")
     assert "bound to pod billing-0, which is not among the workloads of MachineIdentity" in message
     assert "JTI=abc" in message
-    assert metrics.usage_tokens_foreign_pod.labels("team")._value.get() == before + 1
+    assert metrics_usage.usage_tokens_foreign_pod.labels("team")._value.get() == before + 1
     # The identity's own pod, or an identity without a selector: nothing.
     labels["app"] = "billing"
     bare = make_body(namespace="team", name="billing")

@@ -16,7 +16,8 @@ from typing import Any
 
 from nhi import API_VERSION
 from nhi.models.discovered import Grant, Identity
-from nhi.models.inventory import ObjectRef, Rule, WorkloadInfo
+from nhi.models.inventory import ObjectRef, WorkloadInfo
+from nhi.models.inventory_rbac import Rule
 from nhi.models.meta import ADOPT_ANNOTATION
 
 

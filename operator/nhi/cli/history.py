@@ -114,42 +114,7 @@ def summarize(
 
 def render_history(h: Mapping[str, Any], now: dt.datetime) -> str:
     """Events as a table, then the rotation and revocation facts from status."""
-    parts: list[str] = []
-    head: list[tuple[str, Any]] = [("Identity", f"{h['namespace']}/{h['name']}")]
-    if not h["exists"]:
-        head.append(("Status", "not found (deleted?); only its remaining Events are shown"))
-    else:
-        created = parse_moment(h.get("createdAt"))
-        head.append(("Created", f"{h.get('createdAt')} ({ago(created, now)})"))
-        head.append(("Phase", h.get("phase") or Phase.PENDING))
-    if h.get("revokedAt") or h.get("revocationReason"):
-        head.append(("Revoked At", h.get("revokedAt")))
-        head.append(("Revocation Reason", h.get("revocationReason")))
-    parts.append(render_kv(head))
-    if h["credentials"]:
-        rows = [
-            [
-                str(c["name"]),
-                str(c["type"]),
-                str(c["rotationCount"]),
-                str(c.get("lastRotationTime") or NONE),
-                ago(parse_moment(c.get("lastRotationTime")), now),
-            ]
-            for c in h["credentials"]
-        ]
-        parts.append(
-            render_table(("Credential", "Type", "Rotations", "Last Rotation", "Age"), rows)
-        )
-    if h.get("revoked"):
-        rows = [
-            [
-                str(r.get("credential", "")),
-                str(r.get("serialNumber") or r.get("fingerprint") or NONE),
-                str(r.get("revokedAt") or NONE),
-            ]
-            for r in h["revoked"]
-        ]
-        parts.append(render_table(("Revoked Credential", "Serial/Fingerprint", "Revoked At"), rows))
+    parts = [_render_head(h, now), *_render_credentials(h, now)]
     if h.get("grants"):
         rows = [
             [
@@ -178,3 +143,48 @@ def render_history(h: Mapping[str, Any], now: dt.datetime) -> str:
     else:
         parts.append("No events (the API server keeps Events for about an hour by default).")
     return "\n\n".join(parts)
+
+
+def _render_head(h: Mapping[str, Any], now: dt.datetime) -> str:
+    """The identity: whether it exists, when it was created, its phase, its revocation."""
+    head: list[tuple[str, Any]] = [("Identity", f"{h['namespace']}/{h['name']}")]
+    if not h["exists"]:
+        head.append(("Status", "not found (deleted?); only its remaining Events are shown"))
+    else:
+        created = parse_moment(h.get("createdAt"))
+        head.append(("Created", f"{h.get('createdAt')} ({ago(created, now)})"))
+        head.append(("Phase", h.get("phase") or Phase.PENDING))
+    if h.get("revokedAt") or h.get("revocationReason"):
+        head.append(("Revoked At", h.get("revokedAt")))
+        head.append(("Revocation Reason", h.get("revocationReason")))
+    return render_kv(head)
+
+
+def _render_credentials(h: Mapping[str, Any], now: dt.datetime) -> list[str]:
+    """The credentials' rotations and the revoked values, as tables (none when empty)."""
+    parts: list[str] = []
+    if h["credentials"]:
+        rows = [
+            [
+                str(c["name"]),
+                str(c["type"]),
+                str(c["rotationCount"]),
+                str(c.get("lastRotationTime") or NONE),
+                ago(parse_moment(c.get("lastRotationTime")), now),
+            ]
+            for c in h["credentials"]
+        ]
+        parts.append(
+            render_table(("Credential", "Type", "Rotations", "Last Rotation", "Age"), rows)
+        )
+    if h.get("revoked"):
+        rows = [
+            [
+                str(r.get("credential", "")),
+                str(r.get("serialNumber") or r.get("fingerprint") or NONE),
+                str(r.get("revokedAt") or NONE),
+            ]
+            for r in h["revoked"]
+        ]
+        parts.append(render_table(("Revoked Credential", "Serial/Fingerprint", "Revoked At"), rows))
+    return parts

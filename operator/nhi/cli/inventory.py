@@ -30,16 +30,15 @@ from nhi.models.inventory import (
     TOKEN_TYPE,
     Finding,
     TlsSecretInfo,
-    binding_from_body,
     managed_identity_from_body,
     meta_from_body,
     opaque_secret_from_body,
-    role_from_body,
     service_account_from_body,
     token_secret_from_body,
     workload_from_body,
 )
 from nhi.models.inventory_config import InventoryConfig
+from nhi.models.inventory_rbac import binding_from_body, role_from_body
 from nhi.models.workload import WORKLOAD_KINDS
 from nhi.policies.findings import evaluate
 from nhi.policies.inventory import Inventory, Observed, build

@@ -149,6 +149,12 @@ def _usage_options(p: argparse.ArgumentParser, s: Settings) -> None:
         "an HTTPS endpoint at /audit taking audit.k8s.io/v1 EventList batches, authenticated "
         "by a client certificate or a bearer token. See docs/usage.md.",
     )
+    _usage_endpoint_options(u, s)
+    _usage_keeping_options(u, s)
+
+
+def _usage_endpoint_options(u: argparse._ArgumentGroup, s: Settings) -> None:
+    """Where the usage endpoint listens, its TLS, who may post to it and how much."""
     u.add_argument(
         "--usage-port",
         type=int,
@@ -193,6 +199,10 @@ def _usage_options(p: argparse.ArgumentParser, s: Settings) -> None:
         default=s.usage_max_body,
         help="largest batch accepted, in bytes (default %(default)s)",
     )
+
+
+def _usage_keeping_options(u: argparse._ArgumentGroup, s: Settings) -> None:
+    """How the usage is kept and weighed: persisted, read from the audit log, judged unused."""
     u.add_argument(
         "--usage-flush-interval",
         type=float,

@@ -4,7 +4,7 @@ manages, the MachineIdentity that adopts it (``nhi adopt``'s), with its permissi
 to the observed use.
 
 The usage is the operator's record of the identity's ServiceAccount (a ConfigMap in the
-operator's namespace, :mod:`nhi.reconcilers.usage`); the narrowing is
+operator's namespace, :mod:`nhi.builders.usage`); the narrowing is
 :func:`nhi.policies.usage.rightsize`, which never widens a rule. ``roleRefs`` are kept as they
 are: what they grant is defined elsewhere.
 """
@@ -19,13 +19,13 @@ from typing import Any
 
 import yaml
 
+from nhi.builders.usage import book_of, configmap_name
 from nhi.cli.errors import CliError
 from nhi.k8s.client import Api
 from nhi.models.discovered import UNKNOWN
 from nhi.models.identity import MachineIdentity, PolicyRule
 from nhi.models.usage import UsageBook
 from nhi.policies.usage import rightsize as narrow
-from nhi.reconcilers.usage import book_of, configmap_name
 
 
 def proposed(

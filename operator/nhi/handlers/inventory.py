@@ -1,12 +1,12 @@
 """Discovery: the inventory controller, fed by watches of its own (opt-in, ``--discovery``).
 
 Its watch caches (a :class:`~nhi.runtime.caches.WatchCaches` of their own, over the
-namespaces discovered) keep one record per object (:mod:`nhi.models.inventory`): every
-ServiceAccount, workload, Role, ClusterRole and binding with a ServiceAccount subject; legacy
-token Secrets and TLS Secrets, each by a watch of that type only (a field selector), each
-reduced at once to its metadata (a TLS Secret's certificate parsed to its subject, issuer
-and validity; the Secret's data is dropped before the record is kept). The MachineIdentities
-come from the operator's own watch.
+namespaces discovered) keep one record per object (:mod:`nhi.models.inventory`, RBAC's in
+:mod:`nhi.models.inventory_rbac`): every ServiceAccount, workload, Role, ClusterRole and
+binding with a ServiceAccount subject; legacy token Secrets and TLS Secrets, each by a watch
+of that type only (a field selector), each reduced at once to its metadata (a TLS Secret's
+certificate parsed to its subject, issuer and validity; the Secret's data is dropped before
+the record is kept). The MachineIdentities come from the operator's own watch.
 
 Every change queues the one key of the inventory, ``interval`` seconds later (changes
 meanwhile fold into the same run); the run is :class:`InventoryReconciler`'s. Each report
@@ -39,16 +39,15 @@ from nhi.models.inventory import (
     ManagedIdentity,
     TlsSecretInfo,
     WorkloadInfo,
-    binding_from_body,
     managed_identity_from_body,
     meta_from_body,
     opaque_secret_from_body,
-    role_from_body,
     service_account_from_body,
     token_secret_from_body,
     workload_from_body,
 )
 from nhi.models.inventory_config import InventoryConfig
+from nhi.models.inventory_rbac import binding_from_body, role_from_body
 from nhi.models.workload import WORKLOAD_KINDS
 from nhi.policies.inventory import Observed
 from nhi.reconcilers.inventory import InventoryReconciler

@@ -44,6 +44,7 @@ from nhi.runtime.informer import Key
 from nhi.runtime.overlay import WriteOverlay
 from nhi.runtime.peering import PeeringGate
 from nhi.runtime.store import without_managed_fields
+from nhi.settings import Settings
 from nhi.settings import current as current_settings
 
 log = logging.getLogger("nhi.runtime")
@@ -68,16 +69,7 @@ class Runtime:
             namespaces=settings.namespaces,
         )
         #: Open while this replica may reconcile (always, without peering).
-        self.gate = PeeringGate(
-            api,
-            enabled=settings.peering,
-            name=settings.peering_name,
-            namespaces=tuple(settings.namespaces),
-            identity=settings.peering_identity,
-            priority=settings.peering_priority,
-            clock=self.clock.now,
-            on_active=self._requeue_all,
-        )
+        self.gate = self._peering_gate(settings)
         self.controller: Controller[Key] = Controller(
             "MachineIdentity",
             self.reconcile,
@@ -107,42 +99,62 @@ class Runtime:
             self.clock.now,
             kv_check_interval=settings.vault_kv_check_interval,
         )
-        # A namespace-scoped operator sees only some identities: its counts would fight with
-        # another installation's, so only a cluster-wide operator writes the policies' status.
-        self.policy_status = (
-            PolicyStatus(
-                api, self.view, self.clock, settings.policy_status_interval, self.caches.synced
-            )
-            if not settings.namespaces and settings.policy_status_interval > 0
-            else None
+        self.policy_status = self._policy_status(settings)
+        self.discovery = self._discovery(settings)
+        self.grants = self._grants(settings)
+
+    def _peering_gate(self, settings: Settings) -> PeeringGate:
+        """With ``--peering``, which replica reconciles; everything is looked at again when
+        this one becomes the active one (``_requeue_all``)."""
+        return PeeringGate(
+            self.api,
+            enabled=settings.peering,
+            name=settings.peering_name,
+            namespaces=tuple(settings.namespaces),
+            identity=settings.peering_identity,
+            priority=settings.peering_priority,
+            clock=self.clock.now,
+            on_active=self._requeue_all,
         )
 
-        self.discovery = (
-            Discovery(
-                api,
-                self.clock,
-                namespaces=settings.discovery_namespaces,
-                config=settings.inventory,
-                interval=settings.discovery_interval,
-                provenance=self.issuers.provenance,
-                identities_ready=self.caches.synced,
-                active=self.gate.active,
+    # ------------------------------------------------------------------ optional controllers
+
+    def _policy_status(self, settings: Settings) -> PolicyStatus | None:
+        # A namespace-scoped operator sees only some identities: its counts would fight with
+        # another installation's, so only a cluster-wide operator writes the policies' status.
+        if not settings.namespaces and settings.policy_status_interval > 0:
+            return PolicyStatus(
+                self.api, self.view, self.clock, settings.policy_status_interval, self.caches.synced
             )
-            if settings.discovery
-            else None
+        return None
+
+    def _discovery(self, settings: Settings) -> Discovery | None:
+        """The inventory's controller, with ``--discovery`` only."""
+        if not settings.discovery:
+            return None
+        return Discovery(
+            self.api,
+            self.clock,
+            namespaces=settings.discovery_namespaces,
+            config=settings.inventory,
+            interval=settings.discovery_interval,
+            provenance=self.issuers.provenance,
+            identities_ready=self.caches.synced,
+            active=self.gate.active,
         )
-        self.grants = (
-            GrantController(
-                api,
-                self.events,
-                self.view,
-                self.clock,
-                retention=parse_duration(settings.grant_retention),
-                ready=self.caches.synced,
-                active=self.gate.active,
-            )
-            if settings.access_grants
-            else None
+
+    def _grants(self, settings: Settings) -> GrantController | None:
+        """The AccessGrant controller, unless grants are off."""
+        if not settings.access_grants:
+            return None
+        return GrantController(
+            self.api,
+            self.events,
+            self.view,
+            self.clock,
+            retention=parse_duration(settings.grant_retention),
+            ready=self.caches.synced,
+            active=self.gate.active,
         )
 
     @property

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp.web
 
-from nhi import metrics
+from nhi import metrics_usage as metrics
 from nhi.handlers import runtime
 from nhi.models.duration import parse_duration
 from nhi.models.usage import AuditError, parse_batch

@@ -8,7 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from nhi.models.inventory import ObjectRef, Rule, TokenSecretInfo, WorkloadInfo
+from nhi.models.inventory import ObjectRef, TokenSecretInfo, WorkloadInfo
+from nhi.models.inventory_rbac import Rule
 
 State = Literal["managed", "system", "unmanaged"]
 STATES: tuple[State, ...] = ("managed", "system", "unmanaged")

@@ -5,6 +5,7 @@ annotations, times and references. A Secret's data is never kept: a legacy token
 known by its metadata; a TLS Secret by its certificate's metadata, parsed once (by
 :mod:`nhi.crypto`) when the watch delivers it. Every ``*_from_body`` function accepts any
 body (a malformed one gives a record with what could be read, or None) and never raises.
+Roles and bindings are in :mod:`nhi.models.inventory_rbac`.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ class Finding:
         return RISKS[self.risk]
 
 
-def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
+def metadata_of(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The body's metadata; empty when it has none (or not an object)."""
     meta = body.get("metadata")
     return meta if isinstance(meta, Mapping) else {}
 
@@ -121,12 +123,6 @@ def _bool(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
-def _tuple(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        return ()
-    return tuple(str(v) for v in value if isinstance(v, str))
-
-
 @dataclass(frozen=True)
 class Meta:
     """The common part of every record."""
@@ -140,7 +136,7 @@ class Meta:
 
 
 def meta_from_body(body: Mapping[str, Any]) -> Meta:
-    meta = _meta(body)
+    meta = metadata_of(body)
     return Meta(
         namespace=str(meta.get("namespace") or ""),
         name=str(meta.get("name") or ""),
@@ -208,7 +204,7 @@ def _pod_spec(kind: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
 def workload_from_body(kind: str, body: Mapping[str, Any]) -> WorkloadInfo | None:
     """The workload, or None when another workload represents it (a Pod of a ReplicaSet, a
     Job of a CronJob)."""
-    meta = _meta(body)
+    meta = metadata_of(body)
     owners = meta.get("ownerReferences")
     if (
         kind in ("Pod", "Job")
@@ -276,7 +272,7 @@ class SecretInfo:
 
 
 def opaque_secret_from_body(body: Mapping[str, Any]) -> SecretInfo:
-    meta = _meta(body)
+    meta = metadata_of(body)
     times = [_time(meta.get("creationTimestamp"))]
     fields = meta.get("managedFields")
     if isinstance(fields, list):
@@ -325,120 +321,6 @@ class TlsSecretInfo:
 
 
 @dataclass(frozen=True)
-class Rule:
-    """One RBAC policy rule."""
-
-    verbs: tuple[str, ...] = ()
-    api_groups: tuple[str, ...] = ()
-    resources: tuple[str, ...] = ()
-    resource_names: tuple[str, ...] = ()
-    non_resource_urls: tuple[str, ...] = ()
-
-
-def _rules(value: Any) -> tuple[Rule, ...]:
-    if not isinstance(value, list):
-        return ()
-    return tuple(
-        Rule(
-            verbs=_tuple(r.get("verbs")),
-            api_groups=_tuple(r.get("apiGroups")),
-            resources=_tuple(r.get("resources")),
-            resource_names=_tuple(r.get("resourceNames")),
-            non_resource_urls=_tuple(r.get("nonResourceURLs")),
-        )
-        for r in value
-        if isinstance(r, Mapping)
-    )
-
-
-@dataclass(frozen=True)
-class RoleInfo:
-    kind: str  # Role or ClusterRole
-    namespace: str
-    name: str
-    rules: tuple[Rule, ...] = ()
-
-    @property
-    def ref(self) -> ObjectRef:
-        return ObjectRef(self.kind, self.namespace, self.name)
-
-
-def role_from_body(kind: str, body: Mapping[str, Any]) -> RoleInfo:
-    meta = _meta(body)
-    return RoleInfo(
-        kind=kind,
-        namespace=str(meta.get("namespace") or ""),
-        name=str(meta.get("name") or ""),
-        rules=_rules(body.get("rules")),
-    )
-
-
-@dataclass(frozen=True, order=True)
-class Subject:
-    kind: str  # ServiceAccount, Group (User subjects are not kept)
-    name: str
-    namespace: str = ""
-
-
-#: Groups every ServiceAccount (of one namespace) belongs to.
-ALL_SERVICE_ACCOUNTS = "system:serviceaccounts"
-
-
-def _subjects(value: Any, default_namespace: str) -> tuple[Subject, ...]:
-    if not isinstance(value, list):
-        return ()
-    out = []
-    for s in value:
-        if not isinstance(s, Mapping):
-            continue
-        kind, name = str(s.get("kind") or ""), str(s.get("name") or "")
-        if kind == "ServiceAccount" and name:
-            out.append(Subject(kind, name, str(s.get("namespace") or default_namespace)))
-        elif kind == "Group" and (
-            name == ALL_SERVICE_ACCOUNTS or name.startswith(ALL_SERVICE_ACCOUNTS + ":")
-        ):
-            out.append(Subject(kind, name))
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class BindingInfo:
-    """A RoleBinding or ClusterRoleBinding, with only its ServiceAccount subjects."""
-
-    kind: str
-    meta: Meta
-    role_kind: str
-    role_name: str
-    subjects: tuple[Subject, ...] = ()
-
-    @property
-    def ref(self) -> ObjectRef:
-        return ObjectRef(self.kind, self.meta.namespace, self.meta.name)
-
-    @property
-    def role_ref(self) -> ObjectRef:
-        ns = self.meta.namespace if self.role_kind == "Role" else ""
-        return ObjectRef(self.role_kind, ns, self.role_name)
-
-
-def binding_from_body(kind: str, body: Mapping[str, Any]) -> BindingInfo | None:
-    """The binding, or None when none of its subjects is a ServiceAccount (or their group)."""
-    meta = meta_from_body(body)
-    subjects = _subjects(body.get("subjects"), meta.namespace)
-    if not subjects:
-        return None
-    ref = body.get("roleRef")
-    ref = ref if isinstance(ref, Mapping) else {}
-    return BindingInfo(
-        kind=kind,
-        meta=Meta(meta.namespace, meta.name, meta.uid, meta.created, meta.labels),
-        role_kind=str(ref.get("kind") or ""),
-        role_name=str(ref.get("name") or ""),
-        subjects=subjects,
-    )
-
-
-@dataclass(frozen=True)
 class ManagedIdentity:
     """What the inventory needs of a MachineIdentity: the ServiceAccount it governs."""
 
@@ -460,7 +342,7 @@ class ManagedIdentity:
 
 
 def managed_identity_from_body(body: Mapping[str, Any]) -> ManagedIdentity:
-    meta = _meta(body)
+    meta = metadata_of(body)
     spec = body.get("spec")
     spec = spec if isinstance(spec, Mapping) else {}
     name = str(meta.get("name") or "")

@@ -220,6 +220,19 @@ def decide(
             f"waiting for approval by someone other than {grant.requester or 'the requester'} "
             f"(nhi grant approve {grant.name} -n {grant.namespace})",
         )
+    return _approved(grant, observed, approved_by, now, retention)
+
+
+def _approved(
+    grant: AccessGrant,
+    observed: Observed,
+    approved_by: str,
+    now: dt.datetime,
+    retention: dt.timedelta,
+) -> Verdict:
+    """An approved grant: scheduled, active or expired. Its window opens at the start its
+    status records (or its Role's creation), else at ``startAt``, else now."""
+    st = grant.status
     approved_at = st.approved_at if st.approved_by == approved_by and st.approved_at else now
     start = st.activated_at or observed.granted_since
     if start is None and grant.start_at is not None and grant.start_at > now:

@@ -15,20 +15,17 @@ from dataclasses import dataclass, field
 
 from nhi.models.discovered import UNKNOWN, Grant, Identity, SaKey, State
 from nhi.models.inventory import (
-    ALL_SERVICE_ACCOUNTS,
-    BindingInfo,
     ManagedIdentity,
     Meta,
     ObjectRef,
-    RoleInfo,
     SecretInfo,
     ServiceAccountInfo,
-    Subject,
     TlsSecretInfo,
     TokenSecretInfo,
     WorkloadInfo,
 )
 from nhi.models.inventory_config import InventoryConfig, globs
+from nhi.models.inventory_rbac import ALL_SERVICE_ACCOUNTS, BindingInfo, RoleInfo, Subject
 from nhi.models.meta import IDENTITY_LABEL
 
 HELM_RELEASE = "meta.helm.sh/release-name"

@@ -211,22 +211,7 @@ class CredentialManager:
                 )
                 await self.issuers.publish_trust_bundle(signer, identity.namespace)
             except IssuerNotReady as err:
-                msg = (
-                    f"spec.credentials[{index}].issuerRef: {cred.issuer_ref.kind}/"
-                    f"{cred.issuer_ref.name} cannot issue: {err.message}"
-                )
-                failed = _Pass(cred.name, not_ready=(err.reason, msg))
-                if issued is not None:
-                    failed.status = _status(identity, cred, issued)
-                    now = self.clock()
-                    failed.due = max(rotation.next_due(issued, now), now + ISSUER_RETRY)
-                self._failed(
-                    identity,
-                    cred,
-                    issued,
-                    due=issued is not None and self.clock() >= issued.renewal_time,
-                )
-                return failed
+                return self._issuer_failed(identity, index, cred, issued, err)
         now = self.clock()
         reason = rotation.reason_to_issue(
             cred,
@@ -243,16 +228,57 @@ class CredentialManager:
             assert issued is not None
             if issued.previous_not_after is not None and issued.previous_not_after <= now:
                 return _Due(cred, issued, stored, signer, now, None, renew_request or "")
-            self._observe(identity, cred, issued)
-            due = rotation.next_due(issued, now)
-            if held is not None:
-                due = min(due, held)
-            if cred.kv is not None:
-                # Is the copy in Vault still the one written? Restored from the Secret if not
-                # (a credential kept in Vault only is issued anew).
-                due = min(due, await self.kv.check(identity, cred, stored, issued, now))
-            return _Pass(cred.name, status=_status(identity, cred, issued), due=due)
+            return await self._current(identity, cred, stored, issued, now, held)
         return _Due(cred, issued, stored, signer, now, reason, renew_request or "")
+
+    def _issuer_failed(
+        self,
+        identity: MachineIdentity,
+        index: int,
+        cred: Credential,
+        issued: Issued | None,
+        err: IssuerNotReady,
+    ) -> _Pass:
+        """The credential's issuer cannot sign: not ready, its current value (if any) kept and
+        looked at again at its renewal, or soon."""
+        assert cred.issuer_ref is not None
+        msg = (
+            f"spec.credentials[{index}].issuerRef: {cred.issuer_ref.kind}/"
+            f"{cred.issuer_ref.name} cannot issue: {err.message}"
+        )
+        failed = _Pass(cred.name, not_ready=(err.reason, msg))
+        if issued is not None:
+            failed.status = _status(identity, cred, issued)
+            now = self.clock()
+            failed.due = max(rotation.next_due(issued, now), now + ISSUER_RETRY)
+        self._failed(
+            identity,
+            cred,
+            issued,
+            due=issued is not None and self.clock() >= issued.renewal_time,
+        )
+        return failed
+
+    async def _current(
+        self,
+        identity: MachineIdentity,
+        cred: Credential,
+        stored: Mapping[str, Any] | None,
+        issued: Issued,
+        now: dt.datetime,
+        held: dt.datetime | None,
+    ) -> _Pass:
+        """Nothing to issue: the credential's status, and when to look again (its renewal, the
+        end of a hold, the next check of its copy in Vault)."""
+        self._observe(identity, cred, issued)
+        due = rotation.next_due(issued, now)
+        if held is not None:
+            due = min(due, held)
+        if cred.kv is not None:
+            # Is the copy in Vault still the one written? Restored from the Secret if not
+            # (a credential kept in Vault only is issued anew).
+            due = min(due, await self.kv.check(identity, cred, stored, issued, now))
+        return _Pass(cred.name, status=_status(identity, cred, issued), due=due)
 
     async def _act(self, identity: MachineIdentity, due: _Due) -> _Pass:
         """Issue a credential (or drop a StaticSecret's expired ``previous``)."""

@@ -140,47 +140,58 @@ class ReportWriter:
 
     async def _write(self, namespace: str, plan: ReportPlan, prov: Provenance) -> int:
         want = plan.hash
-        kind = self.format.kind_for(namespace)
         entry = self.existing.get(namespace)
         if entry is None:
             if self._blocked.get(namespace) == want:
                 return 0
-            body = plan.build()
-            try:
-                # Strict: a field the installed CRD does not know is refused, not dropped.
-                created = await self.api.request(
-                    "POST",
-                    path_for(kind, namespace or None),
-                    body=body,
-                    params={"fieldManager": FIELD_MANAGER, "fieldValidation": "Strict"},
-                    kind=kind,
-                    name=REPORT_NAME,
-                )
-            except Conflict:
-                self._in_the_way(namespace, want)
-                return 0
-            uid = str(created["metadata"]["uid"])
-            await self._tag(kind, namespace, uid, prov)
-            self.existing[namespace] = (
-                report_entry(
-                    {
-                        "metadata": {
-                            **created["metadata"],
-                            "annotations": {
-                                **body["metadata"]["annotations"],
-                                PROVENANCE_ANNOTATION: prov.tag(uid, self._purpose(namespace)),
-                            },
-                        }
-                    }
-                )
-                or {}
-            )
-            return 1
+            return await self._create(namespace, plan, prov)
         if (entry["metadata"].get("annotations") or {}).get(RESULTS_HASH_ANNOTATION) == want:
             return 0  # nothing to write (whoever's it is)
         if not self._ours(namespace, entry, prov):
             self._in_the_way(namespace, want)
             return 0
+        return await self._update(namespace, entry, plan)
+
+    async def _create(self, namespace: str, plan: ReportPlan, prov: Provenance) -> int:
+        """Create the report and tag it as the operator's; kept as the watch will show it."""
+        want = plan.hash
+        kind = self.format.kind_for(namespace)
+        body = plan.build()
+        try:
+            # Strict: a field the installed CRD does not know is refused, not dropped.
+            created = await self.api.request(
+                "POST",
+                path_for(kind, namespace or None),
+                body=body,
+                params={"fieldManager": FIELD_MANAGER, "fieldValidation": "Strict"},
+                kind=kind,
+                name=REPORT_NAME,
+            )
+        except Conflict:
+            self._in_the_way(namespace, want)
+            return 0
+        uid = str(created["metadata"]["uid"])
+        await self._tag(kind, namespace, uid, prov)
+        self.existing[namespace] = (
+            report_entry(
+                {
+                    "metadata": {
+                        **created["metadata"],
+                        "annotations": {
+                            **body["metadata"]["annotations"],
+                            PROVENANCE_ANNOTATION: prov.tag(uid, self._purpose(namespace)),
+                        },
+                    }
+                }
+            )
+            or {}
+        )
+        return 1
+
+    async def _update(self, namespace: str, entry: dict[str, Any], plan: ReportPlan) -> int:
+        """Patch the operator's own report; the patch first tests the UID its tag proved."""
+        want = plan.hash
+        kind = self.format.kind_for(namespace)
         body = plan.build()
         uid = str(entry["metadata"]["uid"])
         patch = [

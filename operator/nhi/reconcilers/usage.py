@@ -7,55 +7,52 @@ declared rules of each MachineIdentity.
   batch the API server sends again after a restart was never persisted, and counting it then
   is right.
 - :meth:`UsageStore.flush` writes one ConfigMap per ServiceAccount that changed, in the
-  operator's namespace (tenants cannot edit or erase the evidence of their own use), named by a
-  hash of ``namespace/name`` and labelled with both (the key the inventory joins on). Run every
-  ``flush_interval`` (60 s by default): a restart loses at most that much usage.
+  operator's namespace (tenants cannot edit or erase the evidence of their own use; its form is
+  :mod:`nhi.builders.usage`'s). Run every ``flush_interval`` (60 s by default): a restart
+  loses at most that much usage.
 - :meth:`UsageStore.assess` writes ``status.usage`` and the UnusedPermissions condition of
-  every MachineIdentity whose rules' verdict changed.
+  every MachineIdentity whose rules' verdict changed (:mod:`nhi.reconcilers.usage_status`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from nhi import metrics
-from nhi.k8s.client import Api, ApiError, Conflict, NotFound
+from nhi import metrics_usage as metrics
+from nhi.builders.usage import (
+    LOG_CHECKPOINT,
+    PERSON_MINTS,
+    STATE_CONFIGMAP,
+    USAGE_LABEL,
+    book_of,
+    build_configmap,
+    build_state_configmap,
+)
+from nhi.k8s.client import Api, ApiError
 from nhi.k8s.events import EventRecorder
 from nhi.models import conditions as cond
-from nhi.models.identity import RIGHTSIZING_SUGGEST, MachineIdentity
-from nhi.models.meta import MANAGED_BY, MANAGED_BY_KEY
-from nhi.models.policy import IdentityPolicy
+from nhi.models.identity import MachineIdentity
 from nhi.models.usage import (
     AuditError,
     Mint,
     Observation,
     UsageBook,
-    book_from_json,
-    book_to_json,
     mints_from_json,
     mints_to_json,
 )
 from nhi.policies import usage as policy
-from nhi.reconcilers import usage_findings
+from nhi.reconcilers import usage_findings, usage_status
+from nhi.reconcilers.usage_status import PolicyScope
 
 log = logging.getLogger("nhi.usage")
 
-USAGE_LABEL = "nhi.dev/usage"
-SA_NAMESPACE_ANNOTATION = "nhi.dev/serviceaccount-namespace"
-SA_NAME_ANNOTATION = "nhi.dev/serviceaccount-name"
-STATE_CONFIGMAP = "nhi-usage-state"
-LOG_CHECKPOINT = "logCheckpoint"
-#: The tokens minted by a person, kept in the state ConfigMap (the most recent ones).
-PERSON_MINTS = "personMints"
+#: Most tokens minted by a person kept in the state ConfigMap (the most recent ones).
 MAX_PERSON_MINTS = 1_000
-DATA_KEY = "usage.json"
 #: How many auditIDs are remembered to recognise a replayed batch.
 SEEN_IDS = 200_000
 #: Most new behaviours reported as Events per pass (all are counted in the metric).
@@ -68,49 +65,10 @@ MAX_MINTS = 50_000
 BookKey = tuple[str, str]  # the ServiceAccount's (namespace, name)
 
 
-class PolicyScope(Protocol):
-    def policies(self) -> Sequence[IdentityPolicy]: ...
-
-    def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
-
-
 class IdentityScope(PolicyScope, Protocol):
     """What the store reads of the identity cache (nhi.handlers.identity_cache)."""
 
     def identity_bodies(self) -> list[dict[str, Any]]: ...
-
-
-def configmap_name(namespace: str, service_account: str) -> str:
-    digest = hashlib.sha256(f"{namespace}/{service_account}".encode()).hexdigest()[:20]
-    return f"nhi-usage-{digest}"
-
-
-def build_configmap(book: UsageBook, operator_namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": configmap_name(book.namespace, book.service_account),
-            "namespace": operator_namespace,
-            "labels": {MANAGED_BY_KEY: MANAGED_BY, USAGE_LABEL: "serviceaccount"},
-            "annotations": {
-                SA_NAMESPACE_ANNOTATION: book.namespace,
-                SA_NAME_ANNOTATION: book.service_account,
-            },
-        },
-        "data": {DATA_KEY: json.dumps(book_to_json(book), separators=(",", ":"))},
-    }
-
-
-def book_of(configmap: Mapping[str, Any]) -> UsageBook | None:
-    """The book a usage ConfigMap holds; None if it is not one (or not one we can read)."""
-    labels = (configmap.get("metadata") or {}).get("labels") or {}
-    if labels.get(USAGE_LABEL) != "serviceaccount" or labels.get(MANAGED_BY_KEY) != MANAGED_BY:
-        return None
-    try:
-        return book_from_json(json.loads((configmap.get("data") or {}).get(DATA_KEY) or "null"))
-    except (AuditError, ValueError):
-        return None
 
 
 class UsageStore:
@@ -274,18 +232,7 @@ class UsageStore:
         state = await self.api.get("ConfigMap", self.namespace, STATE_CONFIGMAP)
         if state is None:
             since = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-            await self.api.apply(
-                {
-                    "apiVersion": "v1",
-                    "kind": "ConfigMap",
-                    "metadata": {
-                        "name": STATE_CONFIGMAP,
-                        "namespace": self.namespace,
-                        "labels": {MANAGED_BY_KEY: MANAGED_BY, USAGE_LABEL: "state"},
-                    },
-                    "data": {"since": since},
-                }
-            )
+            await self.api.apply(build_state_configmap(self.namespace, since))
         else:
             since = str((state.get("data") or {}).get("since") or "")
             self.log_checkpoint = str((state.get("data") or {}).get(LOG_CHECKPOINT) or "")
@@ -375,101 +322,17 @@ class UsageStore:
 
     # ------------------------------------------------------------------ verdicts
 
-    def observed_since(self, identity: MachineIdentity) -> dt.datetime:
-        created = self.since
-        if identity.creation_timestamp:
-            try:
-                created = dt.datetime.fromisoformat(identity.creation_timestamp)
-            except ValueError:
-                pass
-        return max(created, self.since)
-
     def verdict(
         self, identity: MachineIdentity, now: dt.datetime, after: dt.timedelta | None = None
     ) -> tuple[dict[str, object], list[cond.Condition]]:
-        """The identity's ``status.usage`` and conditions (pure once the book is read)."""
-        after = after or self.unused_after
-        spec = identity.spec
-        book = self.books.get((identity.namespace, spec.service_account))
-        entries = book.entries if book is not None else {}
-        uses = policy.rule_uses(spec.rules, spec.cluster_rules, identity.namespace, entries)
-        since = self.observed_since(identity)
-        stale = policy.unused(uses, since, now, after)
-        status, reason, message = policy.unused_condition(stale, after)
-        conds = cond.set_condition(
-            identity.status.get("conditions") or [],
-            policy.UNUSED_PERMISSIONS,
-            status,
-            reason,
-            message,
-            identity.generation,
-            now,
-        )
-        metrics.unused_rules.labels(identity.namespace, identity.name).set(len(stale))
-        usage = policy.usage_status(uses, stale, since, after)
-        issued = policy.issued_credential_uses(
-            identity.status.get("credentials") or [], book.credentials if book is not None else {}
-        )
-        if issued:
-            usage["credentials"] = issued
-        if spec.rightsizing == RIGHTSIZING_SUGGEST:
-            rules, cluster = policy.rightsize(
-                spec.rules, spec.cluster_rules, identity.namespace, entries
-            )
-            usage["suggestion"] = {
-                "rules": [r.to_k8s() for r in rules],
-                "clusterRules": [r.to_k8s() for r in cluster],
-            }
-        return usage, conds
+        """See :func:`nhi.reconcilers.usage_status.verdict`."""
+        return usage_status.verdict(self, identity, now, after)
 
     async def assess(
         self, bodies: Iterable[Mapping[str, Any]], scope: PolicyScope | None = None
     ) -> int:
-        """Write status.usage and the condition where they changed; returns how many.
-
-        ``scope``: the IdentityPolicies and a namespace's labels, for their ``unusedAfter``."""
-        now = self.clock()
-        policies = list(scope.policies()) if scope is not None else []
-        changed = 0
-        for body in bodies:
-            try:
-                identity = MachineIdentity.from_body(body)
-            except Exception as err:  # an invalid spec: its own reconcile reports it
-                log.debug("usage status skipped", extra={"error": repr(err)})
-                continue
-            if identity.deleting:
-                continue
-            after = (
-                policy.unused_window(
-                    policies, scope.namespace_labels(identity.namespace), self.unused_after
-                )
-                if scope is not None and policies
-                else None
-            )
-            usage, conds = self.verdict(identity, now, after)
-            old = identity.status
-            if _same(old.get("usage"), usage) and old.get("conditions") == conds:
-                continue
-            patch = {
-                "metadata": {"resourceVersion": body["metadata"].get("resourceVersion")},
-                "status": {"usage": usage, "conditions": conds},
-            }
-            try:
-                await self.api.patch(
-                    "MachineIdentity", identity.namespace, identity.name, patch,
-                    subresource="status",
-                )  # fmt: skip
-            except (NotFound, Conflict):  # gone, or changed: the next pass sees the newer body
-                continue
-            except ApiError as err:
-                log.error(
-                    "could not write the usage status",
-                    extra={"namespace": identity.namespace, "identity": identity.name,
-                           "error": str(err)},
-                )  # fmt: skip
-                continue
-            changed += 1
-        return changed
+        """See :func:`nhi.reconcilers.usage_status.assess`."""
+        return await usage_status.assess(self, bodies, scope)
 
     def report_novelties(self, bodies: Iterable[Mapping[str, Any]]) -> int:
         """See :func:`nhi.reconcilers.usage_findings.report`."""
@@ -526,8 +389,3 @@ class UsageStore:
             await self.flush()
         except Exception as err:
             log.error("could not persist usage at shut-down", extra={"error": repr(err)})
-
-
-def _same(old: Any, new: Mapping[str, object]) -> bool:
-    """status.usage unchanged, comparing through JSON (the API server's form)."""
-    return bool(json.loads(json.dumps(new)) == old)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from nhi import metrics
+from nhi import metrics_usage as metrics
 from nhi.k8s.client import ApiError
 from nhi.models.usage import Observation
 from nhi.policies import usage as policy

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from nhi import metrics
+from nhi import metrics_usage as metrics
 from nhi.models.usage import AuditError, Mint, Observation, parse_one
 from nhi.reconcilers.usage import UsageStore
 

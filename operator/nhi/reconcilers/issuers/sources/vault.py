@@ -245,12 +245,7 @@ class VaultCA(CASourceStrategy):
                 vault=_where(source, pending),
             )
         ca_cert = chain[0]
-        signing = conn.signing
-        if signing is None or crypto.fingerprint_sha256(
-            signing.ca_cert
-        ) != crypto.fingerprint_sha256(ca_cert):
-            signing = VaultSigning(client, source, ca_cert, pending)
-            conn.signing = signing
+        signing = self._signing(issuer, source, conn, ca_cert)
         await signing.flush()
         role = await client.role(source.pki_mount, source.pki_role)
         crl_pem = await client.crl(source.pki_mount)
@@ -264,15 +259,7 @@ class VaultCA(CASourceStrategy):
                 f"{crypto.fingerprint_sha256(current)} -> {crypto.fingerprint_sha256(ca_cert)}",
             )
         intermediates, roots = crypto.split_chain(chain)
-        status = _where(source, pending)
-        note = f"signed by {source.address} {source.pki_mount}/sign/{source.pki_role}"
-        max_ttl = _seconds(role.get("max_ttl"))
-        if max_ttl:
-            status["maxTTL"] = f"{max_ttl}s"
-            note = (
-                f"{note}; the role caps certificates at {max_ttl}s (a credential asking for a "
-                f"longer ttl gets {max_ttl}s)"
-            )
+        status, note = _described(source, role, pending)
         return RemoteLoaded(
             ca=RemoteCA(ca_cert, signing),
             chain=tuple(c for c in intermediates if c is not ca_cert),
@@ -281,6 +268,21 @@ class VaultCA(CASourceStrategy):
             vault=status,
             note=note,
         )
+
+    def _signing(
+        self, issuer: Issuer, source: VaultSource, conn: _Connection, ca_cert: crypto.Certificate
+    ) -> VaultSigning:
+        """The connection's signer, kept while Vault's CA stays; a new one for a new CA (with
+        the serials still to revoke, kept across it)."""
+        signing = conn.signing
+        if signing is None or crypto.fingerprint_sha256(
+            signing.ca_cert
+        ) != crypto.fingerprint_sha256(ca_cert):
+            signing = VaultSigning(
+                conn.client, source, ca_cert, self._pending.setdefault(issuer.key, set())
+            )
+            conn.signing = signing
+        return signing
 
     def _connect(
         self, issuer: Issuer, source: VaultSource, login: Login, material: str
@@ -399,6 +401,23 @@ def recorded_revocations(body: Mapping[str, Any]) -> set[str]:
         for s in listed[:MAX_RECORDED_REVOCATIONS]
         if isinstance(s, str) and _SERIAL_HEX.fullmatch(s)
     }
+
+
+def _described(
+    source: VaultSource, role: Mapping[str, Any], pending: set[str]
+) -> tuple[dict[str, Any], str]:
+    """status.vault once the role is read, and the note of how the issuer signs (the role's
+    cap on a certificate's lifetime, if any)."""
+    status = _where(source, pending)
+    note = f"signed by {source.address} {source.pki_mount}/sign/{source.pki_role}"
+    max_ttl = _seconds(role.get("max_ttl"))
+    if max_ttl:
+        status["maxTTL"] = f"{max_ttl}s"
+        note = (
+            f"{note}; the role caps certificates at {max_ttl}s (a credential asking for a "
+            f"longer ttl gets {max_ttl}s)"
+        )
+    return status, note
 
 
 def _digest(value: str) -> str:
