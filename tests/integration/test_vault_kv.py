@@ -470,3 +470,42 @@ def test_vault_clean_up_of_a_revoked_identity_waits_for_its_server(
         timeout=60,
         message="the status no longer waiting on Vault",
     )
+
+
+def test_a_deleted_identity_waits_for_a_sealed_server_to_leave_nothing_in_vault(
+    kube: Cluster, openbao: OpenBao, vault_issuer: str, namespace: str
+) -> None:
+    kube.apply(identity(namespace, vault_issuer, access={"tokenTTL": "15m"}))
+    wait_condition(kube, namespace, "app", "Ready", "True", timeout=60)
+    role, key_path = f"nhi.{namespace}.app", f"nhi/{namespace}/app/key"
+    openbao.seal()
+    try:
+        kube.kubectl(
+            "patch",
+            "clusteridentityissuer",
+            vault_issuer,
+            "--type=merge",
+            "-p",
+            '{"spec":{"crl":{"validity":"25h"}}}',
+        )
+        ready(kube, "clusteridentityissuer", vault_issuer, None, "False", "VaultSealed", timeout=30)
+        kube.kubectl("delete", "machineidentity", "app", "-n", namespace, "--wait=false")
+        # Its Secrets go at once; the identity itself waits for Vault's part.
+        wait_for(
+            lambda: kube.get("secret", "app.key", namespace) is None,
+            timeout=30,
+            message="the deleted identity's Secret gone",
+        )
+        time.sleep(3)
+        held = kube.get("machineidentity", "app", namespace)
+        assert held is not None and held["metadata"].get("deletionTimestamp")
+    finally:
+        openbao.unseal()
+    wait_for(
+        lambda: kube.get("machineidentity", "app", namespace) is None,
+        timeout=120,
+        message="the identity gone once the server answered",
+    )
+    assert metadata(openbao, key_path) is None
+    with pytest.raises(OpenBaoError, match="HTTP 404"):
+        openbao.request("GET", f"auth/kubernetes/role/{role}")
