@@ -241,6 +241,20 @@ def test_a_namespaced_issuer_may_not_use_another_namespaces_secret(
         kube.kubectl("delete", "namespace", victim, "--wait=false", check=False)
 
 
+def seen_sealed(kube: Cluster, name: str) -> None:
+    """Make the ClusterIdentityIssuer ``name`` look at its (sealed) server at once, through a
+    spec edit, and wait until it says so."""
+    kube.kubectl(
+        "patch",
+        "clusteridentityissuer",
+        name,
+        "--type=merge",
+        "-p",
+        '{"spec":{"crl":{"validity":"25h"}}}',
+    )
+    ready(kube, "clusteridentityissuer", name, None, "False", "VaultSealed", timeout=30)
+
+
 def _unconfirmed(kube: Cluster, name: str) -> list[str]:
     obj = kube.get("clusteridentityissuer", name) or {}
     return list(((obj.get("status") or {}).get("vault") or {}).get("pendingRevocations") or [])
@@ -283,10 +297,7 @@ def test_a_revocation_the_server_cannot_take_is_kept_across_a_restart(
         # Sealed while the issuer still looks Ready: the revoke call itself fails.
         revoke("early")
         # Sealed and known to be: the issuer cannot sign, the serial is kept all the same.
-        kube.kubectl(
-            "patch", kind, name, "--type=merge", "-p", '{"spec":{"crl":{"validity":"25h"}}}'
-        )
-        ready(kube, kind, name, None, "False", "VaultSealed", timeout=30)
+        seen_sealed(kube, name)
         revoke("late")
         # An operator started afresh, with nothing in memory, still sends them.
         operator.restart(tmp_path / "after.log")

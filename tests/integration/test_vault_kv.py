@@ -25,7 +25,7 @@ from nhi.testenv.openbao import OpenBao, OpenBaoError
 from tests.conftest import Cluster, OperatorProcess, start_operator, wait_for
 from tests.integration.test_credentials import secret_data
 from tests.integration.test_identity import condition, wait_condition
-from tests.integration.test_vault import KUBERNETES_AUTH, issuer, ready, vault_spec
+from tests.integration.test_vault import KUBERNETES_AUTH, issuer, ready, seen_sealed, vault_spec
 
 pytestmark = pytest.mark.integration
 
@@ -432,16 +432,7 @@ def test_vault_clean_up_of_a_revoked_identity_waits_for_its_server(
 
     openbao.seal()
     try:
-        # The issuer is known to be sealed (a spec edit makes it look at once).
-        kube.kubectl(
-            "patch",
-            "clusteridentityissuer",
-            vault_issuer,
-            "--type=merge",
-            "-p",
-            '{"spec":{"crl":{"validity":"25h"}}}',
-        )
-        ready(kube, "clusteridentityissuer", vault_issuer, None, "False", "VaultSealed", timeout=30)
+        seen_sealed(kube, vault_issuer)
         kube.kubectl("annotate", "machineidentity", "app", "-n", namespace, "nhi.dev/revoke=true")
         # Kubernetes' part is done at once; the status says Vault's waits, and why.
         wait_for(
@@ -480,15 +471,7 @@ def test_a_deleted_identity_waits_for_a_sealed_server_to_leave_nothing_in_vault(
     role, key_path = f"nhi.{namespace}.app", f"nhi/{namespace}/app/key"
     openbao.seal()
     try:
-        kube.kubectl(
-            "patch",
-            "clusteridentityissuer",
-            vault_issuer,
-            "--type=merge",
-            "-p",
-            '{"spec":{"crl":{"validity":"25h"}}}',
-        )
-        ready(kube, "clusteridentityissuer", vault_issuer, None, "False", "VaultSealed", timeout=30)
+        seen_sealed(kube, vault_issuer)
         kube.kubectl("delete", "machineidentity", "app", "-n", namespace, "--wait=false")
         # Its Secrets go at once; the identity itself waits for Vault's part.
         wait_for(
