@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from nhi.crypto import is_revoked, load_cert_chain, serial_hex
 from tests.conftest import Cluster, OperatorProcess, wait_for
+from tests.integration.test_credentials import secret_data
 from tests.integration.test_identity import condition, events, wait_condition
 
 pytestmark = pytest.mark.integration
@@ -439,3 +442,77 @@ def test_restarting_workloads_needs_patch_rights_on_them(tenant: Cluster, namesp
     spec = json.dumps(mid(namespace, "app", workloads=workloads))
     admin = cluster.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=spec)
     assert admin.returncode == 0, admin.stderr
+
+
+# ------------------------------------------------------------------------------ the CRL
+
+
+def leaf_serial(cluster: Cluster, namespace: str, secret: str) -> int:
+    return load_cert_chain(secret_data(cluster, namespace, secret)["tls.crt"])[0].serial_number
+
+
+def test_a_serial_written_into_her_secret_does_not_revoke_another_tenants_certificate(
+    tenant: Cluster, namespace: str
+) -> None:
+    """Mallory may also edit the Secrets of her namespace (as a namespace's admin may): she
+    writes a victim's serial into her credential Secret's annotations and revokes her
+    identity. The shared issuer's CRL gets her certificate, never the victim's."""
+    shared = f"shared-{uuid.uuid4().hex[:6]}"
+    victim_ns = f"victim-{uuid.uuid4().hex[:6]}"
+    tenant.kubectl(
+        "create", "role", "secret-editor", "-n", namespace,
+        "--verb=get,list,update,patch", "--resource=secrets",
+    )  # fmt: skip
+    tenant.kubectl(
+        "create", "rolebinding", "mallory-secrets", "-n", namespace,
+        "--role=secret-editor", f"--user={TENANT}",
+    )  # fmt: skip
+    tenant.kubectl("create", "namespace", victim_ns)
+    tenant.apply(
+        {
+            "apiVersion": "nhi.dev/v1alpha1",
+            "kind": "ClusterIdentityIssuer",
+            "metadata": {"name": shared},
+            "spec": {"trustDomain": "example.org", "selfSigned": {"ttl": "48h"}},
+        }
+    )
+    mtls = {
+        "name": "mtls",
+        "type": "X509",
+        "ttl": "1h",
+        "issuerRef": {"kind": "ClusterIdentityIssuer", "name": shared},
+    }
+    try:
+        tenant.apply(mid(victim_ns, "bank", credentials=[mtls]))
+        as_tenant(tenant, mid(namespace, "app", credentials=[mtls]))
+        wait_condition(tenant, victim_ns, "bank", "Ready", "True", timeout=60)
+        wait_condition(tenant, namespace, "app", "Ready", "True", timeout=60)
+        victim = load_cert_chain(secret_data(tenant, victim_ns, "bank.mtls")["tls.crt"])[0]
+        hers = load_cert_chain(secret_data(tenant, namespace, "app.mtls")["tls.crt"])[0]
+        root = load_cert_chain(secret_data(tenant, victim_ns, "bank.mtls")["ca.crt"])[0]
+
+        tenant.kubectl(
+            "annotate", "secret", "app.mtls", "-n", namespace, "--overwrite",
+            f"nhi.dev/serial={serial_hex(victim)}", as_user=TENANT,
+        )  # fmt: skip
+        tenant.kubectl(
+            "annotate", "machineidentity", "app", "-n", namespace, "nhi.dev/revoke=true",
+            as_user=TENANT,
+        )  # fmt: skip
+        crl_name = f"nhi-crl-clusteridentityissuer-{shared}"
+        wait_for(
+            lambda: (
+                (cm := tenant.get("configmap", crl_name, "nhi-system"))
+                and is_revoked(cm["data"]["ca.crl"].encode(), root, hers.serial_number)
+            ),
+            timeout=30,
+            message="her own certificate on the shared CRL",
+        )
+        cm = tenant.get("configmap", crl_name, "nhi-system")
+        assert cm is not None
+        assert not is_revoked(cm["data"]["ca.crl"].encode(), root, victim.serial_number)
+        # The victim's certificate is as valid as it was.
+        assert leaf_serial(tenant, victim_ns, "bank.mtls") == victim.serial_number
+    finally:
+        tenant.kubectl("delete", "namespace", victim_ns, "--wait=false")
+        tenant.kubectl("delete", "clusteridentityissuer", shared, "--wait=false")

@@ -7,6 +7,7 @@ Only objects the identity owns are touched; an adopted ServiceAccount is given b
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
@@ -14,7 +15,15 @@ from typing import Any
 
 from nhi import metrics
 from nhi.builders.rbac import ChildKey
-from nhi.crypto import parse_serial_hex
+from nhi.crypto import (
+    CryptoError,
+    load_cert_chain,
+    parse_serial_hex,
+    serial_hex,
+    spiffe_id,
+    spiffe_id_of,
+    trust_domain_of,
+)
 from nhi.k8s.client import ApiError
 from nhi.k8s.events import EventBatch, EventRecorder
 from nhi.models.duration import parse_time, rfc3339
@@ -245,11 +254,43 @@ class Revoker:
         entry: dict[str, Any] = {"credential": cred, "revokedAt": revoked_at}
         if ann.get(A_FINGERPRINT):
             entry["fingerprint"] = ann[A_FINGERPRINT]
-        serial, issuer = ann.get(A_SERIAL), ann.get(A_ISSUER)
-        if serial and issuer:
+        issuer = ann.get(A_ISSUER)
+        if not (ann.get(A_SERIAL) and issuer):
+            return entry
+        # The serial is the certificate's, not the annotation's (nor the status', made from
+        # it): whoever may edit the Secret could name another identity's certificate there.
+        serial = await self._held_serial(identity, obj)
+        if serial:
             entry["serialNumber"] = serial
             await self._add_to_crl(identity, issuer, serial, parse_time(revoked_at))
         return entry
+
+    async def _held_serial(self, identity: MachineIdentity, obj: Mapping[str, Any]) -> str | None:
+        """The serial of the certificate the credential Secret holds, if it is this
+        identity's: its SPIFFE ID names the identity's namespace and ServiceAccount."""
+        meta = obj.get("metadata") or {}
+        secret = await self.writer.api.get("Secret", identity.namespace, str(meta.get("name")))
+        if secret is None or (secret.get("metadata") or {}).get("uid") != meta.get("uid"):
+            return None
+        pem = (secret.get("data") or {}).get("tls.crt")
+        if not pem:
+            return None
+        try:
+            leaf = load_cert_chain(base64.b64decode(pem).decode())[0]
+            held = spiffe_id_of(leaf) or ""
+            own = held == spiffe_id(
+                trust_domain_of(held), identity.namespace, identity.spec.service_account
+            )
+        except (CryptoError, ValueError, IndexError):
+            own = False
+        if not own:
+            log.warning(
+                "left a certificate that is not the identity's off the CRL",
+                extra={"namespace": identity.namespace, "identity": identity.name,
+                       "secret_name": meta.get("name")},
+            )  # fmt: skip
+            return None
+        return serial_hex(leaf)
 
     async def _add_to_crl(
         self, identity: MachineIdentity, issuer: str, serial: str, when: dt.datetime
