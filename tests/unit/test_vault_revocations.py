@@ -89,6 +89,9 @@ def test_a_source_that_is_no_longer_vault_removes_status_vault() -> None:
 def test_recorded_revocations_are_read_back() -> None:
     body = {"status": {"vault": {"pendingRevocations": ["10", "5f:3a:07"]}}}
     assert recorded_revocations(body) == {"10", "5f:3a:07"}
+    # Read back in the form the operator writes, whatever the case or separators.
+    body = {"status": {"vault": {"pendingRevocations": ["5F:3A:07", "1", "5f3a07"]}}}
+    assert recorded_revocations(body) == {"5f:3a:07", "01"}
 
 
 @pytest.mark.parametrize(
@@ -98,7 +101,7 @@ def test_recorded_revocations_are_read_back() -> None:
         {"vault": None},
         {"vault": "x"},
         {"vault": {"pendingRevocations": "10"}},
-        {"vault": {"pendingRevocations": [10, None, {"a": 1}, "ZZ", "1", "10; rm -rf", ""]}},
+        {"vault": {"pendingRevocations": [10, None, {"a": 1}, "ZZ", "10; rm -rf", ""]}},
     ],
 )
 def test_anything_but_serials_is_ignored(status: dict[str, Any]) -> None:

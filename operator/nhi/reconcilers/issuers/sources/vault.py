@@ -19,7 +19,6 @@ import base64
 import datetime as dt
 import hashlib
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,7 +61,6 @@ log = logging.getLogger("nhi.reconcilers.issuer")
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 #: Seconds a token requested for ``serviceAccountName`` is valid (it is used to log in once).
 REQUESTED_TOKEN_SECONDS = 600
-_SERIAL_HEX = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){0,19}")
 
 
 class AuthMaterialMissing(Exception):
@@ -394,13 +392,13 @@ def recorded_revocations(body: Mapping[str, Any]) -> set[str]:
     that list is ignored: the status is the operator's, but it is read with care)."""
     vault = (body.get("status") or {}).get("vault")
     listed = vault.get("pendingRevocations") if isinstance(vault, Mapping) else None
-    if not isinstance(listed, list):
-        return set()
-    return {
-        s
-        for s in listed[:MAX_RECORDED_REVOCATIONS]
-        if isinstance(s, str) and _SERIAL_HEX.fullmatch(s)
-    }
+    serials: set[str] = set()
+    for item in listed[:MAX_RECORDED_REVOCATIONS] if isinstance(listed, list) else []:
+        try:
+            serials.add(crypto.serial_hex(crypto.parse_serial_hex(item)))
+        except crypto.CryptoError:
+            continue
+    return serials
 
 
 def _described(
