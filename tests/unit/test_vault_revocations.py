@@ -118,3 +118,9 @@ def test_at_most_the_recorded_limit_is_read() -> None:
 def test_every_serial_the_operator_writes_is_read_back(serial: int) -> None:
     hexed = serial_hex(serial)
     assert recorded_revocations({"status": {"vault": {"pendingRevocations": [hexed]}}}) == {hexed}
+
+
+def test_what_else_status_vault_held_is_kept_while_the_server_is_down() -> None:
+    where = {"address": ADDRESS, "crlURL": f"{ADDRESS}/v1/pki/crl"}
+    old = {"vault": {**where, "maxTTL": "259200s"}}
+    assert _status(dict(where), old)["vault"] == where  # the merge patch keeps maxTTL

@@ -46,7 +46,6 @@ from nhi.vault import VaultError, VaultReason
 
 log = logging.getLogger("nhi.reconcilers.identity")
 
-#: Tokens and bindings go first on revocation: they are what an attacker could use right now.
 #: How soon a revoked identity's Vault clean-up (KV copies, role and policy) is tried again
 #: while its server cannot serve.
 VAULT_RETRY = dt.timedelta(seconds=30)
@@ -62,6 +61,7 @@ VAULT_TRANSIENT = frozenset(
     }
 )
 
+#: Tokens and bindings go first on revocation: they are what an attacker could use right now.
 REVOKE_ORDER = {
     "Secret": 0,
     "RoleBinding": 1,

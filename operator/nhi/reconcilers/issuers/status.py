@@ -27,6 +27,8 @@ log = logging.getLogger("nhi.reconcilers.issuer")
 #: Unconfirmed revocations kept in ``status.vault.pendingRevocations`` at most (a serial is
 #: about 40 bytes: 400 kB of the object's 1.5 MB); more stay in memory only.
 MAX_RECORDED_REVOCATIONS = 10_000
+#: status.vault's list of serials the server has not confirmed as revoked.
+PENDING = "pendingRevocations"
 
 
 @dataclass
@@ -86,16 +88,17 @@ def compute_status(
     if outcome.revoked_count is not None:
         status["revokedCount"] = outcome.revoked_count
     if outcome.vault is not None or old.get("vault") is not None:
-        # None removes it (the source is no longer vault), and a key the outcome does not
-        # name (pendingRevocations, once confirmed): a merge patch keeps what it omits.
-        status["vault"] = _replacing(old.get("vault"), outcome.vault)
+        # None removes it (the source is no longer vault).
+        status["vault"] = _confirmed(old.get("vault"), outcome.vault)
     return status
 
 
-def _replacing(old: Any, new: dict[str, Any] | None) -> dict[str, Any] | None:
-    if new is None or not isinstance(old, Mapping):
+def _confirmed(old: Any, new: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``new``, removing the pending revocations ``old`` listed once none is left (a merge
+    patch keeps a key it does not name)."""
+    if new is None or not isinstance(old, Mapping) or PENDING not in old or PENDING in new:
         return new
-    return {**{k: None for k in old if k not in new}, **new}
+    return {**new, PENDING: None}
 
 
 def event_ref(issuer: Issuer) -> dict[str, Any]:
@@ -153,7 +156,7 @@ class StatusWriter:
                        "kept": MAX_RECORDED_REVOCATIONS},
             )  # fmt: skip
         listed = list(serials[:MAX_RECORDED_REVOCATIONS])
-        patch = {"status": {"vault": {"pendingRevocations": listed or None}}}
+        patch = {"status": {"vault": {PENDING: listed or None}}}
         try:
             await self.api.patch(
                 issuer.kind, issuer.namespace or None, issuer.name, patch, subresource="status"

@@ -43,7 +43,7 @@ from nhi.reconcilers.issuers.sources.base import (
     RemoteLoaded,
     SecretWatch,
 )
-from nhi.reconcilers.issuers.status import MAX_RECORDED_REVOCATIONS, IssuerOutcome
+from nhi.reconcilers.issuers.status import MAX_RECORDED_REVOCATIONS, PENDING, IssuerOutcome
 from nhi.vault import (
     AppRoleLogin,
     KubernetesLogin,
@@ -383,7 +383,7 @@ def _where(source: VaultSource, pending: set[str]) -> dict[str, Any]:
     revocations it has not confirmed yet (kept there so that a restart sends them again)."""
     status: dict[str, Any] = {"address": source.address, "crlURL": source.crl_url}
     if pending:
-        status["pendingRevocations"] = sorted(pending)[:MAX_RECORDED_REVOCATIONS]
+        status[PENDING] = sorted(pending)[:MAX_RECORDED_REVOCATIONS]
     return status
 
 
@@ -391,7 +391,7 @@ def recorded_revocations(body: Mapping[str, Any]) -> set[str]:
     """The serials ``status.vault.pendingRevocations`` of an issuer lists (anything else in
     that list is ignored: the status is the operator's, but it is read with care)."""
     vault = (body.get("status") or {}).get("vault")
-    listed = vault.get("pendingRevocations") if isinstance(vault, Mapping) else None
+    listed = vault.get(PENDING) if isinstance(vault, Mapping) else None
     serials: set[str] = set()
     for item in listed[:MAX_RECORDED_REVOCATIONS] if isinstance(listed, list) else []:
         try:
