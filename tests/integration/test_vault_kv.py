@@ -446,21 +446,18 @@ def test_vault_clean_up_of_a_revoked_identity_waits_for_its_server(
         assert "VaultSealed" in ready_message() or "sealed" in ready_message().lower()
     finally:
         openbao.unseal()
-    # Once the server answers, the copies, the role and the policy go.
+    # Once the server answers, the copies, the role and the policy go (in that
+    # order, so the status is the one sign that all of it is done).
     wait_for(
-        lambda: metadata(openbao, key_path) is None,
+        lambda: "Vault clean-up" not in ready_message(),
         timeout=120,
-        message="the KV copy destroyed after the server came back",
+        message="the status no longer waiting on Vault",
     )
+    assert metadata(openbao, key_path) is None
     with pytest.raises(OpenBaoError, match="HTTP 404"):
         openbao.request("GET", f"auth/kubernetes/role/{role}")
     with pytest.raises(OpenBaoError, match="HTTP 404"):
         openbao.request("GET", f"sys/policies/acl/{role}")
-    wait_for(
-        lambda: "Vault clean-up" not in ready_message(),
-        timeout=60,
-        message="the status no longer waiting on Vault",
-    )
 
 
 def test_a_deleted_identity_waits_for_a_sealed_server_to_leave_nothing_in_vault(
