@@ -291,9 +291,14 @@ def test_the_workload_reads_its_own_paths_only_until_revocation(
     # The ServiceAccount token the pod still holds no longer logs in.
     with pytest.raises(OpenBaoError, match="HTTP 4"):
         workload_login(openbao, jwt, role)
-    assert metadata(openbao, f"nhi/{namespace}/app/key") is None
     with pytest.raises(OpenBaoError, match="HTTP 404"):
         openbao.request("GET", f"sys/policies/acl/{role}")
+    # The copies go after the access.
+    wait_for(
+        lambda: metadata(openbao, f"nhi/{namespace}/app/key") is None,
+        timeout=15,
+        message="the revoked identity's KV copy destroyed",
+    )
     # The ServiceAccount's Vault entity went too: nothing of the workload is left in Vault.
     wait_for(
         lambda: "removed Vault entity" in kube.kubectl("get", "events", "-n", namespace).stdout,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from nhi import metrics
@@ -152,7 +152,7 @@ class Revoker:
         self, identity: MachineIdentity, reason: str, revoked_at: str, batch: EventBatch
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Remove every object the identity owns, tokens and bindings first (what an attacker
-        could use right now), then its Vault copies and access. Returns the revoked
+        could use right now), then its Vault access and copies. Returns the revoked
         credentials, for the record, and why Vault's part waits (None when it is done)."""
         children = self.owned(identity)
         revoked = []
@@ -167,10 +167,12 @@ class Revoker:
             if verb:
                 batch.normal("Revoked", f"{verb.lower()} {key} ({reason})")
         try:
-            for path in await self.destroy_kv(identity, revoked):
-                batch.normal("Revoked", f"destroyed Vault KV {path} ({reason})")
+            # The workload's Vault access first (no new login, its tokens stop working),
+            # then the copies it could read.
             for what in await self.remove_access(identity, account):
                 batch.normal("Revoked", f"removed Vault {what} ({reason})")
+            for path in await self.destroy_kv(identity, revoked):
+                batch.normal("Revoked", f"destroyed Vault KV {path} ({reason})")
         except (VaultError, IssuerNotReady) as err:
             # Kubernetes' part is done; Vault's is tried again (VAULT_RETRY) until it is.
             log.warning(
@@ -353,21 +355,29 @@ class Revoker:
             if await self.writer.remove(uid, key, children[key]):
                 removed.append(str(key))
         if identity is not None:
-            try:
-                removed += [f"vault:{p}" for p in await self.destroy_kv(identity)]
-                account = _service_account_uid(children)
-                removed += [f"vault:{w}" for w in await self.remove_access(identity, account)]
-            except IssuerNotReady:
-                raise  # its server cannot now (waits_for_vault): the clean-up is tried again
-            except VaultError as err:
-                if err.retryable:
-                    raise  # transient: the clean-up is tried again
-                log.error(
-                    "could not destroy a credential in Vault",
-                    extra={"namespace": namespace, "identity": name, "error": err.message},
-                )
+            account = _service_account_uid(children)
+            # Access first, then the copies; one refused for good does not keep the other.
+            removed += await self._vault_step(identity, self.remove_access(identity, account))
+            removed += await self._vault_step(identity, self.destroy_kv(identity))
         metrics.forget_identity(namespace, name)
         return removed
+
+    async def _vault_step(self, identity: MachineIdentity, step: Awaitable[list[str]]) -> list[str]:
+        """One step of a deleted identity's Vault clean-up: what it removed. A server that
+        cannot now raises (the clean-up is tried again); a refusal for good is logged."""
+        try:
+            return [f"vault:{what}" for what in await step]
+        except IssuerNotReady:
+            raise  # its server cannot now (waits_for_vault): the clean-up is tried again
+        except VaultError as err:
+            if err.retryable:
+                raise  # transient: the clean-up is tried again
+            log.error(
+                "could not remove an identity's Vault copies or access",
+                extra={"namespace": identity.namespace, "identity": identity.name,
+                       "error": err.message},
+            )  # fmt: skip
+            return []
 
 
 def waits_for_vault(err: IssuerNotReady) -> bool:
