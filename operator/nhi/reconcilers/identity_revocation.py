@@ -364,11 +364,10 @@ class Revoker:
 
     async def _vault_step(self, identity: MachineIdentity, step: Awaitable[list[str]]) -> list[str]:
         """One step of a deleted identity's Vault clean-up: what it removed. A server that
-        cannot now raises (the clean-up is tried again); a refusal for good is logged."""
+        cannot now raises (IssuerNotReady, a retryable VaultError: the clean-up is tried
+        again); a refusal for good is logged."""
         try:
             return [f"vault:{what}" for what in await step]
-        except IssuerNotReady:
-            raise  # its server cannot now (waits_for_vault): the clean-up is tried again
         except VaultError as err:
             if err.retryable:
                 raise  # transient: the clean-up is tried again
